@@ -1,0 +1,8 @@
+"""imstore: an immutable, versioned, content-addressed store."""
+
+from .errors import ImstoreError
+from .store import PutResult, Store, VerifyReport, Version
+
+__all__ = ["Store", "Version", "PutResult", "VerifyReport", "ImstoreError", "__version__"]
+
+__version__ = "0.1.0"

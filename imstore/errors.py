@@ -1,0 +1,167 @@
+"""One small error hierarchy. Each error knows its CLI exit code and HTTP status.
+
+The CLI and the server map errors to codes in exactly one place each, by reading
+these attributes; nothing else decides what an error means to the outside.
+"""
+
+from __future__ import annotations
+
+import errno
+
+__all__ = [
+    "ImstoreError",
+    "UsageError",
+    "InvalidKey",
+    "InvalidVersion",
+    "InvalidHash",
+    "InvalidTime",
+    "InvalidInput",
+    "NotFound",
+    "KeyNotFound",
+    "KeyDeleted",
+    "VersionNotFound",
+    "ObjectNotFound",
+    "AmbiguousPrefix",
+    "PreconditionFailed",
+    "IntegrityError",
+    "CorruptLog",
+    "CorruptObject",
+    "Unavailable",
+    "NoStore",
+    "NotAuthorised",
+    "Forbidden",
+    "from_os_error",
+]
+
+
+class ImstoreError(Exception):
+    """Base of every error imstore raises on purpose."""
+
+    exit_code = 1
+    http_status = 500
+    title = "error"
+
+
+class UsageError(ImstoreError):
+    exit_code = 2
+    http_status = 400
+    title = "bad request"
+
+
+class InvalidKey(UsageError):
+    title = "invalid key"
+
+
+class InvalidVersion(UsageError):
+    title = "invalid version"
+
+
+class InvalidHash(UsageError):
+    title = "invalid hash"
+
+
+class InvalidTime(UsageError):
+    title = "invalid time"
+
+
+class InvalidInput(UsageError):
+    title = "invalid input"
+
+
+class NotFound(ImstoreError):
+    exit_code = 3
+    http_status = 404
+    title = "not found"
+
+
+class KeyNotFound(NotFound):
+    title = "key not found"
+
+
+class KeyDeleted(NotFound):
+    title = "key deleted"
+
+
+class VersionNotFound(NotFound):
+    title = "version not found"
+
+
+class ObjectNotFound(NotFound):
+    title = "object not found"
+
+
+class AmbiguousPrefix(UsageError):
+    title = "ambiguous hash prefix"
+
+
+class PreconditionFailed(ImstoreError):
+    exit_code = 4
+    http_status = 412
+    title = "precondition failed"
+
+
+class IntegrityError(ImstoreError):
+    """Stored bytes do not match their checksum or hash: never served, always reported."""
+
+    exit_code = 5
+    http_status = 500
+    title = "integrity error"
+
+
+class CorruptLog(IntegrityError):
+    title = "corrupt log"
+
+
+class CorruptObject(IntegrityError):
+    title = "corrupt object"
+
+
+class Unavailable(ImstoreError):
+    """The store cannot be read or written right now (disk full, I/O error, gone)."""
+
+    exit_code = 6
+    http_status = 503
+    title = "store unavailable"
+
+
+class NoStore(ImstoreError):
+    exit_code = 10
+    http_status = 503
+    title = "no store"
+
+
+class NotAuthorised(ImstoreError):
+    exit_code = 12
+    http_status = 401
+    title = "not authorised"
+
+
+class Forbidden(NotAuthorised):
+    http_status = 403
+    title = "forbidden"
+
+
+# Errors that mean "the storage underneath failed", as opposed to a bug of ours.
+_UNAVAILABLE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EIO,
+    errno.EROFS,
+    errno.EFBIG,
+    errno.EDQUOT,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ESTALE,
+    errno.ENXIO,
+    errno.ENODEV,
+}
+
+
+def from_os_error(exc: OSError, what: str) -> ImstoreError:
+    """Translate an OSError met while touching the store into an ImstoreError."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _UNAVAILABLE_ERRNOS:
+        return Unavailable(f"{what}: {reason}")
+    return ImstoreError(f"{what}: {reason}")

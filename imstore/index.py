@@ -1,0 +1,216 @@
+"""The SQLite index: a derived, disposable view of the log.
+
+It maps keys to versions so reads never replay the log. It remembers how far it
+has applied the log (offset, seq, hash of the last record); every open catches
+it up from there, and if that position no longer matches the log (a truncated
+tail, a foreign file) or the database is broken, it is rebuilt from the log.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .log import GENESIS, Record
+
+__all__ = ["Index", "IndexState"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    key TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    seq INTEGER NOT NULL UNIQUE,
+    op TEXT NOT NULL,
+    hash TEXT,
+    size INTEGER NOT NULL,
+    time_ns INTEGER NOT NULL,
+    content_type TEXT,
+    message TEXT,
+    meta BLOB,
+    PRIMARY KEY (key, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS latest (
+    key TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    op TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    schema INTEGER NOT NULL,
+    frame_offset INTEGER NOT NULL,
+    log_end INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    last_hash BLOB NOT NULL,
+    frame_checksum BLOB NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """How far the index has applied the log."""
+
+    frame_offset: int  # where the last applied frame starts (-1: none)
+    log_end: int  # where the last applied frame ends
+    seq: int
+    last_hash: bytes  # chain hash of the last applied record
+    frame_checksum: bytes  # checksum of the last applied frame, to spot a replaced log
+
+
+EMPTY_STATE = IndexState(-1, 0, 0, GENESIS, b"")
+
+_COLUMNS = "key, version, seq, op, hash, size, time_ns, content_type, message, meta"
+
+
+class Index:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        # WAL + NORMAL: no fsync per commit. A lost commit is harmless: the index
+        # notices it is behind the log and catches up.
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        row = db.execute("SELECT schema FROM state WHERE id = 1").fetchone()
+        if row is None:
+            db.execute(
+                "INSERT OR IGNORE INTO state VALUES (1, ?, ?, 0, 0, ?, ?)",
+                (SCHEMA_VERSION, EMPTY_STATE.frame_offset, GENESIS, b""),
+            )
+        elif row[0] != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError("index schema version mismatch")
+        return db
+
+    def close(self) -> None:
+        self.db.close()
+
+    @staticmethod
+    def remove_files(path: Path) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                os.unlink(str(path) + suffix)
+            except FileNotFoundError:
+                pass
+
+    # ---------------------------------------------------------------- state
+    def state(self) -> IndexState:
+        row = self.db.execute("SELECT frame_offset, log_end, seq, last_hash, frame_checksum FROM state WHERE id = 1").fetchone()
+        return IndexState(*row)
+
+    def begin(self) -> IndexState:
+        """Start a write transaction (other index writers wait) and return the state in it."""
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.state()
+
+    def commit(self) -> None:
+        self.db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+
+    def apply(self, records: Iterable[Record], frame_offset: int, log_end: int, frame_checksum: bytes) -> None:
+        """Add the records of one frame (inside a transaction from begin())."""
+        last = None
+        rows = []
+        latest = {}
+        for record in records:
+            rows.append(
+                (
+                    record.key,
+                    record.version,
+                    record.seq,
+                    record.op,
+                    record.hash,
+                    record.size,
+                    record.time_ns,
+                    record.content_type,
+                    record.message,
+                    _pack_meta(record.meta),
+                )
+            )
+            latest[record.key] = (record.key, record.version, record.op)
+            last = record
+        if last is None:
+            return
+        self.db.executemany(f"INSERT INTO versions ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        self.db.executemany("INSERT OR REPLACE INTO latest VALUES (?,?,?)", latest.values())
+        self.db.execute(
+            "UPDATE state SET frame_offset = ?, log_end = ?, seq = ?, last_hash = ?, frame_checksum = ? WHERE id = 1",
+            (frame_offset, log_end, last.seq, last.record_hash, frame_checksum),
+        )
+
+    def clear(self) -> None:
+        """Forget everything (inside a transaction): the next catch-up replays the whole log."""
+        self.db.execute("DELETE FROM versions")
+        self.db.execute("DELETE FROM latest")
+        self.db.execute(
+            "UPDATE state SET frame_offset = ?, log_end = 0, seq = 0, last_hash = ?, frame_checksum = ? WHERE id = 1",
+            (EMPTY_STATE.frame_offset, GENESIS, b""),
+        )
+
+    # ---------------------------------------------------------------- queries
+    def latest_version(self, key: str) -> tuple[int, str] | None:
+        row = self.db.execute("SELECT version, op FROM latest WHERE key = ?", (key,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def version(self, key: str, version: int) -> tuple | None:
+        return self.db.execute(f"SELECT {_COLUMNS} FROM versions WHERE key = ? AND version = ?", (key, version)).fetchone()
+
+    def version_at(self, key: str, time_ns: int) -> tuple | None:
+        """The version current at an instant: the newest one written at or before it."""
+        return self.db.execute(
+            f"SELECT {_COLUMNS} FROM versions WHERE key = ? AND time_ns <= ? ORDER BY version DESC LIMIT 1",
+            (key, time_ns),
+        ).fetchone()
+
+    def history(self, key: str, limit: int | None = None) -> list[tuple]:
+        """Versions of key, newest first."""
+        return self.db.execute(
+            f"SELECT {_COLUMNS} FROM versions WHERE key = ? ORDER BY version DESC LIMIT ?",
+            (key, -1 if limit is None else limit),
+        ).fetchall()
+
+    def ls(self, prefix: str = "", include_deleted: bool = False, limit: int | None = None) -> list[tuple]:
+        """Latest version of each key starting with prefix, in key order."""
+        where = "l.key >= ? AND l.key < ?" if prefix else "1"
+        params: list = [prefix, prefix + "\U0010ffff"] if prefix else []
+        if not include_deleted:
+            where += " AND l.op != 'delete'"
+        sql = (
+            f"SELECT v.{_COLUMNS.replace(', ', ', v.')} FROM latest l JOIN versions v"
+            f" ON v.key = l.key AND v.version = l.version WHERE {where} ORDER BY l.key LIMIT ?"
+        )
+        rows = self.db.execute(sql, [*params, -1 if limit is None else limit]).fetchall()
+        return [row for row in rows if row[0].startswith(prefix)]
+
+    def log(self, after: int = 0, limit: int | None = None) -> list[tuple]:
+        return self.db.execute(
+            f"SELECT {_COLUMNS} FROM versions WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, -1 if limit is None else limit),
+        ).fetchall()
+
+    def hashes(self) -> set[str]:
+        return {row[0] for row in self.db.execute("SELECT DISTINCT hash FROM versions WHERE hash IS NOT NULL")}
+
+    def count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM versions").fetchone()[0]
+
+    def all_rows(self) -> Iterable[tuple]:
+        return self.db.execute(f"SELECT {_COLUMNS} FROM versions ORDER BY seq")
+
+
+def _pack_meta(meta: dict) -> bytes | None:
+    if not meta:
+        return None
+    import msgpack
+
+    return msgpack.packb(meta, use_bin_type=True)

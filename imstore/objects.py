@@ -1,0 +1,302 @@
+"""The content-addressed object directory: objects/ab/<62 hex>, raw bytes, 0444.
+
+Write order (restic's local backend, dulwich's add_object): temp file under
+objects/ → stream + hash → fsync → link to the final name (an existing name is a
+dedup hit) → fsync the shard dir (and objects/ when the shard is new) → 0444.
+Only fsynced files ever get a final name, so a crash leaves only `.tmp-*` files
+and an existing object can be trusted to be complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import AmbiguousPrefix, CorruptObject, ObjectNotFound, Unavailable, from_os_error
+from .fsio import crash_point, fsync_dir, fsync_fd, write_all
+from .hashing import OBJECT_ID_LEN, blake3, validate_object_id, validate_prefix
+
+__all__ = ["ObjectStore", "ObjectReader", "CHUNK_SIZE", "TEMP_PREFIX"]
+
+CHUNK_SIZE = 1 << 20
+TEMP_PREFIX = ".tmp-"
+STALE_TEMP_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class ObjectLocation:
+    """Where an object's bytes are: a whole loose file, or a slice of a pack."""
+
+    path: Path
+    offset: int
+    length: int
+
+
+class ObjectReader:
+    """Reads one object and checks every byte against its hash.
+
+    `read()` verifies before it returns anything. `chunks()` verifies as it goes
+    and raises CorruptObject after the last chunk on a mismatch, so a caller that
+    streams must only commit its output (rename, send the last byte) at the end;
+    `verify()` is a separate full pass for callers that cannot do that (stdout).
+    """
+
+    def __init__(self, object_id: str, location: ObjectLocation):
+        self.object_id = object_id
+        self.location = location
+        self.size = location.length
+
+    def _raw_chunks(self, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        try:
+            with open(self.location.path, "rb", buffering=0) as handle:
+                if self.location.offset:
+                    handle.seek(self.location.offset)
+                remaining = self.location.length
+                while remaining > 0:
+                    chunk = handle.read(min(chunk_size, remaining))
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
+                    yield chunk
+        except FileNotFoundError:
+            raise ObjectNotFound(f"object {self.object_id} vanished while being read") from None
+        except OSError as exc:
+            raise from_os_error(exc, f"reading object {self.object_id}") from None
+
+    def chunks(self, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        hasher = blake3()
+        seen = 0
+        for chunk in self._raw_chunks(chunk_size):
+            hasher.update(chunk)
+            seen += len(chunk)
+            yield chunk
+        self._check(hasher, seen)
+
+    def verify(self) -> None:
+        hasher = blake3()
+        seen = 0
+        for chunk in self._raw_chunks():
+            hasher.update(chunk)
+            seen += len(chunk)
+        self._check(hasher, seen)
+
+    def read(self) -> bytes:
+        data = b"".join(self._raw_chunks())
+        hasher = blake3(data)
+        self._check(hasher, len(data))
+        return data
+
+    def _check(self, hasher, seen: int) -> None:
+        if seen != self.size or hasher.hexdigest() != self.object_id:
+            raise CorruptObject(f"object {self.object_id} is damaged: its bytes do not hash to its name ({self.location.path})")
+
+
+class ObjectStore:
+    """Loose objects under one `objects/` directory (packs are looked up by `packs`)."""
+
+    def __init__(self, root: Path, packs=None):
+        self.root = Path(root)
+        self.packs = packs  # optional pack lookup with .locate(id) and .ids(); see packs.py
+
+    # ---------------------------------------------------------------- paths
+    def loose_path(self, object_id: str) -> Path:
+        validate_object_id(object_id)
+        return self.root / object_id[:2] / object_id[2:]
+
+    def _check_root(self) -> None:
+        # A store never re-creates its own objects/ (DESIGN: missing means unavailable).
+        if not self.root.is_dir():
+            raise Unavailable(f"the store's objects directory is missing or not a directory: {self.root}")
+
+    # ---------------------------------------------------------------- reading
+    def locate(self, object_id: str) -> ObjectLocation | None:
+        path = self.loose_path(object_id)
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            size = None
+        except NotADirectoryError:
+            size = None
+        except OSError as exc:
+            raise from_os_error(exc, f"looking up object {object_id}") from None
+        if size is not None:
+            return ObjectLocation(path, 0, size)
+        if self.packs is not None:
+            return self.packs.locate(object_id)
+        return None
+
+    def exists(self, object_id: str) -> bool:
+        return self.locate(object_id) is not None
+
+    def open(self, object_id: str) -> ObjectReader:
+        location = self.locate(object_id)
+        if location is None:
+            self._check_root()
+            raise ObjectNotFound(f"no object {object_id}")
+        return ObjectReader(object_id, location)
+
+    def read(self, object_id: str) -> bytes:
+        return self.open(object_id).read()
+
+    def resolve_prefix(self, prefix: str) -> str:
+        """Full id for a hash or a unique prefix of 8+ hex digits."""
+        prefix = validate_prefix(prefix)
+        if len(prefix) == OBJECT_ID_LEN:
+            if self.locate(prefix) is None:
+                self._check_root()
+                raise ObjectNotFound(f"no object {prefix}")
+            return prefix
+        self._check_root()
+        matches = set()
+        shard = self.root / prefix[:2]
+        try:
+            names = os.listdir(shard)
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        except OSError as exc:
+            raise from_os_error(exc, "listing objects") from None
+        rest = prefix[2:]
+        matches.update(prefix[:2] + name for name in names if name.startswith(rest) and len(name) == OBJECT_ID_LEN - 2)
+        if self.packs is not None:
+            matches.update(self.packs.ids_with_prefix(prefix))
+        if not matches:
+            raise ObjectNotFound(f"no object with hash prefix {prefix}")
+        if len(matches) > 1:
+            raise AmbiguousPrefix(f"hash prefix {prefix} matches {len(matches)} objects; give more digits")
+        return matches.pop()
+
+    def iter_loose_ids(self) -> Iterator[str]:
+        self._check_root()
+        for shard in sorted(os.listdir(self.root)):
+            if len(shard) != 2:
+                continue
+            shard_path = self.root / shard
+            if not shard_path.is_dir():
+                continue
+            for name in sorted(os.listdir(shard_path)):
+                if len(name) == OBJECT_ID_LEN - 2 and not name.startswith("."):
+                    yield shard + name
+
+    def iter_ids(self) -> Iterator[str]:
+        yield from self.iter_loose_ids()
+        if self.packs is not None:
+            yield from self.packs.ids()
+
+    # ---------------------------------------------------------------- writing
+    def write_stream(self, chunks: Iterable[bytes], max_size: int | None = None) -> tuple[str, int]:
+        """Store the bytes of chunks durably; return (object_id, size)."""
+        self._check_root()
+        fd, temp_path = self._make_temp()
+        try:
+            hasher = blake3()
+            size = 0
+            try:
+                for chunk in chunks:
+                    if not chunk:
+                        continue
+                    size += len(chunk)
+                    if max_size is not None and size > max_size:
+                        from .errors import InvalidInput
+
+                        raise InvalidInput(f"content is larger than the limit of {max_size} bytes")
+                    hasher.update(chunk)
+                    write_all(fd, chunk)
+                crash_point("object-temp-written")
+                fsync_fd(fd)
+            except OSError as exc:
+                raise from_os_error(exc, "writing an object") from None
+            finally:
+                os.close(fd)
+            crash_point("object-fsynced")
+            object_id = hasher.hexdigest()
+            self._install(temp_path, object_id, size)
+            return object_id, size
+        finally:
+            _unlink_quietly(temp_path)
+
+    def write_bytes(self, data: bytes) -> tuple[str, int]:
+        return self.write_stream([data])
+
+    def _make_temp(self) -> tuple[int, str]:
+        name = f"{TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{os.urandom(4).hex()}"
+        path = str(self.root / name)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise from_os_error(exc, "creating an object temp file") from None
+        return fd, path
+
+    def _install(self, temp_path: str, object_id: str, size: int) -> None:
+        final = self.loose_path(object_id)
+        shard = final.parent
+        try:
+            new_shard = False
+            if not shard.is_dir():
+                try:
+                    os.mkdir(shard, 0o755)
+                    new_shard = True
+                except FileExistsError:
+                    pass
+            try:
+                # link, not rename: an existing object is never replaced behind a reader's back.
+                os.link(temp_path, final)
+                linked = True
+            except FileExistsError:
+                linked = False
+            crash_point("object-linked")
+            if linked:
+                os.chmod(final, 0o444)
+                fsync_dir(shard)
+                if new_shard:
+                    fsync_dir(self.root)
+            else:
+                self._check_existing(final, object_id, size, temp_path)
+        except OSError as exc:
+            raise from_os_error(exc, f"storing object {object_id}") from None
+
+    def _check_existing(self, final: Path, object_id: str, size: int, temp_path: str) -> None:
+        """A dedup hit: make sure the existing file really is this object."""
+        reader = ObjectReader(object_id, ObjectLocation(final, 0, os.stat(final).st_size))
+        try:
+            reader.verify()
+            return
+        except CorruptObject:
+            pass
+        # The existing copy is damaged and we hold good bytes: replace it atomically.
+        os.chmod(temp_path, 0o444)
+        os.replace(temp_path, final)
+        fsync_dir(final.parent)
+
+    # ---------------------------------------------------------------- housekeeping
+    def temp_files(self) -> list[Path]:
+        found = []
+        for directory, _subdirs, files in os.walk(self.root):
+            found.extend(Path(directory) / name for name in files if name.startswith(TEMP_PREFIX))
+        return sorted(found)
+
+    def remove_stale_temps(self, max_age: float = STALE_TEMP_SECONDS) -> int:
+        """Remove temp files older than max_age (the caller holds the writer lock)."""
+        removed = 0
+        cutoff = time.time() - max_age
+        for path in self.temp_files():
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                pass
+        return removed
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT,):
+            pass

@@ -1,0 +1,538 @@
+"""Store: the library API. Composes objects, log and index; owns the layout.
+
+Nothing here prints: what the user should hear about (a repaired torn tail, a
+rebuilt index) is collected in `Store.warnings` for the CLI or server to show.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import msgpack
+
+from .errors import (
+    CorruptLog,
+    ImstoreError,
+    InvalidInput,
+    KeyDeleted,
+    KeyNotFound,
+    NoStore,
+    PreconditionFailed,
+    Unavailable,
+    VersionNotFound,
+    from_os_error,
+)
+from .fsio import crash_point, fsync_dir, fsync_fd, write_all
+from .index import Index
+from .log import GENESIS, Frame, Log, Record, batch_payload, encode_record
+from .objects import CHUNK_SIZE, ObjectReader, ObjectStore
+from .validate import format_time, parse_version, validate_key, validate_meta
+
+__all__ = ["Store", "Version", "PutResult", "VerifyReport", "FORMAT"]
+
+FORMAT = 1
+CONFIG_NAME = "config"
+INDEX_NAME = "index.sqlite"
+
+
+@dataclass(frozen=True)
+class Version:
+    """One version of a key, as the index knows it."""
+
+    key: str
+    version: int
+    seq: int
+    op: str
+    hash: str | None
+    size: int
+    time_ns: int
+    content_type: str | None = None
+    message: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def deleted(self) -> bool:
+        return self.op == "delete"
+
+    @property
+    def time(self) -> str:
+        return format_time(self.time_ns)
+
+    @classmethod
+    def from_row(cls, row: tuple) -> Version:
+        key, version, seq, op, object_hash, size, time_ns, content_type, message, meta = row
+        return cls(key, version, seq, op, object_hash, size, time_ns, content_type, message, _unpack_meta(meta))
+
+    @classmethod
+    def from_record(cls, record: Record) -> Version:
+        return cls(
+            record.key,
+            record.version,
+            record.seq,
+            record.op,
+            record.hash,
+            record.size,
+            record.time_ns,
+            record.content_type,
+            record.message,
+            dict(record.meta),
+        )
+
+
+@dataclass(frozen=True)
+class PutResult:
+    version: Version
+    unchanged: bool
+
+
+@dataclass
+class VerifyReport:
+    """What verify found. problems make it fail; warnings and notes do not."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    records: int = 0
+    keys: int = 0
+    objects: int = 0
+    bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _unpack_meta(blob: bytes | None) -> dict:
+    return msgpack.unpackb(blob, raw=False) if blob else {}
+
+
+class Store:
+    """An imstore directory. Open with Store.open(path) or create with Store.init(path)."""
+
+    def __init__(self, root: Path, config: dict):
+        self.root = root
+        self.config = config
+        self.store_id: str = config["store_id"]
+        self.objects = ObjectStore(root / "objects")
+        self.log = Log(root / "log")
+        self.index_path = root / INDEX_NAME
+        self.warnings: list[str] = []
+        self._index: Index | None = None
+        self._temps_checked = False
+
+    # ================================================================ lifecycle
+    @classmethod
+    def init(cls, path: str | os.PathLike) -> tuple[Store, bool]:
+        """Create a store at path (or open the one there); returns (store, created)."""
+        root = Path(path).expanduser().absolute()
+        if (root / CONFIG_NAME).exists():
+            return cls.open(root), False
+        try:
+            if root.exists():
+                if not root.is_dir():
+                    raise InvalidInput(f"{root} exists and is not a directory")
+                if any(root.iterdir()):
+                    raise InvalidInput(f"{root} is a non-empty directory that is not a store; refusing to init there")
+            root.mkdir(parents=True, exist_ok=True)
+            for directory in (root / "objects", root / "objects" / "pack", root / "log"):
+                directory.mkdir(exist_ok=True)
+            Log(root / "log").path.touch()
+            (root / "log" / "LOCK").touch()
+            config = {"format": FORMAT, "store_id": str(uuid.uuid4()), "hash": "blake3", "created": time.time_ns()}
+            _write_file_durably(root / CONFIG_NAME, msgpack.packb(config, use_bin_type=True))
+            for directory in (root / "objects" / "pack", root / "objects", root / "log", root, root.parent):
+                fsync_dir(directory)
+        except OSError as exc:
+            raise from_os_error(exc, f"creating a store at {root}") from None
+        return cls.open(root), True
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, create: bool = False) -> Store:
+        """Open the store at path; with create, make one there if there is none."""
+        root = Path(path).expanduser().absolute()
+        config_path = root / CONFIG_NAME
+        try:
+            raw = config_path.read_bytes()
+        except FileNotFoundError:
+            if create and (not root.exists() or (root.is_dir() and not any(root.iterdir()))):
+                return cls.init(root)[0]
+            raise NoStore(f"no store at {root} (create one with: imstore init {root})") from None
+        except NotADirectoryError:
+            raise NoStore(f"no store at {root}: it is not a directory") from None
+        except OSError as exc:
+            raise from_os_error(exc, f"opening the store at {root}") from None
+        try:
+            config = msgpack.unpackb(raw, raw=False)
+            if not isinstance(config, dict) or not isinstance(config.get("store_id"), str):
+                raise ValueError
+        except Exception:
+            raise CorruptLog(f"the store's config file is damaged: {config_path}") from None
+        if config.get("format") != FORMAT:
+            raise ImstoreError(f"store format {config.get('format')!r} is not supported (this imstore reads {FORMAT})")
+        return cls(root, config)
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # ================================================================ index upkeep
+    @property
+    def index(self) -> Index:
+        """The index, caught up with the log (opened, repaired or rebuilt as needed)."""
+        if self._index is None:
+            self._index = self._open_index()
+            self._catch_up()
+        return self._index
+
+    def _open_index(self) -> Index:
+        try:
+            return Index(self.index_path)
+        except sqlite3.DatabaseError:
+            self.warnings.append("the index was unreadable; rebuilding it from the log")
+            Index.remove_files(self.index_path)
+            try:
+                return Index(self.index_path)
+            except sqlite3.Error as exc:
+                raise Unavailable(f"cannot create the index at {self.index_path}: {exc}") from None
+        except sqlite3.Error as exc:
+            raise Unavailable(f"cannot open the index at {self.index_path}: {exc}") from None
+
+    def _catch_up(self, *, writer: bool = False) -> None:
+        """Apply log frames the index has not seen; rebuild it if it disagrees with the log."""
+        index = self._index
+        assert index is not None
+        try:
+            state = index.begin()
+            try:
+                if not self._index_matches_log(state):
+                    if state.log_end:
+                        self.warnings.append("the index did not match the log; rebuilt it from the log")
+                    index.clear()
+                    state = index.state()
+                prev, seq = state.last_hash, state.seq
+                for frame in self.log.scan(state.log_end):
+                    prev, seq = _check_chain(frame, prev, seq)
+                    index.apply(frame.records, frame.offset, frame.end, frame.checksum)
+                index.commit()
+            except BaseException:
+                index.rollback()
+                raise
+        except sqlite3.Error as exc:
+            raise Unavailable(f"the index cannot be updated: {exc}") from None
+        torn_at = self.log.torn_at
+        if torn_at is not None and writer:
+            cut = self.log.size() - torn_at
+            self.log.truncate(torn_at)
+            self.warnings.append(f"the log ended in a torn record ({cut} bytes at offset {torn_at}, an interrupted write); cut it off")
+
+    def _index_matches_log(self, state) -> bool:
+        if state.frame_offset < 0:
+            return state.log_end == 0
+        if self.log.size() < state.log_end:
+            return False
+        header = self.log.frame_header_at(state.frame_offset)
+        return header is not None and header[1] == state.frame_checksum and state.frame_offset + 20 + header[0] == state.log_end
+
+    def reindex(self) -> int:
+        """Rebuild the index from the log from scratch; returns the record count."""
+        self.close()
+        with self.log.locked():
+            Index.remove_files(self.index_path)
+            self._index = self._open_index()
+            self._catch_up(writer=True)
+            return self._index.count()
+
+    @contextmanager
+    def _writing(self) -> Iterator[Index]:
+        """Hold the log lock with the index caught up: the tail state is current."""
+        index = self.index
+        with self.log.locked():
+            self._catch_up(writer=True)
+            if not self._temps_checked:
+                self.objects.remove_stale_temps()
+                self._temps_checked = True
+            yield index
+
+    def _append(self, payloads: list[bytes]) -> Frame:
+        """Append records (one frame) and apply them to the index. Caller holds the lock."""
+        index = self.index
+        state = index.state()
+        payload = payloads[0] if len(payloads) == 1 else batch_payload(payloads)
+        offset, end = self.log.append(payload, state.log_end)
+        frame = self.log.read_frame_at(offset)
+        if frame is None:
+            raise CorruptLog(f"the record just appended at offset {offset} cannot be read back")
+        try:
+            index.begin()
+            index.apply(frame.records, frame.offset, frame.end, frame.checksum)
+            index.commit()
+        except sqlite3.Error:
+            # The log is the truth and the record is durable; the index catches up later.
+            index.rollback()
+        crash_point("index-updated")
+        return frame
+
+    # ================================================================ writing
+    def put(self, key: str, data: bytes, **options) -> PutResult:
+        """Store data as a new version of key (see put_stream for options)."""
+        return self.put_stream(key, [data], **options)
+
+    def put_stream(
+        self,
+        key: str,
+        source: BinaryIO | Iterable[bytes],
+        *,
+        content_type: str | None = None,
+        meta: dict | None = None,
+        message: str | None = None,
+        if_version: int | None = None,
+        if_absent: bool = False,
+        max_size: int | None = None,
+    ) -> PutResult:
+        """Stream source (a binary file or an iterable of bytes) into a new version of key.
+
+        The object is durable before the log record is written, and the record
+        is fsynced before this returns. A put whose bytes, content type and
+        metadata equal the latest version's adds nothing (`unchanged`).
+        """
+        validate_key(key)
+        meta = validate_meta(meta)
+        if if_version is not None:
+            if_version = parse_version(if_version)
+        if content_type is not None and (not content_type.strip() or len(content_type) > 255):
+            raise InvalidInput("a content type is 1 to 255 characters")
+        chunks = _read_chunks(source) if hasattr(source, "read") else source
+        object_id, size = self.objects.write_stream(chunks, max_size=max_size)
+        with self._writing() as index:
+            latest = index.latest_version(key)
+            _check_preconditions(key, latest, if_version, if_absent)
+            if latest is not None and latest[1] == "put":
+                current = Version.from_row(index.version(key, latest[0]))
+                if current.hash == object_id and current.content_type == content_type and current.meta == meta:
+                    return PutResult(current, unchanged=True)
+            frame = self._append([self._payload("put", key, latest, object_id, size, content_type, meta, message)])
+        return PutResult(Version.from_record(frame.records[0]), unchanged=False)
+
+    def delete(self, key: str, *, message: str | None = None, if_version: int | None = None) -> Version:
+        """Append a tombstone version for key. Deleting a missing or deleted key is NotFound."""
+        validate_key(key)
+        if if_version is not None:
+            if_version = parse_version(if_version)
+        with self._writing() as index:
+            latest = index.latest_version(key)
+            if latest is None:
+                raise KeyNotFound(f"no key {key!r}")
+            if latest[1] == "delete":
+                raise KeyDeleted(f"key {key!r} is already deleted (version {latest[0]})")
+            _check_preconditions(key, latest, if_version, False)
+            frame = self._append([self._payload("delete", key, latest, None, 0, None, {}, message)])
+        return Version.from_record(frame.records[0])
+
+    def _payload(self, op, key, latest, object_id, size, content_type, meta, message) -> bytes:
+        state = self.index.state()
+        return encode_record(
+            seq=state.seq + 1,
+            time_ns=time.time_ns(),
+            op=op,
+            key=key,
+            version=(latest[0] if latest else 0) + 1,
+            hash=object_id,
+            size=size,
+            content_type=content_type,
+            meta=meta,
+            message=message,
+            prev=state.last_hash,
+        )
+
+    # ================================================================ reading
+    def resolve(self, key: str, version: int | str | None = None, at: int | None = None) -> Version:
+        """The version of key asked for: latest, number `version`, or current at `at` (ns)."""
+        validate_key(key)
+        index = self.index
+        if version is not None:
+            number = parse_version(version)
+            row = index.version(key, number)
+            if row is None:
+                latest = index.latest_version(key)
+                if latest is None:
+                    raise KeyNotFound(f"no key {key!r}")
+                raise VersionNotFound(f"key {key!r} has no version {number} (latest is {latest[0]})")
+            found = Version.from_row(row)
+            if found.deleted:
+                raise KeyDeleted(f"version {number} of {key!r} is a deletion")
+            return found
+        if at is not None:
+            row = index.version_at(key, at)
+            if row is None:
+                if index.latest_version(key) is None:
+                    raise KeyNotFound(f"no key {key!r}")
+                raise VersionNotFound(f"key {key!r} had no version at {format_time(at)}")
+            found = Version.from_row(row)
+            if found.deleted:
+                raise KeyDeleted(f"key {key!r} was deleted at {format_time(at)} (version {found.version})")
+            return found
+        latest = index.latest_version(key)
+        if latest is None:
+            raise KeyNotFound(f"no key {key!r}")
+        if latest[1] == "delete":
+            raise KeyDeleted(f"key {key!r} is deleted (version {latest[0]}); older versions stay readable with --version")
+        return Version.from_row(index.version(key, latest[0]))
+
+    def open_version(self, key: str, version: int | str | None = None, at: int | None = None) -> tuple[Version, ObjectReader]:
+        """(version, verified reader of its bytes)."""
+        found = self.resolve(key, version, at)
+        return found, self.objects.open(found.hash)
+
+    def get(self, key: str, version: int | str | None = None, at: int | None = None) -> bytes:
+        """The bytes of a version, checked against their hash."""
+        return self.open_version(key, version, at)[1].read()
+
+    def open_object(self, hash_or_prefix: str) -> ObjectReader:
+        return self.objects.open(self.objects.resolve_prefix(hash_or_prefix))
+
+    def cat(self, hash_or_prefix: str) -> bytes:
+        return self.open_object(hash_or_prefix).read()
+
+    def history(self, key: str, limit: int | None = None) -> list[Version]:
+        """Every version of key, oldest first (with limit: the newest `limit`)."""
+        validate_key(key)
+        rows = self.index.history(key, limit)
+        if not rows:
+            raise KeyNotFound(f"no key {key!r}")
+        return [Version.from_row(row) for row in reversed(rows)]
+
+    def ls(self, prefix: str = "", *, include_deleted: bool = False, limit: int | None = None) -> list[Version]:
+        """The latest version of each key that starts with prefix, in key order."""
+        return [Version.from_row(row) for row in self.index.ls(prefix, include_deleted, limit)]
+
+    def log_records(self, after: int = 0, limit: int | None = None) -> list[Version]:
+        """The global log: every version of every key in commit order."""
+        return [Version.from_row(row) for row in self.index.log(after, limit)]
+
+    # ================================================================ checking
+    def verify(self, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+        """Check the chain, every record, every object's hash and the index against the log."""
+        report = VerifyReport()
+        referenced: dict[str, str] = {}
+        latest_version: dict[str, int] = {}
+        log_versions: list[Version] = []
+        try:
+            prev, seq = GENESIS, 0
+            for frame in self.log.scan(0):
+                prev, seq = _check_chain(frame, prev, seq)
+                for record in frame.records:
+                    expected = latest_version.get(record.key, 0) + 1
+                    if record.version != expected:
+                        report.problems.append(f"record seq {record.seq}: key {record.key!r} has version {record.version}, expected {expected}")
+                    latest_version[record.key] = record.version
+                    if record.hash:
+                        referenced.setdefault(record.hash, f"{record.key!r} version {record.version}")
+                    log_versions.append(Version.from_record(record))
+            if self.log.torn_at is not None:
+                report.warnings.append(f"the log ends in a torn record at offset {self.log.torn_at}; the next write cuts it off")
+        except CorruptLog as exc:
+            report.problems.append(str(exc))
+        report.records = len(log_versions)
+        report.keys = len(latest_version)
+        self._verify_index(report, log_versions)
+        self._verify_objects(report, referenced, progress)
+        return report
+
+    def _verify_index(self, report: VerifyReport, log_versions: list[Version]) -> None:
+        try:
+            index = self.index
+            indexed = [Version.from_row(row) for row in index.all_rows()]
+        except ImstoreError as exc:
+            report.problems.append(f"index: {exc}")
+            return
+        if indexed != log_versions:
+            differing = next((a.seq for a, b in zip(indexed, log_versions) if a != b), min(len(indexed), len(log_versions)) + 1)
+            report.problems.append(
+                f"the index disagrees with the log (from seq {differing}; {len(indexed)} vs {len(log_versions)} records): run imstore reindex"
+            )
+
+    def _verify_objects(self, report: VerifyReport, referenced: dict[str, str], progress) -> None:
+        try:
+            present = set(self.objects.iter_ids())
+        except (ImstoreError, OSError) as exc:
+            report.problems.append(f"objects: {exc}")
+            return
+        total = len(present | set(referenced))
+        for number, object_id in enumerate(sorted(present | set(referenced)), 1):
+            if progress:
+                progress(number, total)
+            where = referenced.get(object_id)
+            if object_id not in present:
+                report.problems.append(f"object {object_id} is missing (needed by {where})")
+                continue
+            try:
+                reader = self.objects.open(object_id)
+                reader.verify()
+                report.objects += 1
+                report.bytes += reader.size
+            except ImstoreError as exc:
+                report.problems.append(f"object {object_id} is damaged{f' (needed by {where})' if where else ''}: {exc}")
+                continue
+            if where is None:
+                report.notes.append(f"object {object_id} is not referenced by any record")
+        for temp in self.objects.temp_files():
+            report.notes.append(f"temp file {temp} (left by an interrupted write; removed by a later writer)")
+
+
+def _check_chain(frame: Frame, prev: bytes, seq: int) -> tuple[bytes, int]:
+    """Each record must follow the one before: seq + 1 and prev = its hash."""
+    for record in frame.records:
+        if record.seq != seq + 1 or record.prev != prev:
+            raise CorruptLog(
+                f"the log's hash chain is broken at offset {frame.offset} (record seq {record.seq}, expected {seq + 1}):"
+                " history was altered or the middle of the log is corrupt"
+            )
+        prev, seq = record.record_hash, record.seq
+    return prev, seq
+
+
+def _check_preconditions(key: str, latest: tuple[int, str] | None, if_version: int | None, if_absent: bool) -> None:
+    if if_absent and latest is not None and latest[1] != "delete":
+        raise PreconditionFailed(f"key {key!r} exists (version {latest[0]}) and --if-absent was given")
+    if if_version is not None:
+        current = latest[0] if latest else 0
+        if current != if_version:
+            raise PreconditionFailed(f"key {key!r} is at version {current}, not {if_version}")
+
+
+def _read_chunks(source: BinaryIO) -> Iterator[bytes]:
+    read = getattr(source, "read1", None) or source.read
+    while True:
+        try:
+            chunk = read(CHUNK_SIZE)
+        except OSError as exc:
+            raise InvalidInput(f"cannot read the input: {exc.strerror or exc}") from None
+        if not chunk:
+            return
+        yield chunk
+
+
+def _write_file_durably(path: Path, data: bytes) -> None:
+    temp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o444)
+    try:
+        write_all(fd, data)
+        fsync_fd(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)

@@ -1,0 +1,97 @@
+"""Checks for what users hand us: keys, version numbers, times, metadata.
+
+Keys are exact UTF-8 strings (no Unicode normalisation) and are never paths.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import datetime, timezone
+
+from .errors import InvalidInput, InvalidKey, InvalidTime, InvalidVersion
+
+__all__ = ["MAX_KEY_BYTES", "validate_key", "parse_version", "parse_time", "format_time", "validate_meta"]
+
+MAX_KEY_BYTES = 1024
+MAX_META_ITEMS = 64
+MAX_META_BYTES = 64 * 1024
+
+
+def validate_key(key: object) -> str:
+    """Return key if it is a valid key; raise InvalidKey saying why otherwise."""
+    if not isinstance(key, str):
+        raise InvalidKey("a key must be a string")
+    if key == "":
+        raise InvalidKey("a key must not be empty")
+    try:
+        encoded = key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKey("a key must be valid UTF-8 (it holds a lone surrogate)") from None
+    if len(encoded) > MAX_KEY_BYTES:
+        raise InvalidKey(f"a key is at most {MAX_KEY_BYTES} bytes of UTF-8 (this one is {len(encoded)})")
+    if key.isspace():
+        raise InvalidKey("a key must not be only whitespace")
+    for position, char in enumerate(key):
+        if unicodedata.category(char) == "Cc":
+            raise InvalidKey(f"a key must not hold control characters (found U+{ord(char):04X} at {position})")
+    return key
+
+
+def parse_version(value: object) -> int:
+    """A version number: an int >= 1 (strings of digits are accepted)."""
+    if isinstance(value, bool):
+        raise InvalidVersion(f"not a version number: {value!r}")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
+        number = int(value.strip())
+    else:
+        raise InvalidVersion(f"not a version number: {value!r}")
+    if number < 1:
+        raise InvalidVersion(f"versions start at 1: {value!r}")
+    return number
+
+
+def parse_time(value: str) -> int:
+    """ISO 8601 (Z or +hh:mm; no offset means UTC) → nanoseconds since the epoch."""
+    text = value.strip() if isinstance(value, str) else ""
+    if not text:
+        raise InvalidTime("empty time")
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidTime(f"not an ISO 8601 time: {value!r} (e.g. 2026-11-28T12:00:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def format_time(time_ns: int) -> str:
+    """Nanoseconds since the epoch → '2026-11-28T12:00:00.123Z'."""
+    seconds, rest = divmod(time_ns, 1_000_000_000)
+    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{rest // 1_000_000:03d}Z"
+
+
+def validate_meta(meta: dict | None) -> dict[str, str]:
+    """Metadata is a small map of text to text."""
+    if not meta:
+        return {}
+    if not isinstance(meta, dict) or len(meta) > MAX_META_ITEMS:
+        raise InvalidInput(f"metadata is a map of at most {MAX_META_ITEMS} text items")
+    total = 0
+    for name, value in meta.items():
+        if not isinstance(name, str) or not isinstance(value, str) or not name:
+            raise InvalidInput("metadata names and values are non-empty text")
+        total += len(name.encode("utf-8", "surrogatepass")) + len(value.encode("utf-8", "surrogatepass"))
+        for text in (name, value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidInput("metadata must be valid UTF-8") from None
+    if total > MAX_META_BYTES:
+        raise InvalidInput(f"metadata is at most {MAX_META_BYTES} bytes")
+    return dict(meta)
