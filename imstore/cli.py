@@ -1,0 +1,496 @@
+"""The imstore command line: thin commands over the Store API.
+
+Each command parses its options, makes one library call and hands the result to
+`Output`. Exceptions become exit codes in exactly one place, `main()`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .errors import ImstoreError, InvalidInput, UsageError
+from .output import Output, history_json, log_json, ls_json, version_json
+from .validate import parse_time
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+app = typer.Typer(
+    name="imstore",
+    help="An immutable, versioned, content-addressed store.\n\n"
+    "Every put appends a new version; nothing written is ever changed; every read is verified.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass
+class Settings:
+    """Global options of one invocation."""
+
+    store: Optional[Path] = None
+    out: Output = None  # type: ignore[assignment]
+    debug: bool = False
+
+
+settings = Settings(out=Output())
+
+
+def default_store_path() -> Path:
+    from platformdirs import user_data_path
+
+    return user_data_path("imstore")
+
+
+def open_store(*, write: bool = False):
+    """The store named by --store / IMSTORE_DIR, or the default one (created on first write)."""
+    from .store import Store
+
+    if settings.store is not None:
+        store = Store.open(settings.store)
+    else:
+        store = Store.open(default_store_path(), create=write)
+    return store
+
+
+def show_warnings(store) -> None:
+    for warning in store.warnings:
+        settings.out.warn(warning)
+    store.warnings.clear()
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"imstore {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def global_options(
+    store: Annotated[
+        Optional[Path],
+        typer.Option("--store", envvar="IMSTORE_DIR", help="Store directory [default: the user data dir, e.g. ~/.local/share/imstore].", show_default=False),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document (or JSON lines) on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only what was asked for, no chatter.")] = False,
+    no_color: Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show a traceback on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """An immutable, versioned, content-addressed store.
+
+    Every put appends a new version; nothing written is ever changed; every read is verified.
+    """
+    settings.store = store
+    settings.debug = debug
+    settings.out.json = json_output
+    settings.out.quiet = quiet
+    settings.out.color = settings.out.color and not no_color
+
+
+# ============================================================ commands
+@app.command()
+def init(
+    path: Annotated[Optional[Path], typer.Argument(help="Where to create the store [default: --store or the default store].", show_default=False)] = None,
+) -> None:
+    """Create a store. Refuses a non-empty directory that is not a store.
+
+    Example: imstore init ~/stores/team
+    """
+    from .store import Store
+
+    target = path or settings.store or default_store_path()
+    store, created = Store.init(target)
+    with store:
+        out = settings.out
+        if out.json:
+            out.document({"path": str(store.root), "store_id": store.store_id, "created": created})
+        else:
+            out.info(f"{'created a store' if created else 'already a store'} at {store.root}")
+
+
+@app.command()
+def put(
+    key: Annotated[str, typer.Argument(help="The key (any UTF-8 text; '/' means nothing special).")],
+    file: Annotated[Optional[str], typer.Argument(help="File to store, or - for stdin [default: stdin].", show_default=False)] = None,
+    content_type: Annotated[Optional[str], typer.Option("--content-type", "-t", help="Media type to record, e.g. text/plain.")] = None,
+    meta: Annotated[Optional[list[str]], typer.Option("--meta", help="Metadata NAME=VALUE (repeatable).")] = None,
+    message: Annotated[Optional[str], typer.Option("-m", "--message", help="A message for this version.")] = None,
+    if_version: Annotated[Optional[str], typer.Option("--if-version", help="Only if the latest version is N (0: no versions).", metavar="N")] = None,
+    if_absent: Annotated[bool, typer.Option("--if-absent", help="Only if the key has no live version.")] = False,
+) -> None:
+    """Store a new version of KEY from FILE or stdin (streamed).
+
+    Prints key, version, hash, size and `new` or `unchanged` (same bytes, type
+    and metadata as the latest version add no version).
+
+    Example: imstore put notes/todo.txt todo.txt -m "first draft"
+
+    Example: echo hello | imstore put greeting --if-absent
+    """
+    source, name = _open_input(file)
+    expected = _parse_expected_version(if_version)
+    try:
+        with open_store(write=True) as store:
+            result = store.put_stream(
+                key,
+                source,
+                content_type=content_type,
+                meta=_parse_meta(meta),
+                message=message,
+                if_version=expected,
+                if_absent=if_absent,
+            )
+            show_warnings(store)
+    finally:
+        if source is not sys.stdin.buffer:
+            source.close()
+    settings.out.put_result(result)
+
+
+@app.command()
+def get(
+    key: Annotated[str, typer.Argument(help="The key.")],
+    version: Annotated[Optional[str], typer.Option("--version", "-V", help="Version number to read [default: latest].", metavar="N")] = None,
+    at: Annotated[Optional[str], typer.Option("--at", help="The version current at this ISO 8601 time (no offset = UTC).", metavar="TIME")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write to this file (atomically) instead of stdout.")] = None,
+) -> None:
+    """Write the bytes of KEY (latest, --version N, or --at TIME) to stdout or -o FILE.
+
+    Bytes are checked against their hash before they are written; a damaged
+    object is exit 5 and nothing reaches stdout.
+
+    Example: imstore get notes/todo.txt --version 1 -o old.txt
+    """
+    if version is not None and at is not None:
+        raise UsageError("give --version or --at, not both")
+    moment = parse_time(at) if at is not None else None
+    with open_store() as store:
+        found, reader = store.open_version(key, version, moment)
+        show_warnings(store)
+        _emit_object(reader, output)
+
+
+@app.command()
+def cat(
+    object_hash: Annotated[str, typer.Argument(metavar="HASH", help="Full hash or a unique prefix of 8+ hex digits.")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Write the bytes of an object, by hash or unique hash prefix.
+
+    Example: imstore cat 1f9a3b2c
+    """
+    with open_store() as store:
+        reader = store.open_object(object_hash)
+        show_warnings(store)
+        _emit_object(reader, output)
+
+
+@app.command()
+def history(
+    key: Annotated[str, typer.Argument(help="The key.")],
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Only the newest N versions.")] = None,
+) -> None:
+    """Every version of KEY, oldest first: version, time, op, hash, size, type, message.
+
+    Example: imstore history notes/todo.txt --limit 5
+    """
+    with open_store() as store:
+        versions = store.history(key, limit)
+        show_warnings(store)
+    out = settings.out
+    if out.json:
+        out.document([history_json(v) for v in versions])
+        return
+    out.rows(
+        ["version", "time", "op", "hash", "size", "type", "message"],
+        [[v.version, v.time, v.op, v.hash, v.size, v.content_type, v.message] for v in versions],
+    )
+
+
+@app.command("ls")
+def list_keys(
+    prefix: Annotated[str, typer.Argument(help="Only keys starting with this text.")] = "",
+    show_all: Annotated[bool, typer.Option("--all", "-a", help="Include deleted keys.")] = False,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="At most N keys.")] = None,
+) -> None:
+    """Keys with their latest version: key, version, hash, size, time.
+
+    Example: imstore ls notes/
+    """
+    with open_store() as store:
+        versions = store.ls(prefix, include_deleted=show_all, limit=limit)
+        show_warnings(store)
+    out = settings.out
+    if out.json:
+        out.document([ls_json(v) for v in versions])
+        return
+    out.rows(
+        ["key", "version", "hash", "size", "time"],
+        [[v.key, v.version, "(deleted)" if v.deleted else v.hash, v.size, v.time] for v in versions],
+    )
+
+
+@app.command()
+def rm(
+    key: Annotated[str, typer.Argument(help="The key.")],
+    message: Annotated[Optional[str], typer.Option("-m", "--message", help="A message for the deletion.")] = None,
+    if_version: Annotated[Optional[str], typer.Option("--if-version", help="Only if the latest version is N.", metavar="N")] = None,
+) -> None:
+    """Delete KEY by appending a tombstone version; history keeps every version.
+
+    Example: imstore rm notes/todo.txt -m "done"
+    """
+    expected = _parse_expected_version(if_version)
+    with open_store(write=False) as store:
+        tombstone = store.delete(key, message=message, if_version=expected)
+        show_warnings(store)
+    out = settings.out
+    if out.json:
+        out.document(version_json(tombstone))
+    elif not out.quiet:
+        out.line(tombstone.key, tombstone.version, "deleted")
+
+
+@app.command()
+def log(
+    after: Annotated[int, typer.Option("--after", min=0, help="Only records after this seq.", metavar="SEQ")] = 0,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="At most N records.")] = None,
+) -> None:
+    """The global log of every put and delete in commit order: seq, op, key, version, hash, size, time.
+
+    Example: imstore log --after 100 --limit 20
+    """
+    with open_store() as store:
+        records = store.log_records(after, limit)
+        show_warnings(store)
+    out = settings.out
+    if out.json:
+        out.document([log_json(r) for r in records])
+        return
+    out.rows(
+        ["seq", "op", "key", "version", "hash", "size", "time"],
+        [[r.seq, r.op, r.key, r.version, r.hash, r.size, r.time] for r in records],
+    )
+
+
+@app.command()
+def verify() -> None:
+    """Check the hash chain, every record, every object's hash, and the index against the log.
+
+    Exit 5 names each problem; temp files and unreferenced objects are notes.
+
+    Example: imstore verify --json
+    """
+    with open_store() as store:
+        report = store.verify(progress=_progress_printer("verifying objects"))
+        show_warnings(store)
+    settings.out.verify_report(report)
+    if not report.ok:
+        raise typer.Exit(5)
+
+
+@app.command()
+def reindex() -> None:
+    """Rebuild the index from the log (the log is the truth; the index is derived).
+
+    Example: imstore reindex
+    """
+    with open_store() as store:
+        count = store.reindex()
+        show_warnings(store)
+    out = settings.out
+    if out.json:
+        out.document({"records": count})
+    else:
+        out.info(f"index rebuilt: {count} records")
+
+
+# ============================================================ helpers
+def _open_input(file: Optional[str]):
+    """A binary stream for put: a regular file, a pipe or FIFO, or stdin."""
+    if file is None or file == "-":
+        try:
+            os.fstat(0)
+        except OSError:
+            raise InvalidInput("stdin is closed: give a FILE or pipe data in") from None
+        if sys.stdin is None:
+            raise InvalidInput("stdin is closed: give a FILE or pipe data in")
+        if sys.stdin.isatty():
+            settings.out.info("reading from the terminal; end with Ctrl-D")
+        return sys.stdin.buffer, "stdin"
+    try:
+        mode = os.stat(file).st_mode
+    except FileNotFoundError:
+        raise InvalidInput(f"no such file: {file}") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise InvalidInput(f"{file} is a directory (to store a tree, use imstore import)")
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+        raise InvalidInput(f"{file} is a device or socket, not a file; pipe it in with '-' if you mean it")
+    try:
+        return open(file, "rb"), file
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
+
+
+def _parse_meta(items: Optional[list[str]]) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InvalidInput(f"--meta takes NAME=VALUE, got {item!r}")
+        meta[name] = value
+    return meta
+
+
+def _parse_expected_version(text: Optional[str]) -> Optional[int]:
+    """--if-version N: N >= 0, where 0 means 'no versions yet'."""
+    if text is None:
+        return None
+    if text.strip() == "0":
+        return 0
+    from .validate import parse_version
+
+    return parse_version(text)
+
+
+def _emit_object(reader, output: Optional[Path]) -> None:
+    from .transfer import copy_to_file, copy_to_stream
+
+    if output is None or str(output) == "-":
+        copy_to_stream(reader, sys.stdout.buffer)
+    else:
+        if output.is_dir():
+            raise InvalidInput(f"{output} is a directory")
+        copy_to_file(reader, output)
+
+
+def _progress_printer(label: str):
+    """A progress callback drawing a rich bar on a terminal, or None (pipes get nothing)."""
+    out = settings.out
+    if out.json or out.quiet or not out.stderr_is_terminal:
+        return None
+    from rich.progress import Progress
+
+    progress = Progress(transient=True, console=None)
+    task = {}
+
+    def update(done: int, total: int) -> None:
+        if not task:
+            progress.start()
+            task["id"] = progress.add_task(label, total=total)
+        progress.update(task["id"], completed=done)
+        if done >= total:
+            progress.stop()
+
+    return update
+
+
+# ============================================================ entry point
+_OUTPUT_FLAGS = {"--json", "-q", "--quiet", "--no-color", "--debug"}
+
+
+def _hoist_output_flags(argv: list[str]) -> list[str]:
+    """Let output flags stand after the command name too (`imstore ls --json`)."""
+    command = typer.main.get_command(app)
+    takes_value = set()
+    for sub in [command, *getattr(command, "commands", {}).values()]:
+        for param in sub.params:
+            if getattr(param, "is_flag", False) or param.param_type_name != "option":
+                continue
+            takes_value.update(param.opts)
+    hoisted, rest = [], []
+    skip_next = False
+    for position, arg in enumerate(argv):
+        if arg == "--":
+            rest.extend(argv[position:])
+            break
+        if skip_next:
+            rest.append(arg)
+            skip_next = False
+        elif arg in _OUTPUT_FLAGS:
+            hoisted.append(arg)
+        else:
+            rest.append(arg)
+            skip_next = arg in takes_value
+    return hoisted + rest
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The one place that maps an exception to an exit code."""
+    if isinstance(exc, ImstoreError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    return EXIT_ERROR
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: run the CLI and exit with the documented code."""
+    sys.exit(run(argv))
+
+
+def run(argv: Optional[list[str]] = None) -> int:
+    """Run the CLI on argv; return the exit code (for tests and main)."""
+    from typer._click.exceptions import NoArgsIsHelpError
+    from typer._click.exceptions import UsageError as ClickUsageError
+    from typer.exceptions import Abort, Exit
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    global settings
+    settings = Settings(out=Output())
+    out = settings.out
+    try:
+        command = typer.main.get_command(app)
+        result = command.main(_hoist_output_flags(args), prog_name="imstore", standalone_mode=False)
+        return result if isinstance(result, int) else EXIT_OK
+    except Exit as exc:
+        return exc.exit_code
+    except Abort:
+        out.error("interrupted")
+        return EXIT_INTERRUPTED
+    except NoArgsIsHelpError as exc:
+        print(exc.format_message())
+        return EXIT_OK
+    except ClickUsageError as exc:
+        hint = f" (see: imstore {exc.ctx.info_name if exc.ctx and exc.ctx.parent else ''} --help)".replace("  ", " ")
+        out.error(exc.format_message() + hint)
+        return EXIT_USAGE
+    except ImstoreError as exc:
+        if settings.debug:
+            import traceback
+
+            traceback.print_exc()
+        out.error(str(exc) or exc.title)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        out.error("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, as cat does.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_ERROR
+    except Exception as exc:  # a bug of ours: say so plainly, traceback with --debug
+        if settings.debug:
+            import traceback
+
+            traceback.print_exc()
+        out.error(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for a traceback)")
+        return EXIT_ERROR

@@ -1,0 +1,180 @@
+"""Rendering for the CLI: tab-separated lines, a rich table on a terminal, or JSON.
+
+stdout is data and stderr is messages. Colour and tables only on a terminal,
+never with NO_COLOR or --no-color. rich is imported only when it will be used,
+so `imstore get` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from .store import PutResult, VerifyReport, Version
+
+__all__ = ["Output", "put_json", "history_json", "ls_json", "log_json", "version_json"]
+
+
+def put_json(result: PutResult) -> dict:
+    version = result.version
+    return {"key": version.key, "version": version.version, "hash": version.hash, "size": version.size, "unchanged": result.unchanged}
+
+
+def history_json(version: Version) -> dict:
+    return {
+        "version": version.version,
+        "op": version.op,
+        "hash": version.hash,
+        "size": version.size,
+        "time": version.time,
+        "content_type": version.content_type,
+        "message": version.message,
+    }
+
+
+def ls_json(version: Version) -> dict:
+    return {"key": version.key, "version": version.version, "hash": version.hash, "size": version.size, "time": version.time}
+
+
+def log_json(version: Version) -> dict:
+    return {
+        "seq": version.seq,
+        "op": version.op,
+        "key": version.key,
+        "version": version.version,
+        "hash": version.hash,
+        "size": version.size,
+        "time": version.time,
+    }
+
+
+def version_json(version: Version) -> dict:
+    """Everything about one version (rm, and the server's metadata answers)."""
+    return {
+        "key": version.key,
+        "version": version.version,
+        "seq": version.seq,
+        "op": version.op,
+        "hash": version.hash,
+        "size": version.size,
+        "time": version.time,
+        "content_type": version.content_type,
+        "message": version.message,
+        "meta": version.meta,
+    }
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    # Tabs and newlines inside a field would break the one-line-per-item promise.
+    return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+@dataclass
+class Output:
+    """Where and how the CLI writes. Streams are injectable so tests need no terminal."""
+
+    json: bool = False
+    quiet: bool = False
+    color: bool = True
+    stdout: IO[str] = field(default_factory=lambda: sys.stdout)
+    stderr: IO[str] = field(default_factory=lambda: sys.stderr)
+
+    def __post_init__(self) -> None:
+        if os.environ.get("NO_COLOR"):
+            self.color = False
+
+    @property
+    def stdout_is_terminal(self) -> bool:
+        return hasattr(self.stdout, "isatty") and self.stdout.isatty()
+
+    @property
+    def stderr_is_terminal(self) -> bool:
+        return hasattr(self.stderr, "isatty") and self.stderr.isatty()
+
+    # ------------------------------------------------------------ messages (stderr)
+    def error(self, message: str) -> None:
+        self._message(f"imstore: error: {message}", "bold red")
+
+    def warn(self, message: str) -> None:
+        self._message(f"imstore: warning: {message}", "yellow")
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self._message(message, None)
+
+    def _message(self, text: str, style: str | None) -> None:
+        text = text.replace("\n", " ")
+        if style and self.color and self.stderr_is_terminal:
+            from rich.console import Console
+            from rich.text import Text
+
+            Console(file=self.stderr, highlight=False).print(Text(text, style=style))
+        else:
+            print(text, file=self.stderr, flush=True)
+
+    # ------------------------------------------------------------ data (stdout)
+    def document(self, value: Any) -> None:
+        """One JSON document on stdout."""
+        self.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
+        self.stdout.flush()
+
+    def rows(self, headers: list[str], rows: list[list[Any]]) -> None:
+        """One line per row with tab-separated fields; a table on a terminal."""
+        if self.stdout_is_terminal and rows:
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table(box=None, header_style="bold" if self.color else None, show_edge=False, pad_edge=False)
+            for header in headers:
+                table.add_column(header, overflow="fold")
+            for row in rows:
+                table.add_row(*(_text(value) for value in row))
+            Console(file=self.stdout, no_color=not self.color, highlight=False, soft_wrap=True).print(table)
+            return
+        for row in rows:
+            self.stdout.write("\t".join(_text(value) for value in row) + "\n")
+        self.stdout.flush()
+
+    def line(self, *fields: Any) -> None:
+        self.stdout.write("\t".join(_text(value) for value in fields) + "\n")
+        self.stdout.flush()
+
+    # ------------------------------------------------------------ composite results
+    def put_result(self, result: PutResult) -> None:
+        if self.json:
+            self.document(put_json(result))
+        elif not self.quiet:
+            version = result.version
+            self.line(version.key, version.version, version.hash, version.size, "unchanged" if result.unchanged else "new")
+
+    def verify_report(self, report: VerifyReport) -> None:
+        if self.json:
+            self.document(
+                {
+                    "ok": report.ok,
+                    "problems": report.problems,
+                    "warnings": report.warnings,
+                    "notes": report.notes,
+                    "records": report.records,
+                    "keys": report.keys,
+                    "objects": report.objects,
+                    "bytes": report.bytes,
+                }
+            )
+            return
+        for kind, items in (("problem", report.problems), ("warning", report.warnings), ("note", report.notes)):
+            if kind == "note" and self.quiet:
+                continue
+            for item in items:
+                self.line(kind, item)
+        if not self.quiet or not report.ok:
+            status = "ok" if report.ok else f"FAILED ({len(report.problems)} problems)"
+            self.line(
+                "summary",
+                f"{status}: {report.records} records, {report.keys} keys, {report.objects} objects ({report.bytes} bytes) checked",
+            )

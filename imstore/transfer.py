@@ -1,0 +1,71 @@
+"""Copy a verified object to a file or a stream without ever emitting wrong bytes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import from_os_error
+from .fsio import fsync_fd, write_all
+from .objects import ObjectReader
+
+__all__ = ["copy_to_stream", "copy_to_file", "SMALL_OBJECT"]
+
+# Objects up to this size are read whole, checked, then written: one pass.
+SMALL_OBJECT = 8 << 20
+
+
+def copy_to_stream(reader: ObjectReader, stream: BinaryIO) -> int:
+    """Write the object to stream (stdout). Nothing is written unless it hashes right.
+
+    A stream cannot be taken back, so a large object is checked in a first pass
+    and then streamed (the second pass comes from the page cache and is checked again).
+    """
+    if reader.size <= SMALL_OBJECT:
+        data = reader.read()
+        stream.write(data)
+        stream.flush()
+        return len(data)
+    reader.verify()
+    written = 0
+    for chunk in reader.chunks():
+        stream.write(chunk)
+        written += len(chunk)
+    stream.flush()
+    return written
+
+
+def copy_to_file(reader: ObjectReader, path: Path, *, durable: bool = False) -> int:
+    """Write the object to path via a temp file that is renamed only once it hashed right."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.imstore-{os.getpid()}.tmp")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise from_os_error(exc, f"cannot write {path}") from None
+    written = 0
+    try:
+        try:
+            for chunk in reader.chunks():
+                write_all(fd, chunk)
+                written += len(chunk)
+            if durable:
+                fsync_fd(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except OSError as exc:
+        _remove(temp)
+        raise from_os_error(exc, f"cannot write {path}") from None
+    except BaseException:
+        _remove(temp)
+        raise
+    return written
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
