@@ -10,12 +10,15 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+# Bytecode is compiled up front, as a normal install does: start-up time matters for `imstore get`.
 $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
 	$(PY) -m pip install -q -e .
+	$(PY) -m compileall -q imstore > /dev/null
 	touch $@
 
 $(STAMP): $(VENV)/bin/python pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m compileall -q imstore > /dev/null
 	touch $@
 
 install: $(VENV)/.installed

@@ -4,8 +4,8 @@ Each command parses its options, makes one library call and hands the result to
 `Output`. Exceptions become exit codes in exactly one place, `main()`.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: typer would eval every string
+# annotation on each start, which is most of `imstore get`'s start-up time.
 import os
 import stat
 import sys
@@ -403,9 +403,43 @@ def _progress_printer(label: str):
 _OUTPUT_FLAGS = {"--json", "-q", "--quiet", "--no-color", "--debug"}
 
 
-def _hoist_output_flags(argv: list[str]) -> list[str]:
+def _build_command(argv: list[str]):
+    """The click command for this invocation, building only the subcommand it names.
+
+    typer inspects every command's signature to build a group; a one-command group
+    keeps start-up flat as commands are added. Top-level help sees them all.
+    """
+    import copy
+
+    names = {info.name or info.callback.__name__ for info in app.registered_commands}
+    wanted = _command_name(argv)
+    if wanted in names:
+        slim = copy.copy(app)
+        slim.registered_commands = [info for info in app.registered_commands if (info.name or info.callback.__name__) == wanted]
+        slim.registered_groups = []
+        return typer.main.get_command(slim)
+    return typer.main.get_command(app)
+
+
+_GLOBAL_VALUE_OPTIONS = {"--store"}
+
+
+def _command_name(argv: list[str]) -> Optional[str]:
+    skip_next = False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+        elif arg in _GLOBAL_VALUE_OPTIONS:
+            skip_next = True
+        elif not arg.startswith("-"):
+            return arg
+        elif arg == "--":
+            return None
+    return None
+
+
+def _hoist_output_flags(argv: list[str], command) -> list[str]:
     """Let output flags stand after the command name too (`imstore ls --json`)."""
-    command = typer.main.get_command(app)
     takes_value = set()
     for sub in [command, *getattr(command, "commands", {}).values()]:
         for param in sub.params:
@@ -454,8 +488,8 @@ def run(argv: Optional[list[str]] = None) -> int:
     settings = Settings(out=Output())
     out = settings.out
     try:
-        command = typer.main.get_command(app)
-        result = command.main(_hoist_output_flags(args), prog_name="imstore", standalone_mode=False)
+        command = _build_command(args)
+        result = command.main(_hoist_output_flags(args, command), prog_name="imstore", standalone_mode=False)
         return result if isinstance(result, int) else EXIT_OK
     except Exit as exc:
         return exc.exit_code

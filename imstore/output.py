@@ -7,7 +7,6 @@ so `imstore get` starts fast.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -120,6 +119,8 @@ class Output:
     # ------------------------------------------------------------ data (stdout)
     def document(self, value: Any) -> None:
         """One JSON document on stdout."""
+        import json
+
         self.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
         self.stdout.flush()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -146,6 +145,8 @@ class Store:
                 directory.mkdir(exist_ok=True)
             Log(root / "log").path.touch()
             (root / "log" / "LOCK").touch()
+            import uuid  # only here: it costs start-up time on every command
+
             config = {"format": FORMAT, "store_id": str(uuid.uuid4()), "hash": "blake3", "created": time.time_ns()}
             _write_file_durably(root / CONFIG_NAME, msgpack.packb(config, use_bin_type=True))
             for directory in (root / "objects" / "pack", root / "objects", root / "log", root, root.parent):

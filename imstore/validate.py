@@ -5,8 +5,8 @@ Keys are exact UTF-8 strings (no Unicode normalisation) and are never paths.
 
 from __future__ import annotations
 
+import time
 import unicodedata
-from datetime import datetime, timezone
 
 from .errors import InvalidInput, InvalidKey, InvalidTime, InvalidVersion
 
@@ -57,6 +57,8 @@ def parse_time(value: str) -> int:
     text = value.strip() if isinstance(value, str) else ""
     if not text:
         raise InvalidTime("empty time")
+    from datetime import datetime, timezone
+
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     try:
@@ -72,8 +74,7 @@ def parse_time(value: str) -> int:
 def format_time(time_ns: int) -> str:
     """Nanoseconds since the epoch → '2026-11-28T12:00:00.123Z'."""
     seconds, rest = divmod(time_ns, 1_000_000_000)
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{rest // 1_000_000:03d}Z"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1_000_000:03d}Z"
 
 
 def validate_meta(meta: dict | None) -> dict[str, str]:
