@@ -33,7 +33,7 @@ from .fsio import crash_point, fsync_dir, fsync_fd, write_all
 from .index import Index
 from .log import GENESIS, Frame, Log, Record, batch_payload, encode_record
 from .objects import CHUNK_SIZE, ObjectReader, ObjectStore
-from .validate import format_time, parse_version, validate_key, validate_meta
+from .validate import format_time, parse_expected_version, parse_version, validate_key, validate_meta
 
 __all__ = ["Store", "Version", "PutResult", "VerifyReport", "FORMAT"]
 
@@ -314,7 +314,7 @@ class Store:
         validate_key(key)
         meta = validate_meta(meta)
         if if_version is not None:
-            if_version = parse_version(if_version)
+            if_version = parse_expected_version(if_version)
         if content_type is not None and (not content_type.strip() or len(content_type) > 255):
             raise InvalidInput("a content type is 1 to 255 characters")
         chunks = _read_chunks(source) if hasattr(source, "read") else source
@@ -333,7 +333,7 @@ class Store:
         """Append a tombstone version for key. Deleting a missing or deleted key is NotFound."""
         validate_key(key)
         if if_version is not None:
-            if_version = parse_version(if_version)
+            if_version = parse_expected_version(if_version)
         with self._writing() as index:
             latest = index.latest_version(key)
             if latest is None:

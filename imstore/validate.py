@@ -10,7 +10,7 @@ import unicodedata
 
 from .errors import InvalidInput, InvalidKey, InvalidTime, InvalidVersion
 
-__all__ = ["MAX_KEY_BYTES", "validate_key", "parse_version", "parse_time", "format_time", "validate_meta"]
+__all__ = ["MAX_KEY_BYTES", "validate_key", "parse_version", "parse_expected_version", "parse_time", "format_time", "validate_meta"]
 
 MAX_KEY_BYTES = 1024
 MAX_META_ITEMS = 64
@@ -50,6 +50,14 @@ def parse_version(value: object) -> int:
     if number < 1:
         raise InvalidVersion(f"versions start at 1: {value!r}")
     return number
+
+
+def parse_expected_version(value: object) -> int:
+    """The version a precondition expects: like parse_version, but 0 means "no versions yet"."""
+    is_zero_int = isinstance(value, int) and not isinstance(value, bool) and value == 0
+    if is_zero_int or (isinstance(value, str) and value.strip() == "0"):
+        return 0
+    return parse_version(value)
 
 
 def parse_time(value: str) -> int:
