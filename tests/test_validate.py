@@ -1,0 +1,105 @@
+"""Keys, version numbers, times and metadata: what users hand us is checked here."""
+
+from __future__ import annotations
+
+import pytest
+
+from imstore.errors import InvalidInput, InvalidKey, InvalidTime, InvalidVersion
+from imstore.validate import MAX_KEY_BYTES, format_time, parse_expected_version, parse_time, parse_version, validate_key, validate_meta
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["a", "notes/todo.txt", "../x", "%2e%2e%2f", "%252e%252e%252f", "\uff0e\uff0e\uff0f", "/abs", " padded ", "ü" * 512, "x" * MAX_KEY_BYTES],
+)
+def test_valid_keys_are_returned_unchanged(key):
+    assert validate_key(key) == key
+
+
+@pytest.mark.parametrize(
+    "key, reason",
+    [
+        ("", "empty"),
+        ("   ", "whitespace"),
+        ("\u3000\n", "whitespace"),
+        ("a\x00b", "control"),
+        ("a\tb", "control"),
+        ("a\x7fb", "control"),
+        ("a\x85b", "control"),
+        ("a\udc80b", "surrogate"),
+        ("x" * (MAX_KEY_BYTES + 1), "at most"),
+        ("ü" * 513, "at most"),
+        ("k" * (1 << 20), "at most"),
+        (b"bytes", "string"),
+        (None, "string"),
+    ],
+)
+def test_invalid_keys_are_rejected_saying_why(key, reason):
+    with pytest.raises(InvalidKey, match=reason):
+        validate_key(key)
+
+
+def test_keys_are_not_normalised():
+    composed, decomposed = "\u00e9", "e\u0301"
+    assert validate_key(composed) != validate_key(decomposed)
+
+
+@pytest.mark.parametrize("text, number", [(1, 1), ("1", 1), (" 7 ", 7), ("0042", 42), (10**12, 10**12)])
+def test_version_numbers(text, number):
+    assert parse_version(text) == number
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-1", "0", 0, -3, "1.5", 1.0, True, None, "١", "1e3", "0x10"])
+def test_bad_version_numbers(text):
+    with pytest.raises(InvalidVersion):
+        parse_version(text)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("1970-01-01T00:00:00Z", 0),
+        ("1970-01-01T00:00:01", 1_000_000_000),
+        ("1970-01-01T01:00:00+01:00", 0),
+        ("2026-11-28T12:00:00.123Z", 1_795_867_200_123_000_000),
+    ],
+)
+def test_parse_time(text, expected):
+    assert parse_time(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "yesterday", "2026-13-01", "12:00", None])
+def test_bad_times(text):
+    with pytest.raises(InvalidTime):
+        parse_time(text)
+
+
+def test_format_time_round_trips_milliseconds():
+    moment = parse_time("2026-11-28T12:00:00.123Z")
+    assert format_time(moment) == "2026-11-28T12:00:00.123Z"
+    assert parse_time(format_time(moment + 999_999)) == moment
+
+
+def test_meta_accepts_small_text_maps():
+    assert validate_meta(None) == {}
+    assert validate_meta({"a": "b", "ü": ""}) == {"a": "b", "ü": ""}
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [{"": "x"}, {"a": 1}, {1: "a"}, {"a": "\udc80"}, {str(i): "v" for i in range(65)}, {"big": "v" * (64 * 1024)}, ["a"]],
+)
+def test_meta_rejects_bad_maps(meta):
+    with pytest.raises(InvalidInput):
+        validate_meta(meta)
+
+
+@pytest.mark.parametrize("text, number", [(0, 0), ("0", 0), (" 0 ", 0), (3, 3), ("3", 3)])
+def test_expected_version_allows_zero(text, number):
+    assert parse_expected_version(text) == number
+
+
+@pytest.mark.parametrize("text", [False, "-1", -1, "x", None])
+def test_bad_expected_versions(text):
+    with pytest.raises(InvalidVersion):
+        parse_expected_version(text)
