@@ -278,6 +278,10 @@ class Log:
                     except CorruptLog:
                         problem = "undecodable payload"
                 if problem is not None:
+                    if len(header) == HEADER_SIZE and self._rest_is_payload(handle, offset, file_size, checksum):
+                        # The bytes after the header are exactly a payload with this checksum: a complete,
+                        # acknowledged record whose length field rotted. Cutting it off would lose it.
+                        raise CorruptLog(f"the last log record (offset {offset}) is damaged (its length field)")
                     if problem in ("checksum mismatch", "undecodable payload") and offset + HEADER_SIZE + len(payload) == file_size and any(payload):
                         # A whole frame of non-zero bytes that fails its checksum is not a torn
                         # append (that is short, or zeros): the last acknowledged record rotted.
@@ -288,6 +292,14 @@ class Log:
                 frame_end = offset + HEADER_SIZE + len(payload)
                 yield Frame(offset, frame_end, checksum, records)
                 offset = frame_end
+
+    @staticmethod
+    def _rest_is_payload(handle, offset: int, file_size: int, checksum: bytes) -> bool:
+        rest = file_size - offset - HEADER_SIZE
+        if rest <= 0 or rest > MAX_FRAME:
+            return False
+        handle.seek(offset + HEADER_SIZE)
+        return checksum16(handle.read(rest)) == checksum
 
     def _classify_damage(self, handle, offset: int, file_size: int, problem: str) -> None:
         """Raise CorruptLog if any good frame follows the damaged one at offset."""

@@ -260,3 +260,13 @@ def test_frames_claiming_huge_lengths_are_torn_not_allocated(log):
         handle.write(struct.pack(">I16s", 0xFFFFFFFF, b"\x01" * 16) + b"abc")
     assert len(list(log.scan())) == 1 and log.torn_at == spans[0][1]
     assert log.read_frame_at(spans[0][1]) is None
+
+
+@pytest.mark.parametrize("position", [0, 1, 2, 3])
+def test_a_rotted_length_field_of_the_last_frame_is_not_a_torn_tail(log, position):
+    spans = fill(log, chain(2))
+    raw = bytearray(log.path.read_bytes())
+    raw[spans[-1][0] + position] ^= 0x01
+    log.path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptLog, match=f"offset {spans[-1][0]}"):
+        list(log.scan())
