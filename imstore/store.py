@@ -19,11 +19,13 @@ import msgpack
 
 from .errors import (
     CorruptLog,
+    CorruptObject,
     ImstoreError,
     InvalidInput,
     KeyDeleted,
     KeyNotFound,
     NoStore,
+    ObjectNotFound,
     PreconditionFailed,
     Unavailable,
     VersionNotFound,
@@ -397,7 +399,11 @@ class Store:
     def open_version(self, key: str, version: int | str | None = None, at: int | None = None) -> tuple[Version, ObjectReader]:
         """(version, verified reader of its bytes)."""
         found = self.resolve(key, version, at)
-        return found, self.objects.open(found.hash)
+        try:
+            return found, self.objects.open(found.hash)
+        except ObjectNotFound:
+            # The log says these bytes were stored: their absence is damage, not "not found".
+            raise CorruptObject(f"object {found.hash} of {key!r} version {found.version} is missing from the store") from None
 
     def get(self, key: str, version: int | str | None = None, at: int | None = None) -> bytes:
         """The bytes of a version, checked against their hash."""
