@@ -255,6 +255,10 @@ class ObjectStore:
                     fsync_dir(self.root)
             else:
                 self._check_existing(final, object_id, size, temp_path)
+                # The name may come from a writer that died before its directory fsyncs:
+                # make it durable before a record can point at it.
+                fsync_dir(shard)
+                fsync_dir(self.root)
         except OSError as exc:
             raise from_os_error(exc, f"storing object {object_id}") from None
 

@@ -108,3 +108,18 @@ def test_a_torn_log_write_is_cut_by_the_next_writer(store_path):
         assert store.put("k", b"next").version.version == 2
         assert any("torn" in warning for warning in store.warnings)
         assert store.verify().ok
+
+
+@pytest.mark.timeout(120)
+def test_a_dedup_hit_after_a_crash_before_the_directory_fsync_makes_the_name_durable(store_path, monkeypatch):
+    """Crash after link, before the shard fsync: the next put of the same bytes must not trust an unsynced name."""
+    import imstore.objects as objects_module
+
+    crash_at("object-linked", "once", str(store_path), "k", "new")
+    synced = []
+    real = objects_module.fsync_dir
+    monkeypatch.setattr(objects_module, "fsync_dir", lambda path: (synced.append(os.fspath(path)), real(path)))
+    with Store.open(store_path) as store:
+        shard = store.objects.loose_path(hash_bytes(b"new")).parent
+        assert store.put("k", b"new").version.version == 1
+        assert os.fspath(shard) in synced and os.fspath(store.objects.root) in synced
