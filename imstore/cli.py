@@ -140,7 +140,6 @@ def put(
     Example: echo hello | imstore put greeting --if-absent
     """
     source, name = _open_input(file)
-    expected = _parse_expected_version(if_version)
     try:
         with open_store(write=True) as store:
             result = store.put_stream(
@@ -149,7 +148,7 @@ def put(
                 content_type=content_type,
                 meta=_parse_meta(meta),
                 message=message,
-                if_version=expected,
+                if_version=if_version,
                 if_absent=if_absent,
             )
             show_warnings(store)
@@ -252,9 +251,8 @@ def rm(
 
     Example: imstore rm notes/todo.txt -m "done"
     """
-    expected = _parse_expected_version(if_version)
     with open_store(write=False) as store:
-        tombstone = store.delete(key, message=message, if_version=expected)
+        tombstone = store.delete(key, message=message, if_version=if_version)
         show_warnings(store)
     out = settings.out
     if out.json:
@@ -354,17 +352,6 @@ def _parse_meta(items: Optional[list[str]]) -> dict[str, str]:
             raise InvalidInput(f"--meta takes NAME=VALUE, got {item!r}")
         meta[name] = value
     return meta
-
-
-def _parse_expected_version(text: Optional[str]) -> Optional[int]:
-    """--if-version N: N >= 0, where 0 means 'no versions yet'."""
-    if text is None:
-        return None
-    if text.strip() == "0":
-        return 0
-    from .validate import parse_version
-
-    return parse_version(text)
 
 
 def _emit_object(reader, output: Optional[Path]) -> None:

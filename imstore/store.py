@@ -313,8 +313,7 @@ class Store:
         """
         validate_key(key)
         meta = validate_meta(meta)
-        if if_version is not None:
-            if_version = parse_version(if_version)
+        if_version = _expected_version(if_version)
         if content_type is not None and (not content_type.strip() or len(content_type) > 255):
             raise InvalidInput("a content type is 1 to 255 characters")
         chunks = _read_chunks(source) if hasattr(source, "read") else source
@@ -332,8 +331,7 @@ class Store:
     def delete(self, key: str, *, message: str | None = None, if_version: int | None = None) -> Version:
         """Append a tombstone version for key. Deleting a missing or deleted key is NotFound."""
         validate_key(key)
-        if if_version is not None:
-            if_version = parse_version(if_version)
+        if_version = _expected_version(if_version)
         with self._writing() as index:
             latest = index.latest_version(key)
             if latest is None:
@@ -505,6 +503,15 @@ def _check_chain(frame: Frame, prev: bytes, seq: int) -> tuple[bytes, int]:
             )
         prev, seq = record.record_hash, record.seq
     return prev, seq
+
+
+def _expected_version(value: int | str | None) -> int | None:
+    """An --if-version value: a version number, or 0 for "the key has no versions"."""
+    if value is None:
+        return None
+    if value == 0 or (isinstance(value, str) and value.strip() == "0"):
+        return 0
+    return parse_version(value)
 
 
 def _check_preconditions(key: str, latest: tuple[int, str] | None, if_version: int | None, if_absent: bool) -> None:

@@ -5,6 +5,7 @@ Keys are exact UTF-8 strings (no Unicode normalisation) and are never paths.
 
 from __future__ import annotations
 
+import re
 import time
 import unicodedata
 
@@ -52,8 +53,16 @@ def parse_version(value: object) -> int:
     return number
 
 
+_TIME_PARTS = re.compile(r"\d{4}-?\d{2}-?\d{2}(?:[T ](\d{2})(?::?(\d{2})(?::?(\d{2})(?:[.,](\d+))?)?)?)?")
+
+
 def parse_time(value: str) -> int:
-    """ISO 8601 (Z or +hh:mm; no offset means UTC) → nanoseconds since the epoch."""
+    """ISO 8601 (Z or +hh:mm; no offset means UTC) → nanoseconds since the epoch.
+
+    A time stands for the whole of its last digit: `12:00:05` is the last
+    nanosecond of that second, `12:00:05.123` of that millisecond. So a time
+    copied from `history` (milliseconds) finds the version written then.
+    """
     text = value.strip() if isinstance(value, str) else ""
     if not text:
         raise InvalidTime("empty time")
@@ -68,7 +77,25 @@ def parse_time(value: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    start = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    return start + _precision_ns(text) - 1
+
+
+def _precision_ns(text: str) -> int:
+    """The length of the span a written time covers (a day, a minute, 1 ms, …)."""
+    parts = _TIME_PARTS.match(text)
+    if parts is None:
+        return 1
+    hours, minutes, seconds, fraction = parts.groups()
+    if hours is None:
+        return 86_400 * 1_000_000_000
+    if minutes is None:
+        return 3_600 * 1_000_000_000
+    if seconds is None:
+        return 60 * 1_000_000_000
+    if fraction is None:
+        return 1_000_000_000
+    return 10 ** max(0, 9 - len(fraction))
 
 
 def format_time(time_ns: int) -> str:
