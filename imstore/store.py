@@ -218,6 +218,10 @@ class Store:
         index = self._index
         assert index is not None
         try:
+            # Fast path, no write transaction: the index already ends where the log ends.
+            state = index.state()
+            if state.log_end == self.log.size() and self._index_matches_log(state):
+                return
             state = index.begin()
             try:
                 if not self._index_matches_log(state):
