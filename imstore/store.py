@@ -441,7 +441,9 @@ class Store:
                 for record in frame.records:
                     expected = latest_version.get(record.key, 0) + 1
                     if record.version != expected:
-                        report.problems.append(f"record seq {record.seq}: key {record.key!r} has version {record.version}, expected {expected}")
+                        report.problems.append(
+                            f"record seq {record.seq}: key {record.key!r} has version {record.version}, expected {expected}"
+                        )
                     latest_version[record.key] = record.version
                     if record.hash:
                         referenced.setdefault(record.hash, f"{record.key!r} version {record.version}")
@@ -464,9 +466,11 @@ class Store:
             report.problems.append(f"index: {exc}")
             return
         if indexed != log_versions:
-            differing = next((a.seq for a, b in zip(indexed, log_versions) if a != b), min(len(indexed), len(log_versions)) + 1)
+            pairs = zip(indexed, log_versions, strict=False)
+            differing = next((a.seq for a, b in pairs if a != b), min(len(indexed), len(log_versions)) + 1)
             report.problems.append(
-                f"the index disagrees with the log (from seq {differing}; {len(indexed)} vs {len(log_versions)} records): run imstore reindex"
+                f"the index disagrees with the log (from seq {differing}; {len(indexed)} vs {len(log_versions)} records):"
+                " run imstore reindex"
             )
 
     def _verify_objects(self, report: VerifyReport, referenced: dict[str, str], progress) -> None:

@@ -45,7 +45,7 @@ class Cmd:
     help: str
     options: list[Opt]
     arguments: list[Arg]
-    subcommands: list["Cmd"]
+    subcommands: list[Cmd]
 
     @property
     def summary(self) -> str:
