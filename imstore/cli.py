@@ -148,12 +148,14 @@ def put(
 
     Example: echo hello | imstore put greeting --if-absent
     """
-    source, name = _open_input(file)
+    source = _open_input(file)
+    size = _regular_file_size(source)
     try:
-        with open_store(write=True) as store:
+        with open_store(write=True) as store, settings.out.progress(f"put {key}", size, unit_bytes=True) as progress:
+            chunks = _chunks_with_progress(source, progress) if size >= PROGRESS_MIN_BYTES else source
             result = store.put_stream(
                 key,
-                source,
+                chunks,
                 content_type=content_type,
                 meta=_parse_meta(meta),
                 message=message,
@@ -302,8 +304,8 @@ def verify() -> None:
 
     Example: imstore verify --json
     """
-    with open_store() as store:
-        report = store.verify(progress=_progress_printer("verifying objects"))
+    with open_store() as store, settings.out.progress("verifying objects") as progress:
+        report = store.verify(progress=progress.update)
         show_warnings(store)
     settings.out.verify_report(report)
     if not report.ok:
@@ -338,7 +340,7 @@ def _open_input(file: str | None):
             raise InvalidInput("stdin is closed: give a FILE or pipe data in")
         if sys.stdin.isatty():
             settings.out.info("reading from the terminal; end with Ctrl-D")
-        return sys.stdin.buffer, "stdin"
+        return sys.stdin.buffer
     try:
         mode = os.stat(file).st_mode
     except FileNotFoundError:
@@ -350,9 +352,29 @@ def _open_input(file: str | None):
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
         raise InvalidInput(f"{file} is a device or socket, not a file; pipe it in with '-' if you mean it")
     try:
-        return open(file, "rb"), file
+        return open(file, "rb")
     except OSError as exc:
         raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
+
+
+PROGRESS_MIN_BYTES = 16 << 20
+
+
+def _regular_file_size(source) -> int:
+    """Size of a regular file behind source, or 0 (pipes, terminals)."""
+    try:
+        status = os.fstat(source.fileno())
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return status.st_size if stat.S_ISREG(status.st_mode) else 0
+
+
+def _chunks_with_progress(source, progress):
+    from .store import CHUNK_SIZE
+
+    while chunk := source.read(CHUNK_SIZE):
+        progress.advance(len(chunk))
+        yield chunk
 
 
 def _parse_meta(items: list[str] | None) -> dict[str, str]:
@@ -374,27 +396,6 @@ def _emit_object(reader, output: Path | None) -> None:
         if output.is_dir():
             raise InvalidInput(f"{output} is a directory")
         copy_to_file(reader, output)
-
-
-def _progress_printer(label: str):
-    """A progress callback drawing a rich bar on a terminal, or None (pipes get nothing)."""
-    out = settings.out
-    if out.json or out.quiet or not out.stderr_is_terminal:
-        return None
-    from rich.progress import Progress
-
-    progress = Progress(transient=True, console=None)
-    task = {}
-
-    def update(done: int, total: int) -> None:
-        if not task:
-            progress.start()
-            task["id"] = progress.add_task(label, total=total)
-        progress.update(task["id"], completed=done)
-        if done >= total:
-            progress.stop()
-
-    return update
 
 
 # ============================================================ entry point
