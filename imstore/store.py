@@ -35,7 +35,7 @@ from .fsio import crash_point, fsync_dir, fsync_fd, write_all
 from .index import Index
 from .log import GENESIS, Frame, Log, Record, batch_payload, encode_record
 from .objects import CHUNK_SIZE, ObjectReader, ObjectStore
-from .validate import format_time, parse_expected_version, parse_version, validate_key, validate_meta
+from .validate import format_time, parse_version, validate_key, validate_meta
 
 __all__ = ["Store", "Version", "PutResult", "VerifyReport", "FORMAT"]
 
@@ -132,7 +132,12 @@ class Store:
     # ================================================================ lifecycle
     @classmethod
     def init(cls, path: str | os.PathLike) -> tuple[Store, bool]:
-        """Create a store at path (or open the one there); returns (store, created)."""
+        """Create a store at path (or open the one there); returns (store, created).
+
+        The layout is made durable first and `config` is linked into place last,
+        so a directory with a config is always a complete store. Two processes
+        creating the same store at once end up sharing one config.
+        """
         root = Path(path).expanduser().absolute()
         if (root / CONFIG_NAME).exists():
             return cls.open(root), False
@@ -140,22 +145,24 @@ class Store:
             if root.exists():
                 if not root.is_dir():
                     raise InvalidInput(f"{root} exists and is not a directory")
-                if any(root.iterdir()):
+                if any(not _is_store_entry(name) for name in os.listdir(root)):
                     raise InvalidInput(f"{root} is a non-empty directory that is not a store; refusing to init there")
             root.mkdir(parents=True, exist_ok=True)
             for directory in (root / "objects", root / "objects" / "pack", root / "log"):
                 directory.mkdir(exist_ok=True)
             Log(root / "log").path.touch()
             (root / "log" / "LOCK").touch()
+            for directory in (root / "objects" / "pack", root / "objects", root / "log"):
+                fsync_dir(directory)
             import uuid  # only here: it costs start-up time on every command
 
             config = {"format": FORMAT, "store_id": str(uuid.uuid4()), "hash": "blake3", "created": time.time_ns()}
-            _write_file_durably(root / CONFIG_NAME, msgpack.packb(config, use_bin_type=True))
-            for directory in (root / "objects" / "pack", root / "objects", root / "log", root, root.parent):
-                fsync_dir(directory)
+            created = _create_file_durably(root / CONFIG_NAME, msgpack.packb(config, use_bin_type=True))
+            fsync_dir(root)
+            fsync_dir(root.parent)
         except OSError as exc:
             raise from_os_error(exc, f"creating a store at {root}") from None
-        return cls.open(root), True
+        return cls.open(root), created
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, create: bool = False) -> Store:
@@ -165,7 +172,7 @@ class Store:
         try:
             raw = config_path.read_bytes()
         except FileNotFoundError:
-            if create and (not root.exists() or (root.is_dir() and not any(root.iterdir()))):
+            if create and (not root.exists() or (root.is_dir() and all(_is_store_entry(name) for name in os.listdir(root)))):
                 return cls.init(root)[0]
             raise NoStore(f"no store at {root} (create one with: imstore init {root})") from None
         except NotADirectoryError:
@@ -220,6 +227,10 @@ class Store:
         index = self._index
         assert index is not None
         try:
+            # Fast path, no write transaction: the index already ends where the log ends.
+            state = index.state()
+            if state.log_end == self.log.size() and self._index_matches_log(state):
+                return
             state = index.begin()
             try:
                 if not self._index_matches_log(state):
@@ -281,8 +292,9 @@ class Store:
         if frame is None:
             raise CorruptLog(f"the record just appended at offset {offset} cannot be read back")
         try:
-            index.begin()
-            index.apply(frame.records, frame.offset, frame.end, frame.checksum)
+            # A reader may have applied this frame already (it is durable and visible).
+            if index.begin().log_end == frame.offset:
+                index.apply(frame.records, frame.offset, frame.end, frame.checksum)
             index.commit()
         except sqlite3.Error:
             # The log is the truth and the record is durable; the index catches up later.
@@ -315,8 +327,7 @@ class Store:
         """
         validate_key(key)
         meta = validate_meta(meta)
-        if if_version is not None:
-            if_version = parse_expected_version(if_version)
+        if_version = _expected_version(if_version)
         if content_type is not None and (not content_type.strip() or len(content_type) > 255):
             raise InvalidInput("a content type is 1 to 255 characters")
         chunks = _read_chunks(source) if hasattr(source, "read") else source
@@ -334,8 +345,7 @@ class Store:
     def delete(self, key: str, *, message: str | None = None, if_version: int | None = None) -> Version:
         """Append a tombstone version for key. Deleting a missing or deleted key is NotFound."""
         validate_key(key)
-        if if_version is not None:
-            if_version = parse_expected_version(if_version)
+        if_version = _expected_version(if_version)
         with self._writing() as index:
             latest = index.latest_version(key)
             if latest is None:
@@ -445,7 +455,9 @@ class Store:
                 for record in frame.records:
                     expected = latest_version.get(record.key, 0) + 1
                     if record.version != expected:
-                        report.problems.append(f"record seq {record.seq}: key {record.key!r} has version {record.version}, expected {expected}")
+                        report.problems.append(
+                            f"record seq {record.seq}: key {record.key!r} has version {record.version}, expected {expected}"
+                        )
                     latest_version[record.key] = record.version
                     if record.hash:
                         referenced.setdefault(record.hash, f"{record.key!r} version {record.version}")
@@ -468,9 +480,11 @@ class Store:
             report.problems.append(f"index: {exc}")
             return
         if indexed != log_versions:
-            differing = next((a.seq for a, b in zip(indexed, log_versions) if a != b), min(len(indexed), len(log_versions)) + 1)
+            pairs = zip(indexed, log_versions, strict=False)
+            differing = next((a.seq for a, b in pairs if a != b), min(len(indexed), len(log_versions)) + 1)
             report.problems.append(
-                f"the index disagrees with the log (from seq {differing}; {len(indexed)} vs {len(log_versions)} records): run imstore reindex"
+                f"the index disagrees with the log (from seq {differing}; {len(indexed)} vs {len(log_versions)} records):"
+                " run imstore reindex"
             )
 
     def _verify_objects(self, report: VerifyReport, referenced: dict[str, str], progress) -> None:
@@ -513,6 +527,15 @@ def _check_chain(frame: Frame, prev: bytes, seq: int) -> tuple[bytes, int]:
     return prev, seq
 
 
+def _expected_version(value: int | str | None) -> int | None:
+    """An --if-version value: a version number, or 0 for "the key has no versions"."""
+    if value is None:
+        return None
+    if value == 0 or (isinstance(value, str) and value.strip() == "0"):
+        return 0
+    return parse_version(value)
+
+
 def _check_preconditions(key: str, latest: tuple[int, str] | None, if_version: int | None, if_absent: bool) -> None:
     if if_absent and latest is not None and latest[1] != "delete":
         raise PreconditionFailed(f"key {key!r} exists (version {latest[0]}) and --if-absent was given")
@@ -534,12 +557,27 @@ def _read_chunks(source: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
-def _write_file_durably(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o444)
+_STORE_ENTRIES = {"objects", "log", CONFIG_NAME}
+
+
+def _is_store_entry(name: str) -> bool:
+    """Names a half-made store may hold (another process is creating it right now)."""
+    return name in _STORE_ENTRIES or name.startswith(".tmp-" + CONFIG_NAME)
+
+
+def _create_file_durably(path: Path, data: bytes) -> bool:
+    """Write path atomically unless it exists; True if this call created it."""
+    temp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{os.urandom(4).hex()}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
     try:
-        write_all(fd, data)
-        fsync_fd(fd)
+        try:
+            write_all(fd, data)
+            fsync_fd(fd)
+        finally:
+            os.close(fd)
+        os.link(temp, path)
+        return True
+    except FileExistsError:
+        return False
     finally:
-        os.close(fd)
-    os.replace(temp, path)
+        os.unlink(temp)

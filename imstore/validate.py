@@ -5,12 +5,14 @@ Keys are exact UTF-8 strings (no Unicode normalisation) and are never paths.
 
 from __future__ import annotations
 
+import re
 import time
 import unicodedata
+from datetime import UTC
 
 from .errors import InvalidInput, InvalidKey, InvalidTime, InvalidVersion
 
-__all__ = ["MAX_KEY_BYTES", "validate_key", "parse_version", "parse_expected_version", "parse_time", "format_time", "validate_meta"]
+__all__ = ["MAX_KEY_BYTES", "validate_key", "parse_version", "parse_time", "format_time", "validate_meta"]
 
 MAX_KEY_BYTES = 1024
 MAX_META_ITEMS = 64
@@ -52,20 +54,20 @@ def parse_version(value: object) -> int:
     return number
 
 
-def parse_expected_version(value: object) -> int:
-    """The version a precondition expects: like parse_version, but 0 means "no versions yet"."""
-    is_zero_int = isinstance(value, int) and not isinstance(value, bool) and value == 0
-    if is_zero_int or (isinstance(value, str) and value.strip() == "0"):
-        return 0
-    return parse_version(value)
+_TIME_PARTS = re.compile(r"\d{4}-?\d{2}-?\d{2}(?:[T ](\d{2})(?::?(\d{2})(?::?(\d{2})(?:[.,](\d+))?)?)?)?")
 
 
 def parse_time(value: str) -> int:
-    """ISO 8601 (Z or +hh:mm; no offset means UTC) → nanoseconds since the epoch."""
+    """ISO 8601 (Z or +hh:mm; no offset means UTC) → nanoseconds since the epoch.
+
+    A time stands for the whole of its last digit: `12:00:05` is the last
+    nanosecond of that second, `12:00:05.123` of that millisecond. So a time
+    copied from `history` (milliseconds) finds the version written then.
+    """
     text = value.strip() if isinstance(value, str) else ""
     if not text:
         raise InvalidTime("empty time")
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
@@ -74,9 +76,27 @@ def parse_time(value: str) -> int:
     except ValueError:
         raise InvalidTime(f"not an ISO 8601 time: {value!r} (e.g. 2026-11-28T12:00:00Z)") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    start = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    return start + _precision_ns(text) - 1
+
+
+def _precision_ns(text: str) -> int:
+    """The length of the span a written time covers (a day, a minute, 1 ms, …)."""
+    parts = _TIME_PARTS.match(text)
+    if parts is None:
+        return 1
+    hours, minutes, seconds, fraction = parts.groups()
+    if hours is None:
+        return 86_400 * 1_000_000_000
+    if minutes is None:
+        return 3_600 * 1_000_000_000
+    if seconds is None:
+        return 60 * 1_000_000_000
+    if fraction is None:
+        return 1_000_000_000
+    return 10 ** max(0, 9 - len(fraction))
 
 
 def format_time(time_ns: int) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from imstore.errors import InvalidInput, InvalidKey, InvalidTime, InvalidVersion
-from imstore.validate import MAX_KEY_BYTES, format_time, parse_expected_version, parse_time, parse_version, validate_key, validate_meta
+from imstore.validate import MAX_KEY_BYTES, format_time, parse_time, parse_version, validate_key, validate_meta
 
 
 @pytest.mark.parametrize(
@@ -93,13 +93,3 @@ def test_meta_rejects_bad_maps(meta):
     with pytest.raises(InvalidInput):
         validate_meta(meta)
 
-
-@pytest.mark.parametrize("text, number", [(0, 0), ("0", 0), (" 0 ", 0), (3, 3), ("3", 3)])
-def test_expected_version_allows_zero(text, number):
-    assert parse_expected_version(text) == number
-
-
-@pytest.mark.parametrize("text", [False, "-1", -1, "x", None])
-def test_bad_expected_versions(text):
-    with pytest.raises(InvalidVersion):
-        parse_expected_version(text)
