@@ -66,7 +66,8 @@ def test_version_at_picks_the_newest_at_or_before(index):
 
 
 def test_ls_prefix_and_deleted(index):
-    apply(index, [record(1, "a/1", 1), record(2, "a/2", 1), record(3, "b", 1), record(4, "a/2", 2, op="delete"), record(5, "a\U0010ffff", 1)], 0, 10)
+    records = [record(1, "a/1", 1), record(2, "a/2", 1), record(3, "b", 1), record(4, "a/2", 2, op="delete"), record(5, "a\U0010ffff", 1)]
+    apply(index, records, 0, 10)
     assert [row[0] for row in index.ls()] == ["a/1", "a\U0010ffff", "b"]
     assert [row[0] for row in index.ls("a/")] == ["a/1"]
     assert [row[0] for row in index.ls("a/", include_deleted=True)] == ["a/1", "a/2"]

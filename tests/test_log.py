@@ -69,7 +69,8 @@ def test_frame_layout_is_length_checksum_payload():
 def test_record_round_trip_and_record_hash():
     item = payload(seq=5, key="ü/x", version=2, message="m", meta={"a": "b"}, content_type="text/plain")
     (record,) = decode_payload(item)
-    assert (record.seq, record.key, record.version, record.message, record.meta, record.content_type) == (5, "ü/x", 2, "m", {"a": "b"}, "text/plain")
+    fields = (record.seq, record.key, record.version, record.message, record.meta, record.content_type)
+    assert fields == (5, "ü/x", 2, "m", {"a": "b"}, "text/plain")
     assert record.record_hash == blake3(item).digest()
     assert record.hash == hash_bytes("ü/x".encode() + b"\x02")
 
@@ -101,7 +102,7 @@ def test_each_record_points_at_the_previous(log):
     fill(log, chain(4))
     records = [frame.records[0] for frame in log.scan()]
     assert records[0].prev == GENESIS
-    for before, after in zip(records, records[1:]):
+    for before, after in zip(records, records[1:], strict=False):
         assert after.prev == before.record_hash
 
 
@@ -185,7 +186,10 @@ def _hostile_payloads() -> list[bytes]:
     good = payload()
     fields = msgpack.unpackb(good, raw=False)
     wrong_types = []
-    for name, bad in [("seq", "1"), ("seq", True), ("version", 1.5), ("key", b"k"), ("prev", b"short"), ("op", "mutate"), ("hash", b"x"), ("meta", [1])]:
+    bad_fields = [
+        ("seq", "1"), ("seq", True), ("version", 1.5), ("key", b"k"), ("prev", b"short"), ("op", "mutate"), ("hash", b"x"), ("meta", [1])
+    ]
+    for name, bad in bad_fields:
         wrong_types.append(msgpack.packb({**fields, name: bad}, use_bin_type=True))
     missing = {k: v for k, v in fields.items() if k != "seq"}
     deep = b"\x91" * 100_000 + b"\xc0"

@@ -11,8 +11,8 @@ from workload import acks, start_writer
 
 from imstore import Store
 from imstore.errors import KeyDeleted, ObjectNotFound
-from imstore.hashing import hash_bytes
 from imstore.fsio import CRASH_ENV
+from imstore.hashing import hash_bytes
 
 # Where the write of a put can be cut, and which state a reopen must find (process crash: the page cache survives).
 PUT_STEPS = {
