@@ -330,6 +330,12 @@ class Store:
         if_version = _expected_version(if_version)
         if content_type is not None and (not content_type.strip() or len(content_type) > 255):
             raise InvalidInput("a content type is 1 to 255 characters")
+        if if_version is not None or if_absent:
+            # Fail fast, before streaming the content: a refused put then writes no object at all.
+            # The check under the lock below is the one that counts.
+            index = self.index
+            self._catch_up()
+            _check_preconditions(key, index.latest_version(key), if_version, if_absent)
         chunks = _read_chunks(source) if hasattr(source, "read") else source
         object_id, size = self.objects.write_stream(chunks, max_size=max_size)
         with self._writing() as index:

@@ -414,3 +414,20 @@ def test_a_writer_removes_stale_temp_files_but_not_fresh_ones(store):
     os.utime(stale, (old, old))
     store.put("k", b"v")
     assert not stale.exists() and fresh.exists()
+
+
+def test_a_failed_precondition_writes_no_object_either(store):
+    store.put("k", b"1")
+    with pytest.raises(PreconditionFailed):
+        store.put("k", b"never stored", if_version=5)
+    with pytest.raises(PreconditionFailed):
+        store.put("k", b"never stored", if_absent=True)
+    assert hash_bytes(b"never stored") not in set(store.objects.iter_ids())
+    assert store.objects.temp_files() == []
+
+
+def test_preconditions_see_writes_made_by_another_store_instance(store):
+    store.put("k", b"1")
+    with Store.open(store.root) as other:
+        other.put("k", b"2")
+    assert store.put("k", b"3", if_version=2).version.version == 3
