@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
 from imstore import Store
 from imstore.errors import CorruptObject, IntegrityError
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from conftest import run_cli_process  # noqa: E402
+from tests.conftest import run_cli_process
 
 SMALL = {f"small{i}": random.Random(i).randbytes(1000 + i) for i in range(4)}
 LARGE = random.Random(99).randbytes(9 << 20)  # above transfer.SMALL_OBJECT: the streamed path

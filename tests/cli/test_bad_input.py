@@ -1,0 +1,222 @@
+"""Every bad input of RELIABILITY.md that reaches the CLI: a clear one-line error, the right exit code,
+nothing written (version count unchanged), verify clean afterwards, and no file outside the store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from imstore import Store
+from tests.conftest import IMSTORE, run_cli_in_process
+
+USAGE, NOT_FOUND = 2, 3
+
+
+def snapshot(store_path: Path) -> tuple[list[tuple], set[Path]]:
+    """The store's versions and every path around it (to see that nothing was written anywhere)."""
+    with Store.open(store_path) as store:
+        versions = [(v.seq, v.key, v.version, v.hash) for v in store.log_records()]
+    around = store_path.parent
+    return versions, {path for path in around.rglob("*") if "index.sqlite" not in path.name}
+
+
+@pytest.fixture
+def populated(store_path):
+    with Store.open(store_path) as store:
+        store.put("k", b"one")
+        store.put("k", b"two")
+    return store_path
+
+
+def assert_refused(result, code: int, populated: Path, before, *, mentions: str = "") -> None:
+    assert result.code == code, (result.code, result.stderr)
+    assert result.stdout == b""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert mentions.lower() in lines[0].lower(), lines[0]
+    assert snapshot(populated) == before, "a refused input changed the store or wrote a file"
+    with Store.open(populated) as store:
+        report = store.verify()
+        assert report.ok and not report.notes, (report.problems, report.notes)
+
+
+def cli_in(populated: Path, *args: str, stdin: bytes = b""):
+    return run_cli_in_process(["--store", str(populated), *args], stdin=stdin)
+
+
+def cli_process(populated: Path, *args, stdin=b"", **options) -> subprocess.CompletedProcess:
+    return subprocess.run([*IMSTORE, "--store", str(populated), *args], input=stdin, capture_output=True, timeout=60, **options)
+
+
+class Completed:
+    """A subprocess result shaped like the conftest Result."""
+
+    def __init__(self, completed: subprocess.CompletedProcess):
+        self.code, self.stdout, self.stderr = completed.returncode, completed.stdout, completed.stderr.decode("utf-8", "replace")
+
+
+# ------------------------------------------------------------------ keys
+BAD_KEYS = {
+    "empty": ("", "empty"),
+    "whitespace": ("   ", "whitespace"),
+    "ideographic-space": ("\u3000", "whitespace"),
+    "nul": ("a\x00b", "control"),
+    "tab": ("a\tb", "control"),
+    "newline": ("a\nb", "control"),
+    "escape": ("\x1b[31mred", "control"),
+    "del": ("a\x7f", "control"),
+    "c1": ("a\x85b", "control"),
+    "lone-surrogate": ("a\udcffb", "utf-8"),
+    "1025-bytes": ("k" * 1025, "1024"),
+    "1-mib": ("k" * (1 << 20), "1024"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_KEYS)
+@pytest.mark.parametrize("command", ["put", "get", "history", "rm"])
+def test_bad_keys_are_usage_errors_and_write_nothing(populated, name, command):
+    key, reason = BAD_KEYS[name]
+    before = snapshot(populated)
+    result = cli_in(populated, command, key, stdin=b"data")
+    assert_refused(result, USAGE, populated, before, mentions=reason)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "raw", [b"", b"  ", b"a\tb", b"a\x1bb", b"\xff\xfe", b"a\xed\xa0\x80b", b"\xc2\x85", b"k" * 1025], ids=lambda raw: raw.hex() or "empty"
+)
+def test_bad_keys_from_a_real_argv(populated, raw):
+    """argv is bytes: invalid UTF-8 and encoded surrogates arrive as lone surrogates and are refused."""
+    before = snapshot(populated)
+    result = Completed(cli_process(populated, b"put", raw, stdin=b"data"))
+    assert_refused(result, USAGE, populated, before)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("key", ["../x", "../../outside", "%2e%2e%2f", "%252e%252e%252f", "\uff0e\uff0e\uff0fx", "/etc/passwd", "a/./b"])
+def test_path_like_keys_are_plain_keys_and_nothing_appears_outside_the_store(populated, key, tmp_path):
+    around = {path for path in tmp_path.rglob("*") if not path.is_relative_to(populated)}
+    workdir = populated / "objects"  # run from inside the store: '../x' relative to here is still inside tmp_path
+    result = subprocess.run([*IMSTORE, "--store", str(populated), "put", key], input=b"payload", capture_output=True, cwd=workdir, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert run_cli_in_process(["--store", str(populated), "get", key]).stdout == b"payload"
+    assert {path for path in tmp_path.rglob("*") if not path.is_relative_to(populated)} == around
+    with Store.open(populated) as store:
+        assert store.verify().ok and [v.key for v in store.history(key)] == [key]
+
+
+# ------------------------------------------------------------------ content
+def test_empty_content_is_valid(populated):
+    result = cli_in(populated, "put", "empty", stdin=b"")
+    assert result.code == 0 and cli_in(populated, "get", "empty").stdout == b""
+
+
+def test_a_directory_is_refused(populated, tmp_path):
+    before = snapshot(populated)
+    (tmp_path / "adir").mkdir()
+    before = snapshot(populated)
+    assert_refused(cli_in(populated, "put", "k", str(tmp_path / "adir")), USAGE, populated, before, mentions="directory")
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null", "/dev/urandom"])
+def test_a_device_is_refused(populated, device):
+    before = snapshot(populated)
+    assert_refused(cli_in(populated, "put", "k", device), USAGE, populated, before, mentions="device")
+
+
+def test_a_missing_file_is_refused(populated, tmp_path):
+    before = snapshot(populated)
+    assert_refused(cli_in(populated, "put", "k", str(tmp_path / "absent")), USAGE, populated, before, mentions="no such file")
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_with_a_writer_is_streamed(populated, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def feed():
+        with open(fifo, "wb") as handle:
+            handle.write(b"through a fifo")
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    result = cli_process(populated, "put", "from-fifo", str(fifo))
+    feeder.join(timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert cli_in(populated, "get", "from-fifo").stdout == b"through a fifo"
+
+
+@pytest.mark.timeout(60)
+def test_closed_stdin_is_refused(populated):
+    before = snapshot(populated)
+    completed = subprocess.run(
+        [*IMSTORE, "--store", str(populated), "put", "k"], stdin=None, capture_output=True, timeout=60, preexec_fn=lambda: os.close(0)
+    )
+    assert_refused(Completed(completed), USAGE, populated, before, mentions="stdin")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(strict=True, reason="the CLI has no size bound for put: `imstore put k < /dev/zero` fills the disk (RELIABILITY: bounded by a max size)")
+def test_dev_zero_on_stdin_is_bounded(populated):
+    before = snapshot(populated)
+    # A file-size limit keeps this test from filling the disk while the bound is missing.
+    script = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
+        " resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 20, 256 << 20));"
+        " from imstore.cli import main; main(sys.argv[1:])"
+    )
+    with open("/dev/zero", "rb") as zero:
+        completed = subprocess.run(
+            [sys.executable, "-c", script, "--store", str(populated), "put", "k"], stdin=zero, capture_output=True, timeout=60
+        )
+    assert_refused(Completed(completed), USAGE, populated, before, mentions="larger")
+
+
+# ------------------------------------------------------------------ versions, times and hashes
+@pytest.mark.parametrize(
+    "args, code, mentions",
+    [
+        (["get", "k", "--version", "abc"], USAGE, "version"),
+        (["get", "k", "--version", "-1"], USAGE, "version"),
+        (["get", "k", "--version", "0"], USAGE, "version"),
+        (["get", "k", "--version", "1.5"], USAGE, "version"),
+        (["get", "k", "--version", ""], USAGE, "version"),
+        (["get", "k", "--version", "99"], NOT_FOUND, "99"),
+        (["get", "absent", "--version", "1"], NOT_FOUND, "absent"),
+        (["get", "k", "--at", "yesterday"], USAGE, "time"),
+        (["get", "k", "--at", "1970-01-01T00:00:00Z"], NOT_FOUND, ""),
+        (["get", "k", "--at", "2026-13-45"], USAGE, "time"),
+        (["put", "k", "--if-version", "abc"], USAGE, "version"),
+        (["put", "k", "--if-version", "-1"], USAGE, "version"),
+        (["put", "k", "--if-version", "1"], 4, "version"),
+        (["put", "k", "--if-absent"], 4, "exists"),
+        (["rm", "k", "--if-version", "x"], USAGE, "version"),
+        (["cat", "zzzzzzzz"], USAGE, "hex"),
+        (["cat", "abc"], USAGE, "hex"),
+        (["cat", ""], USAGE, "hex"),
+        (["cat", "0" * 65], USAGE, "hex"),
+        (["cat", "../../../etc/passwd"], USAGE, "hex"),
+        (["cat", "0" * 64], NOT_FOUND, "0" * 64),
+        (["cat", "00000000"], NOT_FOUND, "00000000"),
+        (["history", "absent"], NOT_FOUND, "absent"),
+        (["rm", "absent"], NOT_FOUND, "absent"),
+        (["log", "--after", "x"], USAGE, ""),
+        (["log", "--limit", "-5"], USAGE, ""),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_bad_versions_times_and_hashes(populated, args, code, mentions):
+    before = snapshot(populated)
+    assert_refused(cli_in(populated, *args, stdin=b"new bytes"), code, populated, before, mentions=mentions)
+
+
+@pytest.mark.timeout(60)
+def test_the_same_refusals_hold_in_a_real_process(populated):
+    before = snapshot(populated)
+    for args, code in [(["get", "k", "--version", "-1"], USAGE), (["cat", "xyz"], USAGE), (["get", "k", "--version", "7"], NOT_FOUND)]:
+        assert_refused(Completed(cli_process(populated, *args)), code, populated, before)
