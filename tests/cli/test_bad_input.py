@@ -102,7 +102,8 @@ def test_bad_keys_from_a_real_argv(populated, raw):
 def test_path_like_keys_are_plain_keys_and_nothing_appears_outside_the_store(populated, key, tmp_path):
     around = {path for path in tmp_path.rglob("*") if not path.is_relative_to(populated)}
     workdir = populated / "objects"  # run from inside the store: '../x' relative to here is still inside tmp_path
-    result = subprocess.run([*IMSTORE, "--store", str(populated), "put", key], input=b"payload", capture_output=True, cwd=workdir, timeout=60)
+    command = [*IMSTORE, "--store", str(populated), "put", key]
+    result = subprocess.run(command, input=b"payload", capture_output=True, cwd=workdir, timeout=60)
     assert result.returncode == 0, result.stderr
     assert run_cli_in_process(["--store", str(populated), "get", key]).stdout == b"payload"
     assert {path for path in tmp_path.rglob("*") if not path.is_relative_to(populated)} == around
@@ -161,7 +162,9 @@ def test_closed_stdin_is_refused(populated):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="the CLI has no size bound for put: `imstore put k < /dev/zero` fills the disk (RELIABILITY: bounded by a max size)")
+@pytest.mark.xfail(
+    strict=True, reason="the CLI has no size bound for put: `imstore put k < /dev/zero` fills the disk (RELIABILITY: bounded by a max size)"
+)
 def test_dev_zero_on_stdin_is_bounded(populated):
     before = snapshot(populated)
     # A file-size limit keeps this test from filling the disk while the bound is missing.
