@@ -1,7 +1,8 @@
 """A hypothesis state machine: the Store against an in-memory model of keys and versions.
 
-Rules put, delete, read every version, history, ls and reopen (dropping the index
-sometimes) must always agree with the model, and verify must stay clean.
+Rules put, delete, read every version, history, ls, reopen (dropping the index
+sometimes) and crash (a writer that died mid-append or mid-object) must always
+agree with the model, and verify must stay clean.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from imstore import Store
 from imstore.errors import KeyDeleted, KeyNotFound, PreconditionFailed, VersionNotFound
+from imstore.log import Log, encode_record, frame_bytes
 
 KEYS = st.sampled_from(["a", "b", "dir/c", "ü", "../x"])
 CONTENT = st.sampled_from([b"", b"x", b"y", b"hello", bytes(range(256))])
@@ -131,6 +133,24 @@ class StoreModel(RuleBasedStateMachine):
             for path in (self.directory / "store").glob("index.sqlite*"):
                 path.unlink()
         self.store = Store.open(self.directory / "store")
+
+    @rule(cut=st.integers(1, 200), in_object=st.booleans())
+    def crash(self, cut, in_object):
+        """A writer died: mid-append (a torn frame at the log's end) or mid-object (a temp file left)."""
+        self.store.close()
+        root = self.directory / "store"
+        log = Log(root / "log")
+        list(log.scan())
+        if in_object or log.torn_at is not None:  # torn bytes on torn bytes could spell a whole frame
+            (root / "objects" / f".tmp-crashed-{cut}").write_bytes(b"x" * cut)
+        else:
+            frame = frame_bytes(encode_record(
+                seq=self.seq + 1, time_ns=1, op="put", key="torn", version=1, hash="0" * 64, size=1,
+                content_type=None, meta={}, message=None, prev=b"\x00" * 32,
+            ))
+            with log.path.open("ab") as handle:
+                handle.write(frame[: min(cut, len(frame) - 1)])
+        self.store = Store.open(root)
 
     @invariant()
     def ls_matches(self):
