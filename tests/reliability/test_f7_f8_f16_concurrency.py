@@ -12,6 +12,7 @@ import pytest
 from workload import acks, read_line, start_writer
 
 from imstore import Store
+from imstore.errors import KeyNotFound
 from imstore.hashing import blake3, hash_bytes
 
 
@@ -36,8 +37,36 @@ def start_on_a_barrier(args_per_process: list[list[str]]) -> list[bytes]:
                 writer.kill()
 
 
+def _read_while_writing(store_path, stop: threading.Event, reads: list, failures: list) -> None:
+    """A reader racing the writers: every version it lists must read back as bytes with that hash."""
+    deadline = time.monotonic() + 600
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            with Store.open(store_path) as store:
+                for record in store.log_records()[-5:]:
+                    data = store.get(record.key, version=record.version)
+                    assert hash_bytes(data) == record.hash
+                    reads.append(record.seq)
+                versions = [v.version for v in store.history("shared/1")]
+                assert versions == list(range(1, len(versions) + 1))
+        except KeyNotFound:
+            pass  # before the first shared put
+        except Exception as exc:  # any other error is a failure of the test
+            failures.append(repr(exc))
+            return
+
+
 def run_concurrent_writers(store_path, processes: int, puts: int) -> None:
-    outputs = start_on_a_barrier([["batch", str(store_path), f"w{n}", str(puts)] for n in range(processes)])
+    stop, reads, failures = threading.Event(), [], []
+    reader = threading.Thread(target=_read_while_writing, args=(store_path, stop, reads, failures))
+    reader.start()
+    try:
+        outputs = start_on_a_barrier([["batch", str(store_path), f"w{n}", str(puts)] for n in range(processes)])
+    finally:
+        stop.set()
+        reader.join(timeout=60)
+    assert not failures, failures
+    assert reads, "the reader never read anything while the writers ran"
     acknowledged = [ack for output in outputs for ack in acks(output)]
     assert len(acknowledged) == processes * puts
     with Store.open(store_path) as store:
