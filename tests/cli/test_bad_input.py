@@ -223,3 +223,28 @@ def test_the_same_refusals_hold_in_a_real_process(populated):
     before = snapshot(populated)
     for args, code in [(["get", "k", "--version", "-1"], USAGE), (["cat", "xyz"], USAGE), (["get", "k", "--version", "7"], NOT_FOUND)]:
         assert_refused(Completed(cli_process(populated, *args)), code, populated, before)
+
+
+# ------------------------------------------------------------------ outputs that are not regular files
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(
+    strict=True,
+    reason="get -o renames a temp file over the target, so a FIFO (or /dev/full, /dev/stdout as root) is replaced by a regular file",
+)
+def test_get_to_a_fifo_writes_into_it_and_leaves_it_a_fifo(populated, tmp_path):
+    import stat
+
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    read_end = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader is there, so the CLI's open does not block
+    try:
+        result = cli_process(populated, "get", "k", "-o", str(fifo))
+        try:
+            received = os.read(read_end, 1 << 16)
+        except BlockingIOError:
+            received = b""
+    finally:
+        os.close(read_end)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced by a regular file"
+    assert received == b"two"
