@@ -17,19 +17,19 @@ BIG = os.urandom((2 << 20) + 123)  # several write() calls for the object
 
 
 class FailNth:
-    """A fault layer for one os function: the nth call raises OSError(code); every call is recorded."""
+    """A fault layer for one os function: the nth call raises OSError(code); every call's file is recorded."""
 
     def __init__(self, real, nth: int, code: int):
         self.real, self.nth, self.code = real, nth, code
-        self.calls: list[int] = []  # inode of each call's fd
+        self.calls: list[int] = []  # inode of each call's fd (or hash of its path)
         self.failed_inode: int | None = None
 
-    def __call__(self, fd, *args):
-        self.calls.append(os.fstat(fd).st_ino)
+    def __call__(self, target, *args, **options):
+        self.calls.append(os.fstat(target).st_ino if isinstance(target, int) else hash(os.fspath(target)))
         if len(self.calls) == self.nth:
             self.failed_inode = self.calls[-1]
             raise OSError(self.code, os.strerror(self.code))
-        return self.real(fd, *args)
+        return self.real(target, *args, **options)
 
 
 def state(store: Store) -> list[tuple]:
@@ -73,6 +73,13 @@ def sweep(store_path, monkeypatch, function: str, code: int, data: bytes) -> int
 def test_failing_writes_fail_the_put_and_leave_the_store_clean(store_path, monkeypatch, code):
     calls = sweep(store_path, monkeypatch, "write", code, BIG)
     assert calls >= 5  # three object chunks and the log frame were each failed once
+    with Store.open(store_path) as store:
+        assert store.verify().ok and store.put("k", b"later").version.version == 3
+
+
+@pytest.mark.parametrize("function, code", [("open", errno.EIO), ("link", errno.ENOSPC), ("mkdir", errno.ENOSPC)])
+def test_other_failing_calls_fail_the_put_and_leave_the_store_clean(store_path, monkeypatch, function, code):
+    assert sweep(store_path, monkeypatch, function, code, b"content") >= 2  # at least one call was failed
     with Store.open(store_path) as store:
         assert store.verify().ok and store.put("k", b"later").version.version == 3
 
