@@ -176,6 +176,6 @@ class SlowStoreModel(StoreModel):
 
 
 SlowStoreModel.TestCase.settings = settings(
-    max_examples=400, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=150, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_store_matches_the_model_long = pytest.mark.slow(SlowStoreModel.TestCase)
