@@ -135,6 +135,21 @@ def test_a_missing_file_is_refused(populated, tmp_path):
     assert_refused(cli_in(populated, "put", "k", str(tmp_path / "absent")), USAGE, populated, before, mentions="no such file")
 
 
+@pytest.mark.parametrize(
+    "path, mentions",
+    [("/proc/self/mem", "cannot read"), ("/dev/null/x", "cannot read")],
+    ids=["read-fails-with-eio", "not-a-directory"],
+)
+def test_an_unreadable_file_is_refused(populated, path, mentions):
+    """Root reads past chmod, so unreadable means: open works but read() fails, or the path cannot be opened."""
+    before = snapshot(populated)
+    assert_refused(cli_process_result(populated, "put", "k", path), USAGE, populated, before, mentions=mentions)
+
+
+def cli_process_result(populated: Path, *args: str) -> Completed:
+    return Completed(cli_process(populated, *args))
+
+
 @pytest.mark.timeout(60)
 def test_a_fifo_with_a_writer_is_streamed(populated, tmp_path):
     fifo = tmp_path / "fifo"
