@@ -118,7 +118,6 @@ def test_empty_content_is_valid(populated):
 
 
 def test_a_directory_is_refused(populated, tmp_path):
-    before = snapshot(populated)
     (tmp_path / "adir").mkdir()
     before = snapshot(populated)
     assert_refused(cli_in(populated, "put", "k", str(tmp_path / "adir")), USAGE, populated, before, mentions="directory")
@@ -135,6 +134,7 @@ def test_a_missing_file_is_refused(populated, tmp_path):
     assert_refused(cli_in(populated, "put", "k", str(tmp_path / "absent")), USAGE, populated, before, mentions="no such file")
 
 
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "path, mentions",
     [("/proc/self/mem", "cannot read"), ("/dev/null/x", "cannot read")],
