@@ -35,7 +35,15 @@ def start_writer(*args: str, env: dict | None = None) -> subprocess.Popen:
 
 def read_line(process: subprocess.Popen, expected: str) -> str:
     """The next stdout line, which must start with expected (a hang is caught by the test's timeout)."""
-    line = process.stdout.readline().decode()
+    # Byte by byte from the raw fd: a buffered readline could swallow later lines that
+    # communicate() (which reads the fd directly) would then never see.
+    raw = bytearray()
+    for _ in range(4096):  # a line is short; the test's timeout catches a silent process
+        byte = os.read(process.stdout.fileno(), 1)
+        raw += byte
+        if not byte or byte == b"\n":
+            break
+    line = raw.decode()
     assert line.startswith(expected), f"expected {expected!r}, got {line!r}; stderr: {process.stderr.read().decode()[-2000:]}"
     return line
 
