@@ -128,6 +128,7 @@ class Store:
         self.warnings: list[str] = []
         self._index: Index | None = None
         self._temps_checked = False
+        self._seen_log_size = -1  # log size at the last catch-up: a change means another writer appended
 
     # ================================================================ lifecycle
     @classmethod
@@ -209,6 +210,17 @@ class Store:
             self._catch_up()
         return self._index
 
+    def _current_index(self) -> Index:
+        """The index for a read: caught up again if the log changed since we last looked.
+
+        A long-lived Store (a server worker) must see records appended by other
+        processes, including one that died between its log fsync and its index update.
+        """
+        index = self.index
+        if self.log.size() != self._seen_log_size:
+            self._catch_up()
+        return index
+
     def _open_index(self) -> Index:
         try:
             return Index(self.index_path)
@@ -231,6 +243,7 @@ class Store:
             state = index.state()
             if state.log_end == self.log.size() and self._index_matches_log(state):
                 return
+            self._seen_log_size = self.log.size()
             state = index.begin()
             try:
                 if not self._index_matches_log(state):
@@ -296,6 +309,8 @@ class Store:
             if index.begin().log_end == frame.offset:
                 index.apply(frame.records, frame.offset, frame.end, frame.checksum)
             index.commit()
+            if self._seen_log_size == frame.offset:
+                self._seen_log_size = frame.end  # our own record: no catch-up needed on the next read
         except sqlite3.Error:
             # The log is the truth and the record is durable; the index catches up later.
             index.rollback()
@@ -382,7 +397,7 @@ class Store:
     def resolve(self, key: str, version: int | str | None = None, at: int | None = None) -> Version:
         """The version of key asked for: latest, number `version`, or current at `at` (ns)."""
         validate_key(key)
-        index = self.index
+        index = self._current_index()
         if version is not None:
             number = parse_version(version)
             row = index.version(key, number)
@@ -434,18 +449,18 @@ class Store:
     def history(self, key: str, limit: int | None = None) -> list[Version]:
         """Every version of key, oldest first (with limit: the newest `limit`)."""
         validate_key(key)
-        rows = self.index.history(key, limit)
+        rows = self._current_index().history(key, limit)
         if not rows:
             raise KeyNotFound(f"no key {key!r}")
         return [Version.from_row(row) for row in reversed(rows)]
 
     def ls(self, prefix: str = "", *, include_deleted: bool = False, limit: int | None = None) -> list[Version]:
         """The latest version of each key that starts with prefix, in key order."""
-        return [Version.from_row(row) for row in self.index.ls(prefix, include_deleted, limit)]
+        return [Version.from_row(row) for row in self._current_index().ls(prefix, include_deleted, limit)]
 
     def log_records(self, after: int = 0, limit: int | None = None) -> list[Version]:
         """The global log: every version of every key in commit order."""
-        return [Version.from_row(row) for row in self.index.log(after, limit)]
+        return [Version.from_row(row) for row in self._current_index().log(after, limit)]
 
     # ================================================================ checking
     def verify(self, progress: Callable[[int, int], None] | None = None) -> VerifyReport:

@@ -123,3 +123,15 @@ def test_a_dedup_hit_after_a_crash_before_the_directory_fsync_makes_the_name_dur
         shard = store.objects.loose_path(hash_bytes(b"new")).parent
         assert store.put("k", b"new").version.version == 1
         assert os.fspath(shard) in synced and os.fspath(store.objects.root) in synced
+
+
+@pytest.mark.timeout(120)
+def test_a_long_lived_reader_sees_a_record_whose_writer_died_before_updating_the_index(store_path):
+    """A server worker keeps its Store open: a record that is durable in the log but not indexed must show."""
+    with Store.open(store_path) as reader:
+        reader.put("k", b"old")
+        assert reader.get("k") == b"old"
+        crash_at("log-fsynced", "once", str(store_path), "k", "new")  # in the log, not in the index
+        assert reader.get("k") == b"new"
+        assert [v.version for v in reader.history("k")] == [1, 2]
+        assert [v.key for v in reader.ls()] == ["k"] and len(reader.log_records()) == 2
