@@ -80,7 +80,8 @@ def print_times(title: str, times: dict[str, list[float]], unit: str = "s") -> N
     print(f"== {title}")
     for name, values in times.items():
         runs = " ".join(f"{value * scale:.1f}" if unit == "ms" else f"{value:.2f}" for value in values)
-        print(f"  {name:<40} median {median(values) * scale:8.{1 if unit == 'ms' else 3}f} {unit}   runs: {runs}")
+        digits = 1 if unit == "ms" else 3
+        print(f"  {name:<40} median {median(values) * scale:8.{digits}f} {unit}  min {min(values) * scale:8.{digits}f}   runs: {runs}")
 
 
 def print_ratio(label: str, ratio: float, goal: str, met: bool) -> None:
