@@ -13,8 +13,8 @@ import errno
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import AmbiguousPrefix, CorruptObject, ObjectNotFound, Unavailable, from_os_error
 from .fsio import crash_point, fsync_dir, fsync_fd, write_all
@@ -24,12 +24,17 @@ __all__ = ["ObjectStore", "ObjectReader", "CHUNK_SIZE", "TEMP_PREFIX"]
 
 CHUNK_SIZE = 1 << 20
 TEMP_PREFIX = ".tmp-"
+# While a big object streams in, ask the kernel to start writing every this many
+# bytes to disk, so the final fsync finds little left to do (bench_put_large.py).
+WRITEBACK_STEP = 16 << 20
 STALE_TEMP_SECONDS = 3600
 
 
-@dataclass(frozen=True)
-class ObjectLocation:
-    """Where an object's bytes are: a whole loose file, or a slice of a pack."""
+class ObjectLocation(NamedTuple):
+    """Where an object's bytes are: a whole loose file, or a slice of a pack.
+
+    (A NamedTuple rather than a frozen dataclass: cheaper to define at start-up.)
+    """
 
     path: Path
     offset: int
@@ -194,6 +199,7 @@ class ObjectStore:
         try:
             hasher = blake3()
             size = 0
+            flushed = 0
             try:
                 for chunk in chunks:
                     if not chunk:
@@ -205,6 +211,9 @@ class ObjectStore:
                         raise InvalidInput(f"content is larger than the limit of {max_size} bytes")
                     hasher.update(chunk)
                     write_all(fd, chunk)
+                    if size - flushed >= WRITEBACK_STEP:
+                        start_writeback(fd, flushed, size - flushed)
+                        flushed = size
                 crash_point("object-temp-written")
                 fsync_fd(fd)
             except OSError as exc:
@@ -294,6 +303,36 @@ class ObjectStore:
             except OSError:
                 pass
         return removed
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range = None  # resolved on first use: False where the C library lacks it
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a range of fd to disk without waiting (Linux sync_file_range).
+
+    Only a head start for the fsync that follows, never a replacement for it: this
+    call guarantees nothing, and errors are left for fsync to report. Measured on
+    512 MiB: the put took 1.1-1.5 s with it and 1.6-2.9 s without.
+    """
+    global _sync_file_range
+    if _sync_file_range is None:
+        _sync_file_range = _load_sync_file_range()
+    if _sync_file_range:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+def _load_sync_file_range():
+    import ctypes  # only for objects big enough to need it: ctypes costs ~10 ms to import
+
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return False
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
 
 
 def _unlink_quietly(path: str) -> None:

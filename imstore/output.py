@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .store import PutResult, VerifyReport, Version
@@ -73,19 +72,21 @@ def _text(value: Any) -> str:
     return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-@dataclass
 class Output:
-    """Where and how the CLI writes. Streams are injectable so tests need no terminal."""
+    """Where and how the CLI writes. Streams are injectable so tests need no terminal.
 
-    json: bool = False
-    quiet: bool = False
-    color: bool = True
-    stdout: IO[str] = field(default_factory=lambda: sys.stdout)
-    stderr: IO[str] = field(default_factory=lambda: sys.stderr)
+    A plain class, not a dataclass: every command makes one at start-up, and
+    defining a dataclass costs about a millisecond there.
+    """
 
-    def __post_init__(self) -> None:
-        if os.environ.get("NO_COLOR"):
-            self.color = False
+    def __init__(
+        self, json: bool = False, quiet: bool = False, color: bool = True, stdout: IO[str] | None = None, stderr: IO[str] | None = None
+    ):
+        self.json = json
+        self.quiet = quiet
+        self.color = color and not os.environ.get("NO_COLOR")
+        self.stdout: IO[str] = sys.stdout if stdout is None else stdout
+        self.stderr: IO[str] = sys.stderr if stderr is None else stderr
 
     @property
     def stdout_is_terminal(self) -> bool:

@@ -54,7 +54,8 @@ def parse_version(value: object) -> int:
     return number
 
 
-_TIME_PARTS = re.compile(r"\d{4}-?\d{2}-?\d{2}(?:[T ](\d{2})(?::?(\d{2})(?::?(\d{2})(?:[.,](\d+))?)?)?)?")
+# Compiled by re's cache on first use (only --at needs it), not at every start.
+_TIME_PARTS = r"\d{4}-?\d{2}-?\d{2}(?:[T ](\d{2})(?::?(\d{2})(?::?(\d{2})(?:[.,](\d+))?)?)?)?"
 
 
 def parse_time(value: str) -> int:
@@ -84,7 +85,7 @@ def parse_time(value: str) -> int:
 
 def _precision_ns(text: str) -> int:
     """The length of the span a written time covers (a day, a minute, 1 ms, …)."""
-    parts = _TIME_PARTS.match(text)
+    parts = re.match(_TIME_PARTS, text)
     if parts is None:
         return 1
     hours, minutes, seconds, fraction = parts.groups()

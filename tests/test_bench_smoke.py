@@ -1,0 +1,52 @@
+"""Each benchmark script runs end to end at tiny sizes, so the scripts cannot rot.
+
+No timing is asserted here (timings belong in bench/RESULTS.md); the check is that
+each script completes, measures its anchor and prints its ratio line.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run_bench(script: str, *args: str) -> str:
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=240, cwd=BENCH.parent
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("use_git", [False, pytest.param(True, id="git")])
+def test_put_large_runs(use_git):
+    if use_git and shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    out = run_bench("bench_put_large.py", "--size-mib", "2", "--rounds", "1", *([] if use_git else ["--no-git"]))
+    assert "imstore / (cp + sync)" in out
+    assert ("git hash-object -w / imstore" in out) == use_git
+
+
+@pytest.mark.timeout(300)
+def test_startup_runs():
+    out = run_bench("bench_startup.py", "--runs", "1")
+    assert "imstore get / import typer" in out
+
+
+@pytest.mark.timeout(300)
+def test_scale_runs():
+    out = run_bench("bench_scale.py", "--big", "300", "--small", "100", "--runs", "1")
+    assert "get: big / small" in out
+    assert "history --limit 20: big / small" in out
+
+
+@pytest.mark.timeout(300)
+def test_run_all_help():
+    assert "--quick" in run_bench("run_all.py", "--help")
