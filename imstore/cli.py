@@ -11,7 +11,7 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -37,7 +37,7 @@ app = typer.Typer(
 class Settings:
     """Global options of one invocation."""
 
-    store: Optional[Path] = None
+    store: Path | None = None
     out: Output = None  # type: ignore[assignment]
     debug: bool = False
 
@@ -77,8 +77,13 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def global_options(
     store: Annotated[
-        Optional[Path],
-        typer.Option("--store", envvar="IMSTORE_DIR", help="Store directory [default: the user data dir, e.g. ~/.local/share/imstore].", show_default=False),
+        Path | None,
+        typer.Option(
+            "--store",
+            envvar="IMSTORE_DIR",
+            help="Store directory [default: the user data dir, e.g. ~/.local/share/imstore].",
+            show_default=False,
+        ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document (or JSON lines) on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only what was asked for, no chatter.")] = False,
@@ -102,7 +107,9 @@ def global_options(
 # ============================================================ commands
 @app.command()
 def init(
-    path: Annotated[Optional[Path], typer.Argument(help="Where to create the store [default: --store or the default store].", show_default=False)] = None,
+    path: Annotated[
+        Path | None, typer.Argument(help="Where to create the store [default: --store or the default store].", show_default=False)
+    ] = None,
 ) -> None:
     """Create a store. Refuses a non-empty directory that is not a store.
 
@@ -123,11 +130,13 @@ def init(
 @app.command()
 def put(
     key: Annotated[str, typer.Argument(help="The key (any UTF-8 text; '/' means nothing special).")],
-    file: Annotated[Optional[str], typer.Argument(help="File to store, or - for stdin [default: stdin].", show_default=False)] = None,
-    content_type: Annotated[Optional[str], typer.Option("--content-type", "-t", help="Media type to record, e.g. text/plain.")] = None,
-    meta: Annotated[Optional[list[str]], typer.Option("--meta", help="Metadata NAME=VALUE (repeatable).")] = None,
-    message: Annotated[Optional[str], typer.Option("-m", "--message", help="A message for this version.")] = None,
-    if_version: Annotated[Optional[str], typer.Option("--if-version", help="Only if the latest version is N (0: no versions).", metavar="N")] = None,
+    file: Annotated[str | None, typer.Argument(help="File to store, or - for stdin [default: stdin].", show_default=False)] = None,
+    content_type: Annotated[str | None, typer.Option("--content-type", "-t", help="Media type to record, e.g. text/plain.")] = None,
+    meta: Annotated[list[str] | None, typer.Option("--meta", help="Metadata NAME=VALUE (repeatable).")] = None,
+    message: Annotated[str | None, typer.Option("-m", "--message", help="A message for this version.")] = None,
+    if_version: Annotated[
+        str | None, typer.Option("--if-version", help="Only if the latest version is N (0: no versions).", metavar="N")
+    ] = None,
     if_absent: Annotated[bool, typer.Option("--if-absent", help="Only if the key has no live version.")] = False,
 ) -> None:
     """Store a new version of KEY from FILE or stdin (streamed).
@@ -139,12 +148,14 @@ def put(
 
     Example: echo hello | imstore put greeting --if-absent
     """
-    source, name = _open_input(file)
+    source = _open_input(file)
+    size = _regular_file_size(source)
     try:
-        with open_store(write=True) as store:
+        with open_store(write=True) as store, settings.out.progress(f"put {key}", size, unit_bytes=True) as progress:
+            chunks = _chunks_with_progress(source, progress) if size >= PROGRESS_MIN_BYTES else source
             result = store.put_stream(
                 key,
-                source,
+                chunks,
                 content_type=content_type,
                 meta=_parse_meta(meta),
                 message=message,
@@ -161,9 +172,11 @@ def put(
 @app.command()
 def get(
     key: Annotated[str, typer.Argument(help="The key.")],
-    version: Annotated[Optional[str], typer.Option("--version", "-V", help="Version number to read [default: latest].", metavar="N")] = None,
-    at: Annotated[Optional[str], typer.Option("--at", help="The version current at this ISO 8601 time (no offset = UTC).", metavar="TIME")] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write to this file (atomically) instead of stdout.")] = None,
+    version: Annotated[str | None, typer.Option("--version", "-V", help="Version number to read [default: latest].", metavar="N")] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="The version current at this ISO 8601 time (no offset = UTC).", metavar="TIME")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file (atomically) instead of stdout.")] = None,
 ) -> None:
     """Write the bytes of KEY (latest, --version N, or --at TIME) to stdout or -o FILE.
 
@@ -184,7 +197,7 @@ def get(
 @app.command()
 def cat(
     object_hash: Annotated[str, typer.Argument(metavar="HASH", help="Full hash or a unique prefix of 8+ hex digits.")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write to this file instead of stdout.")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Write the bytes of an object, by hash or unique hash prefix.
 
@@ -199,7 +212,7 @@ def cat(
 @app.command()
 def history(
     key: Annotated[str, typer.Argument(help="The key.")],
-    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Only the newest N versions.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Only the newest N versions.")] = None,
 ) -> None:
     """Every version of KEY, oldest first: version, time, op, hash, size, type, message.
 
@@ -222,7 +235,7 @@ def history(
 def list_keys(
     prefix: Annotated[str, typer.Argument(help="Only keys starting with this text.")] = "",
     show_all: Annotated[bool, typer.Option("--all", "-a", help="Include deleted keys.")] = False,
-    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="At most N keys.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="At most N keys.")] = None,
 ) -> None:
     """Keys with their latest version: key, version, hash, size, time.
 
@@ -244,8 +257,8 @@ def list_keys(
 @app.command()
 def rm(
     key: Annotated[str, typer.Argument(help="The key.")],
-    message: Annotated[Optional[str], typer.Option("-m", "--message", help="A message for the deletion.")] = None,
-    if_version: Annotated[Optional[str], typer.Option("--if-version", help="Only if the latest version is N.", metavar="N")] = None,
+    message: Annotated[str | None, typer.Option("-m", "--message", help="A message for the deletion.")] = None,
+    if_version: Annotated[str | None, typer.Option("--if-version", help="Only if the latest version is N.", metavar="N")] = None,
 ) -> None:
     """Delete KEY by appending a tombstone version; history keeps every version.
 
@@ -264,7 +277,7 @@ def rm(
 @app.command()
 def log(
     after: Annotated[int, typer.Option("--after", min=0, help="Only records after this seq.", metavar="SEQ")] = 0,
-    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="At most N records.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="At most N records.")] = None,
 ) -> None:
     """The global log of every put and delete in commit order: seq, op, key, version, hash, size, time.
 
@@ -291,8 +304,8 @@ def verify() -> None:
 
     Example: imstore verify --json
     """
-    with open_store() as store:
-        report = store.verify(progress=_progress_printer("verifying objects"))
+    with open_store() as store, settings.out.progress("verifying objects") as progress:
+        report = store.verify(progress=progress.update)
         show_warnings(store)
     settings.out.verify_report(report)
     if not report.ok:
@@ -316,7 +329,7 @@ def reindex() -> None:
 
 
 # ============================================================ helpers
-def _open_input(file: Optional[str]):
+def _open_input(file: str | None):
     """A binary stream for put: a regular file, a pipe or FIFO, or stdin."""
     if file is None or file == "-":
         try:
@@ -327,7 +340,7 @@ def _open_input(file: Optional[str]):
             raise InvalidInput("stdin is closed: give a FILE or pipe data in")
         if sys.stdin.isatty():
             settings.out.info("reading from the terminal; end with Ctrl-D")
-        return sys.stdin.buffer, "stdin"
+        return sys.stdin.buffer
     try:
         mode = os.stat(file).st_mode
     except FileNotFoundError:
@@ -339,12 +352,32 @@ def _open_input(file: Optional[str]):
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
         raise InvalidInput(f"{file} is a device or socket, not a file; pipe it in with '-' if you mean it")
     try:
-        return open(file, "rb"), file
+        return open(file, "rb")
     except OSError as exc:
         raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
 
 
-def _parse_meta(items: Optional[list[str]]) -> dict[str, str]:
+PROGRESS_MIN_BYTES = 16 << 20
+
+
+def _regular_file_size(source) -> int:
+    """Size of a regular file behind source, or 0 (pipes, terminals)."""
+    try:
+        status = os.fstat(source.fileno())
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return status.st_size if stat.S_ISREG(status.st_mode) else 0
+
+
+def _chunks_with_progress(source, progress):
+    from .store import CHUNK_SIZE
+
+    while chunk := source.read(CHUNK_SIZE):
+        progress.advance(len(chunk))
+        yield chunk
+
+
+def _parse_meta(items: list[str] | None) -> dict[str, str]:
     meta: dict[str, str] = {}
     for item in items or []:
         name, sep, value = item.partition("=")
@@ -354,7 +387,7 @@ def _parse_meta(items: Optional[list[str]]) -> dict[str, str]:
     return meta
 
 
-def _emit_object(reader, output: Optional[Path]) -> None:
+def _emit_object(reader, output: Path | None) -> None:
     from .transfer import copy_to_file, copy_to_stream
 
     if output is None or str(output) == "-":
@@ -363,27 +396,6 @@ def _emit_object(reader, output: Optional[Path]) -> None:
         if output.is_dir():
             raise InvalidInput(f"{output} is a directory")
         copy_to_file(reader, output)
-
-
-def _progress_printer(label: str):
-    """A progress callback drawing a rich bar on a terminal, or None (pipes get nothing)."""
-    out = settings.out
-    if out.json or out.quiet or not out.stderr_is_terminal:
-        return None
-    from rich.progress import Progress
-
-    progress = Progress(transient=True, console=None)
-    task = {}
-
-    def update(done: int, total: int) -> None:
-        if not task:
-            progress.start()
-            task["id"] = progress.add_task(label, total=total)
-        progress.update(task["id"], completed=done)
-        if done >= total:
-            progress.stop()
-
-    return update
 
 
 # ============================================================ entry point
@@ -411,7 +423,7 @@ def _build_command(argv: list[str]):
 _GLOBAL_VALUE_OPTIONS = {"--store"}
 
 
-def _command_name(argv: list[str]) -> Optional[str]:
+def _command_name(argv: list[str]) -> str | None:
     skip_next = False
     for arg in argv:
         if skip_next:
@@ -459,12 +471,12 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_ERROR
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and exit with the documented code."""
     sys.exit(run(argv))
 
 
-def run(argv: Optional[list[str]] = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     """Run the CLI on argv; return the exit code (for tests and main)."""
     from typer._click.exceptions import NoArgsIsHelpError
     from typer._click.exceptions import UsageError as ClickUsageError

@@ -278,7 +278,8 @@ class Log:
                     except CorruptLog:
                         problem = "undecodable payload"
                 if problem is not None:
-                    if problem in ("checksum mismatch", "undecodable payload") and offset + HEADER_SIZE + len(payload) == file_size and any(payload):
+                    whole_frame = offset + HEADER_SIZE + len(payload) == file_size
+                    if problem in ("checksum mismatch", "undecodable payload") and whole_frame and any(payload):
                         # A whole frame of non-zero bytes that fails its checksum is not a torn
                         # append (that is short, or zeros): the last acknowledged record rotted.
                         raise CorruptLog(f"the last log record (offset {offset}) is damaged ({problem})")

@@ -116,6 +116,11 @@ class Output:
         else:
             print(text, file=self.stderr, flush=True)
 
+    def progress(self, label: str, total: int | None = None, *, unit_bytes: bool = False) -> Progress:
+        """A progress bar on stderr when it is a terminal; a silent one otherwise."""
+        live = not (self.json or self.quiet) and self.stderr_is_terminal
+        return Progress(label, total, unit_bytes=unit_bytes, live=live, color=self.color, stream=self.stderr)
+
     # ------------------------------------------------------------ data (stdout)
     def document(self, value: Any) -> None:
         """One JSON document on stdout."""
@@ -179,3 +184,47 @@ class Output:
                 "summary",
                 f"{status}: {report.records} records, {report.keys} keys, {report.objects} objects ({report.bytes} bytes) checked",
             )
+
+
+class Progress:
+    """A rich progress bar (transient, on stderr) used as a context manager.
+
+    `update(done, total)` or `advance(amount)`; when not live (a pipe, --json,
+    -q) every call is a cheap no-op and rich is never imported.
+    """
+
+    def __init__(self, label: str, total: int | None, *, unit_bytes: bool, live: bool, color: bool, stream: IO[str]):
+        self.label, self.total, self.unit_bytes, self.live, self.color = label, total, unit_bytes, live, color
+        self.stream = stream
+        self._bar = None
+        self._task = None
+
+    def __enter__(self) -> Progress:
+        if self.live:
+            from rich import progress as rich_progress
+            from rich.console import Console
+
+            columns = [
+                rich_progress.TextColumn("{task.description}"),
+                rich_progress.BarColumn(),
+                rich_progress.DownloadColumn() if self.unit_bytes else rich_progress.MofNCompleteColumn(),
+                rich_progress.TransferSpeedColumn() if self.unit_bytes else rich_progress.TaskProgressColumn(),
+                rich_progress.TimeRemainingColumn(),
+            ]
+            console = Console(file=self.stream, no_color=not self.color)
+            self._bar = rich_progress.Progress(*columns, console=console, transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(self.label, total=self.total)
+        return self
+
+    def update(self, done: int, total: int | None = None) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total if total is not None else self.total)
+
+    def advance(self, amount: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, amount)
+
+    def __exit__(self, *exc_info) -> None:
+        if self._bar is not None:
+            self._bar.stop()

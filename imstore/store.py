@@ -143,7 +143,12 @@ class Store:
     # ================================================================ lifecycle
     @classmethod
     def init(cls, path: str | os.PathLike) -> tuple[Store, bool]:
-        """Create a store at path (or open the one there); returns (store, created)."""
+        """Create a store at path (or open the one there); returns (store, created).
+
+        The layout is made durable first and `config` is linked into place last,
+        so a directory with a config is always a complete store. Two processes
+        creating the same store at once end up sharing one config.
+        """
         root = Path(path).expanduser().absolute()
         if (root / CONFIG_NAME).exists():
             return cls.open(root), False
@@ -151,22 +156,24 @@ class Store:
             if root.exists():
                 if not root.is_dir():
                     raise InvalidInput(f"{root} exists and is not a directory")
-                if any(root.iterdir()):
+                if any(not _is_store_entry(name) for name in os.listdir(root)):
                     raise InvalidInput(f"{root} is a non-empty directory that is not a store; refusing to init there")
             root.mkdir(parents=True, exist_ok=True)
             for directory in (root / "objects", root / "objects" / "pack", root / "log"):
                 directory.mkdir(exist_ok=True)
             Log(root / "log").path.touch()
             (root / "log" / "LOCK").touch()
+            for directory in (root / "objects" / "pack", root / "objects", root / "log"):
+                fsync_dir(directory)
             import uuid  # only here: it costs start-up time on every command
 
             config = {"format": FORMAT, "store_id": str(uuid.uuid4()), "hash": "blake3", "created": time.time_ns()}
-            _write_file_durably(root / CONFIG_NAME, msgpack.packb(config, use_bin_type=True))
-            for directory in (root / "objects" / "pack", root / "objects", root / "log", root, root.parent):
-                fsync_dir(directory)
+            created = _create_file_durably(root / CONFIG_NAME, msgpack.packb(config, use_bin_type=True))
+            fsync_dir(root)
+            fsync_dir(root.parent)
         except OSError as exc:
             raise from_os_error(exc, f"creating a store at {root}") from None
-        return cls.open(root), True
+        return cls.open(root), created
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, create: bool = False, cache: CacheSettings | None = None) -> Store:
@@ -186,7 +193,7 @@ class Store:
                 return offline
             if isinstance(exc, NotADirectoryError):
                 raise NoStore(f"no store at {root}: it is not a directory") from None
-            if create and (not root.exists() or (root.is_dir() and not any(root.iterdir()))):
+            if create and (not root.exists() or (root.is_dir() and all(_is_store_entry(name) for name in os.listdir(root)))):
                 return cls.init(root)[0]._with_cache(cache)
             raise NoStore(f"no store at {root} (create one with: imstore init {root})") from None
         except OSError as exc:
@@ -277,6 +284,10 @@ class Store:
         index = self._index
         assert index is not None
         try:
+            # Fast path, no write transaction: the index already ends where the log ends.
+            state = index.state()
+            if state.log_end == self.log.size() and self._index_matches_log(state):
+                return
             state = index.begin()
             try:
                 if not self._index_matches_log(state):
@@ -338,8 +349,9 @@ class Store:
         if frame is None:
             raise CorruptLog(f"the record just appended at offset {offset} cannot be read back")
         try:
-            index.begin()
-            index.apply(frame.records, frame.offset, frame.end, frame.checksum)
+            # A reader may have applied this frame already (it is durable and visible).
+            if index.begin().log_end == frame.offset:
+                index.apply(frame.records, frame.offset, frame.end, frame.checksum)
             index.commit()
         except sqlite3.Error:
             # The log is the truth and the record is durable; the index catches up later.
@@ -580,7 +592,9 @@ class Store:
                 for record in frame.records:
                     expected = latest_version.get(record.key, 0) + 1
                     if record.version != expected:
-                        report.problems.append(f"record seq {record.seq}: key {record.key!r} has version {record.version}, expected {expected}")
+                        report.problems.append(
+                            f"record seq {record.seq}: key {record.key!r} has version {record.version}, expected {expected}"
+                        )
                     latest_version[record.key] = record.version
                     if record.hash:
                         referenced.setdefault(record.hash, f"{record.key!r} version {record.version}")
@@ -603,9 +617,11 @@ class Store:
             report.problems.append(f"index: {exc}")
             return
         if indexed != log_versions:
-            differing = next((a.seq for a, b in zip(indexed, log_versions) if a != b), min(len(indexed), len(log_versions)) + 1)
+            pairs = zip(indexed, log_versions, strict=False)
+            differing = next((a.seq for a, b in pairs if a != b), min(len(indexed), len(log_versions)) + 1)
             report.problems.append(
-                f"the index disagrees with the log (from seq {differing}; {len(indexed)} vs {len(log_versions)} records): run imstore reindex"
+                f"the index disagrees with the log (from seq {differing}; {len(indexed)} vs {len(log_versions)} records):"
+                " run imstore reindex"
             )
 
     def _verify_objects(self, report: VerifyReport, referenced: dict[str, str], progress) -> None:
@@ -709,12 +725,27 @@ def _read_chunks(source: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
-def _write_file_durably(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o444)
+_STORE_ENTRIES = {"objects", "log", CONFIG_NAME}
+
+
+def _is_store_entry(name: str) -> bool:
+    """Names a half-made store may hold (another process is creating it right now)."""
+    return name in _STORE_ENTRIES or name.startswith(".tmp-" + CONFIG_NAME)
+
+
+def _create_file_durably(path: Path, data: bytes) -> bool:
+    """Write path atomically unless it exists; True if this call created it."""
+    temp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{os.urandom(4).hex()}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
     try:
-        write_all(fd, data)
-        fsync_fd(fd)
+        try:
+            write_all(fd, data)
+            fsync_fd(fd)
+        finally:
+            os.close(fd)
+        os.link(temp, path)
+        return True
+    except FileExistsError:
+        return False
     finally:
-        os.close(fd)
-    os.replace(temp, path)
+        os.unlink(temp)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import time
 import unicodedata
+from datetime import UTC
 
 from .errors import InvalidInput, InvalidKey, InvalidTime, InvalidVersion
 
@@ -66,7 +67,7 @@ def parse_time(value: str) -> int:
     text = value.strip() if isinstance(value, str) else ""
     if not text:
         raise InvalidTime("empty time")
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
@@ -75,8 +76,8 @@ def parse_time(value: str) -> int:
     except ValueError:
         raise InvalidTime(f"not an ISO 8601 time: {value!r} (e.g. 2026-11-28T12:00:00Z)") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
     start = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
     return start + _precision_ns(text) - 1
 

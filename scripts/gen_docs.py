@@ -20,6 +20,7 @@ PROG = "imstore"
 # Options whose value is a path: completed with file names.
 PATH_OPTIONS = {"--store", "-o", "--output", "--token-file", "--cache-dir", "--tls-cert", "--tls-key"}
 DIR_OPTIONS = {"--store", "--cache-dir"}
+OUTPUT_OPTIONS = {"--json", "-q", "--quiet", "--no-color", "--debug"}
 
 
 @dataclass
@@ -44,7 +45,7 @@ class Cmd:
     help: str
     options: list[Opt]
     arguments: list[Arg]
-    subcommands: list["Cmd"]
+    subcommands: list[Cmd]
 
     @property
     def summary(self) -> str:
@@ -241,7 +242,8 @@ def fish(tree: Cmd) -> str:
             lines.append(f"complete -c {PROG} -n {_fish_quote(cond)} -a {sub.path[-1]} -d {_fish_quote(sub.summary)}")
         for opt in cmd.options:
             parts = [f"complete -c {PROG}"]
-            if cmd.path:
+            if cmd.path or not set(opt.names) & OUTPUT_OPTIONS:
+                # Only output options are accepted after the command name too.
                 parts.append(f"-n {_fish_quote(cond)}")
             for name in opt.names:
                 parts.append(f"-l {name[2:]}" if name.startswith("--") else f"-s {name[1:]}")

@@ -57,3 +57,16 @@ def test_every_command_has_an_example_in_its_help():
     tree = gen_docs["load_tree"]()
     without = [" ".join(cmd.path) for cmd in gen_docs["all_commands"](tree) if not cmd.subcommands and "Example:" not in cmd.help]
     assert not without, without
+
+
+@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
+def test_fish_completion_offers_commands_and_their_options():
+    script = ROOT / "completions" / "imstore.fish"
+    result = subprocess.run(
+        ["fish", "-c", f"source {script}; complete -C 'imstore hi'; echo ---; complete -C 'imstore get --v'"],
+        capture_output=True,
+        text=True,
+    )
+    first, second = result.stdout.split("---")
+    assert first.strip().splitlines()[0].split("\t")[0] == "history"
+    assert "--version" in second

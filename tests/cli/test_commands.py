@@ -328,3 +328,26 @@ def test_broken_pipe_on_stdout_is_quiet(cli_process, tmp_path):
     )
     assert "Traceback" not in reader.stderr and "Error" not in reader.stderr
     assert reader.stdout.strip() in ("0", "1")
+
+
+def _first_write_to_default_store(args):
+    data_home, number = args
+    os_env = {"XDG_DATA_HOME": data_home}
+    import os as _os
+
+    _os.environ.update(os_env)
+    _os.environ.pop("IMSTORE_DIR", None)
+    from imstore import cli as _cli  # noqa: F401  (imported in the child)
+    from tests.conftest import run_cli_in_process as _run
+
+    return _run(["put", f"k{number}"], stdin=b"%d" % number).code
+
+
+def test_racing_first_writes_create_one_default_store(tmp_path):
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        codes = pool.map(_first_write_to_default_store, [(str(tmp_path / "data"), n) for n in range(16)])
+    assert codes == [0] * 16
+    with Store.open(tmp_path / "data" / "imstore") as store:
+        assert len(store.ls()) == 16 and store.verify().ok
