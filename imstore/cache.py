@@ -188,6 +188,11 @@ class StoreCache:
             return None
         return marker if 0 < len(marker) <= 64 and marker.isprintable() else None
 
+    @classmethod
+    def for_path(cls, settings: CacheSettings, store_root: str | os.PathLike) -> StoreCache:
+        """The cache of store_root as it is on disk, without opening the store (for stats and clear)."""
+        return cls(settings, store_root, cls.existing_store_id(settings, store_root) or "")
+
     # ================================================================ reading
     def object_bytes(self, object_id: str) -> bytes | None:
         """The object's bytes if cached and they hash to object_id; else None."""
@@ -436,14 +441,7 @@ class StoreCache:
         self._memo_objects.clear()
         self._memo_records.clear()
         self._memo_bytes = 0
-        aside = self.folder / f".removed-{os.getpid()}-{os.urandom(4).hex()}"
-        try:
-            os.rename(self.data_dir, aside)
-        except FileNotFoundError:
-            return
-        except OSError:
-            aside = self.data_dir
-        shutil.rmtree(aside, ignore_errors=True)
+        _remove_tree(self.data_dir)
 
     def _close_connections(self) -> None:
         if self._reader is not None:
@@ -502,10 +500,23 @@ class StoreCache:
             return None
 
     def clear(self) -> None:
-        """Remove everything this store's cache holds (other processes see old or nothing)."""
+        """Remove this store's cache, store id marker included (other processes see old or nothing)."""
         self._remove_data()
-        self._disabled = False
+        _remove_tree(self.folder)
+        self._checked_marker = self._disabled = False
         self.hits = self.misses = 0
+
+    @staticmethod
+    def clear_all(settings: CacheSettings) -> int:
+        """Remove the caches of every store under the cache directory; returns how many."""
+        base = settings.base()
+        try:
+            folders = [base / name for name in os.listdir(base) if len(name) == 32]
+        except OSError:
+            return 0
+        for folder in folders:
+            _remove_tree(folder)
+        return len(folders)
 
     def flush_counters(self) -> None:
         """Add this process's hits and misses to the shared counters (one small write)."""
@@ -528,6 +539,18 @@ class StoreCache:
     def close(self) -> None:
         self.flush_counters()
         self._close_connections()
+
+
+def _remove_tree(path: Path) -> None:
+    """Move path aside (atomic: racing processes see all of it or nothing) and delete it."""
+    aside = path.with_name(f".removed-{path.name}-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    except OSError:
+        aside = path
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _has_stats(reader: sqlite3.Connection) -> bool:
