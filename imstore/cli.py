@@ -110,11 +110,15 @@ def global_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show a traceback on errors.")] = False,
     cache_dir: Annotated[
         Path | None,
-        typer.Option("--cache-dir", envvar="IMSTORE_CACHE_DIR", help="Read cache folder [default: the user cache dir].", show_default=False),
+        typer.Option(
+            "--cache-dir", envvar="IMSTORE_CACHE_DIR", help="Read cache folder [default: the user cache dir].", show_default=False
+        ),
     ] = None,
     cache_size: Annotated[
         str | None,
-        typer.Option("--cache-size", envvar="IMSTORE_CACHE_SIZE", help="Read cache size limit, e.g. 512M [default: 1G].", show_default=False),
+        typer.Option(
+            "--cache-size", envvar="IMSTORE_CACHE_SIZE", help="Read cache size limit, e.g. 512M [default: 1G].", show_default=False
+        ),
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", envvar="IMSTORE_NO_CACHE", help="Read and write without the read cache.")] = False,
     version: Annotated[
@@ -376,7 +380,14 @@ def cache_stats() -> None:
     """
     stats = _store_cache().stats()
     out = settings.out
-    fields = {"path": stats.path, "store_id": stats.store_id, "entries": stats.entries, "bytes": stats.bytes, "hits": stats.hits, "misses": stats.misses}
+    fields = {
+        "path": stats.path,
+        "store_id": stats.store_id,
+        "entries": stats.entries,
+        "bytes": stats.bytes,
+        "hits": stats.hits,
+        "misses": stats.misses,
+    }
     if out.json:
         out.document(fields)
     else:

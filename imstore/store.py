@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import msgpack
 
-from .cache import CacheSettings, CachedObjectReader, StoreCache
+from .cache import CachedObjectReader, CacheSettings, StoreCache
 from .errors import (
     CorruptLog,
     ImstoreError,
