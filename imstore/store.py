@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -232,10 +233,13 @@ class Store:
             raise Unavailable(f"cannot write: the store is unavailable: {self.offline_reason}")
         for directory in (self.objects.root, self.log.directory):
             try:
-                if not os.stat(directory).st_mode & 0o040000:
-                    raise Unavailable(f"cannot write: {directory} is not a directory (the store is damaged or unmounted)")
+                is_directory = stat.S_ISDIR(os.stat(directory).st_mode)
+            except FileNotFoundError:
+                raise Unavailable(f"cannot write: the store is unavailable: {directory} is missing") from None
             except OSError as exc:
-                raise from_os_error(exc, f"cannot write: checking {directory}") from None
+                raise Unavailable(f"cannot write: the store is unavailable: {exc.strerror or exc} ({directory})") from None
+            if not is_directory:
+                raise Unavailable(f"cannot write: the store is unavailable: {directory} is not a directory")
 
     def close(self) -> None:
         if self._index is not None:
