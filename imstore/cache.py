@@ -348,6 +348,9 @@ class StoreCache:
             return self._writer
         if self._disabled or not self._marker_ok(create=True):
             return None
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            self.notes.append(f"{self.data_dir} was not a directory; rebuilt the cache")
+            self._remove_data()
         deadline = time.monotonic() + OPEN_DEADLINE
         rebuilt = False
         while True:
@@ -550,7 +553,13 @@ def _remove_tree(path: Path) -> None:
         return
     except OSError:
         aside = path
-    shutil.rmtree(aside, ignore_errors=True)
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        try:
+            aside.unlink()
+        except OSError:
+            pass
 
 
 def _has_stats(reader: sqlite3.Connection) -> bool:
