@@ -1,0 +1,189 @@
+"""Benchmark the read cache (issue 4): hot gets with and without it, on a normal and a slow store.
+
+1. 20,000 gets of hot 4 KiB objects by key and version through the library API in
+   one process: cache on vs off (--no-cache). Goal <= 1.0x, target <= 0.7x.
+   Also with the in-process memo turned off, to show what diskcache itself costs.
+2. The same with every open() and stat() of a store file delayed by 1 ms (a fault
+   layer standing in for a slow NAS): cache on vs off. Goal <= 0.2x.
+3. One `imstore get KEY --version 1` process, cache on vs --no-cache, beside
+   `python -c "import typer"` (the start-up anchor): the cache must not slow it.
+4. How long a put takes to be refused while the store is unavailable (goal < 1 s).
+
+Usage: .venv/bin/python bench/bench_cache.py [--gets 20000] [--keys 200] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import io
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import imstore.cache  # noqa: E402
+from imstore import Store  # noqa: E402
+from imstore.cache import CacheSettings  # noqa: E402
+from imstore.errors import Unavailable  # noqa: E402
+
+OBJECT_SIZE = 4096
+VERSIONS = 3
+
+
+def make_store(root: Path, keys: int) -> Path:
+    path = root / "store"
+    Store.init(path)[0].close()
+    with Store.open(path) as store:
+        for number in range(keys):
+            for _ in range(VERSIONS):
+                store.put(f"hot/{number}", os.urandom(OBJECT_SIZE))
+    return path
+
+
+def timed_gets(path: Path, cache: CacheSettings | None, picks: list[tuple[str, int]]) -> float:
+    """Seconds for len(picks) gets by key and version after one warm-up pass over them."""
+    with Store.open(path, cache=cache) as store:
+        for key, version in set(picks):
+            store.get(key, version)
+        start = time.perf_counter()
+        for key, version in picks:
+            store.get(key, version)
+        return time.perf_counter() - start
+
+
+@contextmanager
+def slow_store(path: Path, delay: float = 0.001):
+    """Every open() and stat() of a path under the store sleeps `delay` first (a slow NAS)."""
+    prefix = str(path)
+    originals = {"open": builtins.open, "os_open": os.open, "stat": os.stat}
+
+    def slowed(original):
+        def call(target, *args, **kwargs):
+            if isinstance(target, (str, os.PathLike)) and os.fspath(target).startswith(prefix):
+                time.sleep(delay)
+            return original(target, *args, **kwargs)
+
+        return call
+
+    builtins.open = io.open = slowed(originals["open"])  # type: ignore[assignment]
+    os.open = slowed(originals["os_open"])  # type: ignore[assignment]
+    os.stat = slowed(originals["stat"])  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        builtins.open = io.open = originals["open"]  # type: ignore[assignment]
+        os.open = originals["os_open"]  # type: ignore[assignment]
+        os.stat = originals["stat"]  # type: ignore[assignment]
+
+
+def best_of(runs: int, measure) -> float:
+    return min(measure() for _ in range(runs))
+
+
+def cli_get_times(path: Path, cache_dir: Path, runs: int) -> dict[str, float]:
+    """Median wall time of one `imstore get` process, cache on and off, and of `import typer`."""
+    python = sys.executable
+    env = {**os.environ, "IMSTORE_CACHE_DIR": str(cache_dir)}
+    commands = {
+        "import typer": [python, "-c", "import typer"],
+        "get --no-cache": [python, "-m", "imstore", "--store", str(path), "--no-cache", "get", "hot/0", "--version", "1"],
+        "get (cache)": [python, "-m", "imstore", "--store", str(path), "get", "hot/0", "--version", "1"],
+        "get latest --no-cache": [python, "-m", "imstore", "--store", str(path), "--no-cache", "get", "hot/0"],
+        "get latest (cache)": [python, "-m", "imstore", "--store", str(path), "get", "hot/0"],
+    }
+    subprocess.run(commands["get (cache)"], env=env, check=True, capture_output=True)  # fill
+    subprocess.run(commands["get latest (cache)"], env=env, check=True, capture_output=True)
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, command in commands.items():  # interleaved, so drift hits all alike
+            start = time.perf_counter()
+            subprocess.run(command, env=env, check=True, capture_output=True)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def refused_write_seconds(path: Path, cache: CacheSettings) -> dict[str, float]:
+    """Time for a put to fail with Unavailable during each kind of outage."""
+    results = {}
+    aside = path.parent / "aside"
+    for kind in ("store renamed away", "objects/ replaced by a file"):
+        moved = path if kind.startswith("store") else path / "objects"
+        os.rename(moved, aside)
+        if kind.startswith("objects"):
+            moved.write_bytes(b"x")
+        try:
+            start = time.perf_counter()
+            try:
+                with Store.open(path, cache=cache) as store:
+                    store.put("hot/0", b"refused")
+                raise AssertionError("the put was not refused")
+            except Unavailable:
+                results[kind] = time.perf_counter() - start
+        finally:
+            if moved.is_file():
+                moved.unlink()
+            os.rename(aside, moved)
+    return results
+
+
+def report(name: str, seconds: float, gets: int, note: str = "") -> None:
+    print(f"  {name:20s} {seconds:8.3f} s {seconds / gets * 1e6:8.1f} us/get   {note}".rstrip())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gets", type=int, default=20_000)
+    parser.add_argument("--keys", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--cli-runs", type=int, default=15)
+    args = parser.parse_args()
+    rng = random.Random(4)
+    with tempfile.TemporaryDirectory(prefix="imstore-bench-cache-") as temp:
+        root = Path(temp)
+        path = make_store(root, args.keys)
+        cache = CacheSettings(directory=root / "cache")
+        picks = [(f"hot/{rng.randrange(args.keys)}", rng.randint(1, VERSIONS)) for _ in range(args.gets)]
+        print(f"{args.gets} gets of hot {OBJECT_SIZE // 1024} KiB objects by key and version, {args.keys} keys x {VERSIONS} versions")
+
+        off = best_of(args.runs, lambda: timed_gets(path, None, picks))
+        on = best_of(args.runs, lambda: timed_gets(path, cache, picks))
+        saved = imstore.cache.MEMO_BYTES, imstore.cache.MEMO_RECORDS
+        imstore.cache.MEMO_BYTES, imstore.cache.MEMO_RECORDS = 0, 0
+        try:
+            diskcache_only = best_of(args.runs, lambda: timed_gets(path, cache, picks))
+        finally:
+            imstore.cache.MEMO_BYTES, imstore.cache.MEMO_RECORDS = saved
+        report("--no-cache", off, args.gets)
+        report("cache", on, args.gets, f"ratio {on / off:.2f}x (goal <= 1.0x, target <= 0.7x)")
+        report("cache, memo off", diskcache_only, args.gets, f"ratio {diskcache_only / off:.2f}x")
+
+        with slow_store(path):
+            slow_off = timed_gets(path, None, picks)
+            slow_on = timed_gets(path, cache, picks)
+        print("same gets, every open()/stat() of a store file delayed 1 ms (fault layer)")
+        report("--no-cache", slow_off, args.gets)
+        report("cache", slow_on, args.gets, f"ratio {slow_on / slow_off:.3f}x (goal <= 0.2x)")
+
+        times = cli_get_times(path, root / "cli-cache", args.cli_runs)
+        anchor = times["import typer"]
+        print(f"one process each, median of {args.cli_runs} (interleaved)")
+        for name, seconds in times.items():
+            print(f"  {name:22s} {seconds * 1e3:7.1f} ms   {seconds / anchor:.2f}x import typer")
+        print(f"  cache / no-cache: get --version {times['get (cache)'] / times['get --no-cache']:.2f}x,"
+              f" get latest {times['get latest (cache)'] / times['get latest --no-cache']:.2f}x (goal <= 1.0x)")
+
+        for kind, seconds in refused_write_seconds(path, cache).items():
+            print(f"put refused, {kind}: {seconds * 1e3:.2f} ms (goal < 1 s)")
+
+
+if __name__ == "__main__":
+    main()
