@@ -170,24 +170,37 @@ def test_a_garbage_cache_database_is_rebuilt(store_path, cache_settings):
         assert store.get("k2", 1) == b"y" and store.cache.hits == 2
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    writes=st.lists(st.tuples(st.sampled_from(["a", "b", "c/d", "ü"]), st.binary(max_size=3000)), min_size=1, max_size=12),
-    picks=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 12)), min_size=1, max_size=20),
-)
+WRITES = st.lists(st.tuples(st.sampled_from(["a", "b", "c/d", "ü"]), st.binary(max_size=3000)), min_size=1, max_size=8)
+PICKS = st.lists(st.tuples(st.integers(0, 3), st.integers(1, 8)), min_size=1, max_size=20)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=WRITES, picks=PICKS)
 def test_cached_and_uncached_reads_return_identical_bytes(tmp_path_factory, writes, picks):
-    root = tmp_path_factory.mktemp("hyp")
+    _compare_cached_and_uncached(tmp_path_factory.mktemp("hyp"), writes, picks)
+
+
+@pytest.mark.slow
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=WRITES, picks=PICKS)
+def test_cached_and_uncached_reads_return_identical_bytes_many_examples(tmp_path_factory, writes, picks):
+    _compare_cached_and_uncached(tmp_path_factory.mktemp("hyp"), writes, picks)
+
+
+def _compare_cached_and_uncached(root: Path, writes: list[tuple[str, bytes]], picks: list[tuple[int, int]]) -> None:
+    """Write through the cache, then read the same (key, version)s with and without it; each
+    cached read twice (from the cache database, then from the process's memo)."""
     settings_ = CacheSettings(directory=root / "cache")
     Store.init(root / "s")[0].close()
     with Store.open(root / "s", cache=settings_) as store:
         for key, data in writes:
             store.put(key, data)
     keys = ["a", "b", "c/d", "ü"]
-    for reopen in (False, True):
-        with Store.open(root / "s", cache=settings_) as cached, Store.open(root / "s") as plain:
+    with Store.open(root / "s", cache=settings_) as cached, Store.open(root / "s") as plain:
+        for memo in (False, True):
             for key_index, version in picks:
                 key = keys[key_index]
-                assert _outcome(cached, key, version) == _outcome(plain, key, version), (reopen, key, version)
+                assert _outcome(cached, key, version) == _outcome(plain, key, version), (memo, key, version)
                 assert _outcome(cached, key, None) == _outcome(plain, key, None)
 
 
