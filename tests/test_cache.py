@@ -308,3 +308,10 @@ def test_a_get_served_by_the_cache_does_not_import_diskcache(store_path):
 def test_for_path_reads_stats_without_the_store(tmp_path, cache_settings):
     stats = StoreCache.for_path(cache_settings, tmp_path / "never").stats()
     assert (stats.entries, stats.bytes, stats.hits, stats.misses, stats.store_id) == (0, 0, 0, 0, None)
+
+
+def test_imstore_no_cache_in_the_environment_turns_the_cache_off(cli, private_cache_dir):
+    assert cli("put", "k", stdin=b"x", env={"IMSTORE_NO_CACHE": "1"}).code == 0
+    assert cli("get", "k", env={"IMSTORE_NO_CACHE": "1"}).stdout == b"x"
+    assert not private_cache_dir.exists()
+    assert cli("get", "k").stdout == b"x" and private_cache_dir.exists()
