@@ -63,6 +63,7 @@ DB_NAME = "cache.db"  # diskcache's database file inside data/
 OPEN_DEADLINE = 2.0  # seconds to keep retrying a racing creation before going without the cache
 MEMO_BYTES = 64 << 20
 MEMO_RECORDS = 100_000
+ROW_FIELDS = 10  # key, version, seq, op, hash, size, time_ns, content_type, message, meta
 # diskcache value modes (diskcache.core.MODE_RAW / MODE_BINARY): bytes inline or in a file.
 _MODE_RAW, _MODE_BINARY = 1, 2
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -220,14 +221,16 @@ class StoreCache:
 
     def version_row(self, key: str, version: int) -> tuple | None:
         """The index row of (key, version) if cached (rows of written versions never change)."""
-        return self._record(f"v:{version}:{key}")
+        row = self._record(f"v:{version}:{key}")
+        return row if _is_row_of(row, key, version) else None
 
     def latest(self, key: str) -> tuple[tuple, int] | None:
         """(row, log seq it was read at) of the key's latest version as last seen, or None."""
         found = self._record(f"l:{key}")
-        if found is None or len(found) != 2:
+        if found is None or len(found) != 2 or not isinstance(found[1], int):
             return None
-        return tuple(found[0]), found[1]
+        row = tuple(found[0]) if isinstance(found[0], (list, tuple)) else None
+        return (row, found[1]) if _is_row_of(row, key) else None
 
     def ids_with_prefix(self, prefix: str) -> list[str]:
         """Cached object ids starting with prefix (at most two: enough to call it ambiguous)."""
@@ -324,8 +327,8 @@ class StoreCache:
         """Remember row as the latest version of its key, as of log position seq."""
         name = f"l:{row[0]}"
         known = self._memo_records.get(name) or self._record_quietly(name)
-        if known is not None and len(known) == 2 and known[0][1] == row[1] and known[0][3] == row[3]:
-            return  # same latest version already cached: no write
+        if known is not None and len(known) == 2 and _is_row_of(tuple(known[0]), row[0]) and known[0][1] >= row[1]:
+            return  # this version (or a newer one, seen by another process) is already cached: no write
         entry = (tuple(row), seq)
         self._store(name, _encode_record([list(row), seq]))
         self._remember_record(name, entry)
@@ -583,6 +586,17 @@ def _remove_tree(path: Path) -> None:
             aside.unlink()
         except OSError:
             pass
+
+
+def _is_row_of(row: tuple | None, key: str, version: int | None = None) -> bool:
+    """Is row an index row (see store.Version.from_row) of key (and version)? Guards against mix-ups."""
+    return (
+        row is not None
+        and len(row) == ROW_FIELDS
+        and row[0] == key
+        and isinstance(row[1], int)
+        and (version is None or row[1] == version)
+    )
 
 
 def _encode_record(value: list) -> bytes:
