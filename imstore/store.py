@@ -224,8 +224,7 @@ class Store:
         store_id = StoreCache.existing_store_id(settings, root) if settings is not None else None
         if store_id is None:
             return None
-        store = cls(root, {"format": FORMAT, "store_id": store_id}, StoreCache(settings, root, store_id), offline_reason=reason)
-        return store
+        return cls(root, {"format": FORMAT, "store_id": store_id}, StoreCache(settings, root, store_id), offline_reason=reason)
 
     def _check_writable(self) -> None:
         """Fail fast, before anything is written, when the store cannot take a write."""
