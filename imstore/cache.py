@@ -63,6 +63,7 @@ DB_NAME = "cache.db"  # diskcache's database file inside data/
 OPEN_DEADLINE = 2.0  # seconds to keep retrying a racing creation before going without the cache
 MEMO_BYTES = 64 << 20
 MEMO_RECORDS = 100_000
+REFRESH_AFTER = 86400.0  # seconds: an entry read this long after it was stored is stored again
 ROW_FIELDS = 10  # key, version, seq, op, hash, size, time_ns, content_type, message, meta
 # diskcache value modes (diskcache.core.MODE_RAW / MODE_BINARY): bytes inline or in a file.
 _MODE_RAW, _MODE_BINARY = 1, 2
@@ -206,10 +207,11 @@ class StoreCache:
                 self.hits += 1
                 return data
             self._forget_memo(object_id)
-        data = self._fetch("o:" + object_id)
-        if data is None:
+        entry = self._fetch("o:" + object_id)
+        if entry is None:
             self.misses += 1
             return None
+        data, stored_at = entry
         if blake3(data).hexdigest() != object_id:
             self.notes.append(f"cached object {object_id} did not match its hash; dropped it")
             self._drop("o:" + object_id)
@@ -217,6 +219,7 @@ class StoreCache:
             return None
         self.hits += 1
         self._remember_object(object_id, data)
+        self._refresh_if_old("o:" + object_id, data, stored_at)
         return data
 
     def version_row(self, key: str, version: int) -> tuple | None:
@@ -251,10 +254,11 @@ class StoreCache:
         if row is not None:
             self.hits += 1
             return row
-        blob = self._fetch(name)
-        if blob is None:
+        entry = self._fetch(name)
+        if entry is None:
             self.misses += 1
             return None
+        blob, stored_at = entry
         row = _decode_record(blob)
         if row is None:
             self.notes.append(f"cached record {name!r} failed its checksum; dropped it")
@@ -263,31 +267,44 @@ class StoreCache:
             return None
         self.hits += 1
         self._remember_record(name, row)
+        self._refresh_if_old(name, blob, stored_at)
         return row
 
-    def _fetch(self, name: str) -> bytes | None:
-        """Raw bytes stored under name, read straight from diskcache's table."""
+    def _fetch(self, name: str) -> tuple[bytes, float] | None:
+        """(raw bytes, store time) under name, read straight from diskcache's table; not yet checked."""
         reader = self._open_reader()
         if reader is None:
             return None
         try:
-            row = reader.execute("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", (name,)).fetchone()
+            row = reader.execute("SELECT mode, filename, value, store_time FROM Cache WHERE key = ? AND raw = 1", (name,)).fetchone()
         except sqlite3.Error as exc:
             self._cache_error(exc)
             return None
         if row is None:
             return None
-        mode, filename, value = row
+        mode, filename, value, stored_at = row
         if mode == _MODE_RAW and isinstance(value, bytes):
-            return value
-        if mode == _MODE_BINARY and isinstance(filename, str) and ".." not in filename:
+            data = value
+        elif mode == _MODE_BINARY and isinstance(filename, str) and ".." not in filename:
             try:
                 with open(self.data_dir / filename, "rb") as handle:
-                    return handle.read(self.max_object_size + 1)
+                    data = handle.read(self.max_object_size + 1)
             except OSError:
                 self.notes.append(f"cached file for {name!r} is unreadable; dropped it")
                 self._drop(name)
-        return None
+                return None
+        else:
+            return None
+        return data, stored_at if isinstance(stored_at, float) else 0.0
+
+    def _refresh_if_old(self, name: str, data: bytes, stored_at: float) -> None:
+        """Store a verified entry again when it is read long after it was stored.
+
+        Eviction is diskcache's least-recently-stored (so reads never write); re-storing
+        what is still read about once a day makes it least-recently-used at that grain.
+        """
+        if time.time() - stored_at > REFRESH_AFTER:
+            self._store(name, data)
 
     def _open_reader(self) -> sqlite3.Connection | None:
         if self._reader is not None:
@@ -334,8 +351,8 @@ class StoreCache:
         self._remember_record(name, entry)
 
     def _record_quietly(self, name: str) -> tuple | None:
-        blob = self._fetch(name)
-        return _decode_record(blob) if blob is not None else None
+        entry = self._fetch(name)
+        return _decode_record(entry[0]) if entry is not None else None
 
     def _store(self, name: str, value: bytes) -> None:
         writer = self._open_writer()

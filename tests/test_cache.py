@@ -315,3 +315,17 @@ def test_imstore_no_cache_in_the_environment_turns_the_cache_off(cli, private_ca
     assert cli("get", "k", env={"IMSTORE_NO_CACHE": "1"}).stdout == b"x"
     assert not private_cache_dir.exists()
     assert cli("get", "k").stdout == b"x" and private_cache_dir.exists()
+
+
+def test_an_entry_read_long_after_it_was_stored_is_stored_again(store_path, cache_settings):
+    """Least-recently-stored eviction plus re-storing what is still read: LRU at the grain of a day."""
+    with cached_store(store_path, cache_settings) as store:
+        object_id = store.put("k", b"still used").version.hash
+    db = cache_db(cache_settings, store_path)
+    db.execute("UPDATE Cache SET store_time = store_time - 2 * 86400")
+    old = dict(db.execute("SELECT key, store_time FROM Cache"))
+    with cached_store(store_path, cache_settings) as store:
+        assert store.get("k", 1) == b"still used"
+    new = dict(db.execute("SELECT key, store_time FROM Cache"))
+    assert new[f"o:{object_id}"] > old[f"o:{object_id}"] + 86400 and new["v:1:k"] > old["v:1:k"] + 86400
+    assert new["l:k"] == old["l:k"]  # not read, not refreshed
