@@ -178,8 +178,10 @@ def main() -> None:
         print(f"one process each, median of {args.cli_runs} (interleaved)")
         for name, seconds in times.items():
             print(f"  {name:22s} {seconds * 1e3:7.1f} ms   {seconds / anchor:.2f}x import typer")
-        print(f"  cache / no-cache: get --version {times['get (cache)'] / times['get --no-cache']:.2f}x,"
-              f" get latest {times['get latest (cache)'] / times['get latest --no-cache']:.2f}x (goal <= 1.0x)")
+        print(
+            f"  cache / no-cache: get --version {times['get (cache)'] / times['get --no-cache']:.2f}x,"
+            f" get latest {times['get latest (cache)'] / times['get latest --no-cache']:.2f}x (goal <= 1.0x)"
+        )
 
         for kind, seconds in refused_write_seconds(path, cache).items():
             print(f"put refused, {kind}: {seconds * 1e3:.2f} ms (goal < 1 s)")

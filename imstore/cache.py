@@ -608,11 +608,7 @@ def _remove_tree(path: Path) -> None:
 def _is_row_of(row: tuple | None, key: str, version: int | None = None) -> bool:
     """Is row an index row (see store.Version.from_row) of key (and version)? Guards against mix-ups."""
     return (
-        row is not None
-        and len(row) == ROW_FIELDS
-        and row[0] == key
-        and isinstance(row[1], int)
-        and (version is None or row[1] == version)
+        row is not None and len(row) == ROW_FIELDS and row[0] == key and isinstance(row[1], int) and (version is None or row[1] == version)
     )
 
 

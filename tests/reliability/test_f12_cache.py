@@ -153,9 +153,7 @@ _FILLER = textwrap.dedent(
 
 
 def _kill_a_filler_at_a_random_instant(store_path: Path, cache: CacheSettings, rng: random.Random) -> list[tuple[str, int, str]]:
-    filler = subprocess.Popen(
-        [sys.executable, "-c", _FILLER, str(store_path), str(cache.directory)], stdout=subprocess.PIPE, text=True
-    )
+    filler = subprocess.Popen([sys.executable, "-c", _FILLER, str(store_path), str(cache.directory)], stdout=subprocess.PIPE, text=True)
     first = filler.stdout.readline()  # started and past the first fill: the cache exists
     time.sleep(rng.uniform(0.005, 0.3))  # the random instant of the kill, not a wait for a condition
     filler.send_signal(signal.SIGKILL)
