@@ -5,6 +5,8 @@
    Also with the in-process memo turned off, to show what diskcache itself costs.
 2. The same with every open() and stat() of a store file delayed by 1 ms (a fault
    layer standing in for a slow NAS): cache on vs off. Goal <= 0.2x.
+   And, when bindfs (Debian package) can mount a FUSE passthrough here, the store
+   read through it: cache on vs off.
 3. One `imstore get KEY --version 1` process, cache on vs --no-cache, beside
    `python -c "import typer"` (the start-up anchor): the cache must not slow it.
 4. How long a put takes to be refused while the store is unavailable (goal < 1 s).
@@ -83,6 +85,25 @@ def slow_store(path: Path, delay: float = 0.001):
         builtins.open = io.open = originals["open"]  # type: ignore[assignment]
         os.open = originals["os_open"]  # type: ignore[assignment]
         os.stat = originals["stat"]  # type: ignore[assignment]
+
+
+@contextmanager
+def fuse_passthrough(source: Path, mountpoint: Path):
+    """The store seen through a bindfs FUSE mount (every call goes through a user-space daemon), or None."""
+    import shutil
+
+    if shutil.which("bindfs") is None or not os.path.exists("/dev/fuse"):
+        yield None
+        return
+    mountpoint.mkdir()
+    if subprocess.run(["bindfs", str(source), str(mountpoint)], capture_output=True).returncode != 0:
+        yield None
+        return
+    try:
+        yield mountpoint
+    finally:
+        unmount = ["fusermount", "-u", str(mountpoint)] if shutil.which("fusermount") else ["umount", str(mountpoint)]
+        subprocess.run(unmount, check=False)
 
 
 def best_of(runs: int, measure) -> float:
@@ -172,6 +193,17 @@ def main() -> None:
         print("same gets, every open()/stat() of a store file delayed 1 ms (fault layer)")
         report("--no-cache", slow_off, args.gets)
         report("cache", slow_on, args.gets, f"ratio {slow_on / slow_off:.3f}x (goal <= 0.2x)")
+
+        with fuse_passthrough(path, root / "fuse") as mounted:
+            if mounted is None:
+                print("FUSE passthrough: skipped (needs bindfs and /dev/fuse)")
+            else:
+                fuse_cache = CacheSettings(directory=root / "fuse-cache")
+                fuse_off = best_of(args.runs, lambda: timed_gets(mounted, None, picks))
+                fuse_on = best_of(args.runs, lambda: timed_gets(mounted, fuse_cache, picks))
+                print("same gets, the store read through a bindfs FUSE passthrough")
+                report("--no-cache", fuse_off, args.gets)
+                report("cache", fuse_on, args.gets, f"ratio {fuse_on / fuse_off:.3f}x (goal <= 0.2x)")
 
         times = cli_get_times(path, root / "cli-cache", args.cli_runs)
         anchor = times["import typer"]
