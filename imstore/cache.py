@@ -362,9 +362,10 @@ class StoreCache:
             writer.set(name, value)
         except sqlite3.DatabaseError as exc:
             self._cache_error(exc)
-        except OSError as exc:
-            self.notes.append(f"cannot fill the cache: {exc}")
-            self._disabled = True  # e.g. the cache's disk is full: stop trying in this process
+        except Exception as exc:  # noqa: BLE001 -- OSError (its disk is full), diskcache.Timeout, ...: never fatal
+            self.notes.append(f"cannot fill the cache: {type(exc).__name__}: {exc}")
+            self._close_connections()
+            self._disabled = True  # stop trying in this process
 
     def _open_writer(self):
         if self._writer is not None:
@@ -403,8 +404,8 @@ class StoreCache:
                 self.notes.append(f"the cache was damaged ({exc}); rebuilt it")
                 self._remove_data()
                 rebuilt = True
-            except OSError as exc:
-                self.notes.append(f"cannot open the cache at {self.data_dir}: {exc}")
+            except Exception as exc:  # noqa: BLE001 -- OSError, diskcache.Timeout, ...: go without the cache
+                self.notes.append(f"cannot open the cache at {self.data_dir}: {type(exc).__name__}: {exc}")
                 self._disabled = True
                 return None
 
@@ -447,7 +448,7 @@ class StoreCache:
         if writer is not None:
             try:
                 writer.delete(name)
-            except (sqlite3.Error, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 -- a cache error is never fatal
                 self._cache_error(exc)
 
     def _cache_error(self, exc: BaseException) -> None:

@@ -329,3 +329,21 @@ def test_an_entry_read_long_after_it_was_stored_is_stored_again(store_path, cach
     new = dict(db.execute("SELECT key, store_time FROM Cache"))
     assert new[f"o:{object_id}"] > old[f"o:{object_id}"] + 86400 and new["v:1:k"] > old["v:1:k"] + 86400
     assert new["l:k"] == old["l:k"]  # not read, not refreshed
+
+
+@pytest.mark.parametrize("failure", ["disk-full", "timeout"])
+def test_a_cache_that_cannot_be_written_never_fails_a_put_or_a_get(store_path, cache_settings, monkeypatch, failure):
+    import errno
+
+    import diskcache
+
+    def refuse(self, *args, **kwargs):
+        if failure == "disk-full":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise diskcache.Timeout("busy")
+
+    monkeypatch.setattr(diskcache.Cache, "set", refuse)
+    with cached_store(store_path, cache_settings) as store:
+        assert store.put("k", b"x").version.version == 1
+        assert store.get("k") == b"x" and store.get("k", 1) == b"x"
+        assert any("cannot fill the cache" in note for note in store.cache.notes)
