@@ -9,7 +9,7 @@ their hash and records against a checksum; anything that fails, or any error of
 the cache itself, drops the entry (or the whole cache) and the read goes to the
 store. The cache is never fatal.
 
-Layout: <base>/<sha256 of the store's resolved path>/ holds `store-id` (the
+Layout: <base>/<BLAKE3 of the store's resolved path, 32 hex>/ holds `store-id` (the
 store it belongs to; a cache whose id differs from the store's is cleared) and
 `data/` (the diskcache directory). It is found by path, not by reading the
 store, so it still answers when the store directory has vanished.
@@ -24,7 +24,6 @@ hash-checked on every use.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sqlite3
@@ -121,7 +120,7 @@ class CacheSettings:
 def cache_folder(settings: CacheSettings, store_root: str | os.PathLike) -> Path:
     """The cache folder of the store at store_root: named by its resolved path."""
     resolved = os.path.realpath(os.path.expanduser(os.fspath(store_root)))
-    return settings.base() / hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return settings.base() / blake3(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
