@@ -145,6 +145,17 @@ def cli_get_times(path: Path, cache_dir: Path, runs: int) -> dict[str, tuple[flo
     }
 
 
+def cold_open_get_seconds(path: Path, cache: CacheSettings | None, version: int | None, runs: int) -> float:
+    """Median time of what one `imstore get` does after start-up: open the store, get, close."""
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        with Store.open(path, cache=cache) as store:
+            store.get("hot/0", version)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
 def refused_write_seconds(path: Path, cache: CacheSettings) -> dict[str, float]:
     """Time for a put to fail with Unavailable during each kind of outage."""
     results = {}
@@ -230,6 +241,14 @@ def main() -> None:
         ):
             (on_wall, on_cpu), (off_wall, off_cpu) = times[on_name], times[off_name]
             print(f"  cache / no-cache, {label}: wall {on_wall / off_wall:.2f}x, cpu {on_cpu / off_cpu:.2f}x (goal <= 1.0x)")
+
+        cold_cache = CacheSettings(directory=root / "cold-cache")
+        print("open store + one get + close, in this process (what a get process does after start-up), median of 500")
+        for label, version in (("get --version 1", 1), ("get latest", None)):
+            cold_open_get_seconds(path, cold_cache, version, 1)  # fill
+            off_cold = cold_open_get_seconds(path, None, version, 500)
+            on_cold = cold_open_get_seconds(path, cold_cache, version, 500)
+            print(f"  {label:16s} --no-cache {off_cold * 1e3:6.3f} ms   cache {on_cold * 1e3:6.3f} ms   ratio {on_cold / off_cold:.2f}x")
 
         for kind, seconds in refused_write_seconds(path, cache).items():
             print(f"put refused, {kind}: {seconds * 1e3:.2f} ms (goal < 1 s)")
