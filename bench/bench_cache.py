@@ -122,17 +122,36 @@ def run_measured(command: list[str], env: dict) -> tuple[float, float]:
     return wall, usage.ru_utime + usage.ru_stime
 
 
+def callgrind_instructions(command: list[str], env: dict) -> int | None:
+    """Instructions one process executes (valgrind callgrind): repeatable whatever the load, or None."""
+    import re
+    import shutil
+
+    if shutil.which("valgrind") is None:
+        return None
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command], env=env, capture_output=True, text=True
+    )
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    return int(found.group(1)) if done.returncode == 0 and found else None
+
+
+def cli_commands(path: Path) -> dict[str, list[str]]:
+    python = sys.executable
+    get = [python, "-m", "imstore", "--store", str(path)]
+    return {
+        "import typer": [python, "-c", "import typer"],
+        "get --no-cache": [*get, "--no-cache", "get", "hot/0", "--version", "1"],
+        "get (cache)": [*get, "get", "hot/0", "--version", "1"],
+        "get latest --no-cache": [*get, "--no-cache", "get", "hot/0"],
+        "get latest (cache)": [*get, "get", "hot/0"],
+    }
+
+
 def cli_get_times(path: Path, cache_dir: Path, runs: int) -> dict[str, tuple[float, float]]:
     """Median (wall, CPU) time of one `imstore get` process, cache on and off, and of `import typer`."""
-    python = sys.executable
     env = {**os.environ, "IMSTORE_CACHE_DIR": str(cache_dir)}
-    commands = {
-        "import typer": [python, "-c", "import typer"],
-        "get --no-cache": [python, "-m", "imstore", "--store", str(path), "--no-cache", "get", "hot/0", "--version", "1"],
-        "get (cache)": [python, "-m", "imstore", "--store", str(path), "get", "hot/0", "--version", "1"],
-        "get latest --no-cache": [python, "-m", "imstore", "--store", str(path), "--no-cache", "get", "hot/0"],
-        "get latest (cache)": [python, "-m", "imstore", "--store", str(path), "get", "hot/0"],
-    }
+    commands = cli_commands(path)
     subprocess.run(commands["get (cache)"], env=env, check=True, capture_output=True)  # fill
     subprocess.run(commands["get latest (cache)"], env=env, check=True, capture_output=True)
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
@@ -241,6 +260,18 @@ def main() -> None:
         ):
             (on_wall, on_cpu), (off_wall, off_cpu) = times[on_name], times[off_name]
             print(f"  cache / no-cache, {label}: wall {on_wall / off_wall:.2f}x, cpu {on_cpu / off_cpu:.2f}x (goal <= 1.0x)")
+
+        env = {**os.environ, "IMSTORE_CACHE_DIR": str(root / "cli-cache")}  # filled by cli_get_times
+        counts = {name: callgrind_instructions(command, env) for name, command in cli_commands(path).items()}
+        if None in counts.values():
+            print("instruction counts: skipped (needs valgrind)")
+        else:
+            print("instructions per process (valgrind callgrind; independent of other load)")
+            for name, count in counts.items():
+                print(f"  {name:22s} {count / 1e6:8.1f} M   {count / counts['import typer']:.3f}x import typer")
+            version_ratio = counts["get (cache)"] / counts["get --no-cache"]
+            latest_ratio = counts["get latest (cache)"] / counts["get latest --no-cache"]
+            print(f"  cache / no-cache: get --version {version_ratio:.3f}x, get latest {latest_ratio:.3f}x (goal <= 1.0x)")
 
         cold_cache = CacheSettings(directory=root / "cold-cache")
         print("open store + one get + close, in this process (what a get process does after start-up), median of 500")
