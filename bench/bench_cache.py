@@ -130,9 +130,12 @@ def callgrind_instructions(command: list[str], env: dict) -> int | None:
     if shutil.which("valgrind") is None:
         return None
     done = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command], env=env, capture_output=True, text=True
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command],
+        env=env,
+        stdout=subprocess.DEVNULL,  # the object's bytes
+        stderr=subprocess.PIPE,
     )
-    found = re.search(r"Collected : (\d+)", done.stderr)
+    found = re.search(r"Collected : (\d+)", done.stderr.decode("utf-8", "replace"))
     return int(found.group(1)) if done.returncode == 0 and found else None
 
 
