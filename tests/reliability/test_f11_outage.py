@@ -24,7 +24,7 @@ from imstore.errors import Unavailable
 from imstore.hashing import hash_bytes
 from imstore.log import Log
 
-OUTAGES = ["store-renamed", "store-replaced-by-file", "objects-replaced-by-file", "log-gone", "eio"]
+OUTAGES = ["store-renamed", "store-replaced-by-file", "objects-replaced-by-file", "log-gone", "log-replaced-by-file", "eio"]
 
 
 @contextmanager
@@ -68,6 +68,7 @@ def outage(kind: str, store_path: Path) -> Iterator[None]:
         "store-replaced-by-file": store_path,
         "objects-replaced-by-file": store_path / "objects",
         "log-gone": store_path / "log",
+        "log-replaced-by-file": store_path / "log",
     }[kind]
     os.rename(moved, aside)
     if kind.endswith("replaced-by-file"):
@@ -125,7 +126,7 @@ def test_cached_reads_are_served_verified_and_writes_refused_during_an_outage(ki
             assert any("may be stale" in warning for warning in store.warnings) is not log_readable
             with pytest.raises(Unavailable):
                 store.get("c", 1)
-            if kind == "log-gone":  # objects/ is fine: bytes by hash still come from the store
+            if kind.startswith("log-"):  # objects/ is fine: bytes by hash still come from the store
                 assert store.cat(filled["uncached"].hash) == b"never cached"
             else:
                 with pytest.raises(Unavailable):
