@@ -111,13 +111,16 @@ def global_options(
     cache_dir: Annotated[
         Path | None,
         typer.Option(
-            "--cache-dir", envvar="IMSTORE_CACHE_DIR", help="Read cache folder [default: the user cache dir].", show_default=False
+            "--cache-dir",
+            envvar="IMSTORE_CACHE_DIR",
+            help="Read cache folder (default: the user cache dir, e.g. ~/.cache/imstore).",
+            show_default=False,
         ),
     ] = None,
     cache_size: Annotated[
         str | None,
         typer.Option(
-            "--cache-size", envvar="IMSTORE_CACHE_SIZE", help="Read cache size limit, e.g. 512M [default: 1G].", show_default=False
+            "--cache-size", envvar="IMSTORE_CACHE_SIZE", help="Read cache size limit, e.g. 512M (default: 1G).", show_default=False
         ),
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", envvar="IMSTORE_NO_CACHE", help="Read and write without the read cache.")] = False,
