@@ -5,19 +5,23 @@ _imstore() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${COMP_WORDS[i]}"
         case "$word" in
-            --after|--at|--content-type|--if-version|--limit|--message|--meta|--output|--store|--version|-V|-m|-n|-o|-t) ((i++)) ;;
+            --after|--at|--cache-dir|--cache-size|--content-type|--if-version|--limit|--message|--meta|--output|--store|--version|-V|-m|-n|-o|-t) ((i++)) ;;
             -*) ;;
             *) case "$path" in
-                   "") [[ " cat get history init log ls put reindex rm verify " == *" $word "* ]] && path="${path:+$path }$word" ;;
+                   "") [[ " cache cat get history init log ls put reindex rm verify " == *" $word "* ]] && path="${path:+$path }$word" ;;
+                   "cache") [[ " clear stats " == *" $word "* ]] && path="${path:+$path }$word" ;;
                esac ;;
         esac
     done
     case "$prev" in
-        --output|--store|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-        --after|--at|--content-type|--if-version|--limit|--message|--meta|--version|-V|-m|-n|-t) return ;;
+        --cache-dir|--output|--store|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --after|--at|--cache-size|--content-type|--if-version|--limit|--message|--meta|--version|-V|-m|-n|-t) return ;;
     esac
     case "$path" in
-        "") COMPREPLY=($(compgen -W "--store --json -q --quiet --no-color --debug --version -h --help cat get history init log ls put reindex rm verify" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "--store --json -q --quiet --no-color --debug --cache-dir --cache-size --no-cache --version -h --help cache cat get history init log ls put reindex rm verify" -- "$cur")) ;;
+        "cache") COMPREPLY=($(compgen -W "-h --help clear stats" -- "$cur")) ;;
+        "cache clear") COMPREPLY=($(compgen -W "--all -h --help" -- "$cur")) ;;
+        "cache stats") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
         "cat") COMPREPLY=($(compgen -W "-o --output -h --help" -- "$cur")) ;;
         "get") COMPREPLY=($(compgen -W "--version -V --at -o --output -h --help" -- "$cur")) ;;
         "history") COMPREPLY=($(compgen -W "--limit -n -h --help" -- "$cur")) ;;

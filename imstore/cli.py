@@ -40,6 +40,9 @@ class Settings:
     store: Path | None = None
     out: Output = None  # type: ignore[assignment]
     debug: bool = False
+    cache_dir: Path | None = None
+    cache_size: str | None = None
+    no_cache: bool = False
 
 
 settings = Settings(out=Output())
@@ -56,16 +59,32 @@ def open_store(*, write: bool = False):
     from .store import Store
 
     if settings.store is not None:
-        store = Store.open(settings.store)
+        store = Store.open(settings.store, cache=cache_settings())
     else:
-        store = Store.open(default_store_path(), create=write)
+        store = Store.open(default_store_path(), create=write, cache=cache_settings())
     return store
+
+
+def cache_settings():
+    """The read cache settings from --cache-dir, --cache-size and --no-cache (and their env vars)."""
+    from .cache import CacheSettings, parse_size
+
+    defaults = CacheSettings()
+    return CacheSettings(
+        enabled=not settings.no_cache,
+        directory=settings.cache_dir,
+        size_limit=parse_size(settings.cache_size) if settings.cache_size else defaults.size_limit,
+    )
 
 
 def show_warnings(store) -> None:
     for warning in store.warnings:
         settings.out.warn(warning)
     store.warnings.clear()
+    if settings.debug and store.cache is not None:
+        for note in store.cache.notes:
+            settings.out.warn(f"cache: {note}")
+        store.cache.notes.clear()
 
 
 def _version_callback(value: bool) -> None:
@@ -89,6 +108,22 @@ def global_options(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only what was asked for, no chatter.")] = False,
     no_color: Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show a traceback on errors.")] = False,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            envvar="IMSTORE_CACHE_DIR",
+            help="Read cache folder (default: the user cache dir, e.g. ~/.cache/imstore).",
+            show_default=False,
+        ),
+    ] = None,
+    cache_size: Annotated[
+        str | None,
+        typer.Option(
+            "--cache-size", envvar="IMSTORE_CACHE_SIZE", help="Read cache size limit, e.g. 512M (default: 1G).", show_default=False
+        ),
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", envvar="IMSTORE_NO_CACHE", help="Read and write without the read cache.")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -99,6 +134,7 @@ def global_options(
     """
     settings.store = store
     settings.debug = debug
+    settings.cache_dir, settings.cache_size, settings.no_cache = cache_dir, cache_size, no_cache
     settings.out.json = json_output
     settings.out.quiet = quiet
     settings.out.color = settings.out.color and not no_color
@@ -328,6 +364,62 @@ def reindex() -> None:
         out.info(f"index rebuilt: {count} records")
 
 
+# ============================================================ cache commands
+cache_app = typer.Typer(help="The read cache: what it holds, and emptying it.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+def _store_cache():
+    from .cache import StoreCache
+
+    return StoreCache.for_path(cache_settings(), settings.store or default_store_path())
+
+
+@cache_app.command("stats")
+def cache_stats() -> None:
+    """Entries, bytes, hits and misses of the store's read cache (works while the store is down).
+
+    Example: imstore cache stats --json
+    """
+    stats = _store_cache().stats()
+    out = settings.out
+    fields = {
+        "path": stats.path,
+        "store_id": stats.store_id,
+        "entries": stats.entries,
+        "bytes": stats.bytes,
+        "hits": stats.hits,
+        "misses": stats.misses,
+    }
+    if out.json:
+        out.document(fields)
+    else:
+        for name, value in fields.items():
+            out.line(name, "" if value is None else value)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    all_stores: Annotated[bool, typer.Option("--all", help="Clear the caches of every store, not just this one.")] = False,
+) -> None:
+    """Empty the read cache of the store (the store itself is untouched).
+
+    Example: imstore cache clear
+    """
+    from .cache import StoreCache
+
+    if all_stores:
+        cleared = StoreCache.clear_all(cache_settings())
+    else:
+        _store_cache().clear()
+        cleared = 1
+    out = settings.out
+    if out.json:
+        out.document({"cleared": cleared})
+    else:
+        out.info(f"cleared {cleared} cache{'s' if cleared != 1 else ''}")
+
+
 # ============================================================ helpers
 def _open_input(file: str | None):
     """A binary stream for put: a regular file, a pipe or FIFO, or stdin."""
@@ -417,10 +509,15 @@ def _build_command(argv: list[str]):
         slim.registered_commands = [info for info in app.registered_commands if (info.name or info.callback.__name__) == wanted]
         slim.registered_groups = []
         return typer.main.get_command(slim)
+    if wanted in {info.name for info in app.registered_groups}:
+        slim = copy.copy(app)
+        slim.registered_commands = []
+        slim.registered_groups = [info for info in app.registered_groups if info.name == wanted]
+        return typer.main.get_command(slim)
     return typer.main.get_command(app)
 
 
-_GLOBAL_VALUE_OPTIONS = {"--store"}
+_GLOBAL_VALUE_OPTIONS = {"--store", "--cache-dir", "--cache-size"}
 
 
 def _command_name(argv: list[str]) -> str | None:

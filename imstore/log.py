@@ -197,7 +197,11 @@ class Log:
         self.lock_path = self.directory / "LOCK"
 
     def _check_directory(self) -> None:
-        if not self.directory.is_dir():
+        try:
+            is_directory = self.directory.is_dir()
+        except OSError as exc:  # is_dir() only hides "missing"; EIO and the like come through
+            raise from_os_error(exc, f"checking the store's log directory {self.directory}") from None
+        if not is_directory:
             raise Unavailable(f"the store's log directory is missing or not a directory: {self.directory}")
 
     def size(self) -> int:

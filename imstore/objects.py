@@ -114,7 +114,11 @@ class ObjectStore:
 
     def _check_root(self) -> None:
         # A store never re-creates its own objects/ (DESIGN: missing means unavailable).
-        if not self.root.is_dir():
+        try:
+            is_directory = self.root.is_dir()
+        except OSError as exc:  # is_dir() only hides "missing"; EIO and the like come through
+            raise from_os_error(exc, f"checking the store's objects directory {self.root}") from None
+        if not is_directory:
             raise Unavailable(f"the store's objects directory is missing or not a directory: {self.root}")
 
     # ---------------------------------------------------------------- reading

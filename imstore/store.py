@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
 import msgpack
 
+from .cache import CachedObjectReader, CacheSettings, StoreCache
 from .errors import (
     CorruptLog,
     CorruptObject,
@@ -32,6 +34,7 @@ from .errors import (
     from_os_error,
 )
 from .fsio import crash_point, fsync_dir, fsync_fd, write_all
+from .hashing import OBJECT_ID_LEN, validate_prefix
 from .index import Index
 from .log import GENESIS, Frame, Log, Record, batch_payload, encode_record
 from .objects import CHUNK_SIZE, ObjectReader, ObjectStore
@@ -58,6 +61,9 @@ class Version:
     content_type: str | None = None
     message: str | None = None
     meta: dict = field(default_factory=dict)
+    # True when this came from the cache while the log could not be read: a newer
+    # version may exist (the server sends `X-Imstore-Stale: 1` for it).
+    stale: bool = field(default=False, compare=False)
 
     @property
     def deleted(self) -> bool:
@@ -86,6 +92,11 @@ class Version:
             record.message,
             dict(record.meta),
         )
+
+    def to_row(self) -> tuple:
+        """The index row of this version (the inverse of from_row), as the cache keeps it."""
+        meta = msgpack.packb(self.meta, use_bin_type=True) if self.meta else None
+        return (self.key, self.version, self.seq, self.op, self.hash, self.size, self.time_ns, self.content_type, self.message, meta)
 
 
 @dataclass(frozen=True)
@@ -118,7 +129,7 @@ def _unpack_meta(blob: bytes | None) -> dict:
 class Store:
     """An imstore directory. Open with Store.open(path) or create with Store.init(path)."""
 
-    def __init__(self, root: Path, config: dict):
+    def __init__(self, root: Path, config: dict, cache: StoreCache | None = None, offline_reason: str | None = None):
         self.root = root
         self.config = config
         self.store_id: str = config["store_id"]
@@ -126,6 +137,9 @@ class Store:
         self.log = Log(root / "log")
         self.index_path = root / INDEX_NAME
         self.warnings: list[str] = []
+        self.cache = cache
+        # Set when the store itself could not be opened and only its cache answers (reads only).
+        self.offline_reason = offline_reason
         self._index: Index | None = None
         self._temps_checked = False
         self._seen_log_size = -1  # log size at the last catch-up: a change means another writer appended
@@ -166,20 +180,32 @@ class Store:
         return cls.open(root), created
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, create: bool = False) -> Store:
-        """Open the store at path; with create, make one there if there is none."""
+    def open(cls, path: str | os.PathLike, *, create: bool = False, cache: CacheSettings | None = None) -> Store:
+        """Open the store at path; with create, make one there if there is none.
+
+        With cache settings (enabled), reads go through the store's read cache,
+        and a store that cannot be opened but has a cache opens read-only on it.
+        """
         root = Path(path).expanduser().absolute()
         config_path = root / CONFIG_NAME
+        cache = cache if cache is not None and cache.enabled else None
         try:
             raw = config_path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            offline = cls._open_offline(root, cache, f"no store at {root} (no config file)")
+            if offline is not None:
+                return offline
+            if isinstance(exc, NotADirectoryError):
+                raise NoStore(f"no store at {root}: it is not a directory") from None
             if create and (not root.exists() or (root.is_dir() and all(_is_store_entry(name) for name in os.listdir(root)))):
-                return cls.init(root)[0]
+                return cls.init(root)[0]._with_cache(cache)
             raise NoStore(f"no store at {root} (create one with: imstore init {root})") from None
-        except NotADirectoryError:
-            raise NoStore(f"no store at {root}: it is not a directory") from None
         except OSError as exc:
-            raise from_os_error(exc, f"opening the store at {root}") from None
+            error = from_os_error(exc, f"opening the store at {root}")
+            offline = cls._open_offline(root, cache, str(error)) if isinstance(error, Unavailable) else None
+            if offline is not None:
+                return offline
+            raise error from None
         try:
             config = msgpack.unpackb(raw, raw=False)
             if not isinstance(config, dict) or not isinstance(config.get("store_id"), str):
@@ -188,12 +214,41 @@ class Store:
             raise CorruptLog(f"the store's config file is damaged: {config_path}") from None
         if config.get("format") != FORMAT:
             raise ImstoreError(f"store format {config.get('format')!r} is not supported (this imstore reads {FORMAT})")
-        return cls(root, config)
+        return cls(root, config)._with_cache(cache)
+
+    def _with_cache(self, settings: CacheSettings | None) -> Store:
+        if settings is not None:
+            self.cache = StoreCache(settings, self.root, self.store_id)
+        return self
+
+    @classmethod
+    def _open_offline(cls, root: Path, settings: CacheSettings | None, reason: str) -> Store | None:
+        """A read-only Store answered by the cache of root, if there is one (DESIGN: exit 10 unless cached)."""
+        store_id = StoreCache.existing_store_id(settings, root) if settings is not None else None
+        if store_id is None:
+            return None
+        return cls(root, {"format": FORMAT, "store_id": store_id}, StoreCache(settings, root, store_id), offline_reason=reason)
+
+    def _check_writable(self) -> None:
+        """Fail fast, before anything is written, when the store cannot take a write."""
+        if self.offline_reason is not None:
+            raise Unavailable(f"cannot write: the store is unavailable: {self.offline_reason}")
+        for directory in (self.objects.root, self.log.directory):
+            try:
+                is_directory = stat.S_ISDIR(os.stat(directory).st_mode)
+            except FileNotFoundError:
+                raise Unavailable(f"cannot write: the store is unavailable: {directory} is missing") from None
+            except OSError as exc:
+                raise Unavailable(f"cannot write: the store is unavailable: {exc.strerror or exc} ({directory})") from None
+            if not is_directory:
+                raise Unavailable(f"cannot write: the store is unavailable: {directory} is not a directory")
 
     def close(self) -> None:
         if self._index is not None:
             self._index.close()
             self._index = None
+        if self.cache is not None:
+            self.cache.close()
 
     def __enter__(self) -> Store:
         return self
@@ -206,8 +261,15 @@ class Store:
     def index(self) -> Index:
         """The index, caught up with the log (opened, repaired or rebuilt as needed)."""
         if self._index is None:
+            if self.offline_reason is not None:
+                raise Unavailable(f"the store is unavailable: {self.offline_reason}")
             self._index = self._open_index()
-            self._catch_up()
+            try:
+                self._catch_up()
+            except BaseException:
+                self._index.close()  # open it again (and catch up) on the next use
+                self._index = None
+                raise
         return self._index
 
     def _current_index(self) -> Index:
@@ -345,6 +407,7 @@ class Store:
         if_version = _expected_version(if_version)
         if content_type is not None and (not content_type.strip() or len(content_type) > 255):
             raise InvalidInput("a content type is 1 to 255 characters")
+        self._check_writable()
         if if_version is not None or if_absent:
             # Fail fast, before streaming the content: a refused put then writes no object at all.
             # The check under the lock below is the one that counts.
@@ -352,7 +415,8 @@ class Store:
             self._catch_up()
             _check_preconditions(key, index.latest_version(key), if_version, if_absent)
         chunks = _read_chunks(source) if hasattr(source, "read") else source
-        object_id, size = self.objects.write_stream(chunks, max_size=max_size)
+        kept = _SmallObjectKeeper(self.cache.max_object_size if self.cache else -1)
+        object_id, size = self.objects.write_stream(kept.watch(chunks), max_size=max_size)
         with self._writing() as index:
             latest = index.latest_version(key)
             _check_preconditions(key, latest, if_version, if_absent)
@@ -361,12 +425,17 @@ class Store:
                 if current.hash == object_id and current.content_type == content_type and current.meta == meta:
                     return PutResult(current, unchanged=True)
             frame = self._append([self._payload("put", key, latest, object_id, size, content_type, meta, message)])
-        return PutResult(Version.from_record(frame.records[0]), unchanged=False)
+        written = Version.from_record(frame.records[0])
+        if self.cache is not None and kept.data is not None:
+            self.cache.put_object(object_id, kept.data)
+            self._fill_version(written, latest=True)
+        return PutResult(written, unchanged=False)
 
     def delete(self, key: str, *, message: str | None = None, if_version: int | None = None) -> Version:
         """Append a tombstone version for key. Deleting a missing or deleted key is NotFound."""
         validate_key(key)
         if_version = _expected_version(if_version)
+        self._check_writable()
         with self._writing() as index:
             latest = index.latest_version(key)
             if latest is None:
@@ -375,7 +444,9 @@ class Store:
                 raise KeyDeleted(f"key {key!r} is already deleted (version {latest[0]})")
             _check_preconditions(key, latest, if_version, False)
             frame = self._append([self._payload("delete", key, latest, None, 0, None, {}, message)])
-        return Version.from_record(frame.records[0])
+        tombstone = Version.from_record(frame.records[0])
+        self._fill_version(tombstone, latest=True)
+        return tombstone
 
     def _payload(self, op, key, latest, object_id, size, content_type, meta, message) -> bytes:
         state = self.index.state()
@@ -395,43 +466,94 @@ class Store:
 
     # ================================================================ reading
     def resolve(self, key: str, version: int | str | None = None, at: int | None = None) -> Version:
-        """The version of key asked for: latest, number `version`, or current at `at` (ns)."""
+        """The version of key asked for: latest, number `version`, or current at `at` (ns).
+
+        A numbered version comes from the cache when it holds it (it never
+        changes). The latest comes from the index; only when the log cannot be
+        read is it taken from the cache, marked `stale` with a warning.
+        """
         validate_key(key)
-        index = self._current_index()
         if version is not None:
             number = parse_version(version)
-            row = index.version(key, number)
-            if row is None:
-                latest = index.latest_version(key)
-                if latest is None:
-                    raise KeyNotFound(f"no key {key!r}")
-                raise VersionNotFound(f"key {key!r} has no version {number} (latest is {latest[0]})")
-            found = Version.from_row(row)
+            found = self._cached_version(key, number)
+            if found is None:
+                found = self._version_from_index(key, number)
+                self._fill_version(found)
             if found.deleted:
                 raise KeyDeleted(f"version {number} of {key!r} is a deletion")
             return found
         if at is not None:
-            row = index.version_at(key, at)
-            if row is None:
-                if index.latest_version(key) is None:
-                    raise KeyNotFound(f"no key {key!r}")
-                raise VersionNotFound(f"key {key!r} had no version at {format_time(at)}")
-            found = Version.from_row(row)
-            if found.deleted:
-                raise KeyDeleted(f"key {key!r} was deleted at {format_time(at)} (version {found.version})")
-            return found
-        latest = index.latest_version(key)
+            return self._version_at(key, at)
+        try:
+            found = self._latest_from_index(key)
+        except Unavailable as exc:
+            found = self._stale_latest(key, exc)
+        if found.deleted:
+            stale = " (from the cache while the store is unavailable: may be stale)" if found.stale else ""
+            raise KeyDeleted(f"key {key!r} is deleted (version {found.version}){stale}; older versions stay readable with --version")
+        return found
+
+    def _version_from_index(self, key: str, number: int) -> Version:
+        index = self._current_index()
+        row = _index_query(lambda: index.version(key, number))
+        if row is None:
+            latest = _index_query(lambda: index.latest_version(key))
+            if latest is None:
+                raise KeyNotFound(f"no key {key!r}")
+            raise VersionNotFound(f"key {key!r} has no version {number} (latest is {latest[0]})")
+        return Version.from_row(row)
+
+    def _version_at(self, key: str, at: int) -> Version:
+        index = self._current_index()
+        row = _index_query(lambda: index.version_at(key, at))
+        if row is None:
+            if _index_query(lambda: index.latest_version(key)) is None:
+                raise KeyNotFound(f"no key {key!r}")
+            raise VersionNotFound(f"key {key!r} had no version at {format_time(at)}")
+        found = Version.from_row(row)
+        if found.deleted:
+            raise KeyDeleted(f"key {key!r} was deleted at {format_time(at)} (version {found.version})")
+        return found
+
+    def _latest_from_index(self, key: str) -> Version:
+        index = self._current_index()
+        latest = _index_query(lambda: index.latest_version(key))
         if latest is None:
             raise KeyNotFound(f"no key {key!r}")
-        if latest[1] == "delete":
-            raise KeyDeleted(f"key {key!r} is deleted (version {latest[0]}); older versions stay readable with --version")
-        return Version.from_row(index.version(key, latest[0]))
+        found = Version.from_row(_index_query(lambda: index.version(key, latest[0])))
+        if self.cache is not None:
+            self.cache.note_latest(found.to_row(), _index_query(lambda: index.state().seq))
+        return found
+
+    def _stale_latest(self, key: str, unavailable: Unavailable) -> Version:
+        """The cache's last-seen latest version of key, while the log cannot be read."""
+        cached = self.cache.latest(key) if self.cache is not None else None
+        if cached is None:
+            raise unavailable
+        row, seq = cached
+        found = replace(Version.from_row(row), stale=True)
+        self.warnings.append(
+            f"{unavailable}; version {found.version} of {key!r} comes from the cache (as of log seq {seq}) and may be stale"
+        )
+        return found
+
+    def _cached_version(self, key: str, number: int) -> Version | None:
+        if self.cache is None:
+            return None
+        row = self.cache.version_row(key, number)
+        return Version.from_row(row) if row is not None else None
+
+    def _fill_version(self, found: Version, *, latest: bool = False) -> None:
+        if self.cache is not None:
+            self.cache.put_version_row(found.to_row())
+            if latest:
+                self.cache.note_latest(found.to_row(), found.seq)
 
     def open_version(self, key: str, version: int | str | None = None, at: int | None = None) -> tuple[Version, ObjectReader]:
-        """(version, verified reader of its bytes)."""
+        """(version, verified reader of its bytes). version.stale says it may not be the newest."""
         found = self.resolve(key, version, at)
         try:
-            return found, self.objects.open(found.hash)
+            return found, self._open_object_id(found.hash, found.size)
         except ObjectNotFound:
             # The log says these bytes were stored: their absence is damage, not "not found".
             raise CorruptObject(f"object {found.hash} of {key!r} version {found.version} is missing from the store") from None
@@ -441,7 +563,31 @@ class Store:
         return self.open_version(key, version, at)[1].read()
 
     def open_object(self, hash_or_prefix: str) -> ObjectReader:
-        return self.objects.open(self.objects.resolve_prefix(hash_or_prefix))
+        """A verified reader of an object by full hash or unique prefix (the cache answers when it can)."""
+        prefix = validate_prefix(hash_or_prefix)
+        if len(prefix) < OBJECT_ID_LEN:
+            try:
+                prefix = self.objects.resolve_prefix(prefix)
+            except Unavailable:
+                matches = self.cache.ids_with_prefix(prefix) if self.cache is not None else []
+                if len(matches) != 1:
+                    raise
+                prefix = matches[0]
+        return self._open_object_id(prefix)
+
+    def _open_object_id(self, object_id: str, size: int | None = None) -> ObjectReader:
+        """Cache first (hash-checked), then the store; small objects read from the store fill the cache."""
+        if self.cache is None or (size is not None and size > self.cache.max_object_size):
+            return self.objects.open(object_id)
+        data = self.cache.object_bytes(object_id)
+        if data is not None:
+            return CachedObjectReader(object_id, data)  # type: ignore[return-value]
+        reader = self.objects.open(object_id)
+        if reader.size > self.cache.max_object_size:
+            return reader
+        data = reader.read()
+        self.cache.put_object(object_id, data)
+        return CachedObjectReader(object_id, data)  # type: ignore[return-value]
 
     def cat(self, hash_or_prefix: str) -> bytes:
         return self.open_object(hash_or_prefix).read()
@@ -564,6 +710,37 @@ def _check_preconditions(key: str, latest: tuple[int, str] | None, if_version: i
         current = latest[0] if latest else 0
         if current != if_version:
             raise PreconditionFailed(f"key {key!r} is at version {current}, not {if_version}")
+
+
+def _index_query(query: Callable[[], object]):
+    """Run an index query; a failing database (EIO, vanished file) means the store is unavailable."""
+    try:
+        return query()
+    except sqlite3.Error as exc:
+        raise Unavailable(f"the index cannot be read: {exc}") from None
+
+
+class _SmallObjectKeeper:
+    """Keeps the bytes of an object being written while it stays within limit (to fill the cache)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.data: bytes | None = b"" if limit >= 0 else None
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def watch(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            if self.data is not None:
+                self._size += len(chunk)
+                if self._size > self.limit:
+                    self.data, self._parts = None, []
+                else:
+                    self._parts.append(bytes(chunk))
+            yield chunk
+        if self.data is not None:
+            self.data = b"".join(self._parts)
+            self._parts = []
 
 
 def _read_chunks(source: BinaryIO) -> Iterator[bytes]:

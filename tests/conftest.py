@@ -16,6 +16,15 @@ from imstore import Store
 IMSTORE = [sys.executable, "-m", "imstore"]
 
 
+@pytest.fixture(autouse=True)
+def private_cache_dir(tmp_path: Path, monkeypatch) -> Path:
+    """Each test gets its own read cache folder (never the user's ~/.cache), children included."""
+    path = tmp_path / "imstore-cache"
+    monkeypatch.setenv("IMSTORE_CACHE_DIR", str(path))
+    monkeypatch.delenv("IMSTORE_NO_CACHE", raising=False)
+    return path
+
+
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:
     path = tmp_path / "store"
