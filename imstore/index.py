@@ -198,6 +198,18 @@ class Index:
             (after, -1 if limit is None else limit),
         ).fetchall()
 
+    def latest_rows(self, keys: Iterable[str]) -> dict[str, tuple]:
+        """The latest version row (puts and tombstones) of each of keys that exists."""
+        found: dict[str, tuple] = {}
+        wanted = list(dict.fromkeys(keys))
+        columns = f"v.{_COLUMNS.replace(', ', ', v.')}"
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT {columns} FROM latest l JOIN versions v ON v.key = l.key AND v.version = l.version WHERE l.key IN ({marks})"
+            found.update((row[0], row) for row in self.db.execute(sql, chunk))
+        return found
+
     def hashes(self) -> set[str]:
         return {row[0] for row in self.db.execute("SELECT DISTINCT hash FROM versions WHERE hash IS NOT NULL")}
 

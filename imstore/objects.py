@@ -189,6 +189,11 @@ class ObjectStore:
     # ---------------------------------------------------------------- writing
     def write_stream(self, chunks: Iterable[bytes], max_size: int | None = None) -> tuple[str, int]:
         """Store the bytes of chunks durably; return (object_id, size)."""
+        object_id, size, _created = self.store_stream(chunks, max_size)
+        return object_id, size
+
+    def store_stream(self, chunks: Iterable[bytes], max_size: int | None = None) -> tuple[str, int, bool]:
+        """write_stream that also says whether the object is new (False: a dedup hit)."""
         self._check_root()
         fd, temp_path = self._make_temp()
         try:
@@ -213,8 +218,8 @@ class ObjectStore:
                 os.close(fd)
             crash_point("object-fsynced")
             object_id = hasher.hexdigest()
-            self._install(temp_path, object_id, size)
-            return object_id, size
+            created = self._install(temp_path, object_id, size)
+            return object_id, size, created
         finally:
             _unlink_quietly(temp_path)
 
@@ -230,7 +235,7 @@ class ObjectStore:
             raise from_os_error(exc, "creating an object temp file") from None
         return fd, path
 
-    def _install(self, temp_path: str, object_id: str, size: int) -> None:
+    def _install(self, temp_path: str, object_id: str, size: int) -> bool:
         final = self.loose_path(object_id)
         shard = final.parent
         try:
@@ -255,6 +260,7 @@ class ObjectStore:
                     fsync_dir(self.root)
             else:
                 self._check_existing(final, object_id, size, temp_path)
+            return linked
         except OSError as exc:
             raise from_os_error(exc, f"storing object {object_id}") from None
 

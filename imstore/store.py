@@ -30,12 +30,14 @@ from .errors import (
     from_os_error,
 )
 from .fsio import crash_point, fsync_dir, fsync_fd, write_all
+from .hashing import blake3
 from .index import Index
-from .log import GENESIS, Frame, Log, Record, batch_payload, encode_record
+from .log import GENESIS, MAX_FRAME, Frame, Log, Record, batch_payload, encode_record
 from .objects import CHUNK_SIZE, ObjectReader, ObjectStore
+from .packs import PackSet, PackWriter, RepackResult
 from .validate import format_time, parse_version, validate_key, validate_meta
 
-__all__ = ["Store", "Version", "PutResult", "VerifyReport", "FORMAT"]
+__all__ = ["Store", "Version", "PutResult", "VerifyReport", "BatchItem", "BatchResult", "FORMAT"]
 
 FORMAT = 1
 CONFIG_NAME = "config"
@@ -92,6 +94,27 @@ class PutResult:
     unchanged: bool
 
 
+@dataclass(frozen=True)
+class BatchItem:
+    """One key's new content in an import batch; its object is already stored (or in the batch's pack)."""
+
+    key: str
+    hash: str
+    size: int
+    content_type: str | None = None
+    meta: dict = field(default_factory=dict)
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one committed batch did: the versions it added and how many items were unchanged."""
+
+    added: tuple[Version, ...]
+    unchanged: int
+    unchanged_bytes: int = 0
+
+
 @dataclass
 class VerifyReport:
     """What verify found. problems make it fail; warnings and notes do not."""
@@ -120,7 +143,8 @@ class Store:
         self.root = root
         self.config = config
         self.store_id: str = config["store_id"]
-        self.objects = ObjectStore(root / "objects")
+        self.packs = PackSet(root / "objects" / "pack")
+        self.objects = ObjectStore(root / "objects", packs=self.packs)
         self.log = Log(root / "log")
         self.index_path = root / INDEX_NAME
         self.warnings: list[str] = []
@@ -188,6 +212,7 @@ class Store:
         return cls(root, config)
 
     def close(self) -> None:
+        self.packs.close()
         if self._index is not None:
             self._index.close()
             self._index = None
@@ -354,6 +379,75 @@ class Store:
             frame = self._append([self._payload("delete", key, latest, None, 0, None, {}, message)])
         return Version.from_record(frame.records[0])
 
+    def import_batch(self, items: list[BatchItem], *, pack: PackWriter | None = None, message: str | None = None) -> BatchResult:
+        """Commit items as one atomic batch: one log frame, all of it or none of it.
+
+        The pack (holding the batch's new objects) is made durable and visible
+        first; then, under the lock, every item whose content, type and metadata
+        equal its key's latest version is dropped as unchanged and the rest are
+        appended as one frame. Keys may repeat: each occurrence is a version.
+        """
+        for item in items:
+            validate_key(item.key)
+            validate_meta(item.meta)
+        if pack is not None:
+            pack.finish()
+        with self._writing() as index:
+            current = {key: Version.from_row(row) for key, row in index.latest_rows(item.key for item in items).items()}
+            state = index.state()
+            seq, prev = state.seq, state.last_hash
+            payloads: list[bytes] = []
+            unchanged = unchanged_bytes = 0
+            for item in items:
+                latest = current.get(item.key)
+                if latest is not None and not latest.deleted and (latest.hash, latest.content_type, latest.meta) == (
+                    item.hash,
+                    item.content_type,
+                    item.meta,
+                ):
+                    unchanged += 1
+                    unchanged_bytes += item.size
+                    continue
+                if (pack is None or item.hash not in pack) and not self.objects.exists(item.hash):
+                    raise InvalidInput(f"cannot import {item.key!r}: its object {item.hash} is not in the store")
+                seq += 1
+                version = (latest.version if latest else 0) + 1
+                payload = encode_record(
+                    seq=seq, time_ns=time.time_ns(), op="put", key=item.key, version=version, hash=item.hash, size=item.size,
+                    content_type=item.content_type, meta=item.meta, message=item.message or message, prev=prev,
+                )  # fmt: skip
+                payloads.append(payload)
+                prev = blake3(payload).digest()
+                current[item.key] = Version(item.key, version, seq, "put", item.hash, item.size, 0, item.content_type, None, item.meta)
+            if not payloads:
+                return BatchResult((), unchanged, unchanged_bytes)
+            if sum(len(payload) + 8 for payload in payloads) > MAX_FRAME - 64:
+                raise InvalidInput(f"a batch of {len(payloads)} records is too large for one log frame; import it in parts")
+            frame = self._append(payloads)
+        return BatchResult(tuple(Version.from_record(record) for record in frame.records), unchanged, unchanged_bytes)
+
+    def latest_versions(self, keys: Iterable[str]) -> dict[str, Version]:
+        """The latest version (put or tombstone) of each of keys that has one."""
+        return {key: Version.from_row(row) for key, row in self.index.latest_rows(keys).items()}
+
+    def live_versions(self, prefix: str = "", at: int | None = None) -> Iterator[Version]:
+        """Each live key starting with prefix, in key order: its latest version, or the one current at `at` (ns)."""
+        if at is None:
+            yield from self.ls(prefix)
+            return
+        index = self.index
+        for latest in self.ls(prefix, include_deleted=True):
+            row = index.version_at(latest.key, at)
+            if row is not None and row[3] == "put":
+                yield Version.from_row(row)
+
+    def repack(self) -> RepackResult:
+        """Merge small packs into one, under the writers' lock (see packs.repack)."""
+        from .packs import repack
+
+        with self.log.locked():
+            return repack(self.packs)
+
     def _payload(self, op, key, latest, object_id, size, content_type, meta, message) -> bytes:
         state = self.index.state()
         return encode_record(
@@ -505,6 +599,9 @@ class Store:
                 continue
             if where is None:
                 report.notes.append(f"object {object_id} is not referenced by any record")
+        report.problems.extend(self.packs.problems())
+        for orphan in self.packs.orphans():
+            report.notes.append(f"pack {orphan.name} has no index (an interrupted import); it is never read")
         for temp in self.objects.temp_files():
             report.notes.append(f"temp file {temp} (left by an interrupted write; removed by a later writer)")
 
