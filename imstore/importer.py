@@ -25,10 +25,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import lzma
 import os
 import stat
 import tarfile
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,6 +48,8 @@ __all__ = ["import_source", "ImportSummary", "SourceItem", "LOOSE_MIN"]
 
 # Files at least this big are written as loose objects (streamed), not into the pack.
 LOOSE_MIN = 8 << 20
+# What a damaged or truncated (compressed) tar raises while it is read.
+TAR_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 JSONL_FIELDS = {"key", "content", "content_b64", "path", "content_type", "meta", "message"}
 
@@ -163,7 +167,9 @@ class DirectorySource(Source):
                 if entry.is_symlink():
                     self._symlink(entry, name, visiting)
                 elif entry.is_dir(follow_symlinks=False):
-                    self._walk(entry.path, name + "/", visiting)
+                    # Ancestors are tracked only when following links: only then can a walk loop.
+                    inner = visiting | {_dir_identity(entry.path)} if self.follow_symlinks else visiting
+                    self._walk(entry.path, name + "/", inner)
                 elif entry.is_file(follow_symlinks=False):
                     self._file(entry.path, name, os.lstat(entry.path))
                 else:
@@ -237,8 +243,7 @@ class TarSource(Source):
                         self.warn(f"tar member {member.name}: a symlink; skipped")
                     else:
                         self.warn(f"tar member {member.name}: not a regular file; skipped")
-        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-            # zlib, lzma and bz2 errors derive from these or from OSError
+        except TAR_ERRORS as exc:
             raise InvalidInput(f"the tar archive is damaged after {member_name}: {exc}") from None
 
 
@@ -388,9 +393,12 @@ def _read_inline(item: SourceItem, store: Store) -> Prepared:
     if item.data is not None:
         return Prepared(blake3(item.data).hexdigest(), len(item.data), item.data)
     assert item.stream is not None
-    if item.size is not None and item.size >= LOOSE_MIN:
-        return _store_loose(iter(lambda: item.stream.read(CHUNK_SIZE), b""), store)
-    data = item.stream.read()
+    try:
+        if item.size is not None and item.size >= LOOSE_MIN:
+            return _store_loose(iter(lambda: item.stream.read(CHUNK_SIZE), b""), store)
+        data = item.stream.read()
+    except TAR_ERRORS as exc:
+        raise InvalidInput(f"the tar archive is damaged in {item.where}: {exc or type(exc).__name__}") from None
     return Prepared(blake3(data).hexdigest(), len(data), data)
 
 
@@ -463,7 +471,10 @@ class _Batch:
             if pool is not None:
                 return item, pool.submit(_read_file, item, self.store)
             return item, _attempt(_read_file, item, self.store)
-        return item, _attempt(_read_inline, item, self.store)
+        prepared = _attempt(_read_inline, item, self.store)
+        if isinstance(prepared, Prepared):
+            item.known_hash = prepared.hash  # a later tar hard link to this member reuses it
+        return item, prepared
 
     def _finish(self, item, pending, source: Source) -> None:
         if isinstance(item, ItemError):
@@ -502,7 +513,6 @@ class _Batch:
             summary.bytes_written += prepared.size
         else:
             self.not_written += prepared.size
-        item.known_hash = prepared.hash  # a later tar hard link to this member reuses it
         if self.cache is not None and item.stat is not None and prepared.read:
             self.cache.remember(item.path, item.stat, prepared.hash, self.seen_ns)
         self.items.append(BatchItem(key, prepared.hash, prepared.size, item.content_type, item.meta, item.message))
