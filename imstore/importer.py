@@ -56,8 +56,8 @@ JSONL_FIELDS = {"key", "content", "content_b64", "path", "content_type", "meta",
 Progress = Callable[[int, int, "int | None", "int | None"], None]
 
 
-class ItemError(ImstoreError):
-    """One source item cannot be imported (aborts the import unless errors are skipped)."""
+class ItemError(InvalidInput):
+    """One source item cannot be imported: exit 2 like any bad input (aborts unless errors are skipped)."""
 
 
 @dataclass
