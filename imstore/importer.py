@@ -36,12 +36,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .errors import ImstoreError, InvalidInput, InvalidKey
+from .errors import ImstoreError, InvalidInput, InvalidKey, from_os_error
 from .hashing import blake3
 from .objects import CHUNK_SIZE
 from .packs import PackWriter
 from .statcache import CACHE_NAME, FileStat, StatCache
-from .store import BatchItem, Store
+from .store import BatchItem, BatchResult, Store
 from .validate import validate_key, validate_meta
 
 __all__ = ["import_source", "ImportSummary", "SourceItem", "LOOSE_MIN"]
@@ -410,16 +410,23 @@ def _store_loose(chunks, store: Store) -> Prepared:
 class _Batch:
     """Turns source items into batch items, writing new objects to one pack."""
 
+    # Files are handed to the reader threads in groups: one future per file costs more than a small read.
+    GROUP_FILES = 64
+    GROUP_BYTES = 4 << 20
+
     def __init__(self, store: Store, summary: ImportSummary, *, prefix: str, jobs: int, skip_errors: bool, progress):
         self.store, self.summary, self.prefix, self.jobs = store, summary, prefix, jobs
         self.skip_errors, self.progress = skip_errors, progress
-        self.pack: PackWriter | None = None
+        self.pack = PackWriter(store.root / "objects" / "pack")
         self.items: list[BatchItem] = []
         self.not_written = 0  # bytes of items whose object already existed
-        self.latest: dict[str, str | None] = {}
+        self.same_as_latest = 0  # items equal to their key's latest version when the import began
+        self.latest: dict[str, tuple] = {}
         self.cache: StatCache | None = None
         self.seen_ns = 0
         self._done_bytes = 0
+        self._objects_root = str(store.objects.root)
+        self._loose_shards: set[str] = set()
 
     def fail(self, error: ImstoreError) -> None:
         if not self.skip_errors:
@@ -427,15 +434,19 @@ class _Batch:
         self.summary.skip(f"{error}; skipped")
 
     def run(self, source: Source) -> None:
-        if source.cache_root is not None:
+        self.store.packs.refresh()
+        try:
+            self._loose_shards = {name for name in os.listdir(self._objects_root) if len(name) == 2}
+        except OSError as exc:
+            raise from_os_error(exc, "listing objects") from None
+        if isinstance(source, DirectorySource):
             self.cache = StatCache(self.store.root / CACHE_NAME, source.cache_root)
-            self.seen_ns = getattr(source, "seen_ns", time.time_ns())
-        items = list(source.items()) if isinstance(source, DirectorySource) else None
-        if items is not None:
-            keys = [self.prefix + item.key for item in items if isinstance(item, SourceItem)]
-            self.latest = {key: version.hash for key, version in self.store.latest_versions(keys).items() if not version.deleted}
-        self.pack = PackWriter(self.store.root / "objects" / "pack")
-        stream = iter(items) if items is not None else source.items()
+            self.seen_ns = source.seen_ns
+            items = list(source.items())
+            self.latest = self.store.latest_contents(self.prefix + item.key for item in items if isinstance(item, SourceItem))
+            stream = iter(items)
+        else:
+            stream = source.items()
         if self.jobs > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -444,51 +455,69 @@ class _Batch:
         else:
             self._consume(stream, source, None)
 
-    def _consume(self, stream, source: Source, pool) -> None:
-        window: deque = deque()
-        limit = max(4, self.jobs * 4)
-        for item in stream:
-            window.append(self._start(item, pool))
-            while len(window) > limit:
-                self._finish(*window.popleft(), source)
-        while window:
-            self._finish(*window.popleft(), source)
+    @property
+    def nothing_new(self) -> bool:
+        """Every item equals its key's latest version and no object was written: no batch to commit."""
+        return self.same_as_latest == len(self.items) and len(self.pack) == 0 and self.summary.bytes_written == 0
 
-    def _start(self, item, pool):
-        """Begin preparing item: a cache hit, a submitted read, or an inline read done now."""
+    def _consume(self, stream, source: Source, pool) -> None:
+        """Keep a bounded window of groups in flight; finish them strictly in source order."""
+        window: deque = deque()
+        group: list[SourceItem] = []
+        group_bytes = 0
+
+        def submit_group() -> None:
+            nonlocal group, group_bytes
+            if group:
+                window.append((group, pool.submit(_read_group, group, self.store) if pool else _read_group(group, self.store)))
+                group, group_bytes = [], 0
+
+        for item in stream:
+            ready = self._start(item)
+            if ready is None:
+                group.append(item)
+                group_bytes += item.size or 0
+                if len(group) >= self.GROUP_FILES or group_bytes >= self.GROUP_BYTES:
+                    submit_group()
+            else:
+                submit_group()
+                window.append(([item], [ready]))
+            while len(window) > self.jobs * 2:
+                self._finish_group(*window.popleft(), source)
+        submit_group()
+        while window:
+            self._finish_group(*window.popleft(), source)
+
+    def _start(self, item) -> Prepared | ItemError | None:
+        """What is known about item without reading a file: its result, or None (a file to read)."""
         if isinstance(item, ItemError):
-            return item, None
-        key = self.prefix + item.key
+            return item
         try:
-            validate_key(key)
+            validate_key(self.prefix + item.key)
         except InvalidKey as exc:
-            return ItemError(f"{item.where}: {exc}"), None
+            return ItemError(f"{item.where}: {exc}")
         if item.known_hash is None and self.cache is not None and item.stat is not None:
             item.known_hash = self.cache.lookup(item.path, item.stat)
         if item.known_hash is not None:
-            return item, Prepared(item.known_hash, item.size or 0, read=False)
+            return Prepared(item.known_hash, item.size or 0, read=False)
         if item.path is not None:
-            if pool is not None:
-                return item, pool.submit(_read_file, item, self.store)
-            return item, _attempt(_read_file, item, self.store)
+            return None
         prepared = _attempt(_read_inline, item, self.store)
         if isinstance(prepared, Prepared):
             item.known_hash = prepared.hash  # a later tar hard link to this member reuses it
-        return item, prepared
+        return prepared
 
-    def _finish(self, item, pending, source: Source) -> None:
-        if isinstance(item, ItemError):
-            self.fail(item)
-            return
-        try:
-            prepared = pending if isinstance(pending, (Prepared, ItemError)) else pending.result()
-        except ItemError as exc:
-            prepared = exc
+    def _finish_group(self, items: list, pending, source: Source) -> None:
+        results = pending if isinstance(pending, list) else pending.result()
+        for item, prepared in zip(items, results, strict=True):
+            self._finish(item, prepared, source)
+
+    def _finish(self, item, prepared, source: Source) -> None:
         if isinstance(prepared, ItemError):
             self.fail(prepared)
             return
         key = self.prefix + item.key
-        if not prepared.read and self.latest.get(key) != prepared.hash and not self._have(prepared.hash):
+        if not prepared.read and not self._unchanged(key, item, prepared.hash) and not self._have(prepared.hash):
             prepared = _attempt(_read_file, item, self.store)  # the cached hash names an object we no longer have
             if isinstance(prepared, ItemError):
                 self.fail(prepared)
@@ -499,16 +528,26 @@ class _Batch:
             self._done_bytes += prepared.size
             self.progress(self.summary.files, self._done_bytes, source.total_files, source.total_bytes)
 
+    def _unchanged(self, key: str, item: SourceItem, object_id: str) -> bool:
+        return self.latest.get(key) == (object_id, item.content_type, item.meta)
+
     def _have(self, object_id: str) -> bool:
-        return (self.pack is not None and object_id in self.pack) or self.store.objects.exists(object_id)
+        """Is the object stored already (in this pack, loose, or in a pack)? No pathlib: this runs per file."""
+        if object_id in self.pack:
+            return True
+        if object_id[:2] in self._loose_shards and os.path.exists(f"{self._objects_root}/{object_id[:2]}/{object_id[2:]}"):
+            return True
+        return self.store.packs.contains(object_id)
 
     def _store(self, item: SourceItem, key: str, prepared: Prepared) -> None:
         summary = self.summary
+        unchanged = self._unchanged(key, item, prepared.hash)
+        self.same_as_latest += unchanged
         if prepared.read:
             summary.bytes_read += prepared.size
         if prepared.stored:
             summary.bytes_written += prepared.size
-        elif prepared.data is not None and self.latest.get(key) != prepared.hash and not self._have(prepared.hash):
+        elif prepared.data is not None and not unchanged and not self._have(prepared.hash):
             self.pack.add(prepared.hash, prepared.data)
             summary.bytes_written += prepared.size
         else:
@@ -516,6 +555,11 @@ class _Batch:
         if self.cache is not None and item.stat is not None and prepared.read:
             self.cache.remember(item.path, item.stat, prepared.hash, self.seen_ns)
         self.items.append(BatchItem(key, prepared.hash, prepared.size, item.content_type, item.meta, item.message))
+
+
+def _read_group(items: list[SourceItem], store: Store) -> list[Prepared | ItemError]:
+    """Runs in a reader thread: read and hash a group of files."""
+    return [_attempt(_read_file, item, store) for item in items]
 
 
 def _attempt(function, item: SourceItem, store: Store) -> Prepared | ItemError:
@@ -549,15 +593,19 @@ def import_source(
     try:
         batch.run(opened)
     except BaseException:
-        if batch.pack is not None:
-            batch.pack.abort()
+        batch.pack.abort()
         raise
     finally:
         stream = getattr(opened, "stream", None)
         if stream is not None and source != "-":
             stream.close()
     try:
-        result = store.import_batch(batch.items, pack=batch.pack, message=message)
+        if batch.nothing_new:
+            # Nothing to commit: the import is a no-op as of the moment it read the index.
+            result = BatchResult((), len(batch.items), sum(item.size for item in batch.items))
+            batch.pack.abort()
+        else:
+            result = store.import_batch(batch.items, pack=batch.pack, message=message)
     except BaseException:
         batch.pack.abort()
         raise

@@ -37,6 +37,7 @@ PACK_HEADER = struct.Struct(">4sI")
 INDEX_HEADER = struct.Struct(">4sIQQ32s")
 ENTRY = struct.Struct(">32sQQ")
 DIGEST_SIZE = 32
+WRITE_BUFFER = 1 << 20
 
 
 def entries_digest(entries: list[tuple[bytes, int, int]]) -> bytes:
@@ -64,13 +65,9 @@ class PackWriter:
         self.temp_pack = self.pack_dir / f"{stem}.pack"
         self.temp_index = self.pack_dir / f"{stem}.idx"
         self._entries: dict[bytes, tuple[int, int]] = {}
-        try:
-            self._fd = os.open(self.temp_pack, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            write_all(self._fd, PACK_HEADER.pack(PACK_MAGIC, FORMAT_VERSION))
-        except OSError as exc:
-            self._remove_temps()
-            raise from_os_error(exc, "creating a pack") from None
+        self._fd = -1  # the temp pack is created by the first add: an import with nothing new touches no file
         self._size = PACK_HEADER.size
+        self._buffer = bytearray(PACK_HEADER.pack(PACK_MAGIC, FORMAT_VERSION))
         self.path: Path | None = None
 
     def __contains__(self, object_id: str) -> bool:
@@ -88,13 +85,21 @@ class PackWriter:
         raw = bytes.fromhex(object_id)
         if raw in self._entries:
             return False
-        try:
-            write_all(self._fd, data)
-        except OSError as exc:
-            raise from_os_error(exc, "writing a pack") from None
+        self._buffer += data  # small objects are gathered into big writes: one syscall per MiB, not per file
+        if len(self._buffer) >= WRITE_BUFFER:
+            self._flush()
         self._entries[raw] = (self._size, len(data))
         self._size += len(data)
         return True
+
+    def _flush(self) -> None:
+        try:
+            if self._fd < 0:
+                self._fd = os.open(self.temp_pack, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            write_all(self._fd, self._buffer)
+        except OSError as exc:
+            raise from_os_error(exc, "writing a pack") from None
+        self._buffer = bytearray()
 
     def finish(self) -> Path | None:
         """fsync the pack, write and fsync its index, rename both into place, fsync the dir.
@@ -108,7 +113,8 @@ class PackWriter:
         digest = entries_digest(entries)
         name = f"pack-{digest.hex()[:40]}"
         try:
-            write_all(self._fd, digest)
+            self._buffer += digest
+            self._flush()
             pack_size = self._size + DIGEST_SIZE
             fsync_fd(self._fd)
             os.close(self._fd)
@@ -300,6 +306,10 @@ class PackSet:
             return None
         pack, entry = found
         return ObjectLocation(pack.pack_path, entry.offset, entry.length)
+
+    def contains(self, object_id: str) -> bool:
+        """Whether a pack loaded so far holds object_id (no directory listing: for hot loops)."""
+        return self._find(object_id) is not None
 
     def ids(self) -> Iterator[str]:
         self.refresh()

@@ -393,32 +393,30 @@ class Store:
         if pack is not None:
             pack.finish()
         with self._writing() as index:
-            current = {key: Version.from_row(row) for key, row in index.latest_rows(item.key for item in items).items()}
+            # key -> (version, op, hash, content_type, meta), from the index and then from this batch
+            current = {key: (row[1], row[3], row[4], row[7], row[9]) for key, row in index.latest_rows(item.key for item in items).items()}
             state = index.state()
             seq, prev = state.seq, state.last_hash
             payloads: list[bytes] = []
             unchanged = unchanged_bytes = 0
             for item in items:
                 latest = current.get(item.key)
-                if latest is not None and not latest.deleted and (latest.hash, latest.content_type, latest.meta) == (
-                    item.hash,
-                    item.content_type,
-                    item.meta,
-                ):
-                    unchanged += 1
-                    unchanged_bytes += item.size
-                    continue
+                if latest is not None and latest[1] == "put" and latest[2:4] == (item.hash, item.content_type):
+                    if (_unpack_meta(latest[4]) if isinstance(latest[4], bytes) else latest[4] or {}) == item.meta:
+                        unchanged += 1
+                        unchanged_bytes += item.size
+                        continue
                 if (pack is None or item.hash not in pack) and not self.objects.exists(item.hash):
                     raise InvalidInput(f"cannot import {item.key!r}: its object {item.hash} is not in the store")
                 seq += 1
-                version = (latest.version if latest else 0) + 1
+                version = (latest[0] if latest else 0) + 1
                 payload = encode_record(
                     seq=seq, time_ns=time.time_ns(), op="put", key=item.key, version=version, hash=item.hash, size=item.size,
                     content_type=item.content_type, meta=item.meta, message=item.message or message, prev=prev,
                 )  # fmt: skip
                 payloads.append(payload)
                 prev = blake3(payload).digest()
-                current[item.key] = Version(item.key, version, seq, "put", item.hash, item.size, 0, item.content_type, None, item.meta)
+                current[item.key] = (version, "put", item.hash, item.content_type, item.meta)
             if not payloads:
                 return BatchResult((), unchanged, unchanged_bytes)
             if sum(len(payload) + 8 for payload in payloads) > MAX_FRAME - 64:
@@ -426,9 +424,10 @@ class Store:
             frame = self._append(payloads)
         return BatchResult(tuple(Version.from_record(record) for record in frame.records), unchanged, unchanged_bytes)
 
-    def latest_versions(self, keys: Iterable[str]) -> dict[str, Version]:
-        """The latest version (put or tombstone) of each of keys that has one."""
-        return {key: Version.from_row(row) for key, row in self.index.latest_rows(keys).items()}
+    def latest_contents(self, keys: Iterable[str]) -> dict[str, tuple[str, str | None, dict]]:
+        """(hash, content_type, meta) of the latest version of each of keys that is live."""
+        rows = self.index.latest_rows(keys)
+        return {key: (row[4], row[7], _unpack_meta(row[9])) for key, row in rows.items() if row[3] == "put"}
 
     def live_versions(self, prefix: str = "", at: int | None = None) -> Iterator[Version]:
         """Each live key starting with prefix, in key order: its latest version, or the one current at `at` (ns)."""
