@@ -40,7 +40,7 @@ from .errors import ImstoreError, InvalidInput, InvalidKey, from_os_error
 from .hashing import blake3
 from .objects import CHUNK_SIZE
 from .packs import PackWriter
-from .statcache import CACHE_NAME, FileStat, StatCache
+from .statcache import CACHE_NAME, FileStat, StatCache, file_stat
 from .store import BatchItem, BatchResult, Store
 from .validate import validate_key, validate_meta
 
@@ -145,21 +145,28 @@ class DirectorySource(Source):
         self.cache_root = self.root
         self.follow_symlinks = follow_symlinks
         self.seen_ns = time.time_ns()
-        self._found: list[SourceItem | ItemError] = []
+        # (key, path, stat) per file, or an ItemError: plain tuples, since a tree may hold millions of files
+        self.entries: list[tuple[str, str, FileStat] | ItemError] = []
         self._walk(self.root, "", {_dir_identity(self.root)})
-        files = [item for item in self._found if isinstance(item, SourceItem)]
+        files = [entry for entry in self.entries if isinstance(entry, tuple)]
         self.total_files = len(files)
-        self.total_bytes = sum(item.size or 0 for item in files)
+        self.total_bytes = sum(entry[2][0] for entry in files)
 
     def items(self) -> Iterator[SourceItem | ItemError]:
-        return iter(self._found)
+        for entry in self.entries:
+            yield entry if isinstance(entry, ItemError) else self.item(entry)
+
+    @staticmethod
+    def item(entry: tuple[str, str, FileStat], known_hash: str | None = None) -> SourceItem:
+        name, path, fstat = entry
+        return SourceItem(key=name, where=name, size=fstat[0], path=path, stat=fstat, known_hash=known_hash)
 
     def _walk(self, directory: str, relative: str, visiting: set) -> None:
         try:
             with os.scandir(directory) as listing:
                 entries = sorted(listing, key=lambda entry: entry.name)
         except OSError as exc:
-            self._found.append(ItemError(f"{relative or '.'}: cannot list the directory: {exc.strerror or exc}"))
+            self.entries.append(ItemError(f"{relative or '.'}: cannot list the directory: {exc.strerror or exc}"))
             return
         for entry in entries:
             name = f"{relative}{entry.name}"
@@ -171,14 +178,14 @@ class DirectorySource(Source):
                     inner = visiting | {_dir_identity(entry.path)} if self.follow_symlinks else visiting
                     self._walk(entry.path, name + "/", inner)
                 elif entry.is_file(follow_symlinks=False):
-                    self._file(entry.path, name, os.lstat(entry.path))
+                    self._file(entry.path, name, entry.stat(follow_symlinks=False))
                 else:
                     self.warn(f"{name}: not a regular file (a FIFO, socket or device); skipped")
             except OSError as exc:
-                self._found.append(ItemError(f"{name}: {exc.strerror or exc}"))
+                self.entries.append(ItemError(f"{name}: {exc.strerror or exc}"))
 
     def _file(self, path: str, name: str, result: os.stat_result) -> None:
-        self._found.append(SourceItem(key=name, where=name, size=result.st_size, path=path, stat=FileStat.of(result)))
+        self.entries.append((name, path, file_stat(result)))
 
     def _symlink(self, entry: os.DirEntry, name: str, visiting: set) -> None:
         if not self.follow_symlinks:
@@ -421,6 +428,7 @@ class _Batch:
         self.items: list[BatchItem] = []
         self.not_written = 0  # bytes of items whose object already existed
         self.same_as_latest = 0  # items equal to their key's latest version when the import began
+        self.fast_unchanged = 0  # unchanged files recognised by the stat cache alone (not in items)
         self.latest: dict[str, tuple] = {}
         self.cache: StatCache | None = None
         self.seen_ns = 0
@@ -442,9 +450,8 @@ class _Batch:
         if isinstance(source, DirectorySource):
             self.cache = StatCache(self.store.root / CACHE_NAME, source.cache_root)
             self.seen_ns = source.seen_ns
-            items = list(source.items())
-            self.latest = self.store.latest_contents(self.prefix + item.key for item in items if isinstance(item, SourceItem))
-            stream = iter(items)
+            self.latest = self.store.latest_contents(self.prefix + entry[0] for entry in source.entries if isinstance(entry, tuple))
+            stream = iter(self._changed_entries(source))
         else:
             stream = source.items()
         if self.jobs > 1:
@@ -454,6 +461,26 @@ class _Batch:
                 self._consume(stream, source, pool)
         else:
             self._consume(stream, source, None)
+
+    def _changed_entries(self, source: DirectorySource) -> list[SourceItem | ItemError]:
+        """Items to process; files whose stat and cached hash match their key's latest version are only counted.
+
+        This is the re-import fast path: no read, no object lookup, no batch item for an unchanged file.
+        """
+        pending: list[SourceItem | ItemError] = []
+        lookup, latest, prefix = self.cache.lookup, self.latest, self.prefix
+        for entry in source.entries:
+            if isinstance(entry, ItemError):
+                pending.append(entry)
+                continue
+            known = lookup(entry[1], entry[2])
+            if known is not None and latest.get(prefix + entry[0]) == (known, None, {}):
+                self.fast_unchanged += 1
+                self._done_bytes += entry[2][0]
+                continue
+            pending.append(source.item(entry, known))
+        self.summary.files += self.fast_unchanged
+        return pending
 
     @property
     def nothing_new(self) -> bool:
@@ -611,7 +638,7 @@ def import_source(
         raise
     summary.pack = batch.pack.path.name if batch.pack.path else None
     summary.added = len(result.added)
-    summary.unchanged = result.unchanged
+    summary.unchanged = result.unchanged + batch.fast_unchanged
     summary.bytes_saved = batch.not_written - result.unchanged_bytes
     if batch.cache is not None:
         problem = batch.cache.save()

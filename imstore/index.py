@@ -198,11 +198,11 @@ class Index:
             (after, -1 if limit is None else limit),
         ).fetchall()
 
-    def latest_rows(self, keys: Iterable[str]) -> dict[str, tuple]:
-        """The latest version row (puts and tombstones) of each of keys that exists."""
+    def latest_rows(self, keys: Iterable[str], columns: str = "") -> dict[str, tuple]:
+        """The latest version row (puts and tombstones) of each of keys that exists (key first, then columns)."""
         found: dict[str, tuple] = {}
         wanted = list(dict.fromkeys(keys))
-        columns = f"v.{_COLUMNS.replace(', ', ', v.')}"
+        columns = "v.key, " + ", ".join(f"v.{name}" for name in columns.split(", ")) if columns else f"v.{_COLUMNS.replace(', ', ', v.')}"
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             marks = ",".join("?" * len(chunk))

@@ -12,31 +12,24 @@ written in the same clock tick as the import is always read again.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["StatCache", "FileStat", "CACHE_NAME"]
+__all__ = ["StatCache", "FileStat", "file_stat", "CACHE_NAME"]
 
 CACHE_NAME = "import-cache.sqlite"
 # File-system timestamps come from a coarse clock (a few ms); stay well clear of it.
 RACY_MARGIN_NS = 100_000_000
 
 
-@dataclass(frozen=True)
-class FileStat:
-    """The parts of a stat that change whenever a file's content does."""
+# (size, mtime_ns, ctime_ns, inode, device): the parts of a stat that change whenever a file's content does.
+FileStat = tuple[int, int, int, int, int]
 
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    inode: int
-    device: int
 
-    @classmethod
-    def of(cls, result) -> FileStat:
-        return cls(result.st_size, result.st_mtime_ns, result.st_ctime_ns, result.st_ino, result.st_dev)
+def file_stat(result: os.stat_result) -> FileStat:
+    return (result.st_size, result.st_mtime_ns, result.st_ctime_ns, result.st_ino, result.st_dev)
 
 
 class StatCache:
@@ -56,9 +49,8 @@ class StatCache:
         except (sqlite3.Error, OSError):
             rows = []
         for path_text, size, mtime, ctime, inode, device, object_hash, seen_ns in rows:
-            stat = FileStat(size, mtime, ctime, inode, device)
             if max(mtime, ctime) < seen_ns - RACY_MARGIN_NS:
-                self._known[path_text] = (stat, object_hash)
+                self._known[path_text] = ((size, mtime, ctime, inode, device), object_hash)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
@@ -86,7 +78,7 @@ class StatCache:
         if not self._fresh:
             return None
         rows = [
-            (path, stat.size, stat.mtime_ns, stat.ctime_ns, stat.inode, stat.device, object_hash, seen_ns)
+            (path, *stat, object_hash, seen_ns)
             for path, (stat, object_hash, seen_ns) in self._fresh.items()
         ]
         try:

@@ -426,8 +426,8 @@ class Store:
 
     def latest_contents(self, keys: Iterable[str]) -> dict[str, tuple[str, str | None, dict]]:
         """(hash, content_type, meta) of the latest version of each of keys that is live."""
-        rows = self.index.latest_rows(keys)
-        return {key: (row[4], row[7], _unpack_meta(row[9])) for key, row in rows.items() if row[3] == "put"}
+        rows = self.index.latest_rows(keys, "op, hash, content_type, meta")
+        return {key: (row[2], row[3], _unpack_meta(row[4]) if row[4] else {}) for key, row in rows.items() if row[1] == "put"}
 
     def live_versions(self, prefix: str = "", at: int | None = None) -> Iterator[Version]:
         """Each live key starting with prefix, in key order: its latest version, or the one current at `at` (ns)."""
