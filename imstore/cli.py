@@ -401,6 +401,8 @@ def export(
 
     moment = parse_time(at) if at is not None else None
     out = settings.out
+    if dest == "-" and out.stdout_is_terminal:
+        raise UsageError("refusing to write a tar to a terminal: redirect stdout or give a DEST")
     with open_store() as store, out.progress("exporting") as bar:
         stdout = sys.stdout.buffer if dest == "-" else None
         summary = export_keys(store, dest, prefix=prefix, at=moment, stdout=stdout, progress=bar.update if bar.live else None)

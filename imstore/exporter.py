@@ -200,6 +200,8 @@ def _write_object(store: Store, version: Version, name: str, dir_fd: int) -> Non
                 write_all(fd, chunk)
         finally:
             os.close(fd)
+        moment = version.time_ns
+        os.utime(temp, ns=(moment, moment), dir_fd=dir_fd, follow_symlinks=False)  # mtime = when the version was written
         os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # replaces a symlink itself, never its target
     except BaseException:
         try:

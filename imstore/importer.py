@@ -379,17 +379,23 @@ def open_source(source: str, stdin: BinaryIO | None, warn, follow_symlinks: bool
 
 # ============================================================ reading and hashing
 def _read_file(item: SourceItem, store: Store) -> Prepared:
-    """Runs in a worker thread: small files are read whole, large ones stored loose while read."""
+    """Runs in a worker thread: small files are read whole, large ones stored loose while read.
+
+    Plain fds rather than file objects: for thousands of small files the Python overhead is the cost.
+    """
     try:
-        with open(item.path, "rb", buffering=0) as handle:
+        fd = os.open(item.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
             if item.size is not None and item.size >= LOOSE_MIN:
-                return _store_loose(iter(lambda: handle.read(CHUNK_SIZE), b""), store)
-            data = handle.read()
-            while True:  # the file may have grown since it was listed
-                more = handle.read(CHUNK_SIZE)
+                return _store_loose(iter(lambda: os.read(fd, CHUNK_SIZE), b""), store)
+            data = os.read(fd, (item.size or 0) + 1)
+            while True:  # short reads, or the file grew since it was listed
+                more = os.read(fd, CHUNK_SIZE)
                 if not more:
                     break
                 data += more
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise ItemError(f"{item.where}: cannot read: {exc.strerror or exc}") from None
     return Prepared(blake3(data).hexdigest(), len(data), data)
@@ -637,7 +643,7 @@ def import_source(
         batch.pack.abort()
         raise
     summary.pack = batch.pack.path.name if batch.pack.path else None
-    summary.added = len(result.added)
+    summary.added = len(result.records)
     summary.unchanged = result.unchanged + batch.fast_unchanged
     summary.bytes_saved = batch.not_written - result.unchanged_bytes
     if batch.cache is not None:

@@ -110,9 +110,14 @@ class BatchItem:
 class BatchResult:
     """What one committed batch did: the versions it added and how many items were unchanged."""
 
-    added: tuple[Version, ...]
+    records: tuple[Record, ...]
     unchanged: int
     unchanged_bytes: int = 0
+
+    @property
+    def added(self) -> tuple[Version, ...]:
+        """The versions the batch added (built on demand: a batch may hold many thousands)."""
+        return tuple(Version.from_record(record) for record in self.records)
 
 
 @dataclass
@@ -422,7 +427,7 @@ class Store:
             if sum(len(payload) + 8 for payload in payloads) > MAX_FRAME - 64:
                 raise InvalidInput(f"a batch of {len(payloads)} records is too large for one log frame; import it in parts")
             frame = self._append(payloads)
-        return BatchResult(tuple(Version.from_record(record) for record in frame.records), unchanged, unchanged_bytes)
+        return BatchResult(frame.records, unchanged, unchanged_bytes)
 
     def latest_contents(self, keys: Iterable[str]) -> dict[str, tuple[str, str | None, dict]]:
         """(hash, content_type, meta) of the latest version of each of keys that is live."""

@@ -124,14 +124,15 @@ def test_special_files_are_skipped_with_a_warning(store, tmp_path):
 
 
 def _fail_reading(monkeypatch, victim: str):
-    real_open = open
+    """A fault layer: opening the victim fails with EACCES (tests run as root, so chmod cannot do it)."""
+    real_open = os.open
 
     def faulty_open(path, *args, **kwargs):
         if str(path).endswith(victim):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(importer, "open", faulty_open, raising=False)
+    monkeypatch.setattr(importer.os, "open", faulty_open)
 
 
 @pytest.mark.parametrize("jobs", [1, 4])
