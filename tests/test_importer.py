@@ -320,3 +320,9 @@ def test_export_at_a_time_and_with_a_prefix(store, tmp_path):
     store.delete("p/b")
     export(store, str(tmp_path / "now"), prefix="p/")
     assert (tmp_path / "now" / "p" / "a").read_bytes() == b"new" and not (tmp_path / "now" / "p" / "b").exists()
+
+
+def test_exported_files_carry_the_version_time_as_mtime(store, tmp_path):
+    store.put("dated", b"x")
+    export(store, str(tmp_path / "out"))
+    assert os.stat(tmp_path / "out" / "dated").st_mtime_ns == store.resolve("dated").time_ns
