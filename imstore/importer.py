@@ -602,6 +602,29 @@ def _attempt(function, item: SourceItem, store: Store) -> Prepared | ItemError:
         return exc
 
 
+class _Thread:
+    """A function running on a thread, with its result (or exception) collected by result()."""
+
+    def __init__(self, function):
+        import threading
+
+        self._value = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(function,), name="imstore-statcache", daemon=True)
+        self._thread.start()
+
+    def _run(self, function) -> None:
+        try:
+            self._value = function()
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 # ============================================================ the one entry point
 def import_source(
     store: Store,
@@ -632,6 +655,9 @@ def import_source(
         stream = getattr(opened, "stream", None)
         if stream is not None and source != "-":
             stream.close()
+    # The stat cache only records what files hashed to, which holds whether or not the batch commits,
+    # so it is saved on a thread while the commit waits for its fsyncs.
+    saving = _Thread(batch.cache.save) if batch.cache is not None else None
     try:
         if batch.nothing_new:
             # Nothing to commit: the import is a no-op as of the moment it read the index.
@@ -642,12 +668,12 @@ def import_source(
     except BaseException:
         batch.pack.abort()
         raise
+    finally:
+        problem = saving.result() if saving is not None else None
+        if problem:
+            summary.warnings.append(problem)
     summary.pack = batch.pack.path.name if batch.pack.path else None
     summary.added = len(result.records)
     summary.unchanged = result.unchanged + batch.fast_unchanged
     summary.bytes_saved = batch.not_written - result.unchanged_bytes
-    if batch.cache is not None:
-        problem = batch.cache.save()
-        if problem:
-            summary.warnings.append(problem)
     return summary
