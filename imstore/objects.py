@@ -45,14 +45,25 @@ class ObjectReader:
     `verify()` is a separate full pass for callers that cannot do that (stdout).
     """
 
-    def __init__(self, object_id: str, location: ObjectLocation):
+    def __init__(self, object_id: str, location: ObjectLocation, relocate=None):
         self.object_id = object_id
         self.location = location
         self.size = location.length
+        self._relocate = relocate  # finds the object again if its pack was merged away by a repack
+
+    def _open(self):
+        try:
+            return open(self.location.path, "rb", buffering=0)
+        except FileNotFoundError:
+            moved = self._relocate() if self._relocate is not None else None
+            if moved is None or moved.length != self.size:
+                raise
+            self.location = moved
+            return open(moved.path, "rb", buffering=0)
 
     def _raw_chunks(self, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
         try:
-            with open(self.location.path, "rb", buffering=0) as handle:
+            with self._open() as handle:
                 if self.location.offset:
                     handle.seek(self.location.offset)
                 remaining = self.location.length
@@ -137,7 +148,12 @@ class ObjectStore:
         if location is None:
             self._check_root()
             raise ObjectNotFound(f"no object {object_id}")
-        return ObjectReader(object_id, location)
+        return ObjectReader(object_id, location, relocate=lambda: self._relocate(object_id))
+
+    def _relocate(self, object_id: str) -> ObjectLocation | None:
+        if self.packs is not None:
+            self.packs.refresh(force=True)
+        return self.locate(object_id)
 
     def read(self, object_id: str) -> bytes:
         return self.open(object_id).read()

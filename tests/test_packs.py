@@ -160,3 +160,13 @@ def test_a_pack_without_an_index_is_a_note_not_a_problem(store):
     report = store.verify()
     assert report.ok
     assert any("has no index" in note for note in report.notes)
+
+
+def test_a_reader_opened_before_a_repack_still_reads_the_object(store):
+    _commit(store, {"a": b"first pack"})
+    _commit(store, {"b": b"second pack"})
+    reader = store.objects.open(hash_bytes(b"first pack"))
+    old_pack = reader.location.path
+    store.repack()
+    assert not old_pack.exists()
+    assert reader.read() == b"first pack"
