@@ -87,6 +87,8 @@ def imstore_import(scratch: Scratch, tree: Path, results: dict) -> None:
     run([IMSTORE, "init", str(store), "-q"])
     results.setdefault("imstore import", []).append(timed([IMSTORE, "--store", str(store), "import", str(tree), "-q"]))
     results.setdefault("imstore re-import", []).append(timed([IMSTORE, "--store", str(store), "import", str(tree), "-q"]))
+    # the floor under any imstore command: interpreter + CLI start-up
+    results.setdefault("imstore --version (start-up)", []).append(timed([IMSTORE, "--version"]))
     scratch.drop(store)
 
 
