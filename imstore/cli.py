@@ -352,6 +352,8 @@ def import_(
     from .importer import import_source
 
     out = settings.out
+    if source == "-" and sys.stdin is not None and sys.stdin.isatty():
+        raise UsageError("stdin is a terminal: pipe a tar or JSON lines in (e.g. tar -c DIR | imstore import -)")
     with open_store(write=True) as store, out.progress("importing", unit_bytes=True) as bar:
 
         def progress(files: int, done: int, total_files: int | None, total_bytes: int | None) -> None:
