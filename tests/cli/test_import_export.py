@@ -186,7 +186,8 @@ def test_a_damaged_pack_is_exit_5_on_get_and_verify(cli, store_path):
 
 
 def test_the_import_command_does_not_load_rich_or_the_importer_for_other_commands():
-    code = "import sys, imstore.cli; print(sorted(m for m in ('imstore.importer', 'imstore.exporter', 'rich') if m in sys.modules))"
+    lazy = "('imstore.importer', 'imstore.sources', 'imstore.statcache', 'imstore.exporter', 'rich')"
+    code = f"import sys, imstore.cli; print(sorted(m for m in {lazy} if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
 
 
