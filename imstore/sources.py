@@ -182,8 +182,12 @@ class TarSource(Source):
                         item.stream = archive.extractfile(member)
                         linked[member_name] = item
                         yield item
-                    elif member.islnk() and _member_key(member.linkname) in linked:
-                        earlier = linked[_member_key(member.linkname)]
+                    elif member.islnk():
+                        # The importer has hashed the earlier member by now (tar items are read in order).
+                        earlier = linked.get(_member_key(member.linkname))
+                        if earlier is None or earlier.known_hash is None:
+                            self.warn(f"tar member {member.name}: a hard link to {member.linkname}, which was not imported; skipped")
+                            continue
                         where = f"tar member {member.name}"
                         yield SourceItem(key=member_name, where=where, size=earlier.size, known_hash=earlier.known_hash)
                     elif member.issym():

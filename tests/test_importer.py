@@ -203,12 +203,15 @@ def test_tar_hard_links_and_symlinks(store, tmp_path):
         hard = tarfile.TarInfo("hard")
         hard.type, hard.linkname = tarfile.LNKTYPE, "data"
         archive.addfile(hard)
+        dangling = tarfile.TarInfo("dangling")
+        dangling.type, dangling.linkname = tarfile.LNKTYPE, "never-there"
+        archive.addfile(dangling)
         soft = tarfile.TarInfo("soft")
         soft.type, soft.linkname = tarfile.SYMTYPE, "/etc/passwd"
         archive.addfile(soft)
     summary = import_source(store, str(path))
     assert store.get("hard") == b"data"
-    assert summary.skipped == 1 and "soft" in summary.warnings[0]
+    assert summary.skipped == 2 and "dangling" in summary.warnings[0] and "soft" in summary.warnings[1]
 
 
 def test_a_damaged_tar_aborts_and_commits_nothing(store, tmp_path):
