@@ -22,7 +22,7 @@ from .hashing import blake3
 from .objects import CHUNK_SIZE
 from .packs import PackWriter
 from .sources import TAR_ERRORS, DirectorySource, ItemError, Source, SourceItem, open_source
-from .statcache import CACHE_NAME, StatCache
+from .statcache import StatCache
 from .store import BatchItem, BatchResult, Store
 from .validate import validate_key
 
@@ -155,7 +155,7 @@ class _Batch:
         except OSError as exc:
             raise from_os_error(exc, "listing objects") from None
         if isinstance(source, DirectorySource):
-            self.cache = StatCache(self.store.root / CACHE_NAME, source.cache_root)
+            self.cache = StatCache(self.store.root, source.cache_root)
             self.seen_ns = source.seen_ns
             self.latest = self.store.latest_contents(self.prefix + entry[0] for entry in source.entries if isinstance(entry, tuple))
             stream = iter(self._changed_entries(source))

@@ -203,6 +203,11 @@ class Index:
         found: dict[str, tuple] = {}
         wanted = list(dict.fromkeys(keys))
         columns = "v.key, " + ", ".join(f"v.{name}" for name in columns.split(", ")) if columns else f"v.{_COLUMNS.replace(', ', ', v.')}"
+        if len(wanted) > 2000:
+            # Many keys (a batch import): one range scan between the smallest and largest beats many IN lists.
+            wanted_set = set(wanted)
+            sql = f"SELECT {columns} FROM latest l JOIN versions v ON v.key = l.key AND v.version = l.version WHERE l.key BETWEEN ? AND ?"
+            return {row[0]: row for row in self.db.execute(sql, (min(wanted), max(wanted))) if row[0] in wanted_set}
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             marks = ",".join("?" * len(chunk))

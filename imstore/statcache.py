@@ -1,9 +1,11 @@
 """The import stat cache: (path, size, mtime_ns, ctime_ns, inode, device) -> content hash.
 
 It lets a re-import of an unchanged tree skip reading its files. It lives in the
-store directory (`import-cache.sqlite`), is disposable (any problem with it just
-means files are read again) and never decides what is stored: a hit only says
-which object the file's bytes hashed to, and the import still checks that object.
+store directory (`import-cache/<hash of the source root>.msgpack`, one small
+file per source tree, loaded whole: a re-import needs every entry), is
+disposable (any problem with it just means files are read again) and never
+decides what is stored: a hit only says which object the file's bytes hashed to,
+and the import still checks that object.
 
 Like git's "racily clean" rule, an entry is only trusted when the file's mtime and
 ctime were older than the moment its stat was taken by a safe margin; a file
@@ -13,16 +15,17 @@ written in the same clock tick as the import is always read again.
 from __future__ import annotations
 
 import os
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 
-__all__ = ["StatCache", "FileStat", "file_stat", "CACHE_NAME"]
+import msgpack
 
-CACHE_NAME = "import-cache.sqlite"
+from .hashing import hash_bytes
+
+__all__ = ["StatCache", "FileStat", "file_stat", "CACHE_DIR"]
+
+CACHE_DIR = "import-cache"
 # File-system timestamps come from a coarse clock (a few ms); stay well clear of it.
 RACY_MARGIN_NS = 100_000_000
-
 
 # (size, mtime_ns, ctime_ns, inode, device): the parts of a stat that change whenever a file's content does.
 FileStat = tuple[int, int, int, int, int]
@@ -33,64 +36,51 @@ def file_stat(result: os.stat_result) -> FileStat:
 
 
 class StatCache:
-    """Cached hashes of files under one source root, loaded at once and saved after a commit."""
+    """Cached hashes of files under one source root, loaded at once and saved after an import."""
 
-    def __init__(self, path: Path, root: str):
-        self.path = Path(path)
-        self.root = root.rstrip("/") + "/"
-        self._known: dict[str, tuple[FileStat, str]] = {}
-        self._fresh: dict[str, tuple[FileStat, str, int]] = {}
+    def __init__(self, store_root: Path, source_root: str):
+        self.directory = Path(store_root) / CACHE_DIR
+        self.path = self.directory / f"{hash_bytes(source_root.encode('utf-8', 'surrogateescape'))[:32]}.msgpack"
+        self.root = source_root
+        # path -> [size, mtime_ns, ctime_ns, inode, device, hash, seen_ns], as stored
+        self._entries: dict[str, list] = {}
+        self._changed = False
         try:
-            with closing(self._connect()) as db:
-                rows = db.execute(
-                    "SELECT path, size, mtime_ns, ctime_ns, inode, device, hash, seen_ns FROM files WHERE path >= ? AND path < ?",
-                    (self.root, self.root[:-1] + "0"),  # '0' sorts right after '/'
-                ).fetchall()
-        except (sqlite3.Error, OSError):
-            rows = []
-        for path_text, size, mtime, ctime, inode, device, object_hash, seen_ns in rows:
-            if max(mtime, ctime) < seen_ns - RACY_MARGIN_NS:
-                self._known[path_text] = ((size, mtime, ctime, inode, device), object_hash)
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
-        db.execute("PRAGMA synchronous=OFF")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,"
-            " inode INTEGER, device INTEGER, hash TEXT, seen_ns INTEGER) WITHOUT ROWID"
-        )
-        return db
+            loaded = msgpack.unpackb(self.path.read_bytes(), raw=False, strict_map_key=True)
+            if isinstance(loaded, dict) and loaded.get("root") == source_root and isinstance(loaded.get("files"), dict):
+                self._entries = loaded["files"]
+        except (OSError, ValueError, msgpack.UnpackException):
+            pass  # missing or garbage: start empty
 
     def lookup(self, path: str, stat: FileStat) -> str | None:
-        """The hash recorded for path if its stat is exactly the one recorded."""
-        known = self._known.get(path)
-        if known is not None and known[0] == stat:
-            return known[1]
-        return None
+        """The hash recorded for path if its stat is exactly the one recorded and was not racy."""
+        entry = self._entries.get(path)
+        if entry is None or len(entry) != 7 or tuple(entry[:5]) != stat:
+            return None
+        if max(stat[1], stat[2]) >= entry[6] - RACY_MARGIN_NS:
+            return None
+        return entry[5]
 
     def remember(self, path: str, stat: FileStat, object_hash: str, seen_ns: int) -> None:
-        """Note a hash computed from a file whose stat was taken at seen_ns (saved by save())."""
-        if self._known.get(path) != (stat, object_hash):
-            self._fresh[path] = (stat, object_hash, seen_ns)
+        """Note a hash computed from a file whose stat was taken at seen_ns (written by save())."""
+        self._entries[path] = [*stat, object_hash, seen_ns]
+        self._changed = True
 
     def save(self) -> str | None:
-        """Write the new entries; returns a warning instead of failing (the cache is disposable)."""
-        if not self._fresh:
+        """Write the cache (temp + rename; no fsync: it is disposable); a warning instead of failing."""
+        if not self._changed:
             return None
-        rows = [
-            (path, *stat, object_hash, seen_ns)
-            for path, (stat, object_hash, seen_ns) in self._fresh.items()
-        ]
+        temp = self.path.with_name(f".tmp-{os.getpid()}-{self.path.name}")
         try:
-            with closing(self._connect()) as db:
-                db.execute("BEGIN")
-                db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                db.execute("COMMIT")
-        except (sqlite3.Error, OSError) as exc:
-            try:
-                self.path.unlink()
-            except OSError:
-                pass
+            self.directory.mkdir(exist_ok=True)
+            temp.write_bytes(msgpack.packb({"root": self.root, "files": self._entries}, use_bin_type=True))
+            os.replace(temp, self.path)
+        except (OSError, ValueError) as exc:
+            for leftover in (temp, self.path):
+                try:
+                    leftover.unlink()
+                except OSError:
+                    pass
             return f"the import stat cache could not be saved ({exc}); the next import reads every file"
-        self._fresh.clear()
+        self._changed = False
         return None

@@ -296,10 +296,14 @@ def test_a_source_that_is_none_of_the_kinds_is_refused(store, tmp_path):
         import_source(store, str(tmp_path / "missing"))
 
 
-def test_a_broken_stat_cache_is_rebuilt_not_fatal(store, tmp_path):
-    (store.root / statcache.CACHE_NAME).write_bytes(b"this is not sqlite" * 100)
+def test_a_broken_stat_cache_is_rebuilt_not_fatal(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(statcache, "RACY_MARGIN_NS", 0)
     source = make_tree(tmp_path / "src", {"x": b"1"})
+    cache_file = statcache.StatCache(store.root, os.path.realpath(source)).path
+    cache_file.parent.mkdir()
+    cache_file.write_bytes(b"\xc1 this is not msgpack" * 100)
     assert import_source(store, str(source)).added == 1
+    assert import_source(store, str(source)).bytes_read == 0  # rebuilt, and used again
 
 
 @pytest.mark.parametrize(
@@ -329,3 +333,15 @@ def test_exported_files_carry_the_version_time_as_mtime(store, tmp_path):
     store.put("dated", b"x")
     export(store, str(tmp_path / "out"))
     assert os.stat(tmp_path / "out" / "dated").st_mtime_ns == store.resolve("dated").time_ns
+
+
+def test_a_large_batch_sees_every_latest_version(store, tmp_path):
+    # More than 2000 keys take the index's range-scan path; keys inside the range but not in the batch stay out.
+    store.put("d/f0500x", b"not part of the import")
+    source = make_tree(tmp_path / "src", {f"f{number:04}": b"%d" % number for number in range(2100)})
+    assert import_source(store, str(source), prefix="d/").added == 2100
+    (source / "f1234").write_bytes(b"changed")
+    summary = import_source(store, str(source), prefix="d/")
+    assert (summary.added, summary.unchanged) == (1, 2099)
+    assert [v.version for v in store.history("d/f1234")] == [1, 2]
+    assert store.get("d/f0500x") == b"not part of the import"
