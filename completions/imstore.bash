@@ -5,31 +5,34 @@ _imstore() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${COMP_WORDS[i]}"
         case "$word" in
-            --after|--at|--cache-dir|--cache-size|--content-type|--if-version|--limit|--message|--meta|--output|--store|--version|-V|-m|-n|-o|-t) ((i++)) ;;
+            --after|--at|--cache-dir|--cache-size|--content-type|--if-version|--jobs|--limit|--message|--meta|--output|--prefix|--store|--version|-V|-j|-m|-n|-o|-p|-t) ((i++)) ;;
             -*) ;;
             *) case "$path" in
-                   "") [[ " cache cat get history init log ls put reindex rm verify " == *" $word "* ]] && path="${path:+$path }$word" ;;
+                   "") [[ " cache cat export get history import init log ls put reindex repack rm verify " == *" $word "* ]] && path="${path:+$path }$word" ;;
                    "cache") [[ " clear stats " == *" $word "* ]] && path="${path:+$path }$word" ;;
                esac ;;
         esac
     done
     case "$prev" in
         --cache-dir|--output|--store|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-        --after|--at|--cache-size|--content-type|--if-version|--limit|--message|--meta|--version|-V|-m|-n|-t) return ;;
+        --after|--at|--cache-size|--content-type|--if-version|--jobs|--limit|--message|--meta|--prefix|--version|-V|-j|-m|-n|-p|-t) return ;;
     esac
     case "$path" in
-        "") COMPREPLY=($(compgen -W "--store --json -q --quiet --no-color --debug --cache-dir --cache-size --no-cache --version -h --help cache cat get history init log ls put reindex rm verify" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "--store --json -q --quiet --no-color --debug --cache-dir --cache-size --no-cache --version -h --help cache cat export get history import init log ls put reindex repack rm verify" -- "$cur")) ;;
         "cache") COMPREPLY=($(compgen -W "-h --help clear stats" -- "$cur")) ;;
         "cache clear") COMPREPLY=($(compgen -W "--all -h --help" -- "$cur")) ;;
         "cache stats") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
         "cat") COMPREPLY=($(compgen -W "-o --output -h --help" -- "$cur")) ;;
+        "export") COMPREPLY=($(compgen -W "--prefix -p --at --strict -h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
         "get") COMPREPLY=($(compgen -W "--version -V --at -o --output -h --help" -- "$cur")) ;;
         "history") COMPREPLY=($(compgen -W "--limit -n -h --help" -- "$cur")) ;;
+        "import") COMPREPLY=($(compgen -W "--prefix -p --jobs -j -m --message --skip-errors --follow-symlinks -h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
         "init") COMPREPLY=($(compgen -W "-h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
         "log") COMPREPLY=($(compgen -W "--after --limit -n -h --help" -- "$cur")) ;;
         "ls") COMPREPLY=($(compgen -W "--all -a --limit -n -h --help" -- "$cur")) ;;
         "put") COMPREPLY=($(compgen -W "--content-type -t --meta -m --message --if-version --if-absent -h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
         "reindex") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
+        "repack") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
         "rm") COMPREPLY=($(compgen -W "-m --message --if-version -h --help" -- "$cur")) ;;
         "verify") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
     esac

@@ -201,6 +201,23 @@ class Index:
             (after, -1 if limit is None else limit),
         ).fetchall()
 
+    def latest_rows(self, keys: Iterable[str], columns: str = "") -> dict[str, tuple]:
+        """The latest version row (puts and tombstones) of each of keys that exists (key first, then columns)."""
+        found: dict[str, tuple] = {}
+        wanted = list(dict.fromkeys(keys))
+        columns = "v.key, " + ", ".join(f"v.{name}" for name in columns.split(", ")) if columns else f"v.{_COLUMNS.replace(', ', ', v.')}"
+        if len(wanted) > 2000:
+            # Many keys (a batch import): one range scan between the smallest and largest beats many IN lists.
+            wanted_set = set(wanted)
+            sql = f"SELECT {columns} FROM latest l JOIN versions v ON v.key = l.key AND v.version = l.version WHERE l.key BETWEEN ? AND ?"
+            return {row[0]: row for row in self.db.execute(sql, (min(wanted), max(wanted))) if row[0] in wanted_set}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT {columns} FROM latest l JOIN versions v ON v.key = l.key AND v.version = l.version WHERE l.key IN ({marks})"
+            found.update((row[0], row) for row in self.db.execute(sql, chunk))
+        return found
+
     def hashes(self) -> set[str]:
         return {row[0] for row in self.db.execute("SELECT DISTINCT hash FROM versions WHERE hash IS NOT NULL")}
 

@@ -50,14 +50,25 @@ class ObjectReader:
     `verify()` is a separate full pass for callers that cannot do that (stdout).
     """
 
-    def __init__(self, object_id: str, location: ObjectLocation):
+    def __init__(self, object_id: str, location: ObjectLocation, relocate=None):
         self.object_id = object_id
         self.location = location
         self.size = location.length
+        self._relocate = relocate  # finds the object again if its pack was merged away by a repack
+
+    def _open(self):
+        try:
+            return open(self.location.path, "rb", buffering=0)
+        except FileNotFoundError:
+            moved = self._relocate() if self._relocate is not None else None
+            if moved is None or moved.length != self.size:
+                raise
+            self.location = moved
+            return open(moved.path, "rb", buffering=0)
 
     def _raw_chunks(self, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
         try:
-            with open(self.location.path, "rb", buffering=0) as handle:
+            with self._open() as handle:
                 if self.location.offset:
                     handle.seek(self.location.offset)
                 remaining = self.location.length
@@ -146,7 +157,12 @@ class ObjectStore:
         if location is None:
             self._check_root()
             raise ObjectNotFound(f"no object {object_id}")
-        return ObjectReader(object_id, location)
+        return ObjectReader(object_id, location, relocate=lambda: self._relocate(object_id))
+
+    def _relocate(self, object_id: str) -> ObjectLocation | None:
+        if self.packs is not None:
+            self.packs.refresh(force=True)
+        return self.locate(object_id)
 
     def read(self, object_id: str) -> bytes:
         return self.open(object_id).read()
@@ -198,6 +214,11 @@ class ObjectStore:
     # ---------------------------------------------------------------- writing
     def write_stream(self, chunks: Iterable[bytes], max_size: int | None = None) -> tuple[str, int]:
         """Store the bytes of chunks durably; return (object_id, size)."""
+        object_id, size, _created = self.store_stream(chunks, max_size)
+        return object_id, size
+
+    def store_stream(self, chunks: Iterable[bytes], max_size: int | None = None) -> tuple[str, int, bool]:
+        """write_stream that also says whether the object is new (False: a dedup hit)."""
         self._check_root()
         fd, temp_path = self._make_temp()
         try:
@@ -226,8 +247,8 @@ class ObjectStore:
                 os.close(fd)
             crash_point("object-fsynced")
             object_id = hasher.hexdigest()
-            self._install(temp_path, object_id, size)
-            return object_id, size
+            created = self._install(temp_path, object_id, size)
+            return object_id, size, created
         finally:
             _unlink_quietly(temp_path)
 
@@ -243,7 +264,7 @@ class ObjectStore:
             raise from_os_error(exc, "creating an object temp file") from None
         return fd, path
 
-    def _install(self, temp_path: str, object_id: str, size: int) -> None:
+    def _install(self, temp_path: str, object_id: str, size: int) -> bool:
         final = self.loose_path(object_id)
         shard = final.parent
         try:
@@ -272,6 +293,7 @@ class ObjectStore:
                 # make it durable before a record can point at it.
                 fsync_dir(shard)
                 fsync_dir(self.root)
+            return linked
         except OSError as exc:
             raise from_os_error(exc, f"storing object {object_id}") from None
 

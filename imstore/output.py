@@ -218,9 +218,9 @@ class Progress:
             self._task = self._bar.add_task(self.label, total=self.total)
         return self
 
-    def update(self, done: int, total: int | None = None) -> None:
+    def update(self, done: int, total: int | None = None, *, label: str | None = None) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, completed=done, total=total if total is not None else self.total)
+            self._bar.update(self._task, completed=done, total=total if total is not None else self.total, description=label or self.label)
 
     def advance(self, amount: int) -> None:
         if self._bar is not None:

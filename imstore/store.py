@@ -34,13 +34,14 @@ from .errors import (
     from_os_error,
 )
 from .fsio import crash_point, fsync_dir, fsync_fd, write_all
-from .hashing import OBJECT_ID_LEN, validate_prefix
+from .hashing import OBJECT_ID_LEN, blake3, checksum16, validate_prefix
 from .index import Index
-from .log import GENESIS, Frame, Log, Record, batch_payload, encode_record
+from .log import GENESIS, MAX_FRAME, Frame, Log, Record, batch_payload, encode_record
 from .objects import CHUNK_SIZE, ObjectReader, ObjectStore
+from .packs import PackSet, PackWriter, RepackResult
 from .validate import format_time, parse_version, validate_key, validate_meta
 
-__all__ = ["Store", "Version", "PutResult", "VerifyReport", "FORMAT"]
+__all__ = ["Store", "Version", "PutResult", "VerifyReport", "BatchItem", "BatchResult", "FORMAT"]
 
 FORMAT = 1
 CONFIG_NAME = "config"
@@ -105,6 +106,32 @@ class PutResult:
     unchanged: bool
 
 
+@dataclass(frozen=True)
+class BatchItem:
+    """One key's new content in an import batch; its object is already stored (or in the batch's pack)."""
+
+    key: str
+    hash: str
+    size: int
+    content_type: str | None = None
+    meta: dict = field(default_factory=dict)
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one committed batch did: the versions it added and how many items were unchanged."""
+
+    records: tuple[Record, ...]
+    unchanged: int
+    unchanged_bytes: int = 0
+
+    @property
+    def added(self) -> tuple[Version, ...]:
+        """The versions the batch added (built on demand: a batch may hold many thousands)."""
+        return tuple(Version.from_record(record) for record in self.records)
+
+
 @dataclass
 class VerifyReport:
     """What verify found. problems make it fail; warnings and notes do not."""
@@ -133,7 +160,8 @@ class Store:
         self.root = root
         self.config = config
         self.store_id: str = config["store_id"]
-        self.objects = ObjectStore(root / "objects")
+        self.packs = PackSet(root / "objects" / "pack")
+        self.objects = ObjectStore(root / "objects", packs=self.packs)
         self.log = Log(root / "log")
         self.index_path = root / INDEX_NAME
         self.warnings: list[str] = []
@@ -244,6 +272,7 @@ class Store:
                 raise Unavailable(f"cannot write: the store is unavailable: {directory} is not a directory")
 
     def close(self) -> None:
+        self.packs.close()
         if self._index is not None:
             self._index.close()
             self._index = None
@@ -357,13 +386,20 @@ class Store:
                 self._temps_checked = True
             yield index
 
-    def _append(self, payloads: list[bytes]) -> Frame:
-        """Append records (one frame) and apply them to the index. Caller holds the lock."""
+    def _append(self, payloads: list[bytes], records: tuple[Record, ...] | None = None) -> Frame:
+        """Append records (one frame) and apply them to the index. Caller holds the lock.
+
+        The frame is read back and decoded, unless the caller built the records from
+        the payloads itself (a large import batch, where decoding would cost a third of the commit).
+        """
         index = self.index
         state = index.state()
         payload = payloads[0] if len(payloads) == 1 else batch_payload(payloads)
         offset, end = self.log.append(payload, state.log_end)
-        frame = self.log.read_frame_at(offset)
+        if records is not None:
+            frame = Frame(offset, end, checksum16(payload), records)
+        else:
+            frame = self.log.read_frame_at(offset)
         if frame is None:
             raise CorruptLog(f"the record just appended at offset {offset} cannot be read back")
         try:
@@ -447,6 +483,79 @@ class Store:
         tombstone = Version.from_record(frame.records[0])
         self._fill_version(tombstone, latest=True)
         return tombstone
+
+    def import_batch(self, items: list[BatchItem], *, pack: PackWriter | None = None, message: str | None = None) -> BatchResult:
+        """Commit items as one atomic batch: one log frame, all of it or none of it.
+
+        The pack (holding the batch's new objects) is made durable and visible
+        first; then, under the lock, every item whose content, type and metadata
+        equal its key's latest version is dropped as unchanged and the rest are
+        appended as one frame. Keys may repeat: each occurrence is a version.
+        """
+        for item in items:
+            validate_key(item.key)
+            validate_meta(item.meta)
+        if pack is not None:
+            pack.finish()
+        with self._writing() as index:
+            # key -> (version, op, hash, content_type, meta), from the index and then from this batch
+            current = {key: (row[1], row[3], row[4], row[7], row[9]) for key, row in index.latest_rows(item.key for item in items).items()}
+            state = index.state()
+            seq, prev = state.seq, state.last_hash
+            payloads: list[bytes] = []
+            records: list[Record] = []
+            unchanged = unchanged_bytes = 0
+            for item in items:
+                latest = current.get(item.key)
+                if latest is not None and latest[1] == "put" and latest[2:4] == (item.hash, item.content_type):
+                    if (_unpack_meta(latest[4]) if isinstance(latest[4], bytes) else latest[4] or {}) == item.meta:
+                        unchanged += 1
+                        unchanged_bytes += item.size
+                        continue
+                if (pack is None or item.hash not in pack) and not self.objects.exists(item.hash):
+                    raise InvalidInput(f"cannot import {item.key!r}: its object {item.hash} is not in the store")
+                seq += 1
+                version = (latest[0] if latest else 0) + 1
+                now, text = time.time_ns(), item.message or message
+                payload = encode_record(
+                    seq=seq, time_ns=now, op="put", key=item.key, version=version, hash=item.hash, size=item.size,
+                    content_type=item.content_type, meta=item.meta, message=text, prev=prev,
+                )  # fmt: skip
+                payloads.append(payload)
+                record_hash = blake3(payload).digest()
+                records.append(Record(seq, now, "put", item.key, version, item.hash, item.size, item.content_type, item.meta, text,
+                                      prev, record_hash))  # fmt: skip
+                prev = record_hash
+                current[item.key] = (version, "put", item.hash, item.content_type, item.meta)
+            if not payloads:
+                return BatchResult((), unchanged, unchanged_bytes)
+            if sum(len(payload) + 8 for payload in payloads) > MAX_FRAME - 64:
+                raise InvalidInput(f"a batch of {len(payloads)} records is too large for one log frame; import it in parts")
+            frame = self._append(payloads, tuple(records))
+        return BatchResult(frame.records, unchanged, unchanged_bytes)
+
+    def latest_contents(self, keys: Iterable[str]) -> dict[str, tuple[str, str | None, dict]]:
+        """(hash, content_type, meta) of the latest version of each of keys that is live."""
+        rows = self.index.latest_rows(keys, "op, hash, content_type, meta")
+        return {key: (row[2], row[3], _unpack_meta(row[4]) if row[4] else {}) for key, row in rows.items() if row[1] == "put"}
+
+    def live_versions(self, prefix: str = "", at: int | None = None) -> Iterator[Version]:
+        """Each live key starting with prefix, in key order: its latest version, or the one current at `at` (ns)."""
+        if at is None:
+            yield from self.ls(prefix)
+            return
+        index = self.index
+        for latest in self.ls(prefix, include_deleted=True):
+            row = index.version_at(latest.key, at)
+            if row is not None and row[3] == "put":
+                yield Version.from_row(row)
+
+    def repack(self) -> RepackResult:
+        """Merge small packs into one, under the writers' lock (see packs.repack)."""
+        from .packs import repack
+
+        with self.log.locked():
+            return repack(self.packs)
 
     def _payload(self, op, key, latest, object_id, size, content_type, meta, message) -> bytes:
         state = self.index.state()
@@ -678,6 +787,9 @@ class Store:
                 continue
             if where is None:
                 report.notes.append(f"object {object_id} is not referenced by any record")
+        report.problems.extend(self.packs.problems())
+        for orphan in self.packs.orphans():
+            report.notes.append(f"pack {orphan.name} has no index (an interrupted import); it is never read")
         for temp in self.objects.temp_files():
             report.notes.append(f"temp file {temp} (left by an interrupted write; removed by a later writer)")
 

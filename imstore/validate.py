@@ -33,6 +33,8 @@ def validate_key(key: object) -> str:
         raise InvalidKey(f"a key is at most {MAX_KEY_BYTES} bytes of UTF-8 (this one is {len(encoded)})")
     if key.isspace():
         raise InvalidKey("a key must not be only whitespace")
+    if key.isascii() and key.isprintable():
+        return key  # printable ASCII holds no control character (batch imports validate thousands of keys)
     for position, char in enumerate(key):
         if unicodedata.category(char) == "Cc":
             raise InvalidKey(f"a key must not hold control characters (found U+{ord(char):04X} at {position})")
