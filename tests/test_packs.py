@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from imstore import Store
-from imstore.errors import CorruptObject, ObjectNotFound
+from imstore.errors import CorruptObject
 from imstore.hashing import hash_bytes
 from imstore.packs import PackIndex, PackSet, PackWriter
 
