@@ -1,0 +1,517 @@
+"""A worker process: HTTP API v1 over one store, on a unix socket only the gateway can reach.
+
+Blocking store calls run in a thread pool; each pool thread keeps its own Store
+(a SQLite connection belongs to one thread). Request bodies are streamed into
+Store.put_stream chunk by chunk; responses are verified before their last byte
+leaves (small objects are read and checked whole, large ones hold back their last
+chunk until the hash has matched, so a damaged object ends in a cut connection,
+never in a complete wrong answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from ..errors import ImstoreError, InvalidInput, InvalidVersion, UsageError
+from ..objects import CHUNK_SIZE, ObjectReader
+from ..output import history_json, version_json
+from ..store import PutResult, Store, Version
+from ..transfer import SMALL_OBJECT
+from ..validate import parse_time, validate_key
+from .idempotency import Claim, IdempotencyLedger, validate_idempotency_key
+from .protocol import (
+    IMMUTABLE,
+    MESSAGE_HEADER,
+    META_HEADER,
+    PROBLEM_TYPE,
+    STALE_HEADER,
+    VERSION_HEADER,
+    RouteMatch,
+    match_route,
+    problem,
+)
+
+__all__ = ["WorkerApp", "main", "HEALTH_PATH", "version_document", "put_document"]
+
+HEALTH_PATH = "/_worker/health"
+SMALL_BODY = 1 << 20  # request bodies up to this size are read whole before the store call
+BODY_IDLE_TIMEOUT = float(os.environ.get("IMSTORE_BODY_TIMEOUT", "30"))
+
+
+class BodyAborted(ImstoreError):
+    """The request body ended early, broke off or stopped arriving: nothing is stored."""
+
+    exit_code = 1
+    http_status = 400
+    title = "request body incomplete"
+
+
+def version_document(version: Version) -> dict:
+    """Everything about a version, plus time_ns so a client can rebuild it exactly."""
+    return {**version_json(version), "time_ns": version.time_ns}
+
+
+def put_document(result: PutResult) -> dict:
+    return {**version_document(result.version), "unchanged": result.unchanged}
+
+
+class WorkerApp:
+    """The request handler of one worker process."""
+
+    def __init__(self, store_root: str, owner_lock: str, threads: int = 8):
+        self.store_root = store_root
+        self.owner_lock = owner_lock
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="imstore-store")
+        self._local = threading.local()
+        self.handled = 0
+
+    # ------------------------------------------------------------ per-thread resources
+    def store(self) -> Store:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = Store.open(self.store_root)
+        return store
+
+    def ledger(self) -> IdempotencyLedger:
+        ledger = getattr(self._local, "ledger", None)
+        if ledger is None:
+            ledger = self._local.ledger = IdempotencyLedger(self.store_root, self.owner_lock)
+        return ledger
+
+    async def call(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
+
+    def _flush_warnings(self, store: Store) -> None:
+        for warning in store.warnings:
+            print(f"imstore worker {os.getpid()}: warning: {warning}", file=sys.stderr, flush=True)
+        store.warnings.clear()
+
+    # ------------------------------------------------------------ dispatch
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.handled += 1
+        if request.raw_path == HEALTH_PATH:
+            return web.json_response({"pid": os.getpid(), "handled": self.handled})
+        matched = match_route(request.raw_path)
+        if matched is None or matched.route.name in ("healthz", "metrics", "openapi"):
+            return problem_response(404, None, f"no route for {request.raw_path.partition('?')[0]!r}")
+        if request.method not in matched.route.methods:
+            return problem_response(405, None, f"{request.method} is not allowed here", {"Allow": ", ".join(matched.route.methods)})
+        handler = getattr(self, f"_{matched.route.name}_{request.method.lower()}", None) or getattr(self, f"_{matched.route.name}_get")
+        try:
+            return await handler(request, matched)
+        except ImstoreError as exc:
+            return problem_response(exc.http_status, exc, str(exc) or exc.title)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # a bug of ours: 500, and the traceback on stderr
+            import traceback
+
+            traceback.print_exc()
+            return problem_response(500, None, f"internal error: {type(exc).__name__}")
+
+    # ------------------------------------------------------------ keys
+    async def _key_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
+        key = validate_key(matched.param())
+        query = matched.query()
+        version, at = query.get("version"), query.get("at")
+        if version is not None and at is not None:
+            raise UsageError("give version or at, not both")
+        moment = parse_time(at) if at is not None else None
+
+        def resolve():
+            store = self.store()
+            try:
+                return store.open_version(key, version, moment)
+            finally:
+                self._flush_warnings(store)
+
+        found, reader = await self.call(resolve)
+        headers = {
+            VERSION_HEADER: str(found.version),
+            "Cache-Control": IMMUTABLE if version is not None else "no-cache",
+            "Content-Type": found.content_type or "application/octet-stream",
+        }
+        if getattr(found, "stale", False):
+            headers[STALE_HEADER] = "1"
+        return await self.send_object(request, reader, headers)
+
+    async def _key_put(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
+        key = validate_key(matched.param())
+        options = {
+            "content_type": request.headers.get("Content-Type"),
+            "meta": _meta_header(request.headers.get(META_HEADER)),
+            "message": _text_header(request.headers.get(MESSAGE_HEADER)),
+            **_preconditions(request.headers),
+        }
+        request_id = _idempotency_key(request)
+        if request.content_length is not None and request.content_length <= SMALL_BODY:
+            chunks: object = [await _read_small_body(request)]
+        else:
+            chunks = _body_chunks(asyncio.get_running_loop(), request.content)
+
+        def put():
+            return self._idempotent(request_id, "PUT", key, lambda claim: self._put(key, chunks, options, claim))
+
+        status, document = await self.call(put)
+        return _json(document, status, {"ETag": f'"{document["hash"]}"', VERSION_HEADER: str(document["version"])})
+
+    def _put(self, key: str, chunks, options: dict, claim: Claim | None) -> tuple[int, dict]:
+        store = self.store()
+        try:
+            if claim is not None and claim.state == "orphan":
+                result = _resolve_orphan_put(self.store_root, key, chunks, claim.seq_before, options)
+            else:
+                result = store.put_stream(key, chunks, **options)
+        finally:
+            self._flush_warnings(store)
+        return (200 if result.unchanged else 201), put_document(result)
+
+    async def _key_delete(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
+        key = validate_key(matched.param())
+        conditions = _preconditions(request.headers)
+        if conditions.get("if_absent"):
+            raise UsageError("If-None-Match: * makes no sense for DELETE")
+        message = _text_header(request.headers.get(MESSAGE_HEADER))
+        request_id = _idempotency_key(request)
+
+        def delete():
+            return self._idempotent(request_id, "DELETE", key, lambda claim: self._delete(key, message, conditions, claim))
+
+        status, document = await self.call(delete)
+        return _json(document, status, {VERSION_HEADER: str(document["version"])})
+
+    def _delete(self, key: str, message, conditions: dict, claim: Claim | None) -> tuple[int, dict]:
+        if claim is not None and claim.state == "orphan":
+            with Store.open(self.store_root) as fresh:  # a fresh Store catches its index up with the log
+                for record in fresh.log_records(after=claim.seq_before):
+                    if record.key == key and record.op == "delete":
+                        return 200, version_document(record)
+        store = self.store()
+        try:
+            tombstone = store.delete(key, message=message, if_version=conditions.get("if_version"))
+        finally:
+            self._flush_warnings(store)
+        return 200, version_document(tombstone)
+
+    def _idempotent(self, request_id: str | None, method: str, key: str, work) -> tuple[int, dict]:
+        """Run work once per Idempotency-Key (see idempotency.py); without a key just run it."""
+        if request_id is None:
+            return work(None)
+        ledger = self.ledger()
+        claim = ledger.claim(request_id, method, key, self.store().index.state().seq)
+        if claim.state == "done":
+            assert claim.answer is not None
+            return claim.answer
+        try:
+            status, document = work(claim)
+        except BaseException:
+            ledger.release(request_id)
+            raise
+        ledger.finish(request_id, status, document)
+        return status, document
+
+    # ------------------------------------------------------------ listings
+    async def _history_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
+        key = validate_key(matched.param())
+        limit = _positive(matched.query().get("limit"), "limit")
+        versions = await self.call(lambda: self.store().history(key, limit))
+        return _json([{**history_json(v), **version_document(v)} for v in versions])
+
+    async def _keys_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
+        query = matched.query()
+        prefix = query.get("prefix", "")
+        include_deleted = query.get("all", "") in ("1", "true", "yes")
+        limit = _positive(query.get("limit"), "limit")
+        versions = await self.call(lambda: self.store().ls(prefix, include_deleted=include_deleted, limit=limit))
+        return _json([version_document(v) for v in versions])
+
+    async def _log_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
+        query = matched.query()
+        after = _non_negative(query.get("after"), "after")
+        limit = _positive(query.get("limit"), "limit")
+        records = await self.call(lambda: self.store().log_records(after, limit))
+        return _json([version_document(r) for r in records])
+
+    # ------------------------------------------------------------ objects
+    async def _object_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
+        wanted = matched.param()
+        reader = await self.call(lambda: self.store().open_object(wanted))
+        full = wanted.lower() == reader.object_id
+        headers = {"Cache-Control": IMMUTABLE if full else "no-cache", "Content-Type": "application/octet-stream"}
+        return await self.send_object(request, reader, headers)
+
+    async def send_object(self, request: web.BaseRequest, reader: ObjectReader, headers: dict) -> web.StreamResponse:
+        """The object's bytes (or a range), verified, with ETag / 304 / 206 / 416 handling."""
+        headers["ETag"] = f'"{reader.object_id}"'
+        headers["Accept-Ranges"] = "bytes"
+        size = reader.size
+        if _etag_matches(request.headers.get("If-None-Match"), reader.object_id):
+            return web.Response(status=304, headers=headers)
+        start, end, status = 0, size, 200
+        range_header = request.headers.get("Range")
+        if range_header and _etag_matches(request.headers.get("If-Range", headers["ETag"]), reader.object_id):
+            wanted = _parse_range(range_header, size)
+            if wanted == "unsatisfiable":
+                headers["Content-Range"] = f"bytes */{size}"
+                return problem_response(416, None, f"the range {range_header!r} is outside the object's {size} bytes", headers)
+            if wanted is not None:
+                start, end = wanted
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        if request.method == "HEAD":
+            response = web.StreamResponse(status=status, headers=headers)
+            response.content_length = end - start
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        if size <= SMALL_OBJECT:
+            data = await self.call(reader.read)
+            return web.Response(status=status, body=data[start:end] if status == 206 else data, headers=headers)
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = end - start
+        await response.prepare(request)
+        if status == 206:
+            await self.call(reader.verify)
+            chunks = _file_slice(reader, start, end - start)
+        else:
+            chunks = reader.chunks()
+        await self._stream_held_back(request, response, chunks)
+        return response
+
+    async def _stream_held_back(self, request: web.BaseRequest, response: web.StreamResponse, chunks: Iterator[bytes]) -> None:
+        """Send chunks, always one behind: the last goes only once the hash has matched."""
+        held = None
+        try:
+            while (chunk := await self.call(next, chunks, None)) is not None:
+                if held is not None:
+                    await response.write(held)
+                held = chunk
+        except ImstoreError as exc:
+            print(f"imstore worker {os.getpid()}: {exc}; response cut off", file=sys.stderr, flush=True)
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionError("response cut off: the object failed verification") from None
+        if held is not None:
+            await response.write(held)
+        await response.write_eof()
+
+
+# ============================================================ request parsing helpers
+def problem_response(status: int, error: ImstoreError | None, detail: str, headers: dict | None = None) -> web.Response:
+    return web.Response(status=status, body=problem(error, status, detail), headers={**(headers or {}), "Content-Type": PROBLEM_TYPE})
+
+
+def _json(document, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(document, ensure_ascii=False).encode("utf-8"),
+        headers={**(headers or {}), "Content-Type": "application/json"},
+    )
+
+
+def _positive(text: str | None, name: str) -> int | None:
+    if text is None or text == "":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidInput(f"{name} must be a positive integer, not {text!r}")
+    return int(text)
+
+
+def _non_negative(text: str | None, name: str) -> int:
+    if text is None or text == "":
+        return 0
+    if not text.isdigit():
+        raise InvalidInput(f"{name} must be a non-negative integer, not {text!r}")
+    return int(text)
+
+
+def _preconditions(headers) -> dict:
+    """If-Match: "vN" → if_version N (v0: no versions yet); If-None-Match: * → if_absent."""
+    conditions: dict = {}
+    if_match = headers.get("If-Match")
+    if if_match is not None:
+        text = if_match.strip()
+        if not (text.startswith('"v') and text.endswith('"') and text[2:-1].isdigit()):
+            raise InvalidVersion(f'If-Match takes a version as "vN", not {if_match!r}')
+        conditions["if_version"] = int(text[2:-1])
+    if_none_match = headers.get("If-None-Match")
+    if if_none_match is not None:
+        if if_none_match.strip() != "*":
+            raise UsageError("on a write, If-None-Match only takes *")
+        conditions["if_absent"] = True
+    return conditions
+
+
+def _idempotency_key(request: web.BaseRequest) -> str | None:
+    value = request.headers.get("Idempotency-Key")
+    return validate_idempotency_key(value) if value is not None else None
+
+
+def _text_header(value: str | None) -> str | None:
+    """Header values are Latin-1 on the wire, so UTF-8 text travels percent-encoded."""
+    if value is None:
+        return None
+    try:
+        return unquote(value, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidInput("a percent-encoded header is not valid UTF-8") from None
+
+
+def _meta_header(value: str | None) -> dict | None:
+    text = _text_header(value)
+    if text is None:
+        return None
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        raise InvalidInput(f"{META_HEADER} must be a percent-encoded JSON object") from None
+    if not isinstance(meta, dict):
+        raise InvalidInput(f"{META_HEADER} must be a JSON object")
+    return meta
+
+
+def _etag_matches(header: str | None, object_id: str) -> bool:
+    if not header:
+        return False
+    for tag in header.split(","):
+        tag = tag.strip()
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag == "*" or tag.strip('"') == object_id:
+            return True
+    return False
+
+
+def _parse_range(header: str, size: int):
+    """(start, end) for one `bytes=` range, 'unsatisfiable', or None to ignore it (RFC 9110)."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()) or (last and not last.isdigit()):
+        return None
+    if not first:
+        length = int(last)
+        if length == 0 or size == 0:
+            return "unsatisfiable"
+        return max(0, size - length), size
+    start = int(first)
+    end = min(int(last) + 1, size) if last else size
+    if start >= size or (last and int(last) < start):
+        return "unsatisfiable"
+    return start, end
+
+
+async def _read_small_body(request: web.BaseRequest) -> bytes:
+    try:
+        data = await asyncio.wait_for(request.content.read(), BODY_IDLE_TIMEOUT)
+    except TimeoutError:
+        raise BodyAborted("the request body stopped arriving") from None
+    except Exception as exc:
+        raise BodyAborted(f"the request body broke off: {exc}") from None
+    if request.content_length is not None and len(data) != request.content_length:
+        raise BodyAborted(f"the request body has {len(data)} of its {request.content_length} bytes")
+    return data
+
+
+def _body_chunks(loop: asyncio.AbstractEventLoop, content) -> Iterator[bytes]:
+    """The request body as a blocking iterator for a pool thread; it raises if the body breaks off."""
+
+    async def next_chunk() -> bytes:
+        return await asyncio.wait_for(content.readany(), BODY_IDLE_TIMEOUT)
+
+    while True:
+        try:
+            chunk = asyncio.run_coroutine_threadsafe(next_chunk(), loop).result()
+        except TimeoutError:
+            raise BodyAborted("the request body stopped arriving") from None
+        except Exception as exc:
+            raise BodyAborted(f"the request body broke off: {exc}") from None
+        if not chunk:
+            return
+        yield chunk
+
+
+def _file_slice(reader: ObjectReader, start: int, length: int) -> Iterator[bytes]:
+    location = reader.location
+    with open(location.path, "rb", buffering=0) as handle:
+        handle.seek(location.offset + start)
+        while length > 0:
+            chunk = handle.read(min(CHUNK_SIZE, length))
+            if not chunk:
+                raise ConnectionError("object shorter than its index says")
+            length -= len(chunk)
+            yield chunk
+
+
+def _resolve_orphan_put(store_root: str, key: str, chunks, seq_before: int, options: dict) -> PutResult:
+    """A retry of a put whose first attempt died: answer with its record if it committed, else write now."""
+    with Store.open(store_root) as fresh:  # a fresh Store catches its index up with the log
+        object_id, _size = fresh.objects.write_stream(chunks)
+        for record in fresh.log_records(after=seq_before):
+            if record.key == key and record.op == "put" and record.hash == object_id:
+                return PutResult(record, unchanged=False)
+        return fresh.put_stream(key, fresh.objects.open(object_id).chunks(), **options)
+
+
+# ============================================================ process
+def _hold_owner_lock(path: str) -> int:
+    """flock a file for this process's life: the ledger reads 'free' as 'this worker is dead'."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+async def serve_worker(store_root: str, socket_path: str, shutdown_timeout: float) -> None:
+    owner_lock = f"{socket_path}.{os.getpid()}.lock"
+    _hold_owner_lock(owner_lock)
+    app = WorkerApp(store_root, owner_lock)
+    await app.call(app.store)  # fail early (and loudly) if the store cannot be opened
+    server = web.Server(app.handle, access_log=None)
+    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    if os.path.exists(socket_path):
+        os.unlink(socket_path)
+    site = web.UnixSite(runner, socket_path)
+    await site.start()
+    os.chmod(socket_path, 0o600)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    try:
+        os.unlink(owner_lock)
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="imstore-worker", description="An imstore serve worker (started by the supervisor).")
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--shutdown-timeout", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(serve_worker(args.store, args.socket, args.shutdown_timeout))
+    except ImstoreError as exc:
+        print(f"imstore worker: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
