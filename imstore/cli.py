@@ -358,6 +358,9 @@ def serve(
     max_body: Annotated[
         str | None, typer.Option("--max-body", help="Largest request body, e.g. 100M [default: no limit].", metavar="SIZE")
     ] = None,
+    client_timeout: Annotated[
+        float, typer.Option("--client-timeout", min=0.1, help="Seconds a client may stay silent mid-request before it is cut off.")
+    ] = 30.0,
 ) -> None:
     """Serve the store over HTTP: an authenticated gateway round-robining over worker processes.
 
@@ -383,6 +386,7 @@ def serve(
         tls_cert=str(tls_cert) if tls_cert else None,
         tls_key=str(tls_key) if tls_key else None,
         max_body=parse_size(max_body) if max_body is not None else None,
+        client_timeout=client_timeout,
     )
     asyncio.run(run_gateway(config, info=settings.out.info, warn=settings.out.warn))
 

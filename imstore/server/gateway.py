@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
+from yarl import URL
 
 from ..errors import ImstoreError, InvalidInput, UsageError
 from .auth import Authenticator, TokenStore
@@ -230,7 +231,8 @@ class Gateway:
     async def _exchange(self, request: web.BaseRequest, slot: WorkerSlot, headers: dict, body, state: dict) -> web.StreamResponse:
         assert slot.session is not None
         try:
-            upstream = await slot.session.request(request.method, f"http://worker{request.raw_path}", headers=headers, data=body)
+            target = URL(f"http://worker{request.raw_path}", encoded=True)  # encoded: never normalise dot segments
+            upstream = await slot.session.request(request.method, target, headers=headers, data=body)
         except (TimeoutError, aiohttp.ClientError, ImstoreError) as exc:
             if "body_error" in state:
                 raise state["body_error"] from None  # the client's body failed, not the worker
