@@ -350,6 +350,7 @@ async def serve(config: GatewayConfig, info, warn) -> None:
             max_field_size=MAX_FIELD,
             max_headers=MAX_HEADERS,
             keepalive_timeout=config.client_timeout,
+            lingering_time=config.client_timeout,
         )
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
         await runner.setup()

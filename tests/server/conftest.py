@@ -163,14 +163,24 @@ def server(start) -> Server:
     return start("--workers", "2")
 
 
-@pytest.fixture(scope="module")
-def shared_server(tmp_path_factory):
-    """One server for a module of tests that do not disturb each other (faster than one per test)."""
+def _module_server(tmp_path_factory, *args: str):
     root = tmp_path_factory.mktemp("shared")
     store = root / "store"
     Store.init(store)[0].close()
-    server = start_server(store, root / "serve.log", "--workers", "2", "--max-body", "1M", "--client-timeout", "2")
+    server = start_server(store, root / "serve.log", "--workers", "2", *args)
     yield server
     if server.process.poll() is None:
         server.process.kill()
         server.process.wait()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One server for a module of tests that do not disturb each other (faster than one per test)."""
+    yield from _module_server(tmp_path_factory, "--max-body", "1M", "--client-timeout", "2")
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory):
+    """A module-wide server with default limits."""
+    yield from _module_server(tmp_path_factory)
