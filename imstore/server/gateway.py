@@ -102,8 +102,22 @@ class Gateway:
         self.auth = authenticator
         self.metrics = Metrics()
         self.openapi = OPENAPI.read_bytes()
+        self.in_flight = 0
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self.in_flight -= 1
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (bounded) until no request is in flight."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         state = {"route": "unknown", "worker": "-", "bytes_in": 0, "bytes_out": 0}
         try:
@@ -364,7 +378,11 @@ async def serve(config: GatewayConfig, info, warn) -> None:
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
         info("imstore serve: stopping (finishing requests in flight)")
-        await runner.cleanup()  # stops accepting, waits for in-flight requests up to shutdown_timeout
+        # aiohttp's own shutdown stops reading request bodies at once, so drain first:
+        # stop accepting, let in-flight requests finish (bounded), then close what is left.
+        await site.stop()
+        await gateway.drain(config.shutdown_timeout)
+        await runner.cleanup()
     finally:
         await supervisor.stop()
 

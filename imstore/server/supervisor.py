@@ -112,6 +112,7 @@ class Supervisor:
             str(self.shutdown_timeout),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches serve only; serve stops the workers in order
         )
         slot.started = time.monotonic()
 

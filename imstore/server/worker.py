@@ -491,12 +491,24 @@ async def serve_worker(store_root: str, socket_path: str, shutdown_timeout: floa
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    orphan_watch = asyncio.create_task(_stop_when_orphaned(stop))
     await stop.wait()
+    orphan_watch.cancel()
     await runner.cleanup()
     try:
         os.unlink(owner_lock)
     except OSError:
         pass
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """A worker lives in its own session, so it must notice when serve died without stopping it."""
+    parent = os.getppid()
+    while not stop.is_set():
+        await asyncio.sleep(1.0)
+        if os.getppid() != parent:
+            print(f"imstore worker {os.getpid()}: serve is gone; stopping", file=sys.stderr, flush=True)
+            stop.set()
 
 
 def main(argv: list[str] | None = None) -> int:
