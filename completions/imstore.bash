@@ -5,19 +5,20 @@ _imstore() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${COMP_WORDS[i]}"
         case "$word" in
-            --after|--at|--content-type|--if-version|--limit|--message|--meta|--output|--store|--version|-V|-m|-n|-o|-t) ((i++)) ;;
+            --after|--at|--client-timeout|--content-type|--host|--if-version|--limit|--max-body|--message|--meta|--name|--output|--port|--remote|--scope|--store|--tls-cert|--tls-key|--token-file|--version|--workers|-V|-m|-n|-o|-t) ((i++)) ;;
             -*) ;;
             *) case "$path" in
-                   "") [[ " cat get history init log ls put reindex rm verify " == *" $word "* ]] && path="${path:+$path }$word" ;;
+                   "") [[ " cat get history init log ls put reindex rm serve token verify " == *" $word "* ]] && path="${path:+$path }$word" ;;
+                   "token") [[ " create list revoke " == *" $word "* ]] && path="${path:+$path }$word" ;;
                esac ;;
         esac
     done
     case "$prev" in
-        --output|--store|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-        --after|--at|--content-type|--if-version|--limit|--message|--meta|--version|-V|-m|-n|-t) return ;;
+        --output|--store|--tls-cert|--tls-key|--token-file|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --after|--at|--client-timeout|--content-type|--host|--if-version|--limit|--max-body|--message|--meta|--name|--port|--remote|--scope|--version|--workers|-V|-m|-n|-t) return ;;
     esac
     case "$path" in
-        "") COMPREPLY=($(compgen -W "--store --json -q --quiet --no-color --debug --version -h --help cat get history init log ls put reindex rm verify" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "--store --json -q --quiet --no-color --debug --remote --token-file --version -h --help cat get history init log ls put reindex rm serve token verify" -- "$cur")) ;;
         "cat") COMPREPLY=($(compgen -W "-o --output -h --help" -- "$cur")) ;;
         "get") COMPREPLY=($(compgen -W "--version -V --at -o --output -h --help" -- "$cur")) ;;
         "history") COMPREPLY=($(compgen -W "--limit -n -h --help" -- "$cur")) ;;
@@ -27,6 +28,11 @@ _imstore() {
         "put") COMPREPLY=($(compgen -W "--content-type -t --meta -m --message --if-version --if-absent -h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
         "reindex") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
         "rm") COMPREPLY=($(compgen -W "-m --message --if-version -h --help" -- "$cur")) ;;
+        "serve") COMPREPLY=($(compgen -W "--host --port --workers --tls-cert --tls-key --max-body --client-timeout -h --help" -- "$cur")) ;;
+        "token") COMPREPLY=($(compgen -W "-h --help create list revoke" -- "$cur")) ;;
+        "token create") COMPREPLY=($(compgen -W "--name --scope -h --help" -- "$cur")) ;;
+        "token list") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
+        "token revoke") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
         "verify") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
     esac
 }
