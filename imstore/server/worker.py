@@ -47,7 +47,45 @@ __all__ = ["WorkerApp", "main", "HEALTH_PATH", "version_document", "put_document
 
 HEALTH_PATH = "/_worker/health"
 SMALL_BODY = 1 << 20  # request bodies up to this size are read whole before the store call
+PRELOAD = 1 << 20  # objects up to this size are read (and verified) in the same pool call that finds them
 BODY_IDLE_TIMEOUT = float(os.environ.get("IMSTORE_BODY_TIMEOUT", "30"))
+
+
+class HotObjects:
+    """Verified bytes of small, recently read objects, by full id.
+
+    Objects never change and these bytes hashed right when they were read, so a
+    hit is served without touching the disk or the thread pool. Bounded in bytes.
+    """
+
+    MAX_OBJECT = 256 << 10
+    MAX_BYTES = 64 << 20
+
+    def __init__(self) -> None:
+        from collections import OrderedDict
+
+        self._entries: OrderedDict[str, tuple[ObjectReader, bytes]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, object_id: str) -> tuple[ObjectReader, bytes] | None:
+        with self._lock:
+            entry = self._entries.get(object_id)
+            if entry is not None:
+                self._entries.move_to_end(object_id)
+            return entry
+
+    def put(self, reader: ObjectReader, data: bytes) -> None:
+        if len(data) > self.MAX_OBJECT:
+            return
+        with self._lock:
+            if reader.object_id in self._entries:
+                return
+            self._entries[reader.object_id] = (reader, data)
+            self._bytes += len(data)
+            while self._bytes > self.MAX_BYTES:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._bytes -= len(dropped)
 
 
 class BodyAborted(ImstoreError):
@@ -76,6 +114,7 @@ class WorkerApp:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="imstore-store")
         self._local = threading.local()
         self.handled = 0
+        self.hot = HotObjects()
 
     # ------------------------------------------------------------ per-thread resources
     def store(self) -> Store:
@@ -130,14 +169,17 @@ class WorkerApp:
             raise UsageError("give version or at, not both")
         moment = parse_time(at) if at is not None else None
 
+        preload = _wants_whole_body(request)
+
         def resolve():
             store = self.store()
             try:
-                return store.open_version(key, version, moment)
+                found, reader = store.open_version(key, version, moment)
             finally:
                 self._flush_warnings(store)
+            return found, reader, (reader.read() if preload and reader.size <= PRELOAD else None)
 
-        found, reader = await self.call(resolve)
+        found, reader, data = await self.call(resolve)
         headers = {
             VERSION_HEADER: str(found.version),
             "Cache-Control": IMMUTABLE if version is not None else "no-cache",
@@ -145,7 +187,7 @@ class WorkerApp:
         }
         if getattr(found, "stale", False):
             headers[STALE_HEADER] = "1"
-        return await self.send_object(request, reader, headers)
+        return await self.send_object(request, reader, headers, data)
 
     async def _key_put(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         key = validate_key(matched.param())
@@ -247,13 +289,32 @@ class WorkerApp:
     # ------------------------------------------------------------ objects
     async def _object_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         wanted = matched.param()
-        reader = await self.call(lambda: self.store().open_object(wanted))
+        preload = _wants_whole_body(request)
+        hot = self.hot.get(wanted)
+        if hot is not None:  # a full id whose bytes were verified earlier: no trip to the pool
+            reader, data = hot
+        else:
+
+            def open_and_read():
+                reader = self.store().open_object(wanted)
+                data = reader.read() if preload and reader.size <= PRELOAD else None
+                if data is not None:
+                    self.hot.put(reader, data)
+                return reader, data
+
+            reader, data = await self.call(open_and_read)  # one trip to the pool per request
+            if not preload:
+                data = None
         full = wanted.lower() == reader.object_id
         headers = {"Cache-Control": IMMUTABLE if full else "no-cache", "Content-Type": "application/octet-stream"}
-        return await self.send_object(request, reader, headers)
+        return await self.send_object(request, reader, headers, data)
 
-    async def send_object(self, request: web.BaseRequest, reader: ObjectReader, headers: dict) -> web.StreamResponse:
-        """The object's bytes (or a range), verified, with ETag / 304 / 206 / 416 handling."""
+    async def send_object(
+        self, request: web.BaseRequest, reader: ObjectReader, headers: dict, data: bytes | None = None
+    ) -> web.StreamResponse:
+        """The object's bytes (or a range), verified, with ETag / 304 / 206 / 416 handling.
+
+        data, when given, is the whole object already read and verified."""
         headers["ETag"] = f'"{reader.object_id}"'
         headers["Accept-Ranges"] = "bytes"
         size = reader.size
@@ -276,8 +337,9 @@ class WorkerApp:
             await response.prepare(request)
             await response.write_eof()
             return response
-        if size <= SMALL_OBJECT:
-            data = await self.call(reader.read)
+        if data is not None or size <= SMALL_OBJECT:
+            if data is None:
+                data = await self.call(reader.read)
             return web.Response(status=status, body=data[start:end] if status == 206 else data, headers=headers)
         response = web.StreamResponse(status=status, headers=headers)
         response.content_length = end - start
@@ -382,6 +444,12 @@ def _meta_header(value: str | None) -> dict | None:
     return meta
 
 
+def _wants_whole_body(request: web.BaseRequest) -> bool:
+    """A plain GET: no HEAD, no conditional, no range (those may need no bytes, or other bytes)."""
+    headers = request.headers
+    return request.method == "GET" and "If-None-Match" not in headers and "Range" not in headers
+
+
 def _etag_matches(header: str | None, object_id: str) -> bool:
     if not header:
         return False
@@ -474,7 +542,7 @@ def _hold_owner_lock(path: str) -> int:
     return fd
 
 
-async def serve_worker(store_root: str, socket_path: str, shutdown_timeout: float) -> None:
+async def serve_worker(store_root: str, socket_path: str, shutdown_timeout: float, tcp_port: int | None = None) -> None:
     owner_lock = f"{socket_path}.{os.getpid()}.lock"
     _hold_owner_lock(owner_lock)
     app = WorkerApp(store_root, owner_lock)
@@ -482,11 +550,15 @@ async def serve_worker(store_root: str, socket_path: str, shutdown_timeout: floa
     server = web.Server(app.handle, access_log=None)
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=shutdown_timeout)
     await runner.setup()
-    if os.path.exists(socket_path):
-        os.unlink(socket_path)
-    site = web.UnixSite(runner, socket_path)
-    await site.start()
-    os.chmod(socket_path, 0o600)
+    if tcp_port is not None:  # benchmarks only: what a worker costs without the gateway (no auth!)
+        site: web.BaseSite = web.TCPSite(runner, "127.0.0.1", tcp_port, backlog=1024)
+        await site.start()
+    else:
+        if os.path.exists(socket_path):
+            os.unlink(socket_path)
+        site = web.UnixSite(runner, socket_path)
+        await site.start()
+        os.chmod(socket_path, 0o600)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -516,9 +588,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", required=True)
     parser.add_argument("--socket", required=True)
     parser.add_argument("--shutdown-timeout", type=float, default=10.0)
+    parser.add_argument("--tcp-port", type=int, help="benchmarks only: listen on 127.0.0.1:PORT (no auth) instead of the socket")
     args = parser.parse_args(argv)
     try:
-        asyncio.run(serve_worker(args.store, args.socket, args.shutdown_timeout))
+        asyncio.run(serve_worker(args.store, args.socket, args.shutdown_timeout, args.tcp_port))
     except ImstoreError as exc:
         print(f"imstore worker: error: {exc}", file=sys.stderr)
         return exc.exit_code
