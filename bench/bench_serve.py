@@ -203,11 +203,6 @@ def main(argv: list[str] | None = None) -> int:
             big_benchmark(store, work, serve, nginx_port, gateway_url, token, args)
         if "put" in parts:
             put_benchmark(store_path, work, gateway_url, token, args)
-        store.close()
-        with Store.open(store_path) as check:
-            report = check.verify()
-            verdict = "clean" if report.ok else "FAILED: " + "; ".join(report.problems[:3])
-            print(f"store after the run: {report.records} records, verify {verdict}")
     finally:
         for process in processes:
             if process.poll() is None:
@@ -217,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
+        if "store_path" in locals():  # after the servers stopped: nothing is writing any more
+            store.close()
+            with Store.open(store_path) as check:
+                report = check.verify()
+                verdict = "clean" if report.ok else "FAILED: " + "; ".join(report.problems[:3])
+                print(f"store after the run: {report.records} records, verify {verdict}")
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -34,6 +34,10 @@ STALE_HEADER = "X-Imstore-Stale"
 MESSAGE_HEADER = "X-Imstore-Message"
 META_HEADER = "X-Imstore-Meta"
 WORKER_HEADER = "X-Imstore-Worker"
+# Internal, gateway <-> worker only (the gateway drops them from clients' requests and its answers):
+SENDFILE_OFFER = "X-Imstore-Sendfile"  # gateway → worker: "send me where the verified bytes are"
+SENDFILE_FILE = "X-Imstore-File"  # worker → gateway: "offset length path" of bytes it has just verified
+INTERNAL_HEADERS = frozenset({SENDFILE_OFFER.lower(), SENDFILE_FILE.lower()})
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,7 @@ class Supervisor:
             connector=aiohttp.UnixConnector(path=slot.socket, limit=256, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=300),
             auto_decompress=False,
+            read_bufsize=1 << 20,  # large responses are relayed in big pieces
             skip_auto_headers=("User-Agent", "Content-Type", "Accept", "Accept-Encoding"),
         )
         slot.process = await asyncio.create_subprocess_exec(

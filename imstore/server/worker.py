@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from aiohttp import web
 
@@ -36,6 +36,8 @@ from .protocol import (
     MESSAGE_HEADER,
     META_HEADER,
     PROBLEM_TYPE,
+    SENDFILE_FILE,
+    SENDFILE_OFFER,
     STALE_HEADER,
     VERSION_HEADER,
     RouteMatch,
@@ -341,6 +343,12 @@ class WorkerApp:
             if data is None:
                 data = await self.call(reader.read)
             return web.Response(status=status, body=data[start:end] if status == 206 else data, headers=headers)
+        if request.headers.get(SENDFILE_OFFER) == "1":
+            # The gateway sends the bytes itself with sendfile(2), once they have hashed right here.
+            await self.call(reader.verify)
+            location = reader.location
+            headers[SENDFILE_FILE] = f"{location.offset + start} {end - start} {quote(str(location.path))}"
+            return web.Response(status=status, headers=headers)
         response = web.StreamResponse(status=status, headers=headers)
         response.content_length = end - start
         await response.prepare(request)
