@@ -136,6 +136,8 @@ def init(
     """
     from .store import Store
 
+    if settings.remote:
+        raise UsageError("init creates a local store; it does not work with --remote")
     target = path or settings.store or default_store_path()
     store, created = Store.init(target)
     with store:

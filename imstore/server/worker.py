@@ -187,6 +187,10 @@ class WorkerApp:
             "Cache-Control": IMMUTABLE if version is not None else "no-cache",
             "Content-Type": found.content_type or "application/octet-stream",
         }
+        # Version.stale comes with the read cache (issue 4, branch `cache`): a latest read the cache
+        # answered while the store was unavailable. TODO(serve+cache): once `cache` is on main, drop the
+        # getattr and add the F11-through-the-server tests (store renamed away / objects/ a file / EIO:
+        # cached GETs 200 with X-Imstore-Stale: 1 on latest reads, PUT 503 fast, all back when it returns).
         if getattr(found, "stale", False):
             headers[STALE_HEADER] = "1"
         return await self.send_object(request, reader, headers, data)

@@ -74,6 +74,13 @@ class Server:
             connection.close()
 
     def health(self) -> dict:
+        if self.extra.get("tls"):
+            import ssl
+            import urllib.request
+
+            context = ssl._create_unverified_context()
+            with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/healthz", context=context, timeout=10) as reply:
+                return json.loads(reply.read())
         return self.request("GET", "/healthz", token=None).json()
 
     def wait_healthy(self, timeout: float = 30, status: str = "ok") -> dict:
@@ -84,7 +91,7 @@ class Server:
                 last = self.health()
                 if last["status"] == status:
                     return last
-            except (OSError, http.client.HTTPException, ValueError):
+            except (OSError, http.client.HTTPException, ValueError):  # not listening yet
                 pass
             if self.process.poll() is not None:
                 raise AssertionError(f"serve exited with {self.process.returncode}:\n{self.log()}")
@@ -109,7 +116,9 @@ def key_url(key: str) -> str:
     return "/v1/keys/" + quote(key.encode("utf-8"), safe="")
 
 
-def start_server(store: Path, log_path: Path, *args: str, env: dict | None = None, tokens: tuple[str, str] | None = None) -> Server:
+def start_server(
+    store: Path, log_path: Path, *args: str, env: dict | None = None, tokens: tuple[str, str] | None = None, tls: bool = False
+) -> Server:
     if tokens is None:
         tokens_store = TokenStore(store)
         names = {info.name for info in tokens_store.list()}
@@ -124,7 +133,7 @@ def start_server(store: Path, log_path: Path, *args: str, env: dict | None = Non
         env={**os.environ, **(env or {})},
     )
     log.close()
-    server = Server(store, port, process, log_path, tokens[0], tokens[1])
+    server = Server(store, port, process, log_path, tokens[0], tokens[1], {"tls": tls})
     try:
         server.wait_healthy()
     except BaseException:
@@ -146,8 +155,8 @@ def start(serve_store: Path, tmp_path: Path):
     """start(*serve_args, env=...) -> Server; every server is stopped at the end of the test."""
     servers: list[Server] = []
 
-    def launch(*args: str, env: dict | None = None, store: Path | None = None) -> Server:
-        server = start_server(store or serve_store, tmp_path / f"serve-{len(servers)}.log", *args, env=env)
+    def launch(*args: str, env: dict | None = None, store: Path | None = None, tls: bool = False) -> Server:
+        server = start_server(store or serve_store, tmp_path / f"serve-{len(servers)}.log", *args, env=env, tls=tls)
         servers.append(server)
         return server
 

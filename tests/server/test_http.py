@@ -186,3 +186,27 @@ def raw_exchange(server, data: bytes, timeout: float = 10) -> bytes:
         except (ConnectionResetError, TimeoutError):
             pass
         return received
+
+
+@pytest.mark.timeout(120)
+def test_tls_serves_https_with_the_given_certificate(start, tmp_path):
+    import shutil
+    import ssl
+    import subprocess
+    import urllib.request
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    server = start("--workers", "1", "--tls-cert", str(cert), "--tls-key", str(key), tls=True)
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    request = urllib.request.Request(f"https://127.0.0.1:{server.port}/v1/log", headers={"Authorization": f"Bearer {server.read_token}"})
+    with urllib.request.urlopen(request, context=context, timeout=30) as reply:
+        assert reply.status == 200 and reply.read() == b"[]"
+    assert "listening on https://" in server.log()
