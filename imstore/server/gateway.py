@@ -19,11 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
-from yarl import URL
 
 from ..errors import ImstoreError, InvalidInput, UsageError
 from .auth import Authenticator, TokenStore
@@ -39,6 +37,7 @@ from .protocol import (
     problem,
 )
 from .supervisor import Supervisor, WorkerSlot
+from .upstream import UpstreamError, UpstreamResponse
 
 __all__ = ["GatewayConfig", "Gateway", "serve", "check_binding"]
 
@@ -158,8 +157,8 @@ class Gateway:
         )
 
     async def _dispatch(self, request: web.BaseRequest, state: dict) -> web.StreamResponse:
-        if not request.raw_path.startswith("/"):
-            raise UsageError("the request target must be a path")
+        if not request.raw_path.startswith("/") or not request.raw_path.isascii():
+            raise UsageError("the request target must be a path in ASCII (percent-encode keys)")
         matched = match_route(request.raw_path)
         if matched is None:
             return _problem(404, None, f"no route for {request.raw_path.partition('?')[0][:200]!r}")
@@ -255,20 +254,15 @@ class Gateway:
             raise
 
     async def _exchange(self, request: web.BaseRequest, slot: WorkerSlot, headers: dict, body, state: dict) -> web.StreamResponse:
-        assert slot.session is not None
+        assert slot.pool is not None
         try:
-            target = URL(f"http://worker{request.raw_path}", encoded=True)  # encoded: never normalise dot segments
-            upstream = await slot.session.request(request.method, target, headers=headers, data=body)
-        except (TimeoutError, aiohttp.ClientError, ImstoreError) as exc:
+            upstream = await slot.pool.request(request.method, request.raw_path, headers, body)
+        except UpstreamError as exc:
             if "body_error" in state:
                 raise state["body_error"] from None  # the client's body failed, not the worker
-            if isinstance(exc, ImstoreError):
-                raise
-            raise _WorkerFailed(str(exc) or type(exc).__name__) from None
+            raise _WorkerFailed(str(exc)) from None
         try:
-            out_headers = {
-                CANONICAL.get(name.lower(), name): value for name, value in upstream.headers.items() if name.lower() not in HOP_BY_HOP
-            }
+            out_headers = {CANONICAL.get(name.lower(), name): value for name, value in upstream.headers if name.lower() not in HOP_BY_HOP}
             out_headers[WORKER_HEADER] = str(slot.id)
             sendfile = out_headers.pop(SENDFILE_FILE, None)
             if sendfile is not None:
@@ -284,7 +278,7 @@ class Gateway:
             if size is not None and size <= BUFFERED:
                 try:
                     data = await upstream.read()
-                except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                except UpstreamError as exc:
                     raise _WorkerFailed(str(exc)) from None
                 return web.Response(status=upstream.status, body=data, headers=out_headers)
             return await self._relay(request, upstream, out_headers, state)
@@ -309,17 +303,17 @@ class Gateway:
         await response.write_eof()
         return response
 
-    async def _relay(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, headers: dict, state: dict) -> web.StreamResponse:
+    async def _relay(self, request: web.BaseRequest, upstream: UpstreamResponse, headers: dict, state: dict) -> web.StreamResponse:
         """Stream a large response through; a worker dying mid-way cuts the client's connection (never a short 200)."""
         response = web.StreamResponse(status=upstream.status, headers=headers)
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
         await response.prepare(request)
         try:
-            while chunk := await upstream.content.readany():
-                await asyncio.wait_for(response.write(chunk), self.config.client_timeout)  # a reader that stalls is cut off
-                state["bytes_out"] += len(chunk)
-        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            async for piece in upstream.pieces():
+                await asyncio.wait_for(response.write(piece), self.config.client_timeout)  # a reader that stalls is cut off
+                state["bytes_out"] += len(piece)
+        except (UpstreamError, TimeoutError) as exc:
             if request.transport is not None:
                 request.transport.abort()
             raise ConnectionError(f"relay cut off: {exc}") from None

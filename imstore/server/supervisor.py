@@ -8,6 +8,7 @@ that failed to answer with `suspect()`, which health-checks it at once.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -16,9 +17,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from ..errors import Unavailable
+from .upstream import UpstreamError, UpstreamPool
 from .worker import HEALTH_PATH
 
 __all__ = ["Supervisor", "WorkerSlot"]
@@ -37,7 +37,7 @@ class WorkerSlot:
     alive: bool = False
     requests: int = 0
     restarts: int = 0
-    session: aiohttp.ClientSession | None = None
+    pool: UpstreamPool | None = None
     started: float = field(default=0.0)
 
     @property
@@ -87,20 +87,14 @@ class Supervisor:
                 slot.process.kill()
                 await slot.process.wait()
             slot.alive = False
-            if slot.session is not None:
-                await slot.session.close()
+            if slot.pool is not None:
+                slot.pool.close()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     async def _spawn(self, slot: WorkerSlot) -> None:
-        if slot.session is not None:
-            await slot.session.close()  # pooled connections to the old process are dead
-        slot.session = aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=slot.socket, limit=256, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=300),
-            auto_decompress=False,
-            read_bufsize=1 << 20,  # large responses are relayed in big pieces
-            skip_auto_headers=("User-Agent", "Content-Type", "Accept", "Accept-Encoding"),
-        )
+        if slot.pool is not None:
+            slot.pool.close()  # pooled connections to the old process are dead
+        slot.pool = UpstreamPool(slot.socket)
         slot.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -135,14 +129,15 @@ class Supervisor:
 
     async def check(self, slot: WorkerSlot) -> bool:
         """Ask the worker whether it is there; mark it alive or not."""
-        if slot.session is None or slot.process is None or slot.process.returncode is not None:
+        if slot.pool is None or slot.process is None or slot.process.returncode is not None:
             slot.alive = False
             return False
         try:
-            async with slot.session.get(f"http://worker{HEALTH_PATH}", timeout=aiohttp.ClientTimeout(total=2)) as response:
-                payload = await response.json()
-                slot.alive = response.status == 200 and payload.get("pid") == slot.pid
-        except (TimeoutError, aiohttp.ClientError, ValueError, OSError):
+            async with asyncio.timeout(2):
+                response = await slot.pool.request("GET", HEALTH_PATH, {})
+                payload = json.loads(await response.read())
+            slot.alive = response.status == 200 and payload.get("pid") == slot.pid
+        except (UpstreamError, TimeoutError, ValueError, OSError):
             slot.alive = False
         return slot.alive
 
