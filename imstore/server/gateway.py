@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from ..errors import ImstoreError, InvalidInput, UsageError
+from ..errors import BodyTooLarge, ClientTooSlow, ImstoreError, InvalidInput, UsageError
 from .auth import Authenticator, TokenStore
 from .metrics import Metrics
 from .protocol import (
@@ -68,18 +68,6 @@ class GatewayConfig:
     max_body: int | None = None
     client_timeout: float = 30.0  # idle time allowed while reading a request or writing a response
     shutdown_timeout: float = 10.0
-
-
-class TooLarge(ImstoreError):
-    exit_code = 2
-    http_status = 413
-    title = "request body too large"
-
-
-class ClientTooSlow(ImstoreError):
-    exit_code = 1
-    http_status = 408
-    title = "request timeout"
 
 
 class _LimitedRequestHandler(RequestHandler):
@@ -188,7 +176,7 @@ class Gateway:
         length = request.content_length
         limit = self.config.max_body
         if limit is not None and length is not None and length > limit:
-            raise TooLarge(f"the body is {length} bytes; this server takes at most {limit}")
+            raise BodyTooLarge(f"the body is {length} bytes; this server takes at most {limit}")
         dropped = HOP_BY_HOP | INTERNAL_HEADERS
         headers = {name: value for name, value in request.headers.items() if name.lower() not in dropped}
         if request.method == "GET" and request.transport is not None and request.transport.get_extra_info("sslcontext") is None:
@@ -244,7 +232,7 @@ class Gateway:
                     return
                 state["bytes_in"] += len(chunk)
                 if limit is not None and state["bytes_in"] > limit:
-                    raise TooLarge(f"the body is larger than this server's limit of {limit} bytes")
+                    raise BodyTooLarge(f"the body is larger than this server's limit of {limit} bytes")
                 yield chunk
         except ImstoreError as exc:
             state["body_error"] = exc

@@ -29,24 +29,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ImstoreError, InvalidInput
+from ..errors import IdempotencyKeyReused, InvalidInput, RequestInProgress
 
-__all__ = ["IdempotencyLedger", "Claim", "RequestInProgress", "KeyReused", "validate_idempotency_key", "LEDGER_NAME"]
+__all__ = ["IdempotencyLedger", "Claim", "validate_idempotency_key", "LEDGER_NAME"]
 
 LEDGER_NAME = "idempotency.sqlite"
 EXPIRY_SECONDS = 24 * 3600
-
-
-class RequestInProgress(ImstoreError):
-    exit_code = 1
-    http_status = 409
-    title = "request in progress"
-
-
-class KeyReused(ImstoreError):
-    exit_code = 2
-    http_status = 422
-    title = "idempotency key reused"
 
 
 @dataclass(frozen=True)
@@ -112,7 +100,7 @@ class IdempotencyLedger:
             else:
                 old_method, old_key, owner, seq_before, status, answer = row
                 if (old_method, old_key) != (method, key):
-                    raise KeyReused(f"Idempotency-Key {request_id!r} was used for {old_method} of another key")
+                    raise IdempotencyKeyReused(f"Idempotency-Key {request_id!r} was used for {old_method} of another key")
                 if status is not None:
                     claim = Claim("done", seq_before, (status, json.loads(answer)))
                 elif owner_alive(owner):

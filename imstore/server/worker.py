@@ -24,7 +24,7 @@ from urllib.parse import quote, unquote
 
 from aiohttp import web
 
-from ..errors import ImstoreError, InvalidInput, InvalidVersion, UsageError
+from ..errors import BodyIncomplete, ImstoreError, InvalidInput, InvalidVersion, UsageError
 from ..objects import CHUNK_SIZE, ObjectReader
 from ..output import history_json, version_json
 from ..store import PutResult, Store, Version
@@ -88,14 +88,6 @@ class HotObjects:
             while self._bytes > self.MAX_BYTES:
                 _, (_, dropped) = self._entries.popitem(last=False)
                 self._bytes -= len(dropped)
-
-
-class BodyAborted(ImstoreError):
-    """The request body ended early, broke off or stopped arriving: nothing is stored."""
-
-    exit_code = 1
-    http_status = 400
-    title = "request body incomplete"
 
 
 def version_document(version: Version) -> dict:
@@ -498,11 +490,11 @@ async def _read_small_body(request: web.BaseRequest) -> bytes:
     try:
         data = await asyncio.wait_for(request.content.read(), BODY_IDLE_TIMEOUT)
     except TimeoutError:
-        raise BodyAborted("the request body stopped arriving") from None
+        raise BodyIncomplete("the request body stopped arriving") from None
     except Exception as exc:
-        raise BodyAborted(f"the request body broke off: {exc}") from None
+        raise BodyIncomplete(f"the request body broke off: {exc}") from None
     if request.content_length is not None and len(data) != request.content_length:
-        raise BodyAborted(f"the request body has {len(data)} of its {request.content_length} bytes")
+        raise BodyIncomplete(f"the request body has {len(data)} of its {request.content_length} bytes")
     return data
 
 
@@ -516,9 +508,9 @@ def _body_chunks(loop: asyncio.AbstractEventLoop, content) -> Iterator[bytes]:
         try:
             chunk = asyncio.run_coroutine_threadsafe(next_chunk(), loop).result()
         except TimeoutError:
-            raise BodyAborted("the request body stopped arriving") from None
+            raise BodyIncomplete("the request body stopped arriving") from None
         except Exception as exc:
-            raise BodyAborted(f"the request body broke off: {exc}") from None
+            raise BodyIncomplete(f"the request body broke off: {exc}") from None
         if not chunk:
             return
         yield chunk

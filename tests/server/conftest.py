@@ -144,19 +144,12 @@ def start_server(
 
 
 @pytest.fixture
-def serve_store(tmp_path: Path) -> Path:
-    path = tmp_path / "store"
-    Store.init(path)[0].close()
-    return path
-
-
-@pytest.fixture
-def start(serve_store: Path, tmp_path: Path):
+def start(store_path: Path, tmp_path: Path):
     """start(*serve_args, env=...) -> Server; every server is stopped at the end of the test."""
     servers: list[Server] = []
 
     def launch(*args: str, env: dict | None = None, store: Path | None = None, tls: bool = False) -> Server:
-        server = start_server(store or serve_store, tmp_path / f"serve-{len(servers)}.log", *args, env=env, tls=tls)
+        server = start_server(store or store_path, tmp_path / f"serve-{len(servers)}.log", *args, env=env, tls=tls)
         servers.append(server)
         return server
 

@@ -231,7 +231,7 @@ with Store.open(store_path) as store:
 """
 
 
-def run_f9(start, serve_store, count: int) -> None:
+def run_f9(start, store_path, count: int) -> None:
     first, second = start("--workers", "1"), start("--workers", "2")
     acknowledged: list[tuple[str, int]] = []
     failures: list[str] = []
@@ -247,7 +247,7 @@ def run_f9(start, serve_store, count: int) -> None:
                     else:
                         failures.append(f"{name} {key}: {reply and reply.status}")
 
-    cli = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(serve_store), "cli", str(count)], stdout=subprocess.PIPE, text=True)
+    cli = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(store_path), "cli", str(count)], stdout=subprocess.PIPE, text=True)
     threads = [threading.Thread(target=http_writer, args=(s, n)) for s, n in ((first, "one"), (second, "two"), (second, "three"))]
     for thread in threads:
         thread.start()
@@ -259,7 +259,7 @@ def run_f9(start, serve_store, count: int) -> None:
     assert len(acknowledged) == 4 * count * 2
     assert len(set(acknowledged)) == len(acknowledged), "two writers were told the same version"
     assert first.stop() == 0 and second.stop() == 0
-    with Store.open(serve_store) as store:
+    with Store.open(store_path) as store:
         per_key = defaultdict(list)
         for record in store.log_records():
             per_key[record.key].append(record.version)
@@ -270,11 +270,11 @@ def run_f9(start, serve_store, count: int) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_f9_two_servers_and_the_cli_write_one_store(start, serve_store):
-    run_f9(start, serve_store, count=25)
+def test_f9_two_servers_and_the_cli_write_one_store(start, store_path):
+    run_f9(start, store_path, count=25)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_f9_long_two_servers_and_the_cli_write_one_store(start, serve_store):
-    run_f9(start, serve_store, count=250)
+def test_f9_long_two_servers_and_the_cli_write_one_store(start, store_path):
+    run_f9(start, store_path, count=250)
