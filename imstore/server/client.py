@@ -30,6 +30,7 @@ from .protocol import MESSAGE_HEADER, META_HEADER, STALE_HEADER, VERSION_HEADER,
 
 __all__ = ["RemoteStore", "RemoteReader", "version_from_document"]
 
+RETRIES = 3
 STALE_WARNING = "the server's store is unavailable: this latest version comes from its cache and may be stale"
 
 
@@ -183,12 +184,22 @@ class RemoteStore:
         size = _regular_file_size(source)
         if size is not None:
             headers["Content-Length"] = str(size)
-        document = self._json("PUT", key_path("/v1/keys/", key), headers=headers, data=_body(source, max_size))
+        start = source.tell() if size is not None else None
+        path = key_path("/v1/keys/", key)
+
+        def send():
+            if start is not None:
+                source.seek(start)  # a regular file can be sent again
+            return self._json("PUT", path, headers=headers, data=_body(source, max_size))
+
+        # Only a body we can send again is retried; the Idempotency-Key makes the retry safe.
+        document = _with_retries(send, attempts=RETRIES if start is not None else 1)
         return PutResult(version_from_document(document), bool(document.get("unchanged")))
 
     def delete(self, key: str, *, message: str | None = None, if_version: int | str | None = None) -> Version:
         headers = {"Idempotency-Key": uuid.uuid4().hex, **_write_headers(message, if_version)}
-        return version_from_document(self._json("DELETE", key_path("/v1/keys/", key), headers=headers))
+        path = key_path("/v1/keys/", key)
+        return version_from_document(_with_retries(lambda: self._json("DELETE", path, headers=headers), attempts=RETRIES))
 
     # ------------------------------------------------------------ reading
     def open_version(self, key: str, version: int | str | None = None, at: int | None = None) -> tuple[Version, RemoteReader]:
@@ -226,6 +237,22 @@ class RemoteStore:
 
     def reindex(self):
         raise UsageError("reindex rebuilds a local index: run it on the server's machine, not with --remote")
+
+
+def _with_retries(send, attempts: int):
+    """Retry a write whose worker died mid-request (503/409 with the same Idempotency-Key)."""
+    import time
+
+    from ..errors import RequestInProgress
+
+    for attempt in range(attempts):
+        try:
+            return send()
+        except (Unavailable, RequestInProgress):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _write_headers(message: str | None, if_version: int | str | None) -> dict:

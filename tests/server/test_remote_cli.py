@@ -127,3 +127,16 @@ def test_large_put_and_get_stream_through_the_server(both, tmp_path):
     assert target.read_bytes() == source.read_bytes()
     streamed = remote("get", "big")
     assert streamed.code == 0 and streamed.stdout == source.read_bytes()
+
+
+def test_local_commands_never_import_aiohttp(store_path):
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom imstore import cli\n"
+        f"code = cli.run(['--store', {str(store_path)!r}, 'ls'])\n"
+        "print(code, 'aiohttp' in sys.modules, 'imstore.server.client' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["0", "False", "False"], result.stderr
