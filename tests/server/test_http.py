@@ -210,3 +210,32 @@ def test_tls_serves_https_with_the_given_certificate(start, tmp_path):
     with urllib.request.urlopen(request, context=context, timeout=30) as reply:
         assert reply.status == 200 and reply.read() == b"[]"
     assert "listening on https://" in server.log()
+
+
+def _damage(store_root, object_hash: str, position: int) -> None:
+    import os
+
+    path = store_root / "objects" / object_hash[:2] / object_hash[2:]
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as handle:
+        handle.seek(position)
+        byte = handle.read(1)
+        handle.seek(position)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("size", [5000, 9 << 20], ids=["small", "large"])
+def test_a_damaged_object_is_an_error_never_wrong_bytes(shared_server, size):
+    import os
+
+    from imstore import Store
+
+    data = os.urandom(size)
+    with Store.open(shared_server.store) as store:
+        object_hash = store.put(f"damaged/{size}", data).version.hash
+    good = shared_server.request("GET", f"/v1/objects/{object_hash}", headers={"Range": f"bytes={size - 100}-"}, token="read")
+    assert good.status == 206 and good.body == data[-100:]
+    _damage(shared_server.store, object_hash, size // 2)
+    for path in (f"/v1/objects/{object_hash}", key_url(f"damaged/{size}")):
+        reply = shared_server.request("GET", path, token="read")  # checked before the first byte leaves
+        assert reply.status == 500 and reply.json()["error"] == "CorruptObject", reply.status
