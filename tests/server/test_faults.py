@@ -81,7 +81,8 @@ def test_a_write_retried_after_its_worker_died_past_the_commit_makes_one_version
 
 
 @pytest.mark.timeout(120)
-def test_sigterm_finishes_the_request_in_flight_then_exits_0(start):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_finishes_the_request_in_flight_then_exits_0(start, signum):
     server = start("--workers", "2")
     worker_pids = server.worker_pids()
     body = os.urandom(2 << 20)
@@ -90,7 +91,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(start):
         f"PUT {key_url('shutdown/inflight')} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.write_token}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2]
     )
-    server.process.send_signal(signal.SIGTERM)
+    server.process.send_signal(signum)
     wait_until(lambda: "stopping" in server.log(), 10)
     with pytest.raises(OSError):  # no longer accepting
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
@@ -278,3 +279,106 @@ def test_f9_two_servers_and_the_cli_write_one_store(start, store_path):
 @pytest.mark.timeout(600)
 def test_f9_long_two_servers_and_the_cli_write_one_store(start, store_path):
     run_f9(start, store_path, count=250)
+
+
+@pytest.mark.timeout(120)
+def test_serve_listens_only_once_every_worker_answers(store_path, tmp_path):
+    from imstore.server.auth import TokenStore
+
+    from .conftest import IMSTORE, free_port
+
+    TokenStore(store_path).create("w", "write")
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    command = [*IMSTORE, "--store", str(store_path), "serve", "--port", str(port), "--workers", "3"]
+    process = subprocess.Popen(command, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None, (tmp_path / "serve.log").read_text()
+                time.sleep(0.01)
+        import http.client
+        import json
+
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/healthz")
+        health = json.loads(connection.getresponse().read())
+        assert health["status"] == "ok" and all(worker["alive"] and worker["pid"] for worker in health["workers"])
+        assert len(health["workers"]) == 3
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        log.close()
+
+
+def test_health_is_ok_degraded_or_down_by_live_workers():
+    from imstore.server.supervisor import Supervisor
+
+    supervisor = Supervisor("/nonexistent", 2)
+    try:
+        assert supervisor.health()["status"] == "down"
+        supervisor.slots[0].alive = True
+        assert supervisor.health()["status"] == "degraded"
+        supervisor.slots[1].alive = True
+        assert supervisor.health()["status"] == "ok"
+        assert supervisor.pick().id in (1, 2) and supervisor.pick(exclude=supervisor.slots[0]).id == 2
+    finally:
+        import shutil
+
+        shutil.rmtree(supervisor.runtime_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_large_upload_and_download_stream_with_flat_memory(start):
+    import http.client
+
+    import psutil
+
+    server = start("--workers", "2")
+    processes = [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children()]
+    before = {p.pid: p.memory_info().rss for p in processes}
+    peak = dict(before)
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for process in processes:
+                try:
+                    peak[process.pid] = max(peak[process.pid], process.memory_info().rss)
+                except psutil.Error:
+                    pass
+            stop.wait(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    block = os.urandom(1 << 20)
+    total = 512
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        connection.putrequest("PUT", key_url("big/upload"))
+        connection.putheader("Authorization", f"Bearer {server.write_token}")
+        connection.putheader("Transfer-Encoding", "chunked")
+        connection.endheaders()
+        for _ in range(total):
+            connection.send(b"%x\r\n" % len(block) + block + b"\r\n")
+        connection.send(b"0\r\n\r\n")
+        reply = connection.getresponse()
+        assert reply.status == 201, reply.read()
+        assert __import__("json").loads(reply.read())["size"] == total << 20
+        connection.request("GET", key_url("big/upload"), headers={"Authorization": f"Bearer {server.read_token}"})
+        download = connection.getresponse()
+        received = 0
+        while piece := download.read(1 << 20):
+            assert piece == block
+            received += len(piece)
+        assert received == total << 20
+    finally:
+        stop.set()
+        sampler.join()
+    growth = {pid: (peak[pid] - before[pid]) >> 20 for pid in before}
+    assert all(value < 64 for value in growth.values()), growth
