@@ -286,7 +286,9 @@ class Gateway:
             transport = request.transport
             if transport is None:
                 raise ConnectionResetError("client gone")
-            await asyncio.get_running_loop().sendfile(transport, handle, offset, length)
+            # A reader slower than 1 MiB/s (after the usual idle allowance) is cut off.
+            allowance = self.config.client_timeout + length / (1 << 20)
+            await asyncio.wait_for(asyncio.get_running_loop().sendfile(transport, handle, offset, length), allowance)
         state["bytes_out"] += length
         await response.write_eof()
         return response
