@@ -26,6 +26,7 @@ from ..hashing import blake3
 from ..objects import CHUNK_SIZE
 from ..store import PutResult, Version
 from ..validate import parse_version
+from .headers import encode_text
 from .protocol import MESSAGE_HEADER, META_HEADER, STALE_HEADER, VERSION_HEADER, error_from_problem, key_path
 
 __all__ = ["RemoteStore", "RemoteReader", "version_from_document"]
@@ -178,7 +179,7 @@ class RemoteStore:
         if content_type is not None:
             headers["Content-Type"] = content_type
         if meta:
-            headers[META_HEADER] = _encode_text(json.dumps(meta, ensure_ascii=False))
+            headers[META_HEADER] = encode_text(json.dumps(meta, ensure_ascii=False))
         if if_absent:
             headers["If-None-Match"] = "*"
         size = _regular_file_size(source)
@@ -258,17 +259,11 @@ def _with_retries(send, attempts: int):
 def _write_headers(message: str | None, if_version: int | str | None) -> dict:
     headers = {}
     if message is not None:
-        headers[MESSAGE_HEADER] = _encode_text(message)
+        headers[MESSAGE_HEADER] = encode_text(message)
     if if_version is not None:
         number = 0 if str(if_version).strip() == "0" else parse_version(if_version)
         headers["If-Match"] = f'"v{number}"'
     return headers
-
-
-def _encode_text(text: str) -> str:
-    from urllib.parse import quote
-
-    return quote(text.encode("utf-8", "surrogatepass"), safe="")
 
 
 def _hex_only(text: str) -> str:

@@ -20,17 +20,19 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from aiohttp import web
 
-from ..errors import BodyIncomplete, ImstoreError, InvalidInput, InvalidVersion, UsageError
+from ..errors import BodyIncomplete, ImstoreError, UsageError
 from ..objects import CHUNK_SIZE, ObjectReader
 from ..output import history_json, version_json
 from ..store import PutResult, Store, Version
 from ..transfer import SMALL_OBJECT
 from ..validate import parse_time, validate_key
-from .idempotency import Claim, IdempotencyLedger, validate_idempotency_key
+from .headers import etag_matches, idempotency_key, meta_header, non_negative, parse_range, positive, preconditions, text_header
+from .hot import HotObjects
+from .idempotency import Claim, IdempotencyLedger
 from .protocol import (
     IMMUTABLE,
     MESSAGE_HEADER,
@@ -51,43 +53,6 @@ HEALTH_PATH = "/_worker/health"
 SMALL_BODY = 1 << 20  # request bodies up to this size are read whole before the store call
 PRELOAD = 1 << 20  # objects up to this size are read (and verified) in the same pool call that finds them
 BODY_IDLE_TIMEOUT = float(os.environ.get("IMSTORE_BODY_TIMEOUT", "30"))
-
-
-class HotObjects:
-    """Verified bytes of small, recently read objects, by full id.
-
-    Objects never change and these bytes hashed right when they were read, so a
-    hit is served without touching the disk or the thread pool. Bounded in bytes.
-    """
-
-    MAX_OBJECT = 256 << 10
-    MAX_BYTES = 64 << 20
-
-    def __init__(self) -> None:
-        from collections import OrderedDict
-
-        self._entries: OrderedDict[str, tuple[ObjectReader, bytes]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, object_id: str) -> tuple[ObjectReader, bytes] | None:
-        with self._lock:
-            entry = self._entries.get(object_id)
-            if entry is not None:
-                self._entries.move_to_end(object_id)
-            return entry
-
-    def put(self, reader: ObjectReader, data: bytes) -> None:
-        if len(data) > self.MAX_OBJECT:
-            return
-        with self._lock:
-            if reader.object_id in self._entries:
-                return
-            self._entries[reader.object_id] = (reader, data)
-            self._bytes += len(data)
-            while self._bytes > self.MAX_BYTES:
-                _, (_, dropped) = self._entries.popitem(last=False)
-                self._bytes -= len(dropped)
 
 
 def version_document(version: Version) -> dict:
@@ -191,11 +156,11 @@ class WorkerApp:
         key = validate_key(matched.param())
         options = {
             "content_type": request.headers.get("Content-Type"),
-            "meta": _meta_header(request.headers.get(META_HEADER)),
-            "message": _text_header(request.headers.get(MESSAGE_HEADER)),
-            **_preconditions(request.headers),
+            "meta": meta_header(request.headers.get(META_HEADER)),
+            "message": text_header(request.headers.get(MESSAGE_HEADER)),
+            **preconditions(request.headers),
         }
-        request_id = _idempotency_key(request)
+        request_id = idempotency_key(request)
         if request.content_length is not None and request.content_length <= SMALL_BODY:
             chunks: object = [await _read_small_body(request)]
         else:
@@ -220,11 +185,11 @@ class WorkerApp:
 
     async def _key_delete(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         key = validate_key(matched.param())
-        conditions = _preconditions(request.headers)
+        conditions = preconditions(request.headers)
         if conditions.get("if_absent"):
             raise UsageError("If-None-Match: * makes no sense for DELETE")
-        message = _text_header(request.headers.get(MESSAGE_HEADER))
-        request_id = _idempotency_key(request)
+        message = text_header(request.headers.get(MESSAGE_HEADER))
+        request_id = idempotency_key(request)
 
         def delete():
             return self._idempotent(request_id, "DELETE", key, lambda claim: self._delete(key, message, conditions, claim))
@@ -265,7 +230,7 @@ class WorkerApp:
     # ------------------------------------------------------------ listings
     async def _history_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         key = validate_key(matched.param())
-        limit = _positive(matched.query().get("limit"), "limit")
+        limit = positive(matched.query().get("limit"), "limit")
         versions = await self.call(lambda: self.store().history(key, limit))
         return _json([{**history_json(v), **version_document(v)} for v in versions])
 
@@ -273,14 +238,14 @@ class WorkerApp:
         query = matched.query()
         prefix = query.get("prefix", "")
         include_deleted = query.get("all", "") in ("1", "true", "yes")
-        limit = _positive(query.get("limit"), "limit")
+        limit = positive(query.get("limit"), "limit")
         versions = await self.call(lambda: self.store().ls(prefix, include_deleted=include_deleted, limit=limit))
         return _json([version_document(v) for v in versions])
 
     async def _log_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         query = matched.query()
-        after = _non_negative(query.get("after"), "after")
-        limit = _positive(query.get("limit"), "limit")
+        after = non_negative(query.get("after"), "after")
+        limit = positive(query.get("limit"), "limit")
         records = await self.call(lambda: self.store().log_records(after, limit))
         return _json([version_document(r) for r in records])
 
@@ -316,12 +281,12 @@ class WorkerApp:
         headers["ETag"] = f'"{reader.object_id}"'
         headers["Accept-Ranges"] = "bytes"
         size = reader.size
-        if _etag_matches(request.headers.get("If-None-Match"), reader.object_id):
+        if etag_matches(request.headers.get("If-None-Match"), reader.object_id):
             return web.Response(status=304, headers=headers)
         start, end, status = 0, size, 200
         range_header = request.headers.get("Range")
-        if range_header and _etag_matches(request.headers.get("If-Range", headers["ETag"]), reader.object_id):
-            wanted = _parse_range(range_header, size)
+        if range_header and etag_matches(request.headers.get("If-Range", headers["ETag"]), reader.object_id):
+            wanted = parse_range(range_header, size)
             if wanted == "unsatisfiable":
                 headers["Content-Range"] = f"bytes */{size}"
                 return problem_response(416, None, f"the range {range_header!r} is outside the object's {size} bytes", headers)
@@ -387,103 +352,10 @@ def _json(document, status: int = 200, headers: dict | None = None) -> web.Respo
     )
 
 
-def _positive(text: str | None, name: str) -> int | None:
-    if text is None or text == "":
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidInput(f"{name} must be a positive integer, not {text!r}")
-    return int(text)
-
-
-def _non_negative(text: str | None, name: str) -> int:
-    if text is None or text == "":
-        return 0
-    if not text.isdigit():
-        raise InvalidInput(f"{name} must be a non-negative integer, not {text!r}")
-    return int(text)
-
-
-def _preconditions(headers) -> dict:
-    """If-Match: "vN" → if_version N (v0: no versions yet); If-None-Match: * → if_absent."""
-    conditions: dict = {}
-    if_match = headers.get("If-Match")
-    if if_match is not None:
-        text = if_match.strip()
-        if not (text.startswith('"v') and text.endswith('"') and text[2:-1].isdigit()):
-            raise InvalidVersion(f'If-Match takes a version as "vN", not {if_match!r}')
-        conditions["if_version"] = int(text[2:-1])
-    if_none_match = headers.get("If-None-Match")
-    if if_none_match is not None:
-        if if_none_match.strip() != "*":
-            raise UsageError("on a write, If-None-Match only takes *")
-        conditions["if_absent"] = True
-    return conditions
-
-
-def _idempotency_key(request: web.BaseRequest) -> str | None:
-    value = request.headers.get("Idempotency-Key")
-    return validate_idempotency_key(value) if value is not None else None
-
-
-def _text_header(value: str | None) -> str | None:
-    """Header values are Latin-1 on the wire, so UTF-8 text travels percent-encoded."""
-    if value is None:
-        return None
-    try:
-        return unquote(value, errors="strict")
-    except UnicodeDecodeError:
-        raise InvalidInput("a percent-encoded header is not valid UTF-8") from None
-
-
-def _meta_header(value: str | None) -> dict | None:
-    text = _text_header(value)
-    if text is None:
-        return None
-    try:
-        meta = json.loads(text)
-    except ValueError:
-        raise InvalidInput(f"{META_HEADER} must be a percent-encoded JSON object") from None
-    if not isinstance(meta, dict):
-        raise InvalidInput(f"{META_HEADER} must be a JSON object")
-    return meta
-
-
 def _wants_whole_body(request: web.BaseRequest) -> bool:
     """A plain GET: no HEAD, no conditional, no range (those may need no bytes, or other bytes)."""
     headers = request.headers
     return request.method == "GET" and "If-None-Match" not in headers and "Range" not in headers
-
-
-def _etag_matches(header: str | None, object_id: str) -> bool:
-    if not header:
-        return False
-    for tag in header.split(","):
-        tag = tag.strip()
-        if tag.startswith("W/"):
-            tag = tag[2:]
-        if tag == "*" or tag.strip('"') == object_id:
-            return True
-    return False
-
-
-def _parse_range(header: str, size: int):
-    """(start, end) for one `bytes=` range, 'unsatisfiable', or None to ignore it (RFC 9110)."""
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()) or (last and not last.isdigit()):
-        return None
-    if not first:
-        length = int(last)
-        if length == 0 or size == 0:
-            return "unsatisfiable"
-        return max(0, size - length), size
-    start = int(first)
-    end = min(int(last) + 1, size) if last else size
-    if start >= size or (last and int(last) < start):
-        return "unsatisfiable"
-    return start, end
 
 
 async def _read_small_body(request: web.BaseRequest) -> bytes:
