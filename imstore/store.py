@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import msgpack
 
@@ -30,12 +30,14 @@ from .errors import (
     from_os_error,
 )
 from .fsio import crash_point, fsync_dir, fsync_fd, write_all
-from .groupcommit import GroupCommit, PendingPut
 from .hashing import blake3
 from .index import Index
 from .log import GENESIS, Frame, Log, Record, batch_payload, encode_record
 from .objects import CHUNK_SIZE, ObjectReader, ObjectStore
 from .validate import format_time, parse_version, validate_key, validate_meta
+
+if TYPE_CHECKING:
+    from .groupcommit import PendingPut
 
 __all__ = ["Store", "Version", "PutResult", "VerifyReport", "FORMAT"]
 
@@ -344,6 +346,8 @@ class Store:
             return ("put", key, latest, object_id, size, content_type, meta, message)
 
         # Concurrent puts in this process share one append and one fsync (see groupcommit.py).
+        from .groupcommit import GroupCommit, PendingPut  # here: readers never pay for threading
+
         return GroupCommit.for_log(str(self.log.path)).submit(PendingPut(key, decide), self._commit_puts)
 
     def _commit_puts(self, batch: list[PendingPut]) -> None:
