@@ -71,16 +71,21 @@ class GatewayConfig:
 
 
 class _LimitedRequestHandler(RequestHandler):
-    """aiohttp answers any malformed request with 400; oversized headers get 431 and long targets 414."""
+    """Requests aiohttp cannot parse: oversized headers are 431, long targets 414, the rest 400; problem+json."""
 
     def handle_error(self, request, status=500, exc=None, message=None):
-        if status == 400 and isinstance(exc, LineTooLong):
+        if status != 400:
+            return super().handle_error(request, status, exc, message)
+        if isinstance(exc, LineTooLong):
             status = 431 if str(exc.args[1]) == str(MAX_FIELD) else 414
-        elif status == 400 and isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc):
+        elif isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc):
             status = 431
-        response = super().handle_error(request, status, exc, message)
-        if status in (414, 431):
-            print(f"imstore serve: - - {status} 0B 0.0ms worker=- ({exc})", file=sys.stderr, flush=True)
+        detail = str(getattr(exc, "message", None) or exc or "malformed request").splitlines()[0][:200]
+        print(f"imstore serve: - - {status} 0B 0.0ms worker=- ({detail})", file=sys.stderr, flush=True)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer had started; cannot send an error")
+        response = _problem(status, None, f"malformed request: {detail}")
+        response.force_close()
         return response
 
 

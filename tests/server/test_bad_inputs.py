@@ -83,6 +83,7 @@ def test_smuggling_shaped_headers_are_refused(shared_server, extra):
         sock.sendall(head(shared_server, key, extra) + b"5\r\nhello\r\n0\r\n\r\n")
         reply = read_reply(sock)
     assert reply[:12] in (b"HTTP/1.1 400", b"HTTP/1.0 400"), reply[:200]
+    assert b"Content-Type: application/problem+json" in reply
     assert_no_version(shared_server, key)
 
 
