@@ -145,9 +145,14 @@ class WorkerApp:
             "Content-Type": found.content_type or "application/octet-stream",
         }
         # Version.stale comes with the read cache (issue 4, branch `cache`): a latest read the cache
-        # answered while the store was unavailable. TODO(serve+cache): once `cache` is on main, drop the
-        # getattr and add the F11-through-the-server tests (store renamed away / objects/ a file / EIO:
-        # cached GETs 200 with X-Imstore-Stale: 1 on latest reads, PUT 503 fast, all back when it returns).
+        # answered while the store was unavailable. TODO(serve+cache), once `cache` is on main:
+        # - open the worker's Stores with cache=CacheSettings.from_env() (serve passes its cache options
+        #   to the workers through IMSTORE_CACHE_DIR / IMSTORE_CACHE_SIZE / IMSTORE_NO_CACHE);
+        # - a long-lived Store keeps its SQLite index open, so with the store renamed away latest reads
+        #   still succeed unmarked (tried on a trial merge): check the store is there before a latest
+        #   read (or reopen the Store when it is not) so the cache's stale path engages;
+        # - drop this getattr and add the F11-through-the-server tests (store renamed away, objects/ a
+        #   file, EIO: cached GETs 200 with X-Imstore-Stale: 1 on latest reads, PUT 503 fast, back after).
         if getattr(found, "stale", False):
             headers[STALE_HEADER] = "1"
         return await self.send_object(request, reader, headers, data)
