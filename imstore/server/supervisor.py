@@ -105,6 +105,8 @@ class Supervisor:
             slot.socket,
             "--shutdown-timeout",
             str(self.shutdown_timeout),
+            "--parent",
+            str(os.getpid()),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches serve only; serve stops the workers in order

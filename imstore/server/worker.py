@@ -423,7 +423,9 @@ def _hold_owner_lock(path: str) -> int:
     return fd
 
 
-async def serve_worker(store_root: str, socket_path: str, shutdown_timeout: float, tcp_port: int | None = None) -> None:
+async def serve_worker(
+    store_root: str, socket_path: str, shutdown_timeout: float, tcp_port: int | None = None, parent: int | None = None
+) -> None:
     owner_lock = f"{socket_path}.{os.getpid()}.lock"
     _hold_owner_lock(owner_lock)
     app = WorkerApp(store_root, owner_lock)
@@ -444,7 +446,7 @@ async def serve_worker(store_root: str, socket_path: str, shutdown_timeout: floa
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    orphan_watch = asyncio.create_task(_stop_when_orphaned(stop))
+    orphan_watch = asyncio.create_task(_stop_when_orphaned(stop, parent))
     await stop.wait()
     orphan_watch.cancel()
     await runner.cleanup()
@@ -454,14 +456,30 @@ async def serve_worker(store_root: str, socket_path: str, shutdown_timeout: floa
         pass
 
 
-async def _stop_when_orphaned(stop: asyncio.Event) -> None:
-    """A worker lives in its own session, so it must notice when serve died without stopping it."""
-    parent = os.getppid()
+def _die_with_parent(parent: int | None) -> None:
+    """A worker lives in its own session: make sure it does not outlive a serve that was killed."""
+    if parent is None:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when serve dies
+    except (OSError, AttributeError):
+        pass  # not Linux: _stop_when_orphaned still notices within a second
+    if os.getppid() != parent:  # serve died before we got here
+        sys.exit(0)
+
+
+async def _stop_when_orphaned(stop: asyncio.Event, parent: int | None) -> None:
+    """Belt and braces for PR_SET_PDEATHSIG: stop when serve is no longer our parent."""
+    if parent is None:
+        return
     while not stop.is_set():
-        await asyncio.sleep(1.0)
         if os.getppid() != parent:
             print(f"imstore worker {os.getpid()}: serve is gone; stopping", file=sys.stderr, flush=True)
             stop.set()
+            return
+        await asyncio.sleep(1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -469,10 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", required=True)
     parser.add_argument("--socket", required=True)
     parser.add_argument("--shutdown-timeout", type=float, default=10.0)
+    parser.add_argument("--parent", type=int, help="the supervisor's pid: the worker stops when it dies")
     parser.add_argument("--tcp-port", type=int, help="benchmarks only: listen on 127.0.0.1:PORT (no auth) instead of the socket")
     args = parser.parse_args(argv)
+    _die_with_parent(args.parent)
     try:
-        asyncio.run(serve_worker(args.store, args.socket, args.shutdown_timeout, args.tcp_port))
+        asyncio.run(serve_worker(args.store, args.socket, args.shutdown_timeout, args.tcp_port, args.parent))
     except ImstoreError as exc:
         print(f"imstore worker: error: {exc}", file=sys.stderr)
         return exc.exit_code

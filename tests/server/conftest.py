@@ -156,8 +156,29 @@ def start(store_path: Path, tmp_path: Path):
     yield launch
     for server in servers:
         if server.process.poll() is None:
-            server.process.kill()
+            server.process.kill()  # the hardest way to go: its workers must still not outlive it
             server.process.wait()
+        assert_no_workers_left(server.store)
+
+
+def assert_no_workers_left(store: Path, timeout: float = 20) -> None:
+    """No worker process of this store may outlive its serve (they stop when serve dies)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    left: list = []
+    while time.monotonic() < deadline:
+        left = []
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = process.info["cmdline"] or []
+            if "imstore.server.worker" in cmdline and str(store) in cmdline:
+                left.append(process)
+        if not left:
+            return
+        time.sleep(0.05)
+    for process in left:
+        process.kill()
+    raise AssertionError(f"worker processes outlived serve: {[p.pid for p in left]}")
 
 
 @pytest.fixture
@@ -174,6 +195,7 @@ def _module_server(tmp_path_factory, *args: str):
     if server.process.poll() is None:
         server.process.kill()
         server.process.wait()
+    assert_no_workers_left(store)
 
 
 @pytest.fixture(scope="module")
