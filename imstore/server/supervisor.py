@@ -150,6 +150,7 @@ class Supervisor:
             assert slot.process is not None
             code = await slot.process.wait()
             slot.alive = False
+            _remove_quietly(f"{slot.socket}.{slot.pid}.lock")  # a killed worker could not remove its own
             if self._stopping:
                 return
             lived = time.monotonic() - slot.started
@@ -202,3 +203,10 @@ class Supervisor:
         alive = sum(1 for slot in self.slots if slot.alive)
         status = "ok" if alive == len(self.slots) else ("degraded" if alive else "down")
         return {"status": status, "workers": workers}
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

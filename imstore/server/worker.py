@@ -450,8 +450,14 @@ async def serve_worker(
     await stop.wait()
     orphan_watch.cancel()
     await runner.cleanup()
+    for leftover in (owner_lock, socket_path if tcp_port is None else None):
+        try:
+            if leftover:
+                os.unlink(leftover)
+        except OSError:
+            pass
     try:
-        os.unlink(owner_lock)
+        os.rmdir(os.path.dirname(socket_path))  # the last worker out removes serve's private directory
     except OSError:
         pass
 
