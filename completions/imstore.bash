@@ -5,20 +5,21 @@ _imstore() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${COMP_WORDS[i]}"
         case "$word" in
-            --after|--at|--cache-dir|--cache-size|--content-type|--if-version|--jobs|--limit|--message|--meta|--output|--prefix|--store|--version|-V|-j|-m|-n|-o|-p|-t) ((i++)) ;;
+            --after|--at|--cache-dir|--cache-size|--client-timeout|--content-type|--host|--if-version|--jobs|--limit|--max-body|--message|--meta|--name|--output|--port|--prefix|--remote|--scope|--store|--tls-cert|--tls-key|--token-file|--version|--workers|-V|-j|-m|-n|-o|-p|-t) ((i++)) ;;
             -*) ;;
             *) case "$path" in
-                   "") [[ " cache cat export get history import init log ls put reindex repack rm verify " == *" $word "* ]] && path="${path:+$path }$word" ;;
+                   "") [[ " cache cat export get history import init log ls put reindex repack rm serve token verify " == *" $word "* ]] && path="${path:+$path }$word" ;;
                    "cache") [[ " clear stats " == *" $word "* ]] && path="${path:+$path }$word" ;;
+                   "token") [[ " create list revoke " == *" $word "* ]] && path="${path:+$path }$word" ;;
                esac ;;
         esac
     done
     case "$prev" in
-        --cache-dir|--output|--store|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-        --after|--at|--cache-size|--content-type|--if-version|--jobs|--limit|--message|--meta|--prefix|--version|-V|-j|-m|-n|-p|-t) return ;;
+        --cache-dir|--output|--store|--tls-cert|--tls-key|--token-file|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --after|--at|--cache-size|--client-timeout|--content-type|--host|--if-version|--jobs|--limit|--max-body|--message|--meta|--name|--port|--prefix|--remote|--scope|--version|--workers|-V|-j|-m|-n|-p|-t) return ;;
     esac
     case "$path" in
-        "") COMPREPLY=($(compgen -W "--store --json -q --quiet --no-color --debug --cache-dir --cache-size --no-cache --version -h --help cache cat export get history import init log ls put reindex repack rm verify" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "--store --json -q --quiet --no-color --debug --cache-dir --cache-size --no-cache --remote --token-file --version -h --help cache cat export get history import init log ls put reindex repack rm serve token verify" -- "$cur")) ;;
         "cache") COMPREPLY=($(compgen -W "-h --help clear stats" -- "$cur")) ;;
         "cache clear") COMPREPLY=($(compgen -W "--all -h --help" -- "$cur")) ;;
         "cache stats") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
@@ -34,6 +35,11 @@ _imstore() {
         "reindex") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
         "repack") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
         "rm") COMPREPLY=($(compgen -W "-m --message --if-version -h --help" -- "$cur")) ;;
+        "serve") COMPREPLY=($(compgen -W "--host --port --workers --tls-cert --tls-key --max-body --client-timeout -h --help" -- "$cur")) ;;
+        "token") COMPREPLY=($(compgen -W "-h --help create list revoke" -- "$cur")) ;;
+        "token create") COMPREPLY=($(compgen -W "--name --scope -h --help" -- "$cur")) ;;
+        "token list") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
+        "token revoke") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
         "verify") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
     esac
 }

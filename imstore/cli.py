@@ -43,6 +43,8 @@ class Settings:
     cache_dir: Path | None = None
     cache_size: str | None = None
     no_cache: bool = False
+    remote: str | None = None
+    token_file: Path | None = None
 
 
 settings = Settings(out=Output())
@@ -55,7 +57,14 @@ def default_store_path() -> Path:
 
 
 def open_store(*, write: bool = False):
-    """The store named by --store / IMSTORE_DIR, or the default one (created on first write)."""
+    """The store named by --store / IMSTORE_DIR, or the default one (created on first write).
+
+    With --remote it is a RemoteStore: the same methods over HTTP, so commands need not care.
+    """
+    if settings.remote:
+        from .server.client import RemoteStore
+
+        return RemoteStore(settings.remote, _remote_token())
     from .store import Store
 
     if settings.store is not None:
@@ -124,6 +133,14 @@ def global_options(
         ),
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", envvar="IMSTORE_NO_CACHE", help="Read and write without the read cache.")] = False,
+    remote: Annotated[
+        str | None,
+        typer.Option("--remote", envvar="IMSTORE_REMOTE", help="Work against an imstore serve at this URL.", metavar="URL"),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", help="File holding the API token for --remote (or set IMSTORE_TOKEN).", metavar="FILE"),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -135,6 +152,8 @@ def global_options(
     settings.store = store
     settings.debug = debug
     settings.cache_dir, settings.cache_size, settings.no_cache = cache_dir, cache_size, no_cache
+    settings.remote = remote
+    settings.token_file = token_file
     settings.out.json = json_output
     settings.out.quiet = quiet
     settings.out.color = settings.out.color and not no_color
@@ -153,6 +172,8 @@ def init(
     """
     from .store import Store
 
+    if settings.remote:
+        raise UsageError("init creates a local store; it does not work with --remote")
     target = path or settings.store or default_store_path()
     store, created = Store.init(target)
     with store:
@@ -530,6 +551,121 @@ def repack() -> None:
         out.info(f"merged {result.packs_merged} packs into {result.pack.name}" if result.pack else "nothing to repack")
 
 
+# ============================================================ serve and tokens
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (a LAN address needs a token).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8765,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, max=64, help="Worker processes [default: CPU count].")] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="TLS certificate (PEM) to serve HTTPS.", metavar="FILE")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="TLS private key (PEM).", metavar="FILE")] = None,
+    max_body: Annotated[
+        str | None, typer.Option("--max-body", help="Largest request body, e.g. 100M [default: no limit].", metavar="SIZE")
+    ] = None,
+    client_timeout: Annotated[
+        float, typer.Option("--client-timeout", min=0.1, help="Seconds a client may stay silent mid-request before it is cut off.")
+    ] = 30.0,
+) -> None:
+    """Serve the store over HTTP: an authenticated gateway round-robining over worker processes.
+
+    Runs until SIGTERM or Ctrl-C, then finishes the requests in flight and exits 0.
+    Every route but /healthz needs a token (imstore token create).
+
+    Example: imstore serve --host 0.0.0.0 --port 8765 --workers 4 --max-body 1G
+    """
+    import asyncio
+
+    from .server.gateway import GatewayConfig, parse_size
+    from .server.gateway import serve as run_gateway
+
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("give --tls-cert and --tls-key together")
+    with _open_local_store("serve") as store:
+        root = str(store.root)
+    config = GatewayConfig(
+        root,
+        host=host,
+        port=port,
+        workers=workers or os.cpu_count() or 1,
+        tls_cert=str(tls_cert) if tls_cert else None,
+        tls_key=str(tls_key) if tls_key else None,
+        max_body=parse_size(max_body) if max_body is not None else None,
+        client_timeout=client_timeout,
+    )
+    asyncio.run(run_gateway(config, info=settings.out.info, warn=settings.out.warn))
+
+
+token_app = typer.Typer(help="API tokens for imstore serve (only their hashes are stored).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option("--name", help="A name to list and revoke it by.")],
+    scope: Annotated[str, typer.Option("--scope", help="read (GET/HEAD) or write (everything).")] = "read",
+) -> None:
+    """Create an API token and print it once; only its hash is kept (STORE/tokens, mode 0600).
+
+    Example: imstore token create --scope write --name laptop > ~/.imstore-token
+    """
+    from .server.auth import TokenStore
+
+    with _open_local_store("token create") as store:
+        token = TokenStore(store.root).create(name, scope)
+    out = settings.out
+    if out.json:
+        out.document({"token": token, "name": name, "scope": scope})
+    else:
+        out.line(token)
+        out.info(f"token {name!r} ({scope}) created; it is shown only now")
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """List API tokens: name, scope, created (never the tokens themselves).
+
+    Example: imstore token list --json
+    """
+    from .server.auth import TokenStore
+
+    with _open_local_store("token list") as store:
+        tokens = TokenStore(store.root).list()
+    out = settings.out
+    if out.json:
+        out.document([{"name": t.name, "scope": t.scope, "created": t.created} for t in tokens])
+    else:
+        out.rows(["name", "scope", "created"], [[t.name, t.scope, t.created] for t in tokens])
+
+
+@token_app.command("revoke")
+def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")]) -> None:
+    """Revoke an API token by name; a running serve stops accepting it within a second.
+
+    Example: imstore token revoke laptop
+    """
+    from .server.auth import TokenStore
+
+    with _open_local_store("token revoke") as store:
+        TokenStore(store.root).revoke(name)
+    settings.out.info(f"token {name!r} revoked")
+
+
+def _open_local_store(command: str):
+    if settings.remote:
+        raise UsageError(f"imstore {command} works on a local store (--store), not with --remote")
+    return open_store()
+
+
+def _remote_token() -> str | None:
+    """The token for --remote: --token-file, else IMSTORE_TOKEN."""
+    if settings.token_file is not None:
+        try:
+            return settings.token_file.read_text("utf-8").strip()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read the token file {settings.token_file}: {exc.strerror}") from None
+    return os.environ.get("IMSTORE_TOKEN") or None
+
+
 # ============================================================ helpers
 def _open_input(file: str | None):
     """A binary stream for put: a regular file, a pipe or FIFO, or stdin."""
@@ -627,7 +763,7 @@ def _build_command(argv: list[str]):
     return typer.main.get_command(app)
 
 
-_GLOBAL_VALUE_OPTIONS = {"--store", "--cache-dir", "--cache-size"}
+_GLOBAL_VALUE_OPTIONS = {"--store", "--cache-dir", "--cache-size", "--remote", "--token-file"}
 
 
 def _command_name(argv: list[str]) -> str | None:

@@ -30,6 +30,11 @@ __all__ = [
     "NoStore",
     "NotAuthorised",
     "Forbidden",
+    "BodyTooLarge",
+    "BodyIncomplete",
+    "ClientTooSlow",
+    "RequestInProgress",
+    "IdempotencyKeyReused",
     "from_os_error",
 ]
 
@@ -139,6 +144,36 @@ class NotAuthorised(ImstoreError):
 class Forbidden(NotAuthorised):
     http_status = 403
     title = "forbidden"
+
+
+# ---- HTTP-only conditions of `imstore serve` (the CLI sees them only through --remote)
+class BodyTooLarge(UsageError):
+    http_status = 413
+    title = "request body too large"
+
+
+class BodyIncomplete(ImstoreError):
+    """The request body ended early, broke off or stopped arriving: nothing is stored."""
+
+    http_status = 400
+    title = "request body incomplete"
+
+
+class ClientTooSlow(BodyIncomplete):
+    http_status = 408
+    title = "request timeout"
+
+
+class RequestInProgress(ImstoreError):
+    """A request with this Idempotency-Key is still running: retry later."""
+
+    http_status = 409
+    title = "request in progress"
+
+
+class IdempotencyKeyReused(UsageError):
+    http_status = 422
+    title = "idempotency key reused"
 
 
 # Errors that mean "the storage underneath failed", as opposed to a bug of ours.

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import msgpack
 
@@ -40,6 +40,9 @@ from .log import GENESIS, MAX_FRAME, Frame, Log, Record, batch_payload, encode_r
 from .objects import CHUNK_SIZE, ObjectReader, ObjectStore
 from .packs import PackSet, PackWriter, RepackResult
 from .validate import format_time, parse_version, validate_key, validate_meta
+
+if TYPE_CHECKING:
+    from .groupcommit import PendingPut
 
 __all__ = ["Store", "Version", "PutResult", "VerifyReport", "BatchItem", "BatchResult", "FORMAT"]
 
@@ -453,19 +456,53 @@ class Store:
         chunks = _read_chunks(source) if hasattr(source, "read") else source
         kept = _SmallObjectKeeper(self.cache.max_object_size if self.cache else -1)
         object_id, size = self.objects.write_stream(kept.watch(chunks), max_size=max_size)
-        with self._writing() as index:
+
+        def decide(index: Index):
+            """Under the lock: the unchanged result, or the fields of the new record."""
             latest = index.latest_version(key)
             _check_preconditions(key, latest, if_version, if_absent)
             if latest is not None and latest[1] == "put":
                 current = Version.from_row(index.version(key, latest[0]))
                 if current.hash == object_id and current.content_type == content_type and current.meta == meta:
                     return PutResult(current, unchanged=True)
-            frame = self._append([self._payload("put", key, latest, object_id, size, content_type, meta, message)])
-        written = Version.from_record(frame.records[0])
-        if self.cache is not None and kept.data is not None:
+            return ("put", key, latest, object_id, size, content_type, meta, message)
+
+        # Concurrent puts in this process share one append and one fsync (see groupcommit.py).
+        from .groupcommit import GroupCommit, PendingPut  # here: readers never pay for threading
+
+        result = GroupCommit.for_log(str(self.log.path)).submit(PendingPut(key, decide), self._commit_puts)
+        if not result.unchanged and self.cache is not None and kept.data is not None:
             self.cache.put_object(object_id, kept.data)
-            self._fill_version(written, latest=True)
-        return PutResult(written, unchanged=False)
+            self._fill_version(result.version, latest=True)
+        return result
+
+    def _commit_puts(self, batch: list[PendingPut]) -> None:
+        """Decide each queued put in order and append the new records as one frame (the caller leads)."""
+        with self._writing() as index:
+            state = index.state()
+            seq, prev = state.seq, state.last_hash
+            payloads, owners = [], []
+            for pending in batch:
+                try:
+                    decision = pending.decide(index)
+                except ImstoreError as exc:
+                    pending.error = exc
+                    continue
+                if isinstance(decision, PutResult):
+                    pending.result = decision
+                    continue
+                op, key, latest, object_id, size, content_type, meta, message = decision
+                payload = encode_record(
+                    seq=seq + 1, time_ns=time.time_ns(), op=op, key=key, version=(latest[0] if latest else 0) + 1,
+                    hash=object_id, size=size, content_type=content_type, meta=meta, message=message, prev=prev,
+                )  # fmt: skip
+                seq, prev = seq + 1, blake3(payload).digest()
+                payloads.append(payload)
+                owners.append(pending)
+            if payloads:
+                frame = self._append(payloads)
+                for pending, record in zip(owners, frame.records, strict=True):
+                    pending.result = PutResult(Version.from_record(record), unchanged=False)
 
     def delete(self, key: str, *, message: str | None = None, if_version: int | None = None) -> Version:
         """Append a tombstone version for key. Deleting a missing or deleted key is NotFound."""

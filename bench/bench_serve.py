@@ -1,0 +1,285 @@
+"""imstore serve against nginx on loopback: 4 KiB GETs, a 1 GiB streamed GET, durable 4 KiB PUTs.
+
+Goals (issue 5): 4 KiB object GETs through the gateway with 2 workers >= 0.13x nginx's
+requests/s (nginx serving the same object file from objects/); a 1 GiB GET >= 0.5x
+nginx's throughput with the gateway's memory flat; durable 4 KiB PUTs from 32
+concurrent clients >= 2,000/s, beside the disk's fsync rate measured here.
+nginx and wrk come from Debian's packages; without them the benchmark says so and exits 0.
+
+Example: .venv/bin/python bench/bench_serve.py --seconds 10 --big-mib 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from imstore import Store
+from imstore.server.auth import TokenStore
+
+IMSTORE = [sys.executable, "-m", "imstore"]
+
+NGINX_CONF = """
+{user}
+worker_processes 2;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    client_body_temp_path {prefix}/tmp;
+    proxy_temp_path {prefix}/tmp;
+    fastcgi_temp_path {prefix}/tmp;
+    uwsgi_temp_path {prefix}/tmp;
+    scgi_temp_path {prefix}/tmp;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        default_type application/octet-stream;
+    }}
+}}
+"""
+
+PUT_LUA = """
+local counter = 0
+local pad = string.rep("x", 4096 - 40)
+request = function()
+    counter = counter + 1
+    local id = string.format("%d-%d-%d", wrk.thread_id or 0, counter, math.random(1, 1000000000))
+    local body = string.sub(id .. pad, 1, 4096)
+    return wrk.format("PUT", "/v1/keys/bench%2F" .. id, nil, body)
+end
+setup = function(thread)
+    thread:set("id", tostring(thread))
+end
+init = function(args)
+    math.randomseed(os.time() + tonumber(string.sub(tostring({}), 8), 16) % 100000)
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def wrk(url: str, seconds: float, connections: int, token: str | None = None, script: str | None = None) -> float:
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--latency"]
+    if token:
+        command += ["-H", f"Authorization: Bearer {token}"]
+    if script:
+        command += ["-s", script]
+    out = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"wrk saw {errors.group(1)} error responses from {url}:\n{out}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def fsync_rate(directory: Path, seconds: float = 2.0) -> float:
+    """4 KiB write + fsync in a loop on the store's file system: the disk's durable-write rate."""
+    path = directory / ".fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    count, block = 0, b"f" * 4096
+    deadline = time.perf_counter() + seconds
+    try:
+        while time.perf_counter() < deadline:
+            os.write(fd, block)
+            os.fsync(fd)
+            count += 1
+    finally:
+        os.close(fd)
+        path.unlink()
+    return count / seconds
+
+
+class Sampler(threading.Thread):
+    """Peak RSS of some processes, sampled every 20 ms."""
+
+    def __init__(self, pids: list[int]):
+        super().__init__(daemon=True)
+        self.processes = [psutil.Process(pid) for pid in pids]
+        self.peak = {pid: 0 for pid in pids}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for process in self.processes:
+                try:
+                    self.peak[process.pid] = max(self.peak[process.pid], process.memory_info().rss)
+                except psutil.Error:
+                    pass
+            self.stop.wait(0.02)
+
+
+def download_rate(url: str, token: str | None, expected: int) -> float:
+    command = ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{speed_download}"]
+    if token:
+        command += ["-H", f"Authorization: Bearer {token}"]
+    size, speed = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout.split()
+    if int(size) != expected:
+        raise RuntimeError(f"{url} gave {size} bytes, not {expected}")
+    return float(speed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10, help="length of each wrk run")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per case (the median is reported)")
+    parser.add_argument("--big-mib", type=int, default=1024, help="size of the large object")
+    parser.add_argument("--dir", help="where to make the store [default: a temp dir under /tmp]")
+    parser.add_argument("--parts", default="get,big,put", help="which parts to run (comma-separated: get, big, put)")
+    args = parser.parse_args(argv)
+    missing = [tool for tool in ("nginx", "wrk", "curl") if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
+    if missing:
+        print(f"skipped: {', '.join(missing)} not installed (apt-get install nginx wrk curl)")
+        return 0
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    one, five, _ = os.getloadavg()
+    print(f"machine: {os.cpu_count()} CPUs, load average {one:.2f} (1 min) {five:.2f} (5 min)")
+    work = Path(tempfile.mkdtemp(prefix="imstore-bench-serve-", dir=args.dir))
+    processes: list[subprocess.Popen] = []
+    try:
+        store_path = work / "store"
+        store, _ = Store.init(store_path)
+        small = store.put("small", os.urandom(4096)).version.hash
+        token = TokenStore(store_path).create("bench", "write")
+        # ---------------------------------------------------------------- servers
+        nginx_port, gateway_port, worker_port = free_port(), free_port(), free_port()
+        prefix = work / "nginx"
+        (prefix / "tmp").mkdir(parents=True)
+        user = "user root;" if os.geteuid() == 0 else ""  # the store is in a 0700 temp dir
+        (prefix / "nginx.conf").write_text(NGINX_CONF.format(user=user, prefix=prefix, port=nginx_port, root=store_path / "objects"))
+        processes.append(subprocess.Popen([nginx, "-c", str(prefix / "nginx.conf"), "-p", str(prefix), "-g", "daemon off;"],
+                                          stderr=subprocess.DEVNULL))
+        log = open(work / "serve.log", "wb")
+        serve = subprocess.Popen([*IMSTORE, "--store", str(store_path), "serve", "--port", str(gateway_port), "--workers", "2"],
+                                 stdout=log, stderr=log)
+        processes.append(serve)
+        single = subprocess.Popen([sys.executable, "-m", "imstore.server.worker", "--store", str(store_path), "--socket",
+                                   str(work / "unused.sock"), "--tcp-port", str(worker_port)], stderr=subprocess.DEVNULL)
+        processes.append(single)
+        for port in (nginx_port, gateway_port, worker_port):
+            wait_port(port)
+        gateway_url = f"http://127.0.0.1:{gateway_port}"
+        urls = {
+            "nginx": (f"http://127.0.0.1:{nginx_port}/{small[:2]}/{small[2:]}", None),
+            "gateway + 2 workers": (f"{gateway_url}/v1/objects/{small}", token),
+            "1 worker, no gateway": (f"http://127.0.0.1:{worker_port}/v1/objects/{small}", None),
+        }
+        parts = set(args.parts.split(","))
+        # ---------------------------------------------------------------- 4 KiB GETs
+        if "get" in parts:
+            get_benchmark(urls, args)
+        if "big" in parts:
+            big_benchmark(store, work, serve, nginx_port, gateway_url, token, args)
+        if "put" in parts:
+            put_benchmark(store_path, work, gateway_url, token, args)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if "store_path" in locals():  # after the servers stopped: nothing is writing any more
+            store.close()
+            with Store.open(store_path) as check:
+                report = check.verify()
+                verdict = "clean" if report.ok else "FAILED: " + "; ".join(report.problems[:3])
+                print(f"store after the run: {report.records} records, verify {verdict}")
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def get_benchmark(urls: dict, args) -> None:
+    rates: dict[str, list[float]] = {name: [] for name in urls}
+    for round_number in range(args.rounds):
+        names = list(urls)[round_number % len(urls):] + list(urls)[: round_number % len(urls)]
+        for name in names:
+            url, bearer = urls[name]
+            rates[name].append(wrk(url, args.seconds, 64, bearer))
+    print(f"== 4 KiB object GETs, wrk -t2 -c64 -d{args.seconds:g}s, {args.rounds} interleaved rounds (median requests/s)")
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    for name, value in medians.items():
+        print(f"  {name:24s} {value:10.0f}/s   runs: {', '.join(f'{v:.0f}' for v in rates[name])}")
+    ratio = medians["gateway + 2 workers"] / medians["nginx"]
+    print(f"  gateway / nginx = {ratio:.3f}x (goal >= 0.13x: {'met' if ratio >= 0.13 else 'MISSED'})")
+    print(f"  1 worker without the gateway / nginx = {medians['1 worker, no gateway'] / medians['nginx']:.3f}x")
+
+
+def big_benchmark(store, work, serve, nginx_port, gateway_url, token, args) -> None:
+    size = args.big_mib << 20
+    big_path = work / "big.bin"
+    with open(big_path, "wb") as handle:
+        block = os.urandom(1 << 20)
+        for _ in range(args.big_mib):
+            handle.write(block)
+    with open(big_path, "rb") as handle:
+        big = store.put_stream("big", handle).version.hash
+    big_path.unlink()
+    gateway_pids = [serve.pid] + [child.pid for child in psutil.Process(serve.pid).children()]
+    nginx_rates, gateway_rates = [], []
+    sampler = Sampler(gateway_pids)
+    baseline = {pid: psutil.Process(pid).memory_info().rss for pid in gateway_pids}
+    sampler.start()
+    for _ in range(args.rounds):
+        nginx_rates.append(download_rate(f"http://127.0.0.1:{nginx_port}/{big[:2]}/{big[2:]}", None, size))
+        gateway_rates.append(download_rate(f"{gateway_url}/v1/objects/{big}", token, size))
+    sampler.stop.set()
+    sampler.join()
+    nginx_speed, gateway_speed = statistics.median(nginx_rates), statistics.median(gateway_rates)
+    print(f"== {args.big_mib} MiB GET with curl, {args.rounds} interleaved rounds (median)")
+    print(f"  nginx                    {nginx_speed / 2**20:8.0f} MiB/s")
+    print(f"  gateway + 2 workers      {gateway_speed / 2**20:8.0f} MiB/s")
+    big_ratio = gateway_speed / nginx_speed
+    print(f"  gateway / nginx = {big_ratio:.3f}x (goal >= 0.5x: {'met' if big_ratio >= 0.5 else 'MISSED'})")
+    gateway_peak = sampler.peak[serve.pid] / 2**20
+    print(f"  peak RSS: gateway {gateway_peak:.0f} MiB (before {baseline[serve.pid] / 2**20:.0f} MiB); workers "
+          + ", ".join(f"{sampler.peak[pid] / 2**20:.0f} MiB (before {baseline[pid] / 2**20:.0f})" for pid in gateway_pids[1:]))
+
+
+def put_benchmark(store_path, work, gateway_url, token, args) -> None:
+    disk_rate = fsync_rate(store_path)
+    script = work / "put.lua"
+    script.write_text(PUT_LUA)
+    put_rates = [wrk(f"{gateway_url}/", args.seconds, 32, token, str(script)) for _ in range(args.rounds)]
+    put_rate = statistics.median(put_rates)
+    print(f"== durable 4 KiB PUTs through the gateway (2 workers), 32 concurrent clients, {args.rounds} runs (median)")
+    print(f"  {put_rate:.0f} PUTs/s   runs: {', '.join(f'{v:.0f}' for v in put_rates)}")
+    print(f"  disk: {disk_rate:.0f} fsyncs/s (4 KiB write + fsync in a loop, one thread, same file system)")
+    print(f"  goal >= 2,000 PUTs/s: {'met' if put_rate >= 2000 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""API tokens for serve: only their SHA-256 hashes are kept, in STORE/tokens (mode 0600).
+
+A token is 256 random bits, so a plain SHA-256 is enough (no password stretching
+needed) and lets the gateway compare hashes with `hmac.compare_digest` in
+constant time. Every kind of bad token gets the same answer.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InvalidInput, KeyNotFound, Unavailable, from_os_error
+from ..fsio import fsync_dir, fsync_fd, write_all
+from ..validate import format_time
+
+__all__ = ["TokenStore", "TokenInfo", "Authenticator", "SCOPES", "TOKENS_NAME"]
+
+TOKENS_NAME = "tokens"
+SCOPES = ("read", "write")
+TOKEN_PREFIX = "imst_"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    name: str
+    scope: str
+    created: str
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class TokenStore:
+    """The token file of one store: create, list, revoke (the CLI), load (the gateway)."""
+
+    def __init__(self, store_root: str | os.PathLike):
+        self.root = Path(store_root)
+        self.path = self.root / TOKENS_NAME
+
+    def load(self) -> list[dict]:
+        try:
+            text = self.path.read_text("utf-8")
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise from_os_error(exc, f"reading {self.path}") from None
+        try:
+            entries = json.loads(text)["tokens"]
+            return [entry for entry in entries if entry.get("scope") in SCOPES and isinstance(entry.get("sha256"), str)]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise Unavailable(f"the token file {self.path} is damaged; remove it and create tokens again") from None
+
+    def list(self) -> list[TokenInfo]:
+        return [TokenInfo(entry["name"], entry["scope"], entry.get("created", "")) for entry in self.load()]
+
+    def create(self, name: str, scope: str) -> str:
+        """Make a new token, store its hash, and return the token (the only time it is seen)."""
+        if scope not in SCOPES:
+            raise InvalidInput(f"a token's scope is read or write, not {scope!r}")
+        if not _NAME.match(name):
+            raise InvalidInput("a token name is 1-64 characters: letters, digits, . _ @ - (not first)")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self._locked():
+            entries = self.load()
+            if any(entry["name"] == name for entry in entries):
+                raise InvalidInput(f"a token named {name!r} exists; revoke it first (imstore token revoke {name})")
+            entries.append({"name": name, "scope": scope, "sha256": token_hash(token), "created": format_time(time.time_ns())})
+            self._save(entries)
+        return token
+
+    def revoke(self, name: str) -> None:
+        with self._locked():
+            entries = self.load()
+            kept = [entry for entry in entries if entry["name"] != name]
+            if len(kept) == len(entries):
+                raise KeyNotFound(f"no token named {name!r}")
+            self._save(kept)
+
+    def _locked(self):
+        """flock on the store directory itself: token edits are rare and must not race."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def hold():
+            try:
+                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:
+                raise from_os_error(exc, f"opening {self.root}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+        return hold()
+
+    def _save(self, entries: list[dict]) -> None:
+        data = json.dumps({"tokens": entries}, indent=1).encode("utf-8")
+        temp = self.path.with_name(f".tmp-{TOKENS_NAME}-{os.getpid()}")
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+                write_all(fd, data)
+                fsync_fd(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, self.path)
+            fsync_dir(self.root)
+        except OSError as exc:
+            raise from_os_error(exc, f"writing {self.path}") from None
+
+
+class Authenticator:
+    """The gateway's view of the token file, reloaded when the file changes (checked at most once a second)."""
+
+    def __init__(self, tokens: TokenStore):
+        self.tokens = tokens
+        self._entries: list[tuple[str, str]] = []
+        self._stamp: tuple | None = None
+        self._checked = 0.0
+        self._refresh(force=True)
+
+    @property
+    def has_tokens(self) -> bool:
+        self._refresh()
+        return bool(self._entries)
+
+    def _refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked < 1.0:
+            return
+        self._checked = now
+        try:
+            status = os.stat(self.tokens.path)
+            stamp = (status.st_mtime_ns, status.st_ino, status.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp != self._stamp or force:
+            self._entries = [(entry["sha256"], entry["scope"]) for entry in self.tokens.load()] if stamp else []
+            self._stamp = stamp
+
+    def scope_for(self, authorization: str | None) -> str | None:
+        """The scope of the bearer token in an Authorization header, or None for any bad one."""
+        self._refresh()
+        scheme, _, token = (authorization or "").partition(" ")
+        candidate = token_hash(token.strip()) if scheme.lower() == "bearer" and token.strip() else "-"
+        found = None
+        for stored, scope in self._entries:  # no early exit: the time does not depend on which entry matched
+            if hmac.compare_digest(stored, candidate):
+                found = scope
+        return found

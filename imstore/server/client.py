@@ -1,0 +1,301 @@
+"""RemoteStore: the Store API over HTTP, the backend of the CLI's --remote.
+
+It has the methods the CLI calls on a local Store (put_stream, open_version,
+open_object, history, ls, delete, log_records) with the same results and the
+same errors (rebuilt from the server's problem documents), so each command
+works unchanged against a server. Bytes stream both ways and are checked
+against their hash here too: a reader raises CorruptObject rather than hand
+over bytes that do not match the ETag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlencode
+
+import aiohttp
+from yarl import URL
+
+from ..errors import CorruptObject, InvalidInput, Unavailable, UsageError
+from ..hashing import blake3
+from ..objects import CHUNK_SIZE
+from ..store import PutResult, Version
+from ..validate import parse_version
+from .headers import encode_text
+from .protocol import MESSAGE_HEADER, META_HEADER, STALE_HEADER, VERSION_HEADER, error_from_problem, key_path
+
+__all__ = ["RemoteStore", "RemoteReader", "version_from_document"]
+
+RETRIES = 3
+STALE_WARNING = "the server's store is unavailable: this latest version comes from its cache and may be stale"
+
+
+def version_from_document(document: dict) -> Version:
+    return Version(
+        document["key"],
+        document["version"],
+        document.get("seq", 0),
+        document.get("op", "put"),
+        document.get("hash"),
+        document.get("size", 0),
+        document.get("time_ns", 0),
+        document.get("content_type"),
+        document.get("message"),
+        document.get("meta") or {},
+    )
+
+
+class RemoteReader:
+    """Reads one object from the server, checking every byte against its hash (like ObjectReader)."""
+
+    def __init__(self, remote: RemoteStore, object_id: str, size: int, response: aiohttp.ClientResponse | None):
+        self.remote = remote
+        self.object_id = object_id
+        self.size = size
+        self._response = response  # the first pass reuses the response that told us the hash
+
+    def chunks(self, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        response, self._response = self._response, None
+        if response is None:
+            response = self.remote._run(self.remote._request("GET", f"/v1/objects/{self.object_id}"))
+        hasher, seen = blake3(), 0
+        try:
+            while True:
+                try:
+                    chunk = self.remote._run(response.content.read(chunk_size))
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    raise Unavailable(f"the download of {self.object_id} broke off: {exc}") from None
+                if not chunk:
+                    break
+                hasher.update(chunk)
+                seen += len(chunk)
+                yield chunk
+        finally:
+            response.release()
+        if seen != self.size or hasher.hexdigest() != self.object_id:
+            raise CorruptObject(f"the bytes received for {self.object_id} do not hash to it")
+
+    def read(self) -> bytes:
+        return b"".join(self.chunks())
+
+    def verify(self) -> None:
+        for _chunk in self.chunks():
+            pass
+
+    def close(self) -> None:
+        if self._response is not None:
+            self._response.release()
+            self._response = None
+
+
+class RemoteStore:
+    """A store behind `imstore serve`, used like a local Store (a context manager)."""
+
+    def __init__(self, url: str, token: str | None):
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"--remote takes an http:// or https:// URL, not {url!r}")
+        self.base = url.rstrip("/")
+        self.token = token
+        self.warnings: list[str] = []
+        self.root = self.base
+        self._loop = asyncio.new_event_loop()
+        self._session: aiohttp.ClientSession | None = None
+        self._readers: list[RemoteReader] = []
+
+    # ------------------------------------------------------------ plumbing
+    def _run(self, coroutine):
+        return self._loop.run_until_complete(coroutine)
+
+    def close(self) -> None:
+        for reader in self._readers:
+            reader.close()
+        if self._session is not None:
+            self._run(self._session.close())
+            self._session = None
+        self._loop.close()
+
+    def __enter__(self) -> RemoteStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    async def _request(self, method: str, path: str, *, query: dict | None = None, headers: dict | None = None, data=None):
+        """Send one request; an error status becomes the store's own error."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300),
+                skip_auto_headers=("Content-Type",),
+                auto_decompress=False,
+            )
+        query = {name: value for name, value in (query or {}).items() if value is not None}
+        url = URL(self.base + path + ("?" + urlencode(query) if query else ""), encoded=True)
+        all_headers = dict(headers or {})
+        if self.token:
+            all_headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            response = await self._session.request(method, url, headers=all_headers, data=data)
+        except aiohttp.ClientConnectorError as exc:
+            raise Unavailable(f"cannot reach the server at {self.base}: {exc.os_error.strerror or exc}") from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise Unavailable(f"the server at {self.base} failed: {exc or type(exc).__name__}") from None
+        if response.status >= 400:
+            body = await response.read()
+            response.release()
+            raise error_from_problem(response.status, body)
+        if response.headers.get(STALE_HEADER) == "1":
+            self.warnings.append(STALE_WARNING)
+        return response
+
+    def _json(self, method: str, path: str, **options):
+        async def call():
+            response = await self._request(method, path, **options)
+            try:
+                return await response.json(content_type=None)
+            finally:
+                response.release()
+
+        return self._run(call())
+
+    # ------------------------------------------------------------ writing
+    def put_stream(
+        self,
+        key: str,
+        source,
+        *,
+        content_type: str | None = None,
+        meta: dict | None = None,
+        message: str | None = None,
+        if_version: int | str | None = None,
+        if_absent: bool = False,
+        max_size: int | None = None,
+    ) -> PutResult:
+        headers = {"Idempotency-Key": uuid.uuid4().hex, **_write_headers(message, if_version)}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        if meta:
+            headers[META_HEADER] = encode_text(json.dumps(meta, ensure_ascii=False))
+        if if_absent:
+            headers["If-None-Match"] = "*"
+        size = _regular_file_size(source)
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        start = source.tell() if size is not None else None
+        path = key_path("/v1/keys/", key)
+
+        def send():
+            if start is not None:
+                source.seek(start)  # a regular file can be sent again
+            return self._json("PUT", path, headers=headers, data=_body(source, max_size))
+
+        # Only a body we can send again is retried; the Idempotency-Key makes the retry safe.
+        document = _with_retries(send, attempts=RETRIES if start is not None else 1)
+        return PutResult(version_from_document(document), bool(document.get("unchanged")))
+
+    def delete(self, key: str, *, message: str | None = None, if_version: int | str | None = None) -> Version:
+        headers = {"Idempotency-Key": uuid.uuid4().hex, **_write_headers(message, if_version)}
+        path = key_path("/v1/keys/", key)
+        return version_from_document(_with_retries(lambda: self._json("DELETE", path, headers=headers), attempts=RETRIES))
+
+    # ------------------------------------------------------------ reading
+    def open_version(self, key: str, version: int | str | None = None, at: int | None = None) -> tuple[Version, RemoteReader]:
+        query = {"version": str(version) if version is not None else None, "at": _iso(at) if at is not None else None}
+        response = self._run(self._request("GET", key_path("/v1/keys/", key), query=query))
+        object_id = response.headers.get("ETag", "").strip('"')
+        number = int(response.headers.get(VERSION_HEADER, "0"))
+        size = response.content_length or 0
+        found = Version(key, number, 0, "put", object_id, size, 0, response.headers.get("Content-Type"))
+        reader = RemoteReader(self, object_id, size, response)
+        self._readers.append(reader)
+        return found, reader
+
+    def open_object(self, hash_or_prefix: str) -> RemoteReader:
+        response = self._run(self._request("GET", "/v1/objects/" + _hex_only(hash_or_prefix)))
+        reader = RemoteReader(self, response.headers.get("ETag", "").strip('"'), response.content_length or 0, response)
+        self._readers.append(reader)
+        return reader
+
+    def history(self, key: str, limit: int | None = None) -> list[Version]:
+        documents = self._json("GET", key_path("/v1/history/", key), query={"limit": limit})
+        return [version_from_document(document) for document in documents]
+
+    def ls(self, prefix: str = "", *, include_deleted: bool = False, limit: int | None = None) -> list[Version]:
+        query = {"prefix": prefix or None, "all": "1" if include_deleted else None, "limit": limit}
+        return [version_from_document(document) for document in self._json("GET", "/v1/keys", query=query)]
+
+    def log_records(self, after: int = 0, limit: int | None = None) -> list[Version]:
+        documents = self._json("GET", "/v1/log", query={"after": after or None, "limit": limit})
+        return [version_from_document(document) for document in documents]
+
+    # ------------------------------------------------------------ local-only operations
+    def verify(self, progress=None):
+        raise UsageError("verify reads every file of the store: run it on the server's machine, not with --remote")
+
+    def reindex(self):
+        raise UsageError("reindex rebuilds a local index: run it on the server's machine, not with --remote")
+
+
+def _with_retries(send, attempts: int):
+    """Retry a write whose worker died mid-request (503/409 with the same Idempotency-Key)."""
+    import time
+
+    from ..errors import RequestInProgress
+
+    for attempt in range(attempts):
+        try:
+            return send()
+        except (Unavailable, RequestInProgress):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _write_headers(message: str | None, if_version: int | str | None) -> dict:
+    headers = {}
+    if message is not None:
+        headers[MESSAGE_HEADER] = encode_text(message)
+    if if_version is not None:
+        number = 0 if str(if_version).strip() == "0" else parse_version(if_version)
+        headers["If-Match"] = f'"v{number}"'
+    return headers
+
+
+def _hex_only(text: str) -> str:
+    """Object ids are hex; anything else is refused here so it cannot alter the path."""
+    from ..hashing import validate_prefix
+
+    return validate_prefix(text)
+
+
+def _iso(time_ns: int) -> str:
+    from ..validate import format_time
+
+    seconds, rest = divmod(time_ns, 1_000_000_000)
+    return format_time(seconds * 1_000_000_000)[:-5] + f".{rest // 1000:06d}Z"
+
+
+def _regular_file_size(source) -> int | None:
+    try:
+        status = os.fstat(source.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    return status.st_size - source.tell()
+
+
+async def _body(source, max_size: int | None):
+    """The put's bytes as an async stream (reads block the loop, which serves only this one request)."""
+    sent = 0
+    chunks = iter(lambda: source.read(CHUNK_SIZE), b"") if hasattr(source, "read") else source
+    for chunk in chunks:
+        sent += len(chunk)
+        if max_size is not None and sent > max_size:
+            raise InvalidInput(f"content is larger than the limit of {max_size} bytes")
+        yield chunk

@@ -1,0 +1,426 @@
+"""The gateway: authenticates, enforces limits, and forwards round-robin to the workers.
+
+It is the only process on the network. Bodies stream both ways in chunks (small
+ones are read whole, which is faster and lets a write with an Idempotency-Key be
+retried on another worker). GET/HEAD are retried once on another worker when the
+first one fails at the connection level; a worker that fails is not sent more
+requests until it answers its health check again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import signal
+import ssl
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from ..errors import BodyTooLarge, ClientTooSlow, ImstoreError, InvalidInput, UsageError
+from .auth import Authenticator, TokenStore
+from .metrics import Metrics
+from .protocol import (
+    INTERNAL_HEADERS,
+    PROBLEM_TYPE,
+    SENDFILE_FILE,
+    SENDFILE_OFFER,
+    WORKER_HEADER,
+    WRITE_METHODS,
+    match_route,
+    problem,
+)
+from .supervisor import Supervisor, WorkerSlot
+from .upstream import UpstreamError, UpstreamResponse
+
+__all__ = ["GatewayConfig", "Gateway", "serve", "check_binding"]
+
+MAX_LINE = 8190  # request line: longer is 414
+MAX_FIELD = 8192  # one header: longer is 431 (the two limits differ so the error tells them apart)
+MAX_HEADERS = 100
+BUFFERED = 256 << 10  # bodies up to this size are read whole
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+        "Transfer-Encoding", "Upgrade", "Host", "Authorization", "Content-Length", "Date", "Server", "Expect",
+    )
+)  # fmt: skip
+OPENAPI = Path(__file__).with_name("openapi.json")
+# aiohttp's client spells some names its own way ("Etag"); clients get the canonical spelling.
+CANONICAL = {name.lower(): name for name in ("ETag", "WWW-Authenticate", "X-Imstore-Version", "X-Imstore-Stale", "Content-Range")}
+
+
+@dataclass
+class GatewayConfig:
+    store_root: str
+    host: str = "127.0.0.1"
+    port: int = 8765
+    workers: int = 2
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_body: int | None = None
+    client_timeout: float = 30.0  # idle time allowed while reading a request or writing a response
+    shutdown_timeout: float = 10.0
+
+
+class _LimitedRequestHandler(RequestHandler):
+    """Requests aiohttp cannot parse: oversized headers are 431, long targets 414, the rest 400; problem+json."""
+
+    def handle_error(self, request, status=500, exc=None, message=None):
+        if status != 400:
+            return super().handle_error(request, status, exc, message)
+        if isinstance(exc, LineTooLong):
+            status = 431 if str(exc.args[1]) == str(MAX_FIELD) else 414
+        elif isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc):
+            status = 431
+        detail = str(getattr(exc, "message", None) or exc or "malformed request").splitlines()[0][:200]
+        print(f"imstore serve: - - {status} 0B 0.0ms worker=- ({detail})", file=sys.stderr, flush=True)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer had started; cannot send an error")
+        response = _problem(status, None, f"malformed request: {detail}")
+        response.force_close()
+        return response
+
+
+class _GatewayServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _LimitedRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class Gateway:
+    """The request handler of the gateway process."""
+
+    def __init__(self, config: GatewayConfig, supervisor: Supervisor, authenticator: Authenticator):
+        self.config = config
+        self.supervisor = supervisor
+        self.auth = authenticator
+        self.metrics = Metrics()
+        self.openapi = OPENAPI.read_bytes()
+        self.in_flight = 0
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self.in_flight -= 1
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (bounded) until no request is in flight."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.monotonic()
+        state = {"route": "unknown", "worker": "-", "bytes_in": 0, "bytes_out": 0}
+        try:
+            response = await self._dispatch(request, state)
+        except ImstoreError as exc:
+            response = _problem(exc.http_status, exc, str(exc) or exc.title)
+        except (ConnectionError, asyncio.CancelledError):
+            self._account(request, state, 499, started)
+            raise
+        except Exception as exc:
+            import traceback
+
+            traceback.print_exc()
+            response = _problem(500, None, f"internal error: {type(exc).__name__}")
+        if isinstance(response, web.Response) and response.body is not None:
+            state["bytes_out"] = len(response.body)
+        self._account(request, state, response.status, started)
+        return response
+
+    def _account(self, request: web.BaseRequest, state: dict, status: int, started: float) -> None:
+        seconds = time.monotonic() - started
+        self.metrics.observe(state["route"], request.method, status, state["bytes_in"], state["bytes_out"], seconds)
+        # The access line: never the Authorization header, never the query string's values (they could be secrets).
+        print(
+            f"imstore serve: {request.method} {request.raw_path.partition('?')[0]} {status} {state['bytes_out']}B"
+            f" {seconds * 1000:.1f}ms worker={state['worker']}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    async def _dispatch(self, request: web.BaseRequest, state: dict) -> web.StreamResponse:
+        if not request.raw_path.startswith("/") or not request.raw_path.isascii():
+            raise UsageError("the request target must be a path in ASCII (percent-encode keys)")
+        matched = match_route(request.raw_path)
+        if matched is None:
+            return _problem(404, None, f"no route for {request.raw_path.partition('?')[0][:200]!r}")
+        route = matched.route
+        state["route"] = route.name
+        if request.method not in route.methods:
+            return _problem(405, None, f"{request.method} is not allowed on {route.template}", {"Allow": ", ".join(route.methods)})
+        if route.name == "healthz":
+            health = self.supervisor.health()
+            return _json(health, 503 if health["status"] == "down" else 200)
+        scope = self.auth.scope_for(request.headers.get("Authorization"))
+        if scope is None:
+            return _problem(
+                401, None, "a valid API token is needed: Authorization: Bearer TOKEN", {"WWW-Authenticate": 'Bearer realm="imstore"'}
+            )
+        if request.method in WRITE_METHODS and scope != "write":
+            return _problem(403, None, f"this token has the {scope} scope; {request.method} needs a write token")
+        if route.name == "metrics":
+            text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"])
+            return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        if route.name == "openapi":
+            return web.Response(body=self.openapi, headers={"Content-Type": "application/json"})
+        return await self._forward(request, state)
+
+    # ------------------------------------------------------------ forwarding
+    async def _forward(self, request: web.BaseRequest, state: dict) -> web.StreamResponse:
+        length = request.content_length
+        limit = self.config.max_body
+        if limit is not None and length is not None and length > limit:
+            raise BodyTooLarge(f"the body is {length} bytes; this server takes at most {limit}")
+        dropped = HOP_BY_HOP | INTERNAL_HEADERS
+        headers = {name: value for name, value in request.headers.items() if name.lower() not in dropped}
+        if request.method == "GET" and request.transport is not None and request.transport.get_extra_info("sslcontext") is None:
+            headers[SENDFILE_OFFER] = "1"
+        body: object = None
+        if request.method in WRITE_METHODS or request.body_exists:
+            if request.headers.get("Expect", "").lower() == "100-continue":
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # auth and limits passed: send the body
+            if length is not None and length <= BUFFERED:
+                body = await self._read_whole(request, length)
+                state["bytes_in"] = len(body)
+            else:
+                body = self._stream_body(request, state)
+            if length is not None:
+                headers["Content-Length"] = str(length)
+        retry = request.method in ("GET", "HEAD") or ("Idempotency-Key" in request.headers and not hasattr(body, "__aiter__"))
+        failed: WorkerSlot | None = None
+        for attempt in range(2 if retry else 1):
+            slot = self.supervisor.pick(exclude=failed) or await self.supervisor.wait_for_any(2.0)
+            if slot is None:
+                raise _unavailable("no worker is alive")
+            state["worker"] = slot.id
+            slot.requests += 1
+            try:
+                return await self._exchange(request, slot, headers, body, state)
+            except _WorkerFailed as failure:
+                self.supervisor.suspect(slot)
+                failed = slot
+                if attempt == 0 and retry:
+                    continue
+                raise _unavailable(f"worker {slot.id} failed during the request ({failure}); retry it") from None
+        raise AssertionError("unreachable")
+
+    async def _read_whole(self, request: web.BaseRequest, length: int) -> bytes:
+        try:
+            data = await asyncio.wait_for(request.content.read(), self.config.client_timeout)
+        except TimeoutError:
+            raise ClientTooSlow("the request body stopped arriving") from None
+        if len(data) != length:
+            raise InvalidInput(f"the body has {len(data)} of its {length} bytes")
+        return data
+
+    async def _stream_body(self, request: web.BaseRequest, state: dict):
+        """The client's body, chunk by chunk; an error here is kept in state so the answer can name it."""
+        limit = self.config.max_body
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(request.content.readany(), self.config.client_timeout)
+                except TimeoutError:
+                    raise ClientTooSlow("the request body stopped arriving") from None
+                if not chunk:
+                    return
+                state["bytes_in"] += len(chunk)
+                if limit is not None and state["bytes_in"] > limit:
+                    raise BodyTooLarge(f"the body is larger than this server's limit of {limit} bytes")
+                yield chunk
+        except ImstoreError as exc:
+            state["body_error"] = exc
+            raise
+        except Exception as exc:
+            state["body_error"] = InvalidInput(f"the request body broke off: {exc or type(exc).__name__}")
+            raise
+
+    async def _exchange(self, request: web.BaseRequest, slot: WorkerSlot, headers: dict, body, state: dict) -> web.StreamResponse:
+        assert slot.pool is not None
+        try:
+            upstream = await slot.pool.request(request.method, request.raw_path, headers, body)
+        except UpstreamError as exc:
+            if "body_error" in state:
+                raise state["body_error"] from None  # the client's body failed, not the worker
+            raise _WorkerFailed(str(exc)) from None
+        try:
+            out_headers = {CANONICAL.get(name.lower(), name): value for name, value in upstream.headers if name.lower() not in HOP_BY_HOP}
+            out_headers[WORKER_HEADER] = str(slot.id)
+            sendfile = out_headers.pop(SENDFILE_FILE, None)
+            if sendfile is not None:
+                return await self._sendfile(request, upstream.status, out_headers, sendfile, state)
+            size = upstream.content_length
+            if request.method == "HEAD" or upstream.status in (204, 304):
+                response = web.StreamResponse(status=upstream.status, headers=out_headers)
+                if size is not None:
+                    response.content_length = size
+                await response.prepare(request)
+                await response.write_eof()
+                return response
+            if size is not None and size <= BUFFERED:
+                try:
+                    data = await upstream.read()
+                except UpstreamError as exc:
+                    raise _WorkerFailed(str(exc)) from None
+                return web.Response(status=upstream.status, body=data, headers=out_headers)
+            return await self._relay(request, upstream, out_headers, state)
+        finally:
+            upstream.release()
+
+    async def _sendfile(self, request: web.BaseRequest, status: int, headers: dict, where: str, state: dict) -> web.StreamResponse:
+        """Send bytes a worker has just verified straight from the store's file (zero-copy, like nginx)."""
+        from urllib.parse import unquote
+
+        offset, length, path = where.split(" ", 2)
+        offset, length = int(offset), int(length)
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = length
+        with open(unquote(path), "rb") as handle:
+            await response.prepare(request)
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("client gone")
+            # A reader slower than 1 MiB/s (after the usual idle allowance) is cut off.
+            allowance = self.config.client_timeout + length / (1 << 20)
+            await asyncio.wait_for(asyncio.get_running_loop().sendfile(transport, handle, offset, length), allowance)
+        state["bytes_out"] += length
+        await response.write_eof()
+        return response
+
+    async def _relay(self, request: web.BaseRequest, upstream: UpstreamResponse, headers: dict, state: dict) -> web.StreamResponse:
+        """Stream a large response through; a worker dying mid-way cuts the client's connection (never a short 200)."""
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        if upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        await response.prepare(request)
+        try:
+            async for piece in upstream.pieces():
+                await asyncio.wait_for(response.write(piece), self.config.client_timeout)  # a reader that stalls is cut off
+                state["bytes_out"] += len(piece)
+        except (UpstreamError, TimeoutError) as exc:
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionError(f"relay cut off: {exc}") from None
+        await response.write_eof()
+        return response
+
+
+class _WorkerFailed(Exception):
+    """The worker did not answer (connection refused, reset, or closed early)."""
+
+
+def _unavailable(detail: str) -> ImstoreError:
+    from ..errors import Unavailable
+
+    error = Unavailable(detail)
+    error.http_status = 503
+    return error
+
+
+def _problem(status: int, error: ImstoreError | None, detail: str, headers: dict | None = None) -> web.Response:
+    return web.Response(status=status, body=problem(error, status, detail), headers={**(headers or {}), "Content-Type": PROBLEM_TYPE})
+
+
+def _json(document, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=json.dumps(document).encode(), headers={"Content-Type": "application/json"})
+
+
+# ============================================================ start-up and shutdown
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_binding(config: GatewayConfig, authenticator: Authenticator, warn) -> None:
+    """Refuse a LAN address with no token; warn about plain HTTP on one."""
+    if is_loopback(config.host):
+        return
+    if not authenticator.has_tokens:
+        raise UsageError(
+            f"refusing to listen on {config.host} with no API token: anyone on the network could write."
+            " Create one first: imstore token create --scope write --name NAME"
+        )
+    if not config.tls_cert:
+        warn(f"serving plain HTTP on {config.host}: tokens and data cross the network in clear (use --tls-cert and --tls-key)")
+
+
+def _ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidInput(f"cannot load the TLS certificate and key: {exc}") from None
+    return context
+
+
+async def serve(config: GatewayConfig, info, warn) -> None:
+    """Run until SIGTERM/SIGINT: start workers, listen once they all answer, then drain and stop."""
+    authenticator = Authenticator(TokenStore(config.store_root))
+    check_binding(config, authenticator, warn)
+    ssl_context = _ssl_context(config)
+    supervisor = Supervisor(config.store_root, config.workers, shutdown_timeout=config.shutdown_timeout)
+    try:
+        await supervisor.start()
+        gateway = Gateway(config, supervisor, authenticator)
+        server = _GatewayServer(
+            gateway.handle,
+            access_log=None,
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_FIELD,
+            max_headers=MAX_HEADERS,
+            keepalive_timeout=config.client_timeout,
+            lingering_time=config.client_timeout,
+            read_bufsize=256 << 10,
+        )
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
+        await runner.setup()
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context, backlog=1024)
+        await site.start()
+        scheme = "https" if ssl_context else "http"
+        info(f"imstore serve: listening on {scheme}://{_host_for_url(config.host)}:{config.port} with {config.workers} workers")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        info("imstore serve: stopping (finishing requests in flight)")
+        # aiohttp's own shutdown stops reading request bodies at once, so drain first:
+        # stop accepting, let in-flight requests finish (bounded), then close what is left.
+        await site.stop()
+        await gateway.drain(config.shutdown_timeout)
+        await runner.cleanup()
+    finally:
+        await supervisor.stop()
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def parse_size(text: str) -> int:
+    """'4096', '100K', '10M', '1G', '1GiB' → bytes (binary multiples)."""
+    cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
+    factor = 1
+    if cleaned and cleaned[-1] in "KMGT":
+        factor = 1 << (10 * ("KMGT".index(cleaned[-1]) + 1))
+        cleaned = cleaned[:-1]
+    if not cleaned.isdigit():
+        raise InvalidInput(f"not a size: {text!r} (e.g. 4096, 100K, 10M, 1G)")
+    return int(cleaned) * factor

@@ -1,0 +1,123 @@
+"""Reading what clients put in headers and query strings: preconditions, ranges, ETags, text.
+
+Header values are Latin-1 on the wire, so UTF-8 text (messages, metadata)
+travels percent-encoded: `encode_text` and `text_header` are the two sides.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote, unquote
+
+from ..errors import InvalidInput, InvalidVersion, UsageError
+from .idempotency import validate_idempotency_key
+from .protocol import META_HEADER
+
+__all__ = [
+    "positive",
+    "non_negative",
+    "preconditions",
+    "idempotency_key",
+    "encode_text",
+    "text_header",
+    "meta_header",
+    "etag_matches",
+    "parse_range",
+]
+
+
+def encode_text(text: str) -> str:
+    return quote(text.encode("utf-8", "surrogatepass"), safe="")
+
+
+def positive(text: str | None, name: str) -> int | None:
+    if text is None or text == "":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidInput(f"{name} must be a positive integer, not {text!r}")
+    return int(text)
+
+
+def non_negative(text: str | None, name: str) -> int:
+    if text is None or text == "":
+        return 0
+    if not text.isdigit():
+        raise InvalidInput(f"{name} must be a non-negative integer, not {text!r}")
+    return int(text)
+
+
+def preconditions(headers) -> dict:
+    """If-Match: "vN" → if_version N (v0: no versions yet); If-None-Match: * → if_absent."""
+    conditions: dict = {}
+    if_match = headers.get("If-Match")
+    if if_match is not None:
+        text = if_match.strip()
+        if not (text.startswith('"v') and text.endswith('"') and text[2:-1].isdigit()):
+            raise InvalidVersion(f'If-Match takes a version as "vN", not {if_match!r}')
+        conditions["if_version"] = int(text[2:-1])
+    if_none_match = headers.get("If-None-Match")
+    if if_none_match is not None:
+        if if_none_match.strip() != "*":
+            raise UsageError("on a write, If-None-Match only takes *")
+        conditions["if_absent"] = True
+    return conditions
+
+
+def idempotency_key(request) -> str | None:
+    value = request.headers.get("Idempotency-Key")
+    return validate_idempotency_key(value) if value is not None else None
+
+
+def text_header(value: str | None) -> str | None:
+    """Header values are Latin-1 on the wire, so UTF-8 text travels percent-encoded."""
+    if value is None:
+        return None
+    try:
+        return unquote(value, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidInput("a percent-encoded header is not valid UTF-8") from None
+
+
+def meta_header(value: str | None) -> dict | None:
+    text = text_header(value)
+    if text is None:
+        return None
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        raise InvalidInput(f"{META_HEADER} must be a percent-encoded JSON object") from None
+    if not isinstance(meta, dict):
+        raise InvalidInput(f"{META_HEADER} must be a JSON object")
+    return meta
+
+
+def etag_matches(header: str | None, object_id: str) -> bool:
+    if not header:
+        return False
+    for tag in header.split(","):
+        tag = tag.strip()
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag == "*" or tag.strip('"') == object_id:
+            return True
+    return False
+
+
+def parse_range(header: str, size: int):
+    """(start, end) for one `bytes=` range, 'unsatisfiable', or None to ignore it (RFC 9110)."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()) or (last and not last.isdigit()):
+        return None
+    if not first:
+        length = int(last)
+        if length == 0 or size == 0:
+            return "unsatisfiable"
+        return max(0, size - length), size
+    start = int(first)
+    end = min(int(last) + 1, size) if last else size
+    if start >= size or (last and int(last) < start):
+        return "unsatisfiable"
+    return start, end

@@ -1,0 +1,161 @@
+"""What the gateway, the workers and the client agree on: routes, keys in paths, problem documents.
+
+No aiohttp here: the route table is plain data so the OpenAPI test, the gateway
+(auth scope, metrics labels, 404/405) and the worker (dispatch) share one truth.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from urllib.parse import parse_qs, quote, unquote_to_bytes
+
+from .. import errors
+from ..errors import ImstoreError, InvalidInput, InvalidKey
+
+__all__ = [
+    "Route",
+    "ROUTES",
+    "RouteMatch",
+    "match_route",
+    "key_path",
+    "problem",
+    "error_from_problem",
+    "PROBLEM_TYPE",
+    "IMMUTABLE",
+    "STALE_HEADER",
+    "VERSION_HEADER",
+]
+
+PROBLEM_TYPE = "application/problem+json"
+IMMUTABLE = "private, max-age=31536000, immutable"
+VERSION_HEADER = "X-Imstore-Version"
+STALE_HEADER = "X-Imstore-Stale"
+MESSAGE_HEADER = "X-Imstore-Message"
+META_HEADER = "X-Imstore-Meta"
+WORKER_HEADER = "X-Imstore-Worker"
+# Internal, gateway <-> worker only (the gateway drops them from clients' requests and its answers):
+SENDFILE_OFFER = "X-Imstore-Sendfile"  # gateway → worker: "send me where the verified bytes are"
+SENDFILE_FILE = "X-Imstore-File"  # worker → gateway: "offset length path" of bytes it has just verified
+INTERNAL_HEADERS = frozenset({SENDFILE_OFFER.lower(), SENDFILE_FILE.lower()})
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route of HTTP API v1: a name (metrics label), its path template and methods."""
+
+    name: str
+    template: str
+    methods: tuple[str, ...]
+    public: bool = False  # no token needed
+
+    @property
+    def prefix(self) -> str:
+        return self.template.split("{", 1)[0]
+
+    @property
+    def has_param(self) -> bool:
+        return "{" in self.template
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("key", "/v1/keys/{key}", ("GET", "HEAD", "PUT", "DELETE")),
+    Route("keys", "/v1/keys", ("GET",)),
+    Route("history", "/v1/history/{key}", ("GET",)),
+    Route("log", "/v1/log", ("GET",)),
+    Route("object", "/v1/objects/{hash}", ("GET", "HEAD")),
+    Route("healthz", "/healthz", ("GET",), public=True),
+    Route("metrics", "/metrics", ("GET",)),
+    Route("openapi", "/openapi.json", ("GET",)),
+)
+WRITE_METHODS = frozenset({"PUT", "DELETE"})
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    route: Route
+    raw_param: str  # still percent-encoded; decode with .param()
+    raw_query: str
+
+    def param(self) -> str:
+        """The path parameter, percent-decoded once as UTF-8 (dot segments left alone)."""
+        try:
+            return unquote_to_bytes(self.raw_param).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidKey("the key in the path is not valid UTF-8 once percent-decoded") from None
+
+    def query(self) -> dict[str, str]:
+        """Query parameters (the last value of each name wins)."""
+        try:
+            parsed = parse_qs(self.raw_query, keep_blank_values=True, errors="strict")
+        except (UnicodeDecodeError, ValueError):
+            raise InvalidInput("the query string is not valid UTF-8") from None
+        return {name: values[-1] for name, values in parsed.items()}
+
+
+def match_route(raw_target: str) -> RouteMatch | None:
+    """Match a raw request target (path?query, never normalised) to a route, or None."""
+    path, _, raw_query = raw_target.partition("?")
+    for route in ROUTES:
+        if route.has_param:
+            if path.startswith(route.prefix):
+                return RouteMatch(route, path[len(route.prefix) :], raw_query)
+        elif path == route.template:
+            return RouteMatch(route, "", raw_query)
+    return None
+
+
+def key_path(route_prefix: str, key: str) -> str:
+    """The path for a key: every byte that is not unreserved is percent-encoded."""
+    return route_prefix + quote(key.encode("utf-8", "surrogatepass"), safe="")
+
+
+def problem(error: ImstoreError | None, status: int, detail: str) -> bytes:
+    """An RFC 9457 problem document; `error` and `exit_code` let the CLI re-raise the same error."""
+    document = {
+        "type": "about:blank",
+        "title": error.title if error is not None else _status_title(status),
+        "status": status,
+        "detail": detail,
+        "error": type(error).__name__ if error is not None else None,
+        "exit_code": error.exit_code if error is not None else None,
+    }
+    return json.dumps(document, ensure_ascii=False).encode("utf-8")
+
+
+def error_from_problem(status: int, body: bytes) -> ImstoreError:
+    """Rebuild the store's error from a problem document (the client side of `problem`)."""
+    try:
+        document = json.loads(body)
+        name, detail = document.get("error"), document.get("detail") or document.get("title")
+    except (ValueError, AttributeError):
+        name, detail = None, body[:200].decode("utf-8", "replace").strip()
+    cls = getattr(errors, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, ImstoreError)):
+        cls = _class_for_status(status)
+    return cls(detail or f"HTTP {status}")
+
+
+def _class_for_status(status: int) -> type[ImstoreError]:
+    return {
+        400: errors.UsageError,
+        401: errors.NotAuthorised,
+        403: errors.Forbidden,
+        404: errors.NotFound,
+        412: errors.PreconditionFailed,
+        413: errors.InvalidInput,
+        414: errors.InvalidKey,
+        431: errors.UsageError,
+        502: errors.Unavailable,
+        503: errors.Unavailable,
+        504: errors.Unavailable,
+    }.get(status, ImstoreError)
+
+
+def _status_title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase.lower()
+    except ValueError:
+        return "error"

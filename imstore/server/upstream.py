@@ -1,0 +1,196 @@
+"""A lean HTTP/1.1 client for the gateway's hop to its workers over unix sockets.
+
+The workers are our own aiohttp servers, which always answer with a
+Content-Length (or no body), so a small client with a keep-alive pool does this
+hop at a fraction of aiohttp.ClientSession's cost per request (measured: about
+1.5x the requests/s of a trivial proxy). Any failure on a connection closes it,
+so a half-sent body can never look complete to a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+
+__all__ = ["UpstreamPool", "UpstreamResponse", "UpstreamError"]
+
+HEAD_LIMIT = 256 << 10
+PIECE = 1 << 20
+
+
+class UpstreamError(Exception):
+    """The worker could not be reached or broke the exchange off."""
+
+
+class _Connection:
+    __slots__ = ("reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader = reader
+        self.writer = writer
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+
+class UpstreamResponse:
+    """Status and headers of a worker's answer; the body is read with read() or pieces()."""
+
+    def __init__(self, pool: UpstreamPool, connection: _Connection, status: int, headers: list[tuple[str, str]], length: int | None,
+                 keep_alive: bool):
+        self.pool = pool
+        self.status = status
+        self.headers = headers
+        self.content_length = length
+        self._connection: _Connection | None = connection
+        self._remaining = 0
+        self._keep_alive = keep_alive
+
+    def header(self, name: str) -> str | None:
+        lowered = name.lower()
+        return next((value for key, value in self.headers if key.lower() == lowered), None)
+
+    async def read(self) -> bytes:
+        if self._connection is None:
+            return b""
+        try:
+            data = await self._connection.reader.readexactly(self._remaining)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            self.release()
+            raise UpstreamError(f"the worker broke off its answer: {exc}") from None
+        self._remaining = 0
+        self._done()
+        return data
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        while self._connection is not None and self._remaining > 0:
+            try:
+                piece = await self._connection.reader.read(min(PIECE, self._remaining))
+            except OSError as exc:
+                self.release()
+                raise UpstreamError(f"the worker broke off its answer: {exc}") from None
+            if not piece:
+                self.release()
+                raise UpstreamError("the worker closed the connection mid-answer")
+            self._remaining -= len(piece)
+            if self._remaining == 0:
+                self._done()
+            yield piece
+
+    def _done(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            if self._keep_alive:
+                self.pool._give_back(connection)
+            else:
+                connection.close()
+
+    def release(self) -> None:
+        """Drop the connection unless the body was read to its end."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+
+class UpstreamPool:
+    """Keep-alive connections to one worker's unix socket."""
+
+    def __init__(self, socket_path: str, idle_limit: int = 128):
+        self.socket_path = socket_path
+        self.idle_limit = idle_limit
+        self._idle: deque[_Connection] = deque()
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+    def _give_back(self, connection: _Connection) -> None:
+        if len(self._idle) < self.idle_limit and not connection.reader.at_eof():
+            self._idle.append(connection)
+        else:
+            connection.close()
+
+    async def _connect(self) -> _Connection:
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.reader.at_eof() and not connection.writer.is_closing():
+                return connection
+            connection.close()
+        try:
+            reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=HEAD_LIMIT)
+        except OSError as exc:
+            raise UpstreamError(f"cannot connect to the worker: {exc.strerror or exc}") from None
+        return _Connection(reader, writer)
+
+    async def request(self, method: str, target: str, headers: dict[str, str], body=None) -> UpstreamResponse:
+        """Send a request (body: None, bytes, or an async iterator of bytes) and read the answer's head."""
+        connection = await self._connect()
+        streamed = body is not None and not isinstance(body, bytes | bytearray)
+        lines = [f"{method} {target} HTTP/1.1", "Host: worker"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        if isinstance(body, bytes | bytearray):
+            if "Content-Length" not in headers:
+                lines.append(f"Content-Length: {len(body)}")
+        elif streamed and "Content-Length" not in headers:
+            lines.append("Transfer-Encoding: chunked")
+        # aiohttp's parser decoded the client's bytes as UTF-8 with surrogateescape: this gives them back unchanged.
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+        writer = connection.writer
+        try:
+            if streamed:
+                writer.write(head)
+                await self._send_stream(writer, body, chunked="Content-Length" not in headers)
+            else:
+                writer.write(head + body if body else head)
+            await writer.drain()
+            return await self._read_head(connection, method)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            connection.close()
+            raise UpstreamError(f"{type(exc).__name__}: {exc}") from None
+        except BaseException:
+            connection.close()  # e.g. the client's body broke off: the worker must see a cut, not an end
+            raise
+
+    @staticmethod
+    async def _send_stream(writer: asyncio.StreamWriter, body: AsyncIterator[bytes], chunked: bool) -> None:
+        async for chunk in body:
+            if not chunk:
+                continue
+            if chunked:
+                writer.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            else:
+                writer.write(chunk)
+            await writer.drain()
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+
+    async def _read_head(self, connection: _Connection, method: str) -> UpstreamResponse:
+        raw = await connection.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("utf-8", "surrogateescape").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers: list[tuple[str, str]] = []
+        length = None
+        keep_alive = True
+        for line in lines[1:]:
+            if not line:
+                continue
+            name, _, value = line.partition(":")
+            value = value.strip()
+            lowered = name.lower()
+            if lowered == "content-length":
+                length = int(value)
+            elif lowered == "connection" and value.lower() == "close":
+                keep_alive = False
+            elif lowered == "transfer-encoding":
+                raise ValueError("workers answer with a Content-Length, not chunked")
+            headers.append((name, value))
+        if method == "HEAD" or status in (204, 304):
+            body_length = 0
+        else:
+            body_length = length or 0
+        response = UpstreamResponse(self, connection, status, headers, length, keep_alive)
+        response._remaining = body_length
+        if body_length == 0:
+            response._done()
+        return response

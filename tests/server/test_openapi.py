@@ -1,0 +1,42 @@
+"""The OpenAPI document and the route table agree, route by route and method by method."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imstore.server
+from imstore.server.protocol import ROUTES, match_route
+
+DOCUMENT = json.loads((Path(imstore.server.__file__).parent / "openapi.json").read_text())
+HTTP_METHODS = {"get", "head", "put", "delete", "post", "patch", "options", "trace"}
+
+
+def test_every_route_is_documented_with_exactly_its_methods():
+    documented = {path: {m.upper() for m in item if m in HTTP_METHODS} for path, item in DOCUMENT["paths"].items()}
+    served = {route.template: set(route.methods) for route in ROUTES}
+    assert documented == served
+
+
+def test_every_documented_path_reaches_its_route():
+    for path in DOCUMENT["paths"]:
+        sample = path.replace("{key}", "some%2Fkey").replace("{hash}", "ab" * 32)
+        matched = match_route(sample)
+        assert matched is not None and matched.route.template == path
+
+
+def test_path_parameters_and_auth_are_declared():
+    for route in ROUTES:
+        item = DOCUMENT["paths"][route.template]
+        names = {p["name"] for p in item.get("parameters", []) if p["in"] == "path"}
+        assert names == ({"key"} if "{key}" in route.template else {"hash"} if "{hash}" in route.template else set())
+        for method in route.methods:
+            operation = item[method.lower()]
+            assert operation["responses"], (route.template, method)
+            assert (operation.get("security") == []) == route.public, (route.template, method)
+    assert DOCUMENT["security"] == [{"bearer": []}]
+
+
+def test_the_served_document_is_the_file(shared_server):
+    reply = shared_server.request("GET", "/openapi.json", token="read")
+    assert reply.status == 200 and json.loads(reply.body) == DOCUMENT
