@@ -5,7 +5,7 @@ _imstore() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${COMP_WORDS[i]}"
         case "$word" in
-            --after|--at|--cache-dir|--cache-size|--client-timeout|--content-type|--host|--if-version|--jobs|--limit|--max-body|--message|--meta|--name|--output|--port|--prefix|--remote|--scope|--store|--tls-cert|--tls-key|--token-file|--version|--workers|-V|-j|-m|-n|-o|-p|-t) ((i++)) ;;
+            --after|--at|--cache-dir|--cache-size|--client-timeout|--content-type|--host|--if-version|--jobs|--limit|--max-body|--max-size|--message|--meta|--name|--output|--port|--prefix|--remote|--scope|--store|--tls-cert|--tls-key|--token-file|--version|--workers|-V|-j|-m|-n|-o|-p|-t) ((i++)) ;;
             -*) ;;
             *) case "$path" in
                    "") [[ " cache cat export get history import init log ls put reindex repack rm serve token verify " == *" $word "* ]] && path="${path:+$path }$word" ;;
@@ -16,7 +16,7 @@ _imstore() {
     done
     case "$prev" in
         --cache-dir|--output|--store|--tls-cert|--tls-key|--token-file|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-        --after|--at|--cache-size|--client-timeout|--content-type|--host|--if-version|--jobs|--limit|--max-body|--message|--meta|--name|--port|--prefix|--remote|--scope|--version|--workers|-V|-j|-m|-n|-p|-t) return ;;
+        --after|--at|--cache-size|--client-timeout|--content-type|--host|--if-version|--jobs|--limit|--max-body|--max-size|--message|--meta|--name|--port|--prefix|--remote|--scope|--version|--workers|-V|-j|-m|-n|-p|-t) return ;;
     esac
     case "$path" in
         "") COMPREPLY=($(compgen -W "--store --json -q --quiet --no-color --debug --cache-dir --cache-size --no-cache --remote --token-file --version -h --help cache cat export get history import init log ls put reindex repack rm serve token verify" -- "$cur")) ;;
@@ -31,7 +31,7 @@ _imstore() {
         "init") COMPREPLY=($(compgen -W "-h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
         "log") COMPREPLY=($(compgen -W "--after --limit -n -h --help" -- "$cur")) ;;
         "ls") COMPREPLY=($(compgen -W "--all -a --limit -n -h --help" -- "$cur")) ;;
-        "put") COMPREPLY=($(compgen -W "--content-type -t --meta -m --message --if-version --if-absent -h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
+        "put") COMPREPLY=($(compgen -W "--content-type -t --meta -m --message --if-version --if-absent --max-size -h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
         "reindex") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
         "repack") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
         "rm") COMPREPLY=($(compgen -W "-m --message --if-version -h --help" -- "$cur")) ;;

@@ -67,6 +67,7 @@ complete -c imstore -n '__fish_seen_subcommand_from put' -l meta -r -d 'Metadata
 complete -c imstore -n '__fish_seen_subcommand_from put' -s m -l message -r -d 'A message for this version.'
 complete -c imstore -n '__fish_seen_subcommand_from put' -l if-version -r -d 'Only if the latest version is N (0: no versions).'
 complete -c imstore -n '__fish_seen_subcommand_from put' -l if-absent -d 'Only if the key has no live version.'
+complete -c imstore -n '__fish_seen_subcommand_from put' -l max-size -r -d 'Refuse content larger than this, e.g. 10G.'
 complete -c imstore -n '__fish_seen_subcommand_from put' -s h -l help -d 'Show this help and exit.'
 complete -c imstore -n '__fish_seen_subcommand_from put' -F
 complete -c imstore -n '__fish_seen_subcommand_from reindex' -s h -l help -d 'Show this help and exit.'

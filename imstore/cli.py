@@ -195,6 +195,10 @@ def put(
         str | None, typer.Option("--if-version", help="Only if the latest version is N (0: no versions).", metavar="N")
     ] = None,
     if_absent: Annotated[bool, typer.Option("--if-absent", help="Only if the key has no live version.")] = False,
+    max_size: Annotated[
+        str | None,
+        typer.Option("--max-size", envvar="IMSTORE_MAX_SIZE", help="Refuse content larger than this, e.g. 10G.", metavar="SIZE"),
+    ] = None,
 ) -> None:
     """Store a new version of KEY from FILE or stdin (streamed).
 
@@ -205,7 +209,8 @@ def put(
 
     Example: echo hello | imstore put greeting --if-absent
     """
-    source = _open_input(file)
+    limit = _parse_size(max_size) if max_size is not None else None
+    source = _open_input(file, bounded=limit is not None)
     size = _regular_file_size(source)
     try:
         with open_store(write=True) as store, settings.out.progress(f"put {key}", size, unit_bytes=True) as progress:
@@ -218,6 +223,7 @@ def put(
                 message=message,
                 if_version=if_version,
                 if_absent=if_absent,
+                max_size=limit,
             )
             show_warnings(store)
     finally:
@@ -667,15 +673,31 @@ def _remote_token() -> str | None:
 
 
 # ============================================================ helpers
-def _open_input(file: str | None):
+def _parse_size(text: str) -> int:
+    from .cache import parse_size
+
+    try:
+        return parse_size(text)
+    except (ValueError, ImstoreError):
+        raise InvalidInput(f"not a size: {text!r} (e.g. 512M, 10G)") from None
+
+
+_DEV_NULL = os.stat(os.devnull).st_rdev if os.path.exists(os.devnull) else None
+
+
+def _open_input(file: str | None, *, bounded: bool = False):
     """A binary stream for put: a regular file, a pipe or FIFO, or stdin."""
     if file is None or file == "-":
         try:
-            os.fstat(0)
+            status = os.fstat(0)
         except OSError:
             raise InvalidInput("stdin is closed: give a FILE or pipe data in") from None
         if sys.stdin is None:
             raise InvalidInput("stdin is closed: give a FILE or pipe data in")
+        endless = stat.S_ISCHR(status.st_mode) and not sys.stdin.isatty() and status.st_rdev != _DEV_NULL
+        if endless and not bounded:
+            # /dev/zero or /dev/urandom would fill the disk: only with an explicit bound.
+            raise InvalidInput("stdin is a device that may never end (like /dev/zero): give --max-size to bound it")
         if sys.stdin.isatty():
             settings.out.info("reading from the terminal; end with Ctrl-D")
         return sys.stdin.buffer
@@ -729,7 +751,12 @@ def _emit_object(reader, output: Path | None) -> None:
     from .transfer import copy_to_file, copy_to_stream
 
     if output is None or str(output) == "-":
-        copy_to_stream(reader, sys.stdout.buffer)
+        try:
+            copy_to_stream(reader, sys.stdout.buffer)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # stdout on a full disk, /dev/full
+            raise ImstoreError(f"cannot write the output: {exc.strerror or exc}") from None
     else:
         if output.is_dir():
             raise InvalidInput(f"{output} is a directory")

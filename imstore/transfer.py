@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,6 +40,17 @@ def copy_to_stream(reader: ObjectReader, stream: BinaryIO) -> int:
 def copy_to_file(reader: ObjectReader, path: Path, *, durable: bool = False) -> int:
     """Write the object to path via a temp file that is renamed only once it hashed right."""
     path = Path(path)
+    try:
+        existing = os.stat(path).st_mode
+    except OSError:
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing) and not stat.S_ISDIR(existing):
+        # A FIFO or device (/dev/stdout, /dev/full) is written into, never replaced by a file.
+        try:
+            with open(path, "wb") as target:
+                return copy_to_stream(reader, target)
+        except OSError as exc:
+            raise from_os_error(exc, f"cannot write {path}") from None
     temp = path.with_name(f".{path.name}.imstore-{os.getpid()}.tmp")
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)

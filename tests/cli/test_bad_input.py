@@ -178,9 +178,6 @@ def test_closed_stdin_is_refused(populated):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True, reason="the CLI has no size bound for put: `imstore put k < /dev/zero` fills the disk (RELIABILITY: bounded by a max size)"
-)
 def test_dev_zero_on_stdin_is_bounded(populated):
     before = snapshot(populated)
     # A file-size limit keeps this test from filling the disk while the bound is missing.
@@ -191,9 +188,19 @@ def test_dev_zero_on_stdin_is_bounded(populated):
     )
     with open("/dev/zero", "rb") as zero:
         completed = subprocess.run(
-            [sys.executable, "-c", script, "--store", str(populated), "put", "k"], stdin=zero, capture_output=True, timeout=60
+            [sys.executable, "-c", script, "--store", str(populated), "put", "k", "--max-size", "1M"],
+            stdin=zero,
+            capture_output=True,
+            timeout=60,
         )
     assert_refused(Completed(completed), USAGE, populated, before, mentions="larger")
+    with open("/dev/zero", "rb") as zero:  # without a bound an endless device is refused before reading
+        unbounded = subprocess.run(
+            [sys.executable, "-c", script, "--store", str(populated), "put", "k"], stdin=zero, capture_output=True, timeout=60
+        )
+    assert_refused(Completed(unbounded), USAGE, populated, before, mentions="--max-size")
+    with open(os.devnull, "rb") as null:  # /dev/null is a fine way to store empty content
+        assert subprocess.run([*IMSTORE, "--store", str(populated), "put", "empty"], stdin=null, timeout=60).returncode == 0
 
 
 # ------------------------------------------------------------------ versions, times and hashes
@@ -243,10 +250,6 @@ def test_the_same_refusals_hold_in_a_real_process(populated):
 
 # ------------------------------------------------------------------ outputs that are not regular files
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="get -o renames a temp file over the target, so a FIFO (or /dev/full, /dev/stdout as root) is replaced by a regular file",
-)
 def test_get_to_a_fifo_writes_into_it_and_leaves_it_a_fifo(populated, tmp_path):
     import stat
 

@@ -352,3 +352,17 @@ def test_racing_first_writes_create_one_default_store(tmp_path):
     assert codes == [0] * 16
     with Store.open(tmp_path / "data" / "imstore") as store:
         assert len(store.ls()) == 16 and store.verify().ok
+
+
+def test_get_into_a_full_disk_is_a_one_line_error(cli_process, store_path):
+    import subprocess
+    import sys
+
+    cli_process("put", "k", stdin=b"some bytes")
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "imstore", "--store", str(store_path), "get", "k"], stdout=full, stderr=subprocess.PIPE, timeout=60
+        )
+    assert result.returncode == 1
+    assert result.stderr.decode().strip().startswith("imstore: error: cannot write the output")
+    assert "unexpected" not in result.stderr.decode()
