@@ -109,7 +109,7 @@ def global_options(
         typer.Option(
             "--store",
             envvar="IMSTORE_DIR",
-            help="Store directory [default: the user data dir, e.g. ~/.local/share/imstore].",
+            help="Store directory (default: the user data dir, e.g. ~/.local/share/imstore).",
             show_default=False,
         ),
     ] = None,
@@ -163,7 +163,7 @@ def global_options(
 @app.command()
 def init(
     path: Annotated[
-        Path | None, typer.Argument(help="Where to create the store [default: --store or the default store].", show_default=False)
+        Path | None, typer.Argument(help="Where to create the store (default: --store or the default store).", show_default=False)
     ] = None,
 ) -> None:
     """Create a store. Refuses a non-empty directory that is not a store.
@@ -187,7 +187,7 @@ def init(
 @app.command()
 def put(
     key: Annotated[str, typer.Argument(help="The key (any UTF-8 text; '/' means nothing special).")],
-    file: Annotated[str | None, typer.Argument(help="File to store, or - for stdin [default: stdin].", show_default=False)] = None,
+    file: Annotated[str | None, typer.Argument(help="File to store, or - for stdin (default: stdin).", show_default=False)] = None,
     content_type: Annotated[str | None, typer.Option("--content-type", "-t", help="Media type to record, e.g. text/plain.")] = None,
     meta: Annotated[list[str] | None, typer.Option("--meta", help="Metadata NAME=VALUE (repeatable).")] = None,
     message: Annotated[str | None, typer.Option("-m", "--message", help="A message for this version.")] = None,
@@ -235,7 +235,7 @@ def put(
 @app.command()
 def get(
     key: Annotated[str, typer.Argument(help="The key.")],
-    version: Annotated[str | None, typer.Option("--version", "-V", help="Version number to read [default: latest].", metavar="N")] = None,
+    version: Annotated[str | None, typer.Option("--version", "-V", help="Version number to read (default: latest).", metavar="N")] = None,
     at: Annotated[
         str | None, typer.Option("--at", help="The version current at this ISO 8601 time (no offset = UTC).", metavar="TIME")
     ] = None,
@@ -452,7 +452,7 @@ def cache_clear(
 def import_(
     source: Annotated[str, typer.Argument(help="A directory, a tar (any compression), a .jsonl/.ndjson file, or - for stdin.")],
     prefix: Annotated[str, typer.Option("--prefix", "-p", help="Prepend this to every key, as given (no '/' is added).")] = "",
-    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Reader threads [default: the CPU count].")] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Reader threads (default: the CPU count).")] = None,
     message: Annotated[str | None, typer.Option("-m", "--message", help="A message for every version of this import.")] = None,
     skip_errors: Annotated[bool, typer.Option("--skip-errors", help="Warn about bad items and import the rest.")] = False,
     follow_symlinks: Annotated[bool, typer.Option("--follow-symlinks", help="Follow symlinks that stay inside SOURCE.")] = False,
@@ -562,11 +562,11 @@ def repack() -> None:
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on (a LAN address needs a token).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8765,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, max=64, help="Worker processes [default: CPU count].")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, max=64, help="Worker processes (default: CPU count).")] = None,
     tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="TLS certificate (PEM) to serve HTTPS.", metavar="FILE")] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="TLS private key (PEM).", metavar="FILE")] = None,
     max_body: Annotated[
-        str | None, typer.Option("--max-body", help="Largest request body, e.g. 100M [default: no limit].", metavar="SIZE")
+        str | None, typer.Option("--max-body", help="Largest request body, e.g. 100M (default: no limit).", metavar="SIZE")
     ] = None,
     client_timeout: Annotated[
         float, typer.Option("--client-timeout", min=0.1, help="Seconds a client may stay silent mid-request before it is cut off.")
