@@ -32,6 +32,7 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import msgpack
 
@@ -123,8 +124,7 @@ def cache_folder(settings: CacheSettings, store_root: str | os.PathLike) -> Path
     return settings.base() / blake3(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
-@dataclass(frozen=True)
-class CacheStats:
+class CacheStats(NamedTuple):
     path: str
     store_id: str | None
     entries: int

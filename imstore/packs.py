@@ -20,8 +20,8 @@ import os
 import struct
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import from_os_error
 from .fsio import crash_point, fsync_dir, fsync_fd, write_all
@@ -161,8 +161,7 @@ class DamagedPack(Exception):
     """A pack index that fails its checks (the caller turns it into a verify problem)."""
 
 
-@dataclass(frozen=True)
-class PackEntry:
+class PackEntry(NamedTuple):
     object_id: str
     offset: int
     length: int
@@ -356,8 +355,7 @@ class PackSet:
 SMALL_PACK = 256 << 20
 
 
-@dataclass(frozen=True)
-class RepackResult:
+class RepackResult(NamedTuple):
     packs_merged: int
     objects: int
     bytes: int
