@@ -113,7 +113,7 @@ class CacheSettings:
     def base(self) -> Path:
         if self.directory is not None:
             return Path(self.directory)
-        from platformdirs import user_cache_path
+        from .paths import user_cache_path
 
         return user_cache_path("imstore")
 

@@ -51,7 +51,7 @@ settings = Settings(out=Output())
 
 
 def default_store_path() -> Path:
-    from platformdirs import user_data_path
+    from .paths import user_data_path
 
     return user_data_path("imstore")
 

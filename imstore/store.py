@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 import msgpack
 
@@ -109,20 +109,18 @@ class PutResult:
     unchanged: bool
 
 
-@dataclass(frozen=True)
-class BatchItem:
+class BatchItem(NamedTuple):
     """One key's new content in an import batch; its object is already stored (or in the batch's pack)."""
 
     key: str
     hash: str
     size: int
     content_type: str | None = None
-    meta: dict = field(default_factory=dict)
+    meta: dict = {}  # never mutated
     message: str | None = None
 
 
-@dataclass(frozen=True)
-class BatchResult:
+class BatchResult(NamedTuple):
     """What one committed batch did: the versions it added and how many items were unchanged."""
 
     records: tuple[Record, ...]
