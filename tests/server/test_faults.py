@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -91,6 +92,9 @@ def test_a_stop_signal_finishes_the_request_in_flight_then_exits_0(start, signum
         f"PUT {key_url('shutdown/inflight')} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.write_token}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2]
     )
+    # Signal only once the upload is really in flight: a worker is streaming it into a temp object.
+    objects = Path(server.store) / "objects"
+    assert wait_until(lambda: any(name.startswith(".tmp-") for name in os.listdir(objects)), 30), "the upload never reached a worker"
     server.process.send_signal(signum)
     wait_until(lambda: "stopping" in server.log(), 10)
     with pytest.raises(OSError):  # no longer accepting
