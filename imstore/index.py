@@ -126,20 +126,7 @@ class Index:
         rows = []
         latest = {}
         for record in records:
-            rows.append(
-                (
-                    record.key,
-                    record.version,
-                    record.seq,
-                    record.op,
-                    record.hash,
-                    record.size,
-                    record.time_ns,
-                    record.content_type,
-                    record.message,
-                    _pack_meta(record.meta),
-                )
-            )
+            rows.append(version_row(record))
             latest[record.key] = (record.key, record.version, record.op)
             last = record
         if last is None:
@@ -226,6 +213,22 @@ class Index:
 
     def all_rows(self) -> Iterable[tuple]:
         return self.db.execute(f"SELECT {_COLUMNS} FROM versions ORDER BY seq")
+
+
+def version_row(item) -> tuple:
+    """The index row (in _COLUMNS order) of a Record or a Version: the one place that lays it out."""
+    return (
+        item.key,
+        item.version,
+        item.seq,
+        item.op,
+        item.hash,
+        item.size,
+        item.time_ns,
+        item.content_type,
+        item.message,
+        _pack_meta(item.meta),
+    )
 
 
 def _pack_meta(meta: dict) -> bytes | None:

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .fsio import crash_point, fsync_dir, fsync_fd, write_all
 from .hashing import OBJECT_ID_LEN, blake3, checksum16, validate_prefix
-from .index import Index
+from .index import Index, version_row
 from .log import GENESIS, MAX_FRAME, Frame, Log, Record, batch_payload, encode_record
 from .objects import CHUNK_SIZE, ObjectReader, ObjectStore
 from .packs import PackSet, PackWriter, RepackResult
@@ -99,8 +99,7 @@ class Version:
 
     def to_row(self) -> tuple:
         """The index row of this version (the inverse of from_row), as the cache keeps it."""
-        meta = msgpack.packb(self.meta, use_bin_type=True) if self.meta else None
-        return (self.key, self.version, self.seq, self.op, self.hash, self.size, self.time_ns, self.content_type, self.message, meta)
+        return version_row(self)
 
 
 @dataclass(frozen=True)
