@@ -579,8 +579,7 @@ def serve(
 
     Example: imstore serve --host 0.0.0.0 --port 8765 --workers 4 --max-body 1G
     """
-    import asyncio
-
+    from .server import run_event_loop
     from .server.gateway import GatewayConfig, parse_size
     from .server.gateway import serve as run_gateway
 
@@ -598,7 +597,7 @@ def serve(
         max_body=parse_size(max_body) if max_body is not None else None,
         client_timeout=client_timeout,
     )
-    asyncio.run(run_gateway(config, info=settings.out.info, warn=settings.out.warn))
+    run_event_loop(run_gateway(config, info=settings.out.info, warn=settings.out.warn))
 
 
 token_app = typer.Typer(help="API tokens for imstore serve (only their hashes are stored).", no_args_is_help=True)

@@ -5,6 +5,12 @@ ones are read whole, which is faster and lets a write with an Idempotency-Key be
 retried on another worker). GET/HEAD are retried once on another worker when the
 first one fails at the connection level; a worker that fails is not sent more
 requests until it answers its health check again.
+
+Small objects asked for by full id are immutable, so the gateway keeps the ones
+it has relayed (after hashing them itself) and answers repeat GETs from memory,
+as a caching proxy would: the hop to a worker costs more than the rest of such a
+request. `Cache-Control: no-cache` on a request, or any conditional or Range
+header, sends it to a worker as usual.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 import signal
 import ssl
 import sys
@@ -24,7 +31,9 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from ..errors import BodyTooLarge, ClientTooSlow, ImstoreError, InvalidInput, UsageError
+from ..hashing import OBJECT_ID_LEN, hash_bytes
 from .auth import Authenticator, TokenStore
+from .hot import HotObjects
 from .metrics import Metrics
 from .protocol import (
     INTERNAL_HEADERS,
@@ -37,7 +46,7 @@ from .protocol import (
     problem,
 )
 from .supervisor import Supervisor, WorkerSlot
-from .upstream import UpstreamError, UpstreamResponse
+from .upstream import PIECE, UpstreamError, UpstreamResponse
 
 __all__ = ["GatewayConfig", "Gateway", "serve", "check_binding"]
 
@@ -54,6 +63,9 @@ HOP_BY_HOP = frozenset(
 )  # fmt: skip
 OPENAPI = Path(__file__).with_name("openapi.json")
 # aiohttp's client spells some names its own way ("Etag"); clients get the canonical spelling.
+_FULL_ID = re.compile(r"[0-9a-f]+")
+# Request headers that make an object GET something other than "the whole object": a worker answers those.
+NOT_FROM_MEMORY = ("Range", "If-Range", "If-None-Match", "If-Match", "If-Modified-Since")
 CANONICAL = {name.lower(): name for name in ("ETag", "WWW-Authenticate", "X-Imstore-Version", "X-Imstore-Stale", "Content-Range")}
 
 
@@ -104,6 +116,7 @@ class Gateway:
         self.metrics = Metrics()
         self.openapi = OPENAPI.read_bytes()
         self.in_flight = 0
+        self.objects: HotObjects[tuple] = HotObjects()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         self.in_flight += 1
@@ -170,10 +183,20 @@ class Gateway:
         if request.method in WRITE_METHODS and scope != "write":
             return _problem(403, None, f"this token has the {scope} scope; {request.method} needs a write token")
         if route.name == "metrics":
-            text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"])
+            text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"], self.objects.hits)
             return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
         if route.name == "openapi":
             return web.Response(body=self.openapi, headers={"Content-Type": "application/json"})
+        if route.name == "object" and request.method == "GET":
+            wanted = matched.param()
+            if _is_full_id(wanted) and "?" not in request.raw_path:
+                state["fill"] = wanted
+                if not _needs_worker(request):
+                    hit = self.objects.get(wanted)
+                    if hit is not None:
+                        state["worker"] = "memory"
+                        headers, data = hit
+                        return web.Response(body=data, headers=headers)
         return await self._forward(request, state)
 
     # ------------------------------------------------------------ forwarding
@@ -273,10 +296,17 @@ class Gateway:
                     data = await upstream.read()
                 except UpstreamError as exc:
                     raise _WorkerFailed(str(exc)) from None
+                if upstream.status == 200 and "fill" in state:
+                    self._keep_object(state["fill"], out_headers, data)
                 return web.Response(status=upstream.status, body=data, headers=out_headers)
             return await self._relay(request, upstream, out_headers, state)
         finally:
             upstream.release()
+
+    def _keep_object(self, object_id: str, headers: dict, data: bytes) -> None:
+        """Remember a relayed object for repeat GETs, once its bytes hash to its id here too."""
+        if len(data) <= HotObjects.MAX_OBJECT and hash_bytes(data) == object_id:
+            self.objects.put(object_id, {name: value for name, value in headers.items() if name != WORKER_HEADER}, data)
 
     async def _sendfile(self, request: web.BaseRequest, status: int, headers: dict, where: str, state: dict) -> web.StreamResponse:
         """Send bytes a worker has just verified straight from the store's file (zero-copy, like nginx)."""
@@ -293,10 +323,23 @@ class Gateway:
                 raise ConnectionResetError("client gone")
             # A reader slower than 1 MiB/s (after the usual idle allowance) is cut off.
             allowance = self.config.client_timeout + length / (1 << 20)
-            await asyncio.wait_for(asyncio.get_running_loop().sendfile(transport, handle, offset, length), allowance)
+            try:
+                await asyncio.wait_for(asyncio.get_running_loop().sendfile(transport, handle, offset, length), allowance)
+            except NotImplementedError:  # uvloop has no loop.sendfile: copy through memory (measured as fast here)
+                await asyncio.wait_for(self._copy_file(response, handle, offset, length), allowance)
         state["bytes_out"] += length
         await response.write_eof()
         return response
+
+    @staticmethod
+    async def _copy_file(response: web.StreamResponse, handle, offset: int, length: int) -> None:
+        handle.seek(offset)
+        while length > 0:
+            piece = handle.read(min(PIECE, length))
+            if not piece:
+                raise ConnectionError("the object's file ended early")  # never a short 200: the connection is cut
+            await response.write(piece)
+            length -= len(piece)
 
     async def _relay(self, request: web.BaseRequest, upstream: UpstreamResponse, headers: dict, state: dict) -> web.StreamResponse:
         """Stream a large response through; a worker dying mid-way cuts the client's connection (never a short 200)."""
@@ -314,6 +357,15 @@ class Gateway:
             raise ConnectionError(f"relay cut off: {exc}") from None
         await response.write_eof()
         return response
+
+
+def _is_full_id(text: str) -> bool:
+    return len(text) == OBJECT_ID_LEN and _FULL_ID.fullmatch(text) is not None
+
+
+def _needs_worker(request: web.BaseRequest) -> bool:
+    headers = request.headers
+    return any(name in headers for name in NOT_FROM_MEMORY) or "no-cache" in headers.get("Cache-Control", "")
 
 
 class _WorkerFailed(Exception):

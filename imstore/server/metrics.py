@@ -31,7 +31,7 @@ class Metrics:
         self.latency_sum[route] += seconds
         self.latency_count[route] += 1
 
-    def render(self, worker_restarts: int, workers: list[dict]) -> str:
+    def render(self, worker_restarts: int, workers: list[dict], memory_hits: int = 0) -> str:
         lines = [
             "# HELP imstore_http_requests_total HTTP requests by route, method and status.",
             "# TYPE imstore_http_requests_total counter",
@@ -64,4 +64,9 @@ class Metrics:
         lines += [f'imstore_worker_up{{worker="{w["id"]}"}} {1 if w["alive"] else 0}' for w in workers]
         lines += ["# HELP imstore_worker_requests_total Requests forwarded to each worker.", "# TYPE imstore_worker_requests_total counter"]
         lines += [f'imstore_worker_requests_total{{worker="{w["id"]}"}} {w["requests"]}' for w in workers]
+        lines += [
+            "# HELP imstore_gateway_object_memory_hits_total Object GETs the gateway answered from its memory of verified objects.",
+            "# TYPE imstore_gateway_object_memory_hits_total counter",
+            f"imstore_gateway_object_memory_hits_total {memory_hits}",
+        ]
         return "\n".join(lines) + "\n"

@@ -30,6 +30,7 @@ from ..output import history_json, version_json
 from ..store import PutResult, Store, Version
 from ..transfer import SMALL_OBJECT
 from ..validate import parse_time, validate_key
+from . import run_event_loop
 from .headers import etag_matches, idempotency_key, meta_header, non_negative, parse_range, positive, preconditions, text_header
 from .hot import HotObjects
 from .idempotency import Claim, IdempotencyLedger
@@ -267,7 +268,7 @@ class WorkerApp:
                 reader = self.store().open_object(wanted)
                 data = reader.read() if preload and reader.size <= PRELOAD else None
                 if data is not None:
-                    self.hot.put(reader, data)
+                    self.hot.put(reader.object_id, reader, data)
                 return reader, data
 
             reader, data = await self.call(open_and_read)  # one trip to the pool per request
@@ -498,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _die_with_parent(args.parent)
     try:
-        asyncio.run(serve_worker(args.store, args.socket, args.shutdown_timeout, args.tcp_port, args.parent))
+        run_event_loop(serve_worker(args.store, args.socket, args.shutdown_timeout, args.tcp_port, args.parent))
     except ImstoreError as exc:
         print(f"imstore worker: error: {exc}", file=sys.stderr)
         return exc.exit_code
