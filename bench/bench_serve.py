@@ -280,13 +280,38 @@ def put_benchmark(store_path, work, gateway_url, token, args) -> None:
     disk_rate = fsync_rate(store_path)
     script = work / "put.lua"
     script.write_text(PUT_LUA)
-    put_rates = [wrk(f"{gateway_url}/", args.seconds, 32, token, str(script)) for _ in range(args.rounds)]
+    ceiling = _no_fsync_server(work) if shutil.which("eatmydata") else None
+    put_rates, ceiling_rates = [], []
+    for _ in range(args.rounds):  # interleaved, so both see the same machine
+        put_rates.append(wrk(f"{gateway_url}/", args.seconds, 32, token, str(script)))
+        if ceiling is not None:
+            ceiling_rates.append(wrk(f"{ceiling[0]}/", args.seconds, 32, ceiling[1], str(script)))
+    if ceiling is not None:
+        ceiling[2].send_signal(signal.SIGTERM)
+        ceiling[2].wait(30)
     put_rate = statistics.median(put_rates)
     print(f"== durable 4 KiB PUTs through the gateway (2 workers), 32 concurrent clients, {args.rounds} runs (median)")
     print(f"  {put_rate:.0f} PUTs/s   runs: {', '.join(f'{v:.0f}' for v in put_rates)}")
     print(f"  disk: {disk_rate:.0f} fsyncs/s (4 KiB write + fsync in a loop, one thread, same file system)")
+    if ceiling_rates:
+        rate = statistics.median(ceiling_rates)
+        print(f"  the same server under eatmydata (every fsync a no-op: NOT durable, the CPU ceiling): {rate:.0f} PUTs/s"
+              f"   runs: {', '.join(f'{v:.0f}' for v in ceiling_rates)}")
+    else:
+        print("  (install eatmydata to also see the ceiling with fsync switched off)")
     print(f"  goal >= 2,000 PUTs/s: {'met' if put_rate >= 2000 else 'MISSED'}")
 
+
+def _no_fsync_server(work: Path) -> tuple[str, str, subprocess.Popen]:
+    """A second serve, on its own store, with fsync turned into a no-op by eatmydata (LD_PRELOAD)."""
+    store_path = work / "store-no-fsync"
+    Store.init(store_path)[0].close()
+    token = TokenStore(store_path).create("bench", "write")
+    port = free_port()
+    process = subprocess.Popen(["eatmydata", *IMSTORE, "--store", str(store_path), "serve", "--port", str(port), "--workers", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return f"http://127.0.0.1:{port}", token, process
 
 if __name__ == "__main__":
     sys.exit(main())

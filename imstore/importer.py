@@ -137,6 +137,7 @@ class _Batch:
         self.same_as_latest = 0  # items equal to their key's latest version when the import began
         self.fast_unchanged = 0  # unchanged files recognised by the stat cache alone (not in items)
         self.latest: dict[str, tuple] = {}
+        self.read_position: tuple[int, str] | None = None  # log position the latest versions were read at
         self.cache: StatCache | None = None
         self.seen_ns = 0
         self._done_bytes = 0
@@ -157,11 +158,20 @@ class _Batch:
         if isinstance(source, DirectorySource):
             self.cache = StatCache(self.store.root, source.cache_root)
             self.seen_ns = source.seen_ns
-            self.latest = self.store.latest_contents(self.prefix + entry[0] for entry in source.entries if isinstance(entry, tuple))
-            stream = iter(self._changed_entries(source))
+            position = self.store.log_position()
+            # The store has not changed since an import left every cached file its key's latest: no index lookups.
+            trusted = self.cache.all_latest_at(position, self.prefix)
+            if not trusted:
+                self.latest = self.store.latest_contents(self.prefix + entry[0] for entry in source.entries if isinstance(entry, tuple))
+            pending = self._changed_entries(source, trusted)
+            if trusted:
+                self.latest = self.store.latest_contents(self.prefix + item.key for item in pending if isinstance(item, SourceItem))
+            # Nothing committed later means every file was its key's latest at this position (if it held still).
+            self.read_position = position if self.store.log_position() == position else None
+            stream, work = iter(pending), bool(pending)
         else:
-            stream = source.items()
-        if self.jobs > 1:
+            stream, work = source.items(), True
+        if self.jobs > 1 and work:  # (an unchanged tree needs no threads: concurrent.futures costs ~8 ms to import)
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(self.jobs, thread_name_prefix="imstore-import") as pool:
@@ -169,19 +179,21 @@ class _Batch:
         else:
             self._consume(stream, source, None)
 
-    def _changed_entries(self, source: DirectorySource) -> list[SourceItem | ItemError]:
+    def _changed_entries(self, source: DirectorySource, trusted: bool) -> list[SourceItem | ItemError]:
         """Items to process; files whose stat and cached hash match their key's latest version are only counted.
 
         This is the re-import fast path: no read, no object lookup, no batch item for an unchanged file.
+        trusted: the cache's hashes are the keys' latest contents (StatCache.all_latest_at), so a stat match is enough.
         """
         pending: list[SourceItem | ItemError] = []
-        lookup, latest, prefix = self.cache.lookup, self.latest, self.prefix
+        lookup, confirm, latest, prefix = self.cache.lookup, self.cache.confirm, self.latest, self.prefix
         for entry in source.entries:
             if isinstance(entry, ItemError):
                 pending.append(entry)
                 continue
-            known = lookup(entry[1], entry[2])
-            if known is not None and latest.get(prefix + entry[0]) == (known, None, {}):
+            known = lookup(entry[0], entry[2])
+            if known is not None and (trusted or latest.get(prefix + entry[0]) == (known, None, {})):
+                confirm(entry[0])
                 self.fast_unchanged += 1
                 self._done_bytes += entry[2][0]
                 continue
@@ -231,7 +243,7 @@ class _Batch:
         except InvalidKey as exc:
             return ItemError(f"{item.where}: {exc}")
         if item.known_hash is None and self.cache is not None and item.stat is not None:
-            item.known_hash = self.cache.lookup(item.path, item.stat)
+            item.known_hash = self.cache.lookup(item.key, item.stat)
         if item.known_hash is not None:
             return Prepared(item.known_hash, item.size or 0, read=False)
         if item.path is not None:
@@ -286,8 +298,10 @@ class _Batch:
             summary.bytes_written += prepared.size
         else:
             self.not_written += prepared.size
-        if self.cache is not None and item.stat is not None and prepared.read:
-            self.cache.remember(item.path, item.stat, prepared.hash, self.seen_ns)
+        if self.cache is not None and item.stat is not None:
+            if prepared.read:
+                self.cache.remember(item.key, item.stat, prepared.hash, self.seen_ns)
+            self.cache.confirm(item.key)
         self.items.append(BatchItem(key, prepared.hash, prepared.size, item.content_type, item.meta, item.message))
 
 
@@ -301,29 +315,6 @@ def _attempt(function, item: SourceItem, store: Store) -> Prepared | ItemError:
         return function(item, store)
     except ItemError as exc:
         return exc
-
-
-class _Thread:
-    """A function running on a thread, with its result (or exception) collected by result()."""
-
-    def __init__(self, function):
-        import threading
-
-        self._value = self._error = None
-        self._thread = threading.Thread(target=self._run, args=(function,), name="imstore-statcache", daemon=True)
-        self._thread.start()
-
-    def _run(self, function) -> None:
-        try:
-            self._value = function()
-        except BaseException as exc:  # handed to the caller by result()
-            self._error = exc
-
-    def result(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 # ============================================================ the one entry point
@@ -356,13 +347,11 @@ def import_source(
         stream = getattr(opened, "stream", None)
         if stream is not None and source != "-":
             stream.close()
-    # The stat cache only records what files hashed to, which holds whether or not the batch commits,
-    # so it is saved on a thread while the commit waits for its fsyncs.
-    saving = _Thread(batch.cache.save) if batch.cache is not None else None
+    result = None
     try:
         if batch.nothing_new:
             # Nothing to commit: the import is a no-op as of the moment it read the index.
-            result = BatchResult((), len(batch.items), sum(item.size for item in batch.items))
+            result = BatchResult((), len(batch.items), sum(item.size for item in batch.items), batch.read_position)
             batch.pack.abort()
         else:
             result = store.import_batch(batch.items, pack=batch.pack, message=message)
@@ -370,9 +359,13 @@ def import_source(
         batch.pack.abort()
         raise
     finally:
-        problem = saving.result() if saving is not None else None
-        if problem:
-            summary.warnings.append(problem)
+        if batch.cache is not None:
+            # The hashes hold whether or not the batch committed; "all latest at" only once it did (failed files are
+            # never confirmed, so save() drops them).
+            position = result.position if result is not None else None
+            problem = batch.cache.save(position, prefix)
+            if problem:
+                summary.warnings.append(problem)
     summary.pack = batch.pack.path.name if batch.pack.path else None
     summary.added = len(result.records)
     summary.unchanged = result.unchanged + batch.fast_unchanged

@@ -1,4 +1,7 @@
-"""The import stat cache: (path, size, mtime_ns, ctime_ns, inode, device) -> content hash.
+"""The import stat cache: (name, size, mtime_ns, ctime_ns, inode, device) -> content hash.
+
+A name is a file's path relative to the source root, i.e. its key without the
+prefix (a file reached through two followed symlinks has two names).
 
 It lets a re-import of an unchanged tree skip reading its files. It lives in the
 store directory (`import-cache/<hash of the source root>.msgpack`, one small
@@ -10,6 +13,12 @@ and the import still checks that object.
 Like git's "racily clean" rule, an entry is only trusted when the file's mtime and
 ctime were older than the moment its stat was taken by a safe margin; a file
 written in the same clock tick as the import is always read again.
+
+After an import that ended with every file of the tree as its key's latest
+version, the cache also records that log position (seq and chain hash) and the
+prefix. While the log is still at that position, a file whose stat matches is
+unchanged without asking the index at all: the re-import of an unchanged tree
+then costs a directory walk. Any write to the store moves the position.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from .hashing import hash_bytes
 __all__ = ["StatCache", "FileStat", "file_stat", "CACHE_DIR"]
 
 CACHE_DIR = "import-cache"
+FORMAT = 2  # 2: entries by name (1 had them by path, and no "latest")
 # File-system timestamps come from a coarse clock (a few ms); stay well clear of it.
 RACY_MARGIN_NS = 100_000_000
 
@@ -42,38 +52,68 @@ class StatCache:
         self.directory = Path(store_root) / CACHE_DIR
         self.path = self.directory / f"{hash_bytes(source_root.encode('utf-8', 'surrogateescape'))[:32]}.msgpack"
         self.root = source_root
-        # path -> [size, mtime_ns, ctime_ns, inode, device, hash, seen_ns], as stored
+        # name -> [size, mtime_ns, ctime_ns, inode, device, hash, seen_ns], as stored
         self._entries: dict[str, list] = {}
         self._changed = False
+        self._latest: dict | None = None  # {"at": [seq, chain hash], "prefix": P}: see the module's docstring
+        self._confirmed: set[str] = set()
         try:
-            loaded = msgpack.unpackb(self.path.read_bytes(), raw=False, strict_map_key=True)
-            if isinstance(loaded, dict) and loaded.get("root") == source_root and isinstance(loaded.get("files"), dict):
+            # use_list=False: entries come back as tuples, compared with a stat tuple as they are
+            loaded = msgpack.unpackb(self.path.read_bytes(), raw=False, strict_map_key=True, use_list=False)
+            if (
+                isinstance(loaded, dict)
+                and loaded.get("format") == FORMAT
+                and loaded.get("root") == source_root
+                and isinstance(loaded.get("files"), dict)
+            ):
                 self._entries = loaded["files"]
+                latest = loaded.get("latest")
+                if isinstance(latest, dict) and isinstance(latest.get("at"), tuple) and isinstance(latest.get("prefix"), str):
+                    self._latest = latest
         except (OSError, ValueError, msgpack.UnpackException):
             pass  # missing or garbage: start empty
 
-    def lookup(self, path: str, stat: FileStat) -> str | None:
-        """The hash recorded for path if its stat is exactly the one recorded and was not racy."""
-        entry = self._entries.get(path)
-        if entry is None or len(entry) != 7 or tuple(entry[:5]) != stat:
+    def all_latest_at(self, position: tuple[int, str], prefix: str) -> bool:
+        """Was every entry its key's (prefix + relative path) latest content at this log position?"""
+        latest = self._latest
+        return latest is not None and latest["prefix"] == prefix and tuple(latest["at"]) == tuple(position)
+
+    def confirm(self, name: str) -> None:
+        """name is in this import and will be its key's latest content once the import commits."""
+        self._confirmed.add(name)
+
+    def lookup(self, name: str, stat: FileStat) -> str | None:
+        """The hash recorded for name if its stat is exactly the one recorded and was not racy."""
+        entry = self._entries.get(name)
+        if type(entry) is not tuple or len(entry) != 7 or entry[:5] != stat:
             return None
         if max(stat[1], stat[2]) >= entry[6] - RACY_MARGIN_NS:
             return None
         return entry[5]
 
-    def remember(self, path: str, stat: FileStat, object_hash: str, seen_ns: int) -> None:
+    def remember(self, name: str, stat: FileStat, object_hash: str, seen_ns: int) -> None:
         """Note a hash computed from a file whose stat was taken at seen_ns (written by save())."""
-        self._entries[path] = [*stat, object_hash, seen_ns]
+        self._entries[name] = (*stat, object_hash, seen_ns)
         self._changed = True
 
-    def save(self) -> str | None:
-        """Write the cache (temp + rename; no fsync: it is disposable); a warning instead of failing."""
-        if not self._changed:
+    def save(self, latest_at: tuple[int, str] | None = None, prefix: str = "") -> str | None:
+        """Write the cache (temp + rename; no fsync: it is disposable); a warning instead of failing.
+
+        latest_at: the log position at which every confirmed file was its key's latest content
+        (entries not confirmed are dropped then); None when that is not known."""
+        latest = {"at": tuple(latest_at), "prefix": prefix} if latest_at is not None else None
+        if latest is not None:
+            gone = [name for name in self._entries if name not in self._confirmed]
+            for name in gone:
+                del self._entries[name]
+            self._changed = self._changed or bool(gone)
+        if not self._changed and latest == self._latest:
             return None
         temp = self.path.with_name(f".tmp-{os.getpid()}-{self.path.name}")
         try:
             self.directory.mkdir(exist_ok=True)
-            temp.write_bytes(msgpack.packb({"root": self.root, "files": self._entries}, use_bin_type=True))
+            document = {"format": FORMAT, "root": self.root, "files": self._entries, "latest": latest}
+            temp.write_bytes(msgpack.packb(document, use_bin_type=True))
             os.replace(temp, self.path)
         except (OSError, ValueError) as exc:
             for leftover in (temp, self.path):
@@ -83,4 +123,5 @@ class StatCache:
                     pass
             return f"the import stat cache could not be saved ({exc}); the next import reads every file"
         self._changed = False
+        self._latest = latest
         return None

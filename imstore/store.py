@@ -125,6 +125,7 @@ class BatchResult(NamedTuple):
     records: tuple[Record, ...]
     unchanged: int
     unchanged_bytes: int = 0
+    position: tuple[int, str] | None = None  # the log position at which every item was its key's latest
 
     @property
     def added(self) -> tuple[Version, ...]:
@@ -562,11 +563,17 @@ class Store:
                 prev = record_hash
                 current[item.key] = (version, "put", item.hash, item.content_type, item.meta)
             if not payloads:
-                return BatchResult((), unchanged, unchanged_bytes)
+                return BatchResult((), unchanged, unchanged_bytes, (state.seq, state.last_hash.hex()))
             if sum(len(payload) + 8 for payload in payloads) > MAX_FRAME - 64:
                 raise InvalidInput(f"a batch of {len(payloads)} records is too large for one log frame; import it in parts")
             frame = self._append(payloads, tuple(records))
-        return BatchResult(frame.records, unchanged, unchanged_bytes)
+        return BatchResult(frame.records, unchanged, unchanged_bytes, (seq, prev.hex()))
+
+    def log_position(self) -> tuple[int, str]:
+        """(seq, chain hash) of the last record. The chain covers every record, so an equal
+        position later means the history has not changed in between."""
+        state = self._current_index().state()
+        return state.seq, state.last_hash.hex()
 
     def latest_contents(self, keys: Iterable[str]) -> dict[str, tuple[str, str | None, dict]]:
         """(hash, content_type, meta) of the latest version of each of keys that is live."""

@@ -345,3 +345,108 @@ def test_a_large_batch_sees_every_latest_version(store, tmp_path):
     assert (summary.added, summary.unchanged) == (1, 2099)
     assert [v.version for v in store.history("d/f1234")] == [1, 2]
     assert store.get("d/f0500x") == b"not part of the import"
+
+
+# ------------------------------------------------------------ the "all latest at" fast path of the stat cache
+def _count_latest_lookups(store, monkeypatch) -> list[int]:
+    """How many keys each latest_contents call asked the index about."""
+    asked: list[int] = []
+    real = store.latest_contents
+
+    def counting(keys):
+        keys = list(keys)
+        asked.append(len(keys))
+        return real(keys)
+
+    monkeypatch.setattr(store, "latest_contents", counting)
+    return asked
+
+
+def test_a_reimport_while_the_store_is_unchanged_asks_the_index_about_no_key(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(statcache, "RACY_MARGIN_NS", 0)
+    source = make_tree(tmp_path / "src", TREE)
+    import_source(store, str(source))
+    asked = _count_latest_lookups(store, monkeypatch)
+    again = import_source(store, str(source))
+    assert (again.added, again.unchanged, again.bytes_read) == (0, 5, 0)
+    assert asked == [0]
+
+
+@pytest.mark.parametrize("change", ["put", "delete", "put other key"])
+def test_any_write_to_the_store_makes_the_next_reimport_check_the_index(store, tmp_path, monkeypatch, change):
+    monkeypatch.setattr(statcache, "RACY_MARGIN_NS", 0)
+    source = make_tree(tmp_path / "src", {"a": b"file a", "b": b"file b"})
+    import_source(store, str(source))
+    if change == "put":
+        store.put("a", b"written by someone else")
+    elif change == "delete":
+        store.delete("a")
+    else:
+        store.put("elsewhere", b"x")
+    asked = _count_latest_lookups(store, monkeypatch)
+    summary = import_source(store, str(source))
+    assert asked[0] == 2  # every key looked up: the cache's "all latest" no longer holds
+    assert summary.added == (0 if change == "put other key" else 1)
+    assert store.get("a") == b"file a" and store.get("b") == b"file b"
+    third = import_source(store, str(source))  # and the fast path is back
+    assert (third.added, third.unchanged) == (0, 2)
+
+
+def test_a_different_prefix_is_not_covered_by_the_fast_path(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(statcache, "RACY_MARGIN_NS", 0)
+    source = make_tree(tmp_path / "src", {"a": b"1"})
+    import_source(store, str(source), prefix="one/")
+    summary = import_source(store, str(source), prefix="two/")
+    assert summary.added == 1 and store.get("two/a") == b"1"
+
+
+def test_a_failed_commit_leaves_no_claim_that_files_are_latest(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(statcache, "RACY_MARGIN_NS", 0)
+    source = make_tree(tmp_path / "src", {"a": b"version 1", "b": b"b"})
+    import_source(store, str(source))
+    (source / "a").write_bytes(b"version 2")
+    real = store.import_batch
+
+    def failing(*args, **kwargs):
+        raise InvalidInput("injected commit failure")
+
+    monkeypatch.setattr(store, "import_batch", failing)
+    with pytest.raises(InvalidInput):
+        import_source(store, str(source))  # read a's new bytes (and cached their hash) but committed nothing
+    monkeypatch.setattr(store, "import_batch", real)
+    summary = import_source(store, str(source))
+    assert summary.added == 1 and store.get("a") == b"version 2"
+
+
+def test_files_that_failed_under_skip_errors_are_read_next_time(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(statcache, "RACY_MARGIN_NS", 0)
+    source = make_tree(tmp_path / "src", {"a": b"a", "flaky": b"secret"})
+    import_source(store, str(source))
+    (source / "flaky").write_bytes(b"secret 2")
+    real = importer._read_file
+
+    def failing_once(item, store):
+        if item.key == "flaky":
+            raise importer.ItemError("flaky: Input/output error")
+        return real(item, store)
+
+    monkeypatch.setattr(importer, "_read_file", failing_once)
+    first = import_source(store, str(source), skip_errors=True)
+    assert (first.added, first.skipped) == (0, 1)
+    monkeypatch.setattr(importer, "_read_file", real)
+    second = import_source(store, str(source))
+    assert (second.added, second.unchanged) == (1, 1) and store.get("flaky") == b"secret 2"
+
+
+def test_files_left_out_of_an_import_lose_their_cache_entries(store, tmp_path, monkeypatch):
+    # Without --follow-symlinks the files behind a link are not part of the import. If their entries
+    # stayed, the next import that follows the link would trust them although their keys changed since.
+    monkeypatch.setattr(statcache, "RACY_MARGIN_NS", 0)
+    source = make_tree(tmp_path / "src", {"real/f": b"content"})
+    (source / "link").symlink_to("real")
+    import_source(store, str(source), follow_symlinks=True)
+    assert store.get("link/f") == b"content"
+    store.put("link/f", b"changed by someone else")
+    import_source(store, str(source))  # the link is not followed: link/f is not in this import
+    summary = import_source(store, str(source), follow_symlinks=True)
+    assert summary.added == 1 and store.get("link/f") == b"content"
