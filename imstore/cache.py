@@ -97,6 +97,7 @@ class CacheSettings:
     directory: Path | None = None  # the base folder; None: platformdirs.user_cache_path("imstore")
     size_limit: int = DEFAULT_SIZE_LIMIT
     max_object_size: int = DEFAULT_MAX_OBJECT_SIZE
+    memo_bytes: int = MEMO_BYTES  # object bytes a StoreCache keeps in memory (a serve worker has one per thread)
 
     @classmethod
     def from_env(cls, environ: dict | None = None) -> CacheSettings:
@@ -227,12 +228,25 @@ class StoreCache:
         return row if _is_row_of(row, key, version) else None
 
     def latest(self, key: str) -> tuple[tuple, int] | None:
-        """(row, log seq it was read at) of the key's latest version as last seen, or None."""
-        found = self._record(f"l:{key}")
-        if found is None or len(found) != 2 or not isinstance(found[1], int):
-            return None
-        row = tuple(found[0]) if isinstance(found[0], (list, tuple)) else None
-        return (row, found[1]) if _is_row_of(row, key) else None
+        """(row, log seq it was read at) of the key's latest version as last seen, or None.
+
+        The newer of this object's memo and the cache file: another process, or another
+        thread's Store in a serve worker, may have seen (and cached) a newer version since
+        this one remembered its own. Only asked while the store is down, so the read is cheap enough.
+        """
+        name = f"l:{key}"
+        best = None
+        for found in (self._memo_records.get(name), self._record_quietly(name)):
+            if found is None or len(found) != 2 or not isinstance(found[1], int):
+                continue
+            row = tuple(found[0]) if isinstance(found[0], (list, tuple)) else None
+            if _is_row_of(row, key) and (best is None or row[1] > best[0][1]):
+                best = (row, found[1])
+        if best is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return best
 
     def ids_with_prefix(self, prefix: str) -> list[str]:
         """Cached object ids starting with prefix (at most two: enough to call it ambiguous)."""
@@ -485,9 +499,10 @@ class StoreCache:
 
     # ================================================================ memo
     def _remember_object(self, object_id: str, data: bytes) -> None:
-        if len(data) > MEMO_BYTES // 16:
+        limit = self.settings.memo_bytes
+        if len(data) > limit // 16:
             return
-        while self._memo_bytes + len(data) > MEMO_BYTES and self._memo_objects:
+        while self._memo_bytes + len(data) > limit and self._memo_objects:
             self._forget_memo(next(iter(self._memo_objects)))
         self._memo_objects[object_id] = data
         self._memo_bytes += len(data)

@@ -575,7 +575,9 @@ def serve(
     """Serve the store over HTTP: an authenticated gateway round-robining over worker processes.
 
     Runs until SIGTERM or Ctrl-C, then finishes the requests in flight and exits 0.
-    Every route but /healthz needs a token (imstore token create).
+    Every route but /healthz needs a token (imstore token create). Workers read through
+    the read cache (--cache-dir, --cache-size, --no-cache), so cached reads go on while
+    the store is down; a latest version served so carries X-Imstore-Stale: 1.
 
     Example: imstore serve --host 0.0.0.0 --port 8765 --workers 4 --max-body 1G
     """
@@ -596,8 +598,21 @@ def serve(
         tls_key=str(tls_key) if tls_key else None,
         max_body=parse_size(max_body) if max_body is not None else None,
         client_timeout=client_timeout,
+        worker_env=_cache_env(),
     )
     run_event_loop(run_gateway(config, info=settings.out.info, warn=settings.out.warn))
+
+
+def _cache_env() -> dict[str, str]:
+    """The read cache settings (--cache-dir, --cache-size, --no-cache) as the environment
+    CacheSettings.from_env reads in serve's workers."""
+    from .cache import CACHE_DIR_ENV, CACHE_SIZE_ENV, NO_CACHE_ENV
+
+    cache = cache_settings()
+    env = {NO_CACHE_ENV: "0" if cache.enabled else "1", CACHE_SIZE_ENV: str(cache.size_limit)}
+    if cache.directory is not None:
+        env[CACHE_DIR_ENV] = str(cache.directory.expanduser().absolute())
+    return env
 
 
 token_app = typer.Typer(help="API tokens for imstore serve (only their hashes are stored).", no_args_is_help=True)

@@ -245,6 +245,19 @@ def test_versions_by_number_are_never_stale(store_path, cache_settings, tmp_path
         assert not found.stale and store.warnings == []
 
 
+def test_a_stale_latest_is_the_newest_any_store_object_cached_not_this_ones_memo(store_path, cache_settings, tmp_path):
+    """Two long-lived Stores (two threads or workers of a serve): the one that remembers an
+    older latest in its memo still answers with the newer one the other cached."""
+    with cached_store(store_path, cache_settings) as first, cached_store(store_path, cache_settings) as second:
+        first.put("k", b"1")
+        assert first.get("k") == b"1"  # first's memo: latest of k is version 1
+        second.put("k", b"2")
+        assert second.get("k") == b"2"
+        os.rename(store_path, tmp_path / "away")
+        found, reader = first.open_version("k")
+        assert found.stale and found.version == 2 and reader.read() == b"2"
+
+
 # ---------------------------------------------------------------- CLI
 def test_cache_stats_counts_entries_hits_and_misses(cli):
     cli("put", "k", stdin=b"x" * 100)

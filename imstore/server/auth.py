@@ -27,6 +27,7 @@ __all__ = ["TokenStore", "TokenInfo", "Authenticator", "SCOPES", "TOKENS_NAME"]
 TOKENS_NAME = "tokens"
 SCOPES = ("read", "write")
 TOKEN_PREFIX = "imst_"
+STORE_CONFIG = "config"  # store.CONFIG_NAME: a store directory that has it is there (not renamed away, not unmounted)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
@@ -142,11 +143,20 @@ class Authenticator:
         if not force and now - self._checked < 1.0:
             return
         self._checked = now
+        # While the store itself is unavailable (F11: unmounted, renamed away, replaced by a file, EIO)
+        # the tokens last read stay in force, so that its cache can go on answering reads; that loosens
+        # nothing, since revoking a token means writing the token file in the store.
         try:
             status = os.stat(self.tokens.path)
             stamp = (status.st_mtime_ns, status.st_ino, status.st_size)
         except FileNotFoundError:
+            if not force and not os.path.exists(self.tokens.root / STORE_CONFIG):
+                return  # no file because no store: keep the tokens
             stamp = None
+        except OSError:
+            if force:
+                raise
+            return  # the store cannot be read: keep the tokens
         if stamp != self._stamp or force:
             self._entries = [(entry["sha256"], entry["scope"]) for entry in self.tokens.load()] if stamp else []
             self._stamp = stamp

@@ -23,7 +23,7 @@ import signal
 import ssl
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -80,6 +80,7 @@ class GatewayConfig:
     max_body: int | None = None
     client_timeout: float = 30.0  # idle time allowed while reading a request or writing a response
     shutdown_timeout: float = 10.0
+    worker_env: dict[str, str] = field(default_factory=dict)  # added to the workers' environment (the read cache settings)
 
 
 class _LimitedRequestHandler(RequestHandler):
@@ -427,7 +428,7 @@ async def serve(config: GatewayConfig, info, warn) -> None:
     authenticator = Authenticator(TokenStore(config.store_root))
     check_binding(config, authenticator, warn)
     ssl_context = _ssl_context(config)
-    supervisor = Supervisor(config.store_root, config.workers, shutdown_timeout=config.shutdown_timeout)
+    supervisor = Supervisor(config.store_root, config.workers, shutdown_timeout=config.shutdown_timeout, env=config.worker_env)
     try:
         await supervisor.start()
         gateway = Gateway(config, supervisor, authenticator)

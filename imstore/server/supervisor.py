@@ -51,8 +51,9 @@ class WorkerSlot:
 class Supervisor:
     """Owns the worker processes of one serve."""
 
-    def __init__(self, store_root: str, count: int, *, shutdown_timeout: float = 10.0):
+    def __init__(self, store_root: str, count: int, *, shutdown_timeout: float = 10.0, env: dict[str, str] | None = None):
         self.store_root = store_root
+        self.env = {**os.environ, **env} if env else None  # None: the workers inherit serve's environment
         self.shutdown_timeout = shutdown_timeout
         self.runtime_dir = tempfile.mkdtemp(prefix="imstore-serve-")  # 0700 by construction
         os.chmod(self.runtime_dir, 0o700)
@@ -110,6 +111,7 @@ class Supervisor:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches serve only; serve stops the workers in order
+            env=self.env,
         )
         slot.started = time.monotonic()
 

@@ -16,15 +16,18 @@ import fcntl
 import json
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from urllib.parse import quote
 
 from aiohttp import web
 
-from ..errors import BodyIncomplete, ImstoreError, UsageError
+from ..cache import CacheSettings
+from ..errors import BodyIncomplete, ImstoreError, Unavailable, UsageError
 from ..objects import CHUNK_SIZE, ObjectReader
 from ..output import history_json, version_json
 from ..store import PutResult, Store, Version
@@ -54,6 +57,8 @@ HEALTH_PATH = "/_worker/health"
 SMALL_BODY = 1 << 20  # request bodies up to this size are read whole before the store call
 PRELOAD = 1 << 20  # objects up to this size are read (and verified) in the same pool call that finds them
 BODY_IDLE_TIMEOUT = float(os.environ.get("IMSTORE_BODY_TIMEOUT", "30"))
+# Each pool thread's Store has its own read cache memo: keep them small (HotObjects holds the hottest).
+THREAD_MEMO_BYTES = 4 << 20
 
 
 def version_document(version: Version) -> dict:
@@ -68,9 +73,10 @@ def put_document(result: PutResult) -> dict:
 class WorkerApp:
     """The request handler of one worker process."""
 
-    def __init__(self, store_root: str, owner_lock: str, threads: int = 8):
+    def __init__(self, store_root: str, owner_lock: str, threads: int = 8, cache: CacheSettings | None = None):
         self.store_root = store_root
         self.owner_lock = owner_lock
+        self.cache = cache  # the read cache settings (serve passes them through IMSTORE_CACHE_*); None: no cache
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="imstore-store")
         self._local = threading.local()
         self.handled = 0
@@ -80,7 +86,16 @@ class WorkerApp:
     def store(self) -> Store:
         store = getattr(self._local, "store", None)
         if store is None:
-            store = self._local.store = Store.open(self.store_root)
+            store = self._local.store = Store.open(self.store_root, cache=self.cache)
+        elif store.offline_reason is not None:
+            # Opened while the store was down (answered by its cache alone): try the store again, so
+            # the worker writes and reads fresh once it is back. Costs nothing while the store is up.
+            fresh = Store.open(self.store_root, cache=self.cache)
+            if fresh.offline_reason is None:
+                store.close()
+                store = self._local.store = fresh
+            else:
+                fresh.close()  # keep the old one and what its cache memo holds
         return store
 
     def ledger(self) -> IdempotencyLedger:
@@ -145,16 +160,7 @@ class WorkerApp:
             "Cache-Control": IMMUTABLE if version is not None else "no-cache",
             "Content-Type": found.content_type or "application/octet-stream",
         }
-        # Version.stale comes with the read cache (issue 4, branch `cache`): a latest read the cache
-        # answered while the store was unavailable. TODO(serve+cache), once `cache` is on main:
-        # - open the worker's Stores with cache=CacheSettings.from_env() (serve passes its cache options
-        #   to the workers through IMSTORE_CACHE_DIR / IMSTORE_CACHE_SIZE / IMSTORE_NO_CACHE);
-        # - a long-lived Store keeps its SQLite index open, so with the store renamed away latest reads
-        #   still succeed unmarked (tried on a trial merge): check the store is there before a latest
-        #   read (or reopen the Store when it is not) so the cache's stale path engages;
-        # - drop this getattr and add the F11-through-the-server tests (store renamed away, objects/ a
-        #   file, EIO: cached GETs 200 with X-Imstore-Stale: 1 on latest reads, PUT 503 fast, back after).
-        if getattr(found, "stale", False):
+        if found.stale:  # a latest version the cache answered while the store's log could not be read
             headers[STALE_HEADER] = "1"
         return await self.send_object(request, reader, headers, data)
 
@@ -220,8 +226,11 @@ class WorkerApp:
         """Run work once per Idempotency-Key (see idempotency.py); without a key just run it."""
         if request_id is None:
             return work(None)
-        ledger = self.ledger()
-        claim = ledger.claim(request_id, method, key, self.store().index.state().seq)
+        try:
+            ledger = self.ledger()
+            claim = ledger.claim(request_id, method, key, self.store().index.state().seq)
+        except sqlite3.Error as exc:  # the ledger lives in the store: the store is down (F11), or its disk failing
+            raise Unavailable(f"cannot write: the store is unavailable (its idempotency ledger: {exc})") from None
         if claim.state == "done":
             assert claim.answer is not None
             return claim.answer
@@ -306,7 +315,8 @@ class WorkerApp:
             await response.prepare(request)
             await response.write_eof()
             return response
-        if data is not None or size <= SMALL_OBJECT:
+        if data is not None or size <= SMALL_OBJECT or reader.location is None:
+            # reader.location is None: the bytes come from the read cache (memory), not from a file.
             if data is None:
                 data = await self.call(reader.read)
             return web.Response(status=status, body=data[start:end] if status == 206 else data, headers=headers)
@@ -429,7 +439,8 @@ async def serve_worker(
 ) -> None:
     owner_lock = f"{socket_path}.{os.getpid()}.lock"
     _hold_owner_lock(owner_lock)
-    app = WorkerApp(store_root, owner_lock)
+    cache = CacheSettings.from_env()
+    app = WorkerApp(store_root, owner_lock, cache=replace(cache, memo_bytes=THREAD_MEMO_BYTES) if cache.enabled else None)
     await app.call(app.store)  # fail early (and loudly) if the store cannot be opened
     server = web.Server(app.handle, access_log=None)
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=shutdown_timeout)

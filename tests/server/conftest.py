@@ -117,7 +117,13 @@ def key_url(key: str) -> str:
 
 
 def start_server(
-    store: Path, log_path: Path, *args: str, env: dict | None = None, tokens: tuple[str, str] | None = None, tls: bool = False
+    store: Path,
+    log_path: Path,
+    *args: str,
+    env: dict | None = None,
+    tokens: tuple[str, str] | None = None,
+    tls: bool = False,
+    global_args: tuple[str, ...] = (),
 ) -> Server:
     if tokens is None:
         tokens_store = TokenStore(store)
@@ -127,7 +133,7 @@ def start_server(
     port = free_port()
     log = open(log_path, "ab")
     process = subprocess.Popen(
-        [*IMSTORE, "--store", str(store), "serve", "--port", str(port), *args],
+        [*IMSTORE, "--store", str(store), *global_args, "serve", "--port", str(port), *args],
         stdout=log,
         stderr=log,
         env={**os.environ, **(env or {})},
@@ -145,11 +151,16 @@ def start_server(
 
 @pytest.fixture
 def start(store_path: Path, tmp_path: Path):
-    """start(*serve_args, env=...) -> Server; every server is stopped at the end of the test."""
+    """start(*serve_args, env=..., cache_args=(global options such as --cache-dir)) -> Server;
+    every server is stopped at the end of the test."""
     servers: list[Server] = []
 
-    def launch(*args: str, env: dict | None = None, store: Path | None = None, tls: bool = False) -> Server:
-        server = start_server(store or store_path, tmp_path / f"serve-{len(servers)}.log", *args, env=env, tls=tls)
+    def launch(
+        *args: str, env: dict | None = None, store: Path | None = None, tls: bool = False, cache_args: tuple[str, ...] = ()
+    ) -> Server:
+        server = start_server(
+            store or store_path, tmp_path / f"serve-{len(servers)}.log", *args, env=env, tls=tls, global_args=cache_args
+        )
         servers.append(server)
         return server
 
@@ -158,6 +169,7 @@ def start(store_path: Path, tmp_path: Path):
         if server.process.poll() is None:
             server.process.kill()  # the hardest way to go: its workers must still not outlive it
             server.process.wait()
+    for server in servers:  # only once all are down: servers of one store share it in the workers' command lines
         assert_no_workers_left(server.store)
 
 
