@@ -442,3 +442,21 @@ def test_a_refusal_is_answered_while_the_body_is_still_coming(server):
     status_line, _, rest = received.partition(b"\r\n")
     assert status_line.split()[1] == b"400", received
     assert b"open.jsonl line 1: unknown fields" in rest
+
+
+def test_max_body_limits_a_whole_import(shared_server, tmp_path):
+    """--max-body applies to the one request an import is: over it is exit 2 (HTTP 413) and nothing is committed."""
+    token_file = tmp_path / "token"
+    token_file.write_text(shared_server.write_token)
+    remote = ["--remote", shared_server.url, "--token-file", str(token_file)]
+    source = tmp_path / "tree"
+    source.mkdir()
+    for number in range(3):
+        (source / f"part{number}").write_bytes(os.urandom(600_000))  # 1.8 MB in all, over the 1M limit
+    before = len(json.loads(run_cli_in_process([*remote, "log", "--json"]).stdout))
+    refused = run_cli_in_process([*remote, "import", str(source), "--prefix", "limited/"])
+    assert refused.code == 2 and "limit" in refused.stderr, refused.stderr
+    assert len(json.loads(run_cli_in_process([*remote, "log", "--json"]).stdout)) == before
+    (source / "part1").unlink()
+    (source / "part2").unlink()
+    assert run_cli_in_process([*remote, "import", str(source), "--prefix", "limited/"]).code == 0
