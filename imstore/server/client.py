@@ -1,7 +1,8 @@
 """RemoteStore: the Store API over HTTP, the backend of the CLI's --remote.
 
 It has the methods the CLI calls on a local Store (put_stream, open_version,
-open_object, history, ls, delete, log_records) with the same results and the
+open_object, history, ls, delete, log_records; import_source stands in for
+importer.import_source, as one streamed POST /v1/import) with the same results and the
 same errors (rebuilt from the server's problem documents), so each command
 works unchanged against a server. Bytes stream both ways and are checked
 against their hash here too: a reader raises CorruptObject rather than hand
