@@ -452,7 +452,9 @@ def cache_clear(
 def import_(
     source: Annotated[str, typer.Argument(help="A directory, a tar (any compression), a .jsonl/.ndjson file, or - for stdin.")],
     prefix: Annotated[str, typer.Option("--prefix", "-p", help="Prepend this to every key, as given (no '/' is added).")] = "",
-    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Reader threads (default: the CPU count).")] = None,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", "-j", min=1, help="Reader threads (default: the CPU count; not used with --remote).")
+    ] = None,
     message: Annotated[str | None, typer.Option("-m", "--message", help="A message for every version of this import.")] = None,
     skip_errors: Annotated[bool, typer.Option("--skip-errors", help="Warn about bad items and import the rest.")] = False,
     follow_symlinks: Annotated[bool, typer.Option("--follow-symlinks", help="Follow symlinks that stay inside SOURCE.")] = False,
@@ -467,6 +469,12 @@ def import_(
     Example: imstore import ./photos --prefix photos/ -m "March"
 
     Example: tar -cz docs | imstore import - --prefix docs/
+
+    With --remote the whole SOURCE is one streamed request and still one
+    atomic batch on the server: a directory is sent as a tar made on the fly,
+    a tar or JSON lines as they are ("path" lines are sent inline).
+
+    Example: imstore --remote http://nas:8765 import ./photos --prefix photos/
     """
     from .importer import import_source
 
@@ -478,17 +486,21 @@ def import_(
         def progress(files: int, done: int, total_files: int | None, total_bytes: int | None) -> None:
             bar.update(done, total_bytes, label=f"importing {files}/{total_files} files" if total_files else f"importing {files} files")
 
-        summary = import_source(
-            store,
-            source,
-            stdin=sys.stdin.buffer if source == "-" and sys.stdin is not None else None,
-            prefix=prefix,
-            jobs=jobs,
-            message=message,
-            skip_errors=skip_errors,
-            follow_symlinks=follow_symlinks,
-            progress=progress if bar.live else None,
-        )
+        def sent(done: int, total: int | None) -> None:
+            bar.update(min(done, total) if total else done, total, label="uploading")
+
+        options = {
+            "stdin": sys.stdin.buffer if source == "-" and sys.stdin is not None else None,
+            "prefix": prefix,
+            "jobs": jobs,
+            "message": message,
+            "skip_errors": skip_errors,
+            "follow_symlinks": follow_symlinks,
+        }
+        if settings.remote:
+            summary = store.import_source(source, **options, progress=sent if bar.live else None)
+        else:
+            summary = import_source(store, source, **options, progress=progress if bar.live else None)
         show_warnings(store)
     for warning in summary.warnings:
         out.warn(warning)
@@ -566,7 +578,9 @@ def serve(
     tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="TLS certificate (PEM) to serve HTTPS.", metavar="FILE")] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="TLS private key (PEM).", metavar="FILE")] = None,
     max_body: Annotated[
-        str | None, typer.Option("--max-body", help="Largest request body, e.g. 100M (default: no limit).", metavar="SIZE")
+        str | None,
+        typer.Option("--max-body", help="Largest request body (a put, or a whole remote import), e.g. 100M (default: no limit).",
+                     metavar="SIZE"),  # fmt: skip
     ] = None,
     client_timeout: Annotated[
         float, typer.Option("--client-timeout", min=0.1, help="Seconds a client may stay silent mid-request before it is cut off.")

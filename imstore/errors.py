@@ -31,6 +31,7 @@ __all__ = [
     "NotAuthorised",
     "Forbidden",
     "BodyTooLarge",
+    "UnsupportedMediaType",
     "BodyIncomplete",
     "ClientTooSlow",
     "RequestInProgress",
@@ -150,6 +151,11 @@ class Forbidden(NotAuthorised):
 class BodyTooLarge(UsageError):
     http_status = 413
     title = "request body too large"
+
+
+class UnsupportedMediaType(UsageError):
+    http_status = 415
+    title = "unsupported media type"
 
 
 class BodyIncomplete(ImstoreError):

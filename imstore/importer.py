@@ -26,7 +26,7 @@ from .statcache import StatCache
 from .store import BatchItem, BatchResult, Store
 from .validate import validate_key
 
-__all__ = ["import_source", "ImportSummary", "LOOSE_MIN"]
+__all__ = ["import_source", "import_items", "ImportSummary", "LOOSE_MIN"]
 
 # Files at least this big are written as loose objects (streamed), not into the pack.
 LOOSE_MIN = 8 << 20
@@ -337,15 +337,41 @@ def import_source(
     """
     summary = ImportSummary()
     opened = open_source(source, stdin, summary.skip, follow_symlinks)
+    return import_items(
+        store, opened, summary, prefix=prefix, jobs=jobs, message=message, skip_errors=skip_errors, progress=progress,
+        close_stream=source != "-",
+    )  # fmt: skip
+
+
+def import_items(
+    store: Store,
+    opened: Source,
+    summary: ImportSummary,
+    *,
+    prefix: str = "",
+    jobs: int | None = None,
+    message: str | None = None,
+    skip_errors: bool = False,
+    progress: Progress | None = None,
+    close_stream: bool = True,
+    before_commit: Callable[[], None] | None = None,
+) -> ImportSummary:
+    """Import the items of an opened source as one atomic batch (summary: the one its warn callback fills).
+
+    before_commit runs once every item is read and before anything is committed: the server uses it to
+    read a request body to its very end, so a body that breaks off after the last item commits nothing.
+    """
     batch = _Batch(store, summary, prefix=prefix, jobs=max(1, jobs or os.cpu_count() or 1), skip_errors=skip_errors, progress=progress)
     try:
         batch.run(opened)
+        if before_commit is not None:
+            before_commit()
     except BaseException:
         batch.pack.abort()
         raise
     finally:
         stream = getattr(opened, "stream", None)
-        if stream is not None and source != "-":
+        if stream is not None and close_stream:
             stream.close()
     result = None
     try:

@@ -33,7 +33,10 @@ from .objects import CHUNK_SIZE
 from .statcache import FileStat, file_stat
 from .validate import validate_meta
 
-__all__ = ["open_source", "Source", "DirectorySource", "TarSource", "JsonLinesSource", "SourceItem", "ItemError", "TAR_ERRORS"]
+__all__ = [
+    "open_source", "source_kind", "stream_source", "Source", "DirectorySource", "TarSource", "JsonLinesSource", "SourceItem",
+    "ItemError", "TAR_ERRORS",
+]  # fmt: skip
 
 # What a damaged or truncated (compressed) tar raises while it is read.
 TAR_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError)
@@ -205,9 +208,12 @@ def _member_key(name: str) -> str:
 
 
 class JsonLinesSource(Source):
-    """One JSON object per line (see the module docstring for the fields)."""
+    """One JSON object per line (see the module docstring for the fields).
 
-    def __init__(self, warn, stream: BinaryIO, base_dir: str, name: str):
+    base_dir None: "path" lines are refused (a server must never read its own files for a client).
+    """
+
+    def __init__(self, warn, stream: BinaryIO, base_dir: str | None, name: str):
         super().__init__(warn)
         self.stream, self.base_dir, self.name = stream, base_dir, name
 
@@ -245,6 +251,8 @@ class JsonLinesSource(Source):
                 item.data = value.encode("utf-8")
             elif sources[0] == "content_b64":
                 item.data = base64.b64decode(value, validate=True)
+            elif self.base_dir is None:
+                raise ItemError(f"{where}: \"path\" names a file on the client, which the server cannot read (send \"content_b64\")")
             else:
                 item.path = os.path.join(self.base_dir, value)
                 result = os.stat(item.path)
@@ -290,6 +298,40 @@ class _PrefixedRaw(io.RawIOBase):
         return len(data)
 
 
+def stream_source(stream: BinaryIO, warn, *, kind: str | None = None, name: str = "stdin", base_dir: str | None = None) -> Source:
+    """The Source for a stream: kind "jsonl" or "tar", or None to sniff (a first byte '{' means JSON lines).
+
+    name is how JSON lines are named in messages ("stdin line 3"); base_dir is where "path" lines are
+    relative to (None: refused).
+    """
+    if kind is None:
+        first = stream.read(1)
+        if not first:
+            raise InvalidInput(f"{name} is empty: send a tar or JSON lines")
+        stream = io.BufferedReader(_PrefixedRaw(first, stream), CHUNK_SIZE)
+        kind = "jsonl" if first == b"{" else "tar"
+    if kind == "jsonl":
+        return JsonLinesSource(warn, stream, base_dir, name)
+    return TarSource(warn, stream=stream)
+
+
+def source_kind(source: str) -> str:
+    """What SOURCE (not '-') is: "directory", "jsonl" or "tar"; a clear InvalidInput when it is none of them."""
+    if os.path.isdir(source):
+        return "directory"
+    if not os.path.exists(source):
+        raise InvalidInput(f"no such file or directory: {source}")
+    if source.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    try:
+        is_tar = os.path.isfile(source) and tarfile.is_tarfile(source)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {source}: {exc.strerror}") from None
+    if not is_tar:
+        raise InvalidInput(f"{source} is not a directory, a tar archive or a .jsonl/.ndjson file")
+    return "tar"
+
+
 def open_source(source: str, stdin: BinaryIO | None, warn, follow_symlinks: bool) -> Source:
     """The Source for SOURCE: a directory, a .jsonl/.ndjson file, a tar, or '-' (a tar or JSONL stream)."""
     if source == "-":
@@ -299,23 +341,14 @@ def open_source(source: str, stdin: BinaryIO | None, warn, follow_symlinks: bool
         if not first:
             raise InvalidInput("stdin is empty: pipe a tar or JSON lines in")
         stream = io.BufferedReader(_PrefixedRaw(first, stdin), CHUNK_SIZE)
-        if first == b"{":
-            return JsonLinesSource(warn, stream, os.getcwd(), "stdin")
-        return TarSource(warn, stream=stream)
-    if os.path.isdir(source):
+        return stream_source(stream, warn, kind="jsonl" if first == b"{" else "tar", name="stdin", base_dir=os.getcwd())
+    kind = source_kind(source)
+    if kind == "directory":
         return DirectorySource(source, warn, follow_symlinks)
-    if not os.path.exists(source):
-        raise InvalidInput(f"no such file or directory: {source}")
-    if source.endswith(JSONL_SUFFIXES):
+    if kind == "jsonl":
         try:
             handle = open(source, "rb")
         except OSError as exc:
             raise InvalidInput(f"cannot read {source}: {exc.strerror}") from None
         return JsonLinesSource(warn, handle, os.path.dirname(os.path.abspath(source)), os.path.basename(source))
-    try:
-        is_tar = os.path.isfile(source) and tarfile.is_tarfile(source)
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {source}: {exc.strerror}") from None
-    if not is_tar:
-        raise InvalidInput(f"{source} is not a directory, a tar archive or a .jsonl/.ndjson file")
     return TarSource(warn, path=source)

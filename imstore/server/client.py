@@ -1,7 +1,8 @@
 """RemoteStore: the Store API over HTTP, the backend of the CLI's --remote.
 
 It has the methods the CLI calls on a local Store (put_stream, open_version,
-open_object, history, ls, delete, log_records) with the same results and the
+open_object, history, ls, delete, log_records; import_source stands in for
+importer.import_source, as one streamed POST /v1/import) with the same results and the
 same errors (rebuilt from the server's problem documents), so each command
 works unchanged against a server. Bytes stream both ways and are checked
 against their hash here too: a reader raises CorruptObject rather than hand
@@ -202,6 +203,54 @@ class RemoteStore:
         path = key_path("/v1/keys/", key)
         return version_from_document(_with_retries(lambda: self._json("DELETE", path, headers=headers), attempts=RETRIES))
 
+    def import_source(
+        self,
+        source: str,
+        *,
+        stdin=None,
+        prefix: str = "",
+        jobs: int | None = None,
+        message: str | None = None,
+        skip_errors: bool = False,
+        follow_symlinks: bool = False,
+        progress=None,
+    ):
+        """Import SOURCE as one atomic batch on the server: one POST /v1/import, its body streamed (see upload.py).
+
+        The summary is the server's, plus what was left out here (walk warnings, unreadable files).
+        jobs is not used: the server reads one stream. progress(done, total) counts bytes sent.
+        """
+        from ..importer import ImportSummary
+        from .upload import plan_upload
+
+        walk_warnings: list[str] = []
+        upload = plan_upload(source, stdin, walk_warnings.append, follow_symlinks)
+        headers = {"Idempotency-Key": uuid.uuid4().hex, "Content-Type": upload.content_type}
+        if upload.size is not None:
+            headers["Content-Length"] = str(upload.size)
+        if message is not None:
+            headers[MESSAGE_HEADER] = encode_text(message)
+        query = {"prefix": prefix or None, "skip_errors": "1" if skip_errors else None, "name": upload.name}
+        skipped: list[str] = []
+
+        def send():
+            skipped.clear()
+            failure: list[BaseException] = []
+            body = _upload_body(upload.chunks(prefix, skip_errors, skipped.append), failure, progress, upload.total)
+            try:
+                return self._json("POST", "/v1/import", query=query, headers=headers, data=body)
+            except Exception:
+                if failure:  # our own body failed (an unreadable file): that is the error, not the cut connection
+                    raise failure[0] from None
+                raise
+
+        document = _with_retries(send, attempts=RETRIES if upload.repeatable else 1)
+        fields = ("added", "unchanged", "skipped", "files", "bytes_read", "bytes_written", "bytes_saved", "pack")
+        summary = ImportSummary(**{name: document[name] for name in fields if name in document})
+        summary.warnings = [*walk_warnings, *skipped, *document.get("warnings", [])]
+        summary.skipped += len(walk_warnings) + len(skipped)
+        return summary
+
     # ------------------------------------------------------------ reading
     def open_version(self, key: str, version: int | str | None = None, at: int | None = None) -> tuple[Version, RemoteReader]:
         query = {"version": str(version) if version is not None else None, "at": _iso(at) if at is not None else None}
@@ -288,6 +337,35 @@ def _regular_file_size(source) -> int | None:
     if not stat.S_ISREG(status.st_mode):
         return None
     return status.st_size - source.tell()
+
+
+UPLOAD_PIECE = 256 << 10
+
+
+async def _upload_body(chunks, failure: list, progress, total: int | None):
+    """Blocking chunks as an async body, gathered into pieces of UPLOAD_PIECE; an error is kept in failure.
+
+    The error is re-raised so the request is cut off (the server then commits nothing); the caller
+    reports the kept error rather than the connection error aiohttp makes of it.
+    """
+    pending, sent = bytearray(), 0
+    try:
+        for chunk in chunks:
+            pending += chunk
+            if len(pending) >= UPLOAD_PIECE:
+                sent += len(pending)
+                yield bytes(pending)
+                pending.clear()
+                if progress is not None:
+                    progress(sent, total)
+        if pending:
+            sent += len(pending)
+            yield bytes(pending)
+        if progress is not None:
+            progress(sent, total)
+    except Exception as exc:
+        failure.append(exc)
+        raise
 
 
 async def _body(source, max_size: int | None):

@@ -34,6 +34,12 @@ STALE_HEADER = "X-Imstore-Stale"
 MESSAGE_HEADER = "X-Imstore-Message"
 META_HEADER = "X-Imstore-Meta"
 WORKER_HEADER = "X-Imstore-Worker"
+# The body types POST /v1/import takes (no Content-Type: a first byte '{' means JSON lines, else a tar).
+JSONL_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/json-lines", "application/x-jsonlines"})
+TAR_TYPES = frozenset({
+    "application/x-tar", "application/tar", "application/gzip", "application/x-gzip", "application/x-bzip2",
+    "application/x-xz", "application/zstd", "application/x-zstd", "application/octet-stream",
+})  # fmt: skip
 # Internal, gateway <-> worker only (the gateway drops them from clients' requests and its answers):
 SENDFILE_OFFER = "X-Imstore-Sendfile"  # gateway → worker: "send me where the verified bytes are"
 SENDFILE_FILE = "X-Imstore-File"  # worker → gateway: "offset length path" of bytes it has just verified
@@ -64,11 +70,12 @@ ROUTES: tuple[Route, ...] = (
     Route("history", "/v1/history/{key}", ("GET",)),
     Route("log", "/v1/log", ("GET",)),
     Route("object", "/v1/objects/{hash}", ("GET", "HEAD")),
+    Route("import", "/v1/import", ("POST",)),
     Route("healthz", "/healthz", ("GET",), public=True),
     Route("metrics", "/metrics", ("GET",)),
     Route("openapi", "/openapi.json", ("GET",)),
 )
-WRITE_METHODS = frozenset({"PUT", "DELETE"})
+WRITE_METHODS = frozenset({"PUT", "DELETE", "POST"})
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,7 @@ def _class_for_status(status: int) -> type[ImstoreError]:
         404: errors.NotFound,
         412: errors.PreconditionFailed,
         413: errors.InvalidInput,
+        415: errors.UsageError,
         414: errors.InvalidKey,
         431: errors.UsageError,
         502: errors.Unavailable,

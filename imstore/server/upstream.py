@@ -140,9 +140,8 @@ class UpstreamPool:
         try:
             if streamed:
                 writer.write(head)
-                await self._send_stream(writer, body, chunked="Content-Length" not in headers)
-            else:
-                writer.write(head + body if body else head)
+                return await self._exchange_streamed(connection, method, body, chunked="Content-Length" not in headers)
+            writer.write(head + body if body else head)
             await writer.drain()
             return await self._read_head(connection, method)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
@@ -151,6 +150,33 @@ class UpstreamPool:
         except BaseException:
             connection.close()  # e.g. the client's body broke off: the worker must see a cut, not an end
             raise
+
+    async def _exchange_streamed(self, connection: _Connection, method: str, body: AsyncIterator[bytes], chunked: bool) -> UpstreamResponse:
+        """Send a streamed body while listening for the answer: a worker may answer before the body ends.
+
+        It does so when it refuses the request early (a bad import line, an invalid key, a replayed
+        Idempotency-Key answer): then the rest of the body is not sent, and the connection is not reused.
+        """
+        sending = asyncio.ensure_future(self._send_stream(connection.writer, body, chunked))
+        answer = asyncio.ensure_future(self._read_head(connection, method))
+        try:
+            await asyncio.wait((sending, answer), return_when=asyncio.FIRST_COMPLETED)
+            if sending.done():
+                sending.result()  # the body's own error (the client broke off) wins over the worker's
+                await connection.writer.drain()
+                return await answer
+            sending.cancel()
+            response = answer.result()
+            response._keep_alive = False
+            if response._remaining == 0:  # _read_head handed a body-less answer's connection back: take it out again
+                if connection in self._idle:
+                    self._idle.remove(connection)
+                connection.close()
+            return response
+        finally:
+            for task in (sending, answer):
+                if not task.done():
+                    task.cancel()
 
     @staticmethod
     async def _send_stream(writer: asyncio.StreamWriter, body: AsyncIterator[bytes], chunked: bool) -> None:

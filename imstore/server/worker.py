@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import io
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..cache import CacheSettings
-from ..errors import BodyIncomplete, ImstoreError, Unavailable, UsageError
+from ..errors import BodyIncomplete, ImstoreError, Unavailable, UnsupportedMediaType, UsageError
 from ..objects import CHUNK_SIZE, ObjectReader
 from ..output import history_json, version_json
 from ..store import PutResult, Store, Version
@@ -39,12 +40,14 @@ from .hot import HotObjects
 from .idempotency import Claim, IdempotencyLedger
 from .protocol import (
     IMMUTABLE,
+    JSONL_TYPES,
     MESSAGE_HEADER,
     META_HEADER,
     PROBLEM_TYPE,
     SENDFILE_FILE,
     SENDFILE_OFFER,
     STALE_HEADER,
+    TAR_TYPES,
     VERSION_HEADER,
     RouteMatch,
     match_route,
@@ -242,6 +245,58 @@ class WorkerApp:
         ledger.finish(request_id, status, document)
         return status, document
 
+    # ------------------------------------------------------------ import
+    async def _import_post(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
+        """One import as one atomic batch, from a streamed tar or JSON lines body (the CLI's import --remote).
+
+        The body goes through the same importer as a local import, read in this pool thread as it
+        arrives; it is read to its very end before anything commits, so a body that breaks off (a client
+        hang-up) commits nothing. A retry with the same Idempotency-Key gets the first answer back; a
+        retry after the first attempt's worker died imports again, which adds nothing for content that
+        did commit (unchanged items add no version).
+        """
+        query = matched.query()
+        options = {
+            "prefix": query.get("prefix", ""),
+            "skip_errors": query.get("skip_errors", "") in ("1", "true", "yes"),
+            "name": query.get("name") or "body",
+            "message": text_header(request.headers.get(MESSAGE_HEADER)),
+            "kind": _import_kind(request.headers.get("Content-Type")),
+        }
+        request_id = idempotency_key(request)
+        if request.content_length is not None and request.content_length <= SMALL_BODY:
+            chunks: object = [await _read_small_body(request)]
+        else:
+            chunks = _body_chunks(asyncio.get_running_loop(), request.content)
+
+        def run():
+            return self._idempotent(request_id, "POST", f"import?prefix={options['prefix']}", lambda claim: self._import(chunks, options))
+
+        status, document = await self.call(run)
+        return _json(document, status)
+
+    def _import(self, chunks, options: dict) -> tuple[int, dict]:
+        from ..importer import ImportSummary, import_items
+        from ..sources import stream_source
+
+        store = self.store()
+        summary = ImportSummary()
+        stream = io.BufferedReader(_ChunkReader(iter(chunks)), CHUNK_SIZE)
+
+        def drain() -> None:  # the rest of the body (a tar's padding, a compressor's trailer) must arrive whole too
+            while stream.read(CHUNK_SIZE):
+                pass
+
+        try:
+            source = stream_source(stream, summary.skip, kind=options["kind"], name=options["name"], base_dir=None)
+            import_items(
+                store, source, summary, prefix=options["prefix"], jobs=1, message=options["message"],
+                skip_errors=options["skip_errors"], close_stream=False, before_commit=drain,
+            )  # fmt: skip
+        finally:
+            self._flush_warnings(store)
+        return (201 if summary.added else 200), summary.to_json()
+
     # ------------------------------------------------------------ listings
     async def _history_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         key = validate_key(matched.param())
@@ -402,6 +457,40 @@ def _body_chunks(loop: asyncio.AbstractEventLoop, content) -> Iterator[bytes]:
         if not chunk:
             return
         yield chunk
+
+
+def _import_kind(content_type: str | None) -> str | None:
+    """"jsonl", "tar", or None (sniff) from an import body's Content-Type."""
+    if content_type is None:
+        return None
+    media = content_type.partition(";")[0].strip().lower()
+    if media in JSONL_TYPES:
+        return "jsonl"
+    if media in TAR_TYPES:
+        return "tar"
+    raise UnsupportedMediaType(f"an import body is a tar (application/x-tar) or JSON lines (application/x-ndjson), not {media!r}")
+
+
+class _ChunkReader(io.RawIOBase):
+    """A blocking raw stream over an iterator of chunks (a request body read from a pool thread)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = memoryview(chunk)
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
 
 
 def _file_slice(reader: ObjectReader, start: int, length: int) -> Iterator[bytes]:

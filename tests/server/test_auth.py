@@ -22,11 +22,17 @@ SAMPLE_PATHS = {
     "history": "/v1/history/auth-probe",
     "log": "/v1/log?after=0",
     "object": "/v1/objects/" + "0" * 64,
+    "import": "/v1/import?prefix=auth-probe/",
     "healthz": "/healthz",
     "metrics": "/metrics",
     "openapi": "/openapi.json",
 }
 CASES = [(route.name, method) for route in ROUTES for method in route.methods]
+WRITES = ("PUT", "DELETE", "POST")
+
+
+def probe_body(method: str) -> bytes | None:
+    return b"x" if method in ("PUT", "POST") else None
 PROTECTED = [(route, method) for route, method in CASES if route != "healthz"]
 
 
@@ -50,7 +56,7 @@ def test_every_kind_of_bad_token_gets_the_same_401(shared_server, route, method)
     replies = []
     for label, value in bad_authorizations(shared_server).items():
         headers = {} if value is None else {"Authorization": value.encode("utf-8").decode("latin-1")}
-        reply = shared_server.request(method, SAMPLE_PATHS[route], body=b"x" if method == "PUT" else None, headers=headers, token=None)
+        reply = shared_server.request(method, SAMPLE_PATHS[route], body=probe_body(method), headers=headers, token=None)
         replies.append((label, reply))
     for label, reply in replies:
         assert reply.status == 401, (label, reply.status, reply.body)
@@ -62,8 +68,8 @@ def test_every_kind_of_bad_token_gets_the_same_401(shared_server, route, method)
 
 @pytest.mark.parametrize("route, method", CASES)
 def test_read_token_reads_but_cannot_write(shared_server, route, method):
-    reply = shared_server.request(method, SAMPLE_PATHS[route], body=b"x" if method == "PUT" else None, token="read")
-    if method in ("PUT", "DELETE"):
+    reply = shared_server.request(method, SAMPLE_PATHS[route], body=probe_body(method), token="read")
+    if method in WRITES:
         assert reply.status == 403, reply.body
         assert b"write" in reply.body
     else:
@@ -72,7 +78,7 @@ def test_read_token_reads_but_cannot_write(shared_server, route, method):
 
 @pytest.mark.parametrize("route, method", CASES)
 def test_write_token_passes_auth_everywhere(shared_server, route, method):
-    reply = shared_server.request(method, SAMPLE_PATHS[route], body=b"x" if method == "PUT" else None, token="write")
+    reply = shared_server.request(method, SAMPLE_PATHS[route], body=probe_body(method), token="write")
     assert reply.status not in (401, 403), (route, method, reply.status, reply.body)
 
 
