@@ -12,7 +12,6 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
@@ -51,10 +50,17 @@ CONFIG_NAME = "config"
 INDEX_NAME = "index.sqlite"
 
 
-@dataclass(frozen=True)
-class Version:
-    """One version of a key, as the index knows it."""
+_VERSION_FIELDS = ("key", "version", "seq", "op", "hash", "size", "time_ns", "content_type", "message", "meta", "stale")
 
+
+class Version:
+    """One version of a key, as the index knows it. Immutable.
+
+    A plain class with __slots__, not a frozen dataclass: it is defined on every
+    start of the CLI, where the dataclass cost ~2 ms (bench/bench_startup.py).
+    """
+
+    __slots__ = _VERSION_FIELDS
     key: str
     version: int
     seq: int
@@ -62,12 +68,42 @@ class Version:
     hash: str | None
     size: int
     time_ns: int
-    content_type: str | None = None
-    message: str | None = None
-    meta: dict = field(default_factory=dict)
+    content_type: str | None
+    message: str | None
+    meta: dict
     # True when this came from the cache while the log could not be read: a newer
-    # version may exist (the server sends `X-Imstore-Stale: 1` for it).
-    stale: bool = field(default=False, compare=False)
+    # version may exist (the server sends `X-Imstore-Stale: 1` for it). Not part of equality.
+    stale: bool
+
+    def __init__(self, key: str, version: int, seq: int, op: str, hash: str | None, size: int, time_ns: int,  # noqa: A002
+                 content_type: str | None = None, message: str | None = None, meta: dict | None = None, stale: bool = False):
+        setter = object.__setattr__
+        for name, value in zip(
+            _VERSION_FIELDS,
+            (key, version, seq, op, hash, size, time_ns, content_type, message, {} if meta is None else meta, stale),
+            strict=True,
+        ):
+            setter(self, name, value)
+
+    def __setattr__(self, name: str, value) -> None:
+        raise AttributeError(f"a Version cannot be changed (tried to set {name})")
+
+    def _compared(self) -> tuple:
+        return (self.key, self.version, self.seq, self.op, self.hash, self.size, self.time_ns, self.content_type, self.message,
+                self.meta)  # fmt: skip
+
+    def __eq__(self, other) -> bool:
+        return self._compared() == other._compared() if isinstance(other, Version) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._compared()[:9])
+
+    def __repr__(self) -> str:
+        return "Version(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in _VERSION_FIELDS) + ")"
+
+    def as_stale(self) -> Version:
+        """The same version, marked as possibly stale."""
+        return Version(*self._compared(), stale=True)
 
     @property
     def deleted(self) -> bool:
@@ -102,8 +138,7 @@ class Version:
         return version_row(self)
 
 
-@dataclass(frozen=True)
-class PutResult:
+class PutResult(NamedTuple):
     version: Version
     unchanged: bool
 
@@ -133,17 +168,21 @@ class BatchResult(NamedTuple):
         return tuple(Version.from_record(record) for record in self.records)
 
 
-@dataclass
 class VerifyReport:
-    """What verify found. problems make it fail; warnings and notes do not."""
+    """What verify found. problems make it fail; warnings and notes do not. (A plain class: see Version.)"""
 
-    problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    records: int = 0
-    keys: int = 0
-    objects: int = 0
-    bytes: int = 0
+    def __init__(self, problems: list[str] | None = None, warnings: list[str] | None = None, notes: list[str] | None = None,
+                 records: int = 0, keys: int = 0, objects: int = 0, bytes: int = 0):  # noqa: A002
+        self.problems: list[str] = problems if problems is not None else []
+        self.warnings: list[str] = warnings if warnings is not None else []
+        self.notes: list[str] = notes if notes is not None else []
+        self.records = records
+        self.keys = keys
+        self.objects = objects
+        self.bytes = bytes
+
+    def __repr__(self) -> str:
+        return f"VerifyReport(ok={self.ok}, problems={self.problems!r}, records={self.records}, objects={self.objects})"
 
     @property
     def ok(self) -> bool:
@@ -681,7 +720,7 @@ class Store:
         if cached is None:
             raise unavailable
         row, seq = cached
-        found = replace(Version.from_row(row), stale=True)
+        found = Version.from_row(row).as_stale()
         self.warnings.append(
             f"{unavailable}; version {found.version} of {key!r} comes from the cache (as of log seq {seq}) and may be stale"
         )

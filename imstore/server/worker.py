@@ -22,7 +22,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from urllib.parse import quote
 
 from aiohttp import web
@@ -529,7 +528,7 @@ async def serve_worker(
     owner_lock = f"{socket_path}.{os.getpid()}.lock"
     _hold_owner_lock(owner_lock)
     cache = CacheSettings.from_env()
-    app = WorkerApp(store_root, owner_lock, cache=replace(cache, memo_bytes=THREAD_MEMO_BYTES) if cache.enabled else None)
+    app = WorkerApp(store_root, owner_lock, cache=cache._replace(memo_bytes=THREAD_MEMO_BYTES) if cache.enabled else None)
     await app.call(app.store)  # fail early (and loudly) if the store cannot be opened
     server = web.Server(app.handle, access_log=None)
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=shutdown_timeout)
