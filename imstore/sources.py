@@ -34,7 +34,7 @@ from .statcache import FileStat, file_stat
 from .validate import validate_meta
 
 __all__ = [
-    "open_source", "source_kind", "stream_source", "Source", "DirectorySource", "TarSource", "JsonLinesSource", "SourceItem",
+    "open_source", "peek_stdin", "source_kind", "stream_source", "Source", "DirectorySource", "TarSource", "JsonLinesSource", "SourceItem",
     "ItemError", "TAR_ERRORS",
 ]  # fmt: skip
 
@@ -332,16 +332,21 @@ def source_kind(source: str) -> str:
     return "tar"
 
 
+def peek_stdin(stdin: BinaryIO | None) -> tuple[BinaryIO, str]:
+    """stdin as a buffered stream that still holds its first byte, and what it is: "jsonl" or "tar"."""
+    if stdin is None:
+        raise InvalidInput("stdin is closed: pipe a tar or JSON lines in")
+    first = stdin.read(1)
+    if not first:
+        raise InvalidInput("stdin is empty: pipe a tar or JSON lines in")
+    return io.BufferedReader(_PrefixedRaw(first, stdin), CHUNK_SIZE), "jsonl" if first == b"{" else "tar"
+
+
 def open_source(source: str, stdin: BinaryIO | None, warn, follow_symlinks: bool) -> Source:
     """The Source for SOURCE: a directory, a .jsonl/.ndjson file, a tar, or '-' (a tar or JSONL stream)."""
     if source == "-":
-        if stdin is None:
-            raise InvalidInput("stdin is closed: pipe a tar or JSON lines in")
-        first = stdin.read(1)
-        if not first:
-            raise InvalidInput("stdin is empty: pipe a tar or JSON lines in")
-        stream = io.BufferedReader(_PrefixedRaw(first, stdin), CHUNK_SIZE)
-        return stream_source(stream, warn, kind="jsonl" if first == b"{" else "tar", name="stdin", base_dir=os.getcwd())
+        stream, kind = peek_stdin(stdin)
+        return stream_source(stream, warn, kind=kind, name="stdin", base_dir=os.getcwd())
     kind = source_kind(source)
     if kind == "directory":
         return DirectorySource(source, warn, follow_symlinks)

@@ -24,7 +24,6 @@ Nothing here imports aiohttp: the client wraps these blocking chunk iterators.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import stat
@@ -35,7 +34,7 @@ from typing import BinaryIO
 
 from ..errors import InvalidInput, InvalidKey
 from ..objects import CHUNK_SIZE
-from ..sources import JSONL_FIELDS, DirectorySource, ItemError, _PrefixedRaw, source_kind
+from ..sources import JSONL_FIELDS, DirectorySource, ItemError, peek_stdin, source_kind
 from ..validate import validate_key
 
 __all__ = ["Upload", "plan_upload", "TAR_TYPE", "JSONL_TYPE"]
@@ -64,13 +63,8 @@ def plan_upload(source: str, stdin: BinaryIO | None, warn: Callable[[str], None]
     warn gets the walk's warnings (a directory's symlinks and special files), once.
     """
     if source == "-":
-        if stdin is None:
-            raise InvalidInput("stdin is closed: pipe a tar or JSON lines in")
-        first = stdin.read(1)
-        if not first:
-            raise InvalidInput("stdin is empty: pipe a tar or JSON lines in")
-        stream = io.BufferedReader(_PrefixedRaw(first, stdin), CHUNK_SIZE)
-        if first == b"{":
+        stream, kind = peek_stdin(stdin)
+        if kind == "jsonl":
             cwd = os.getcwd()
             return Upload(JSONL_TYPE, lambda _p, skip_errors, skip: _jsonl(stream, cwd, "stdin", skip_errors, skip), "stdin",
                           repeatable=False)  # fmt: skip
