@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,19 @@ def test_a_reader_opened_before_a_repack_still_reads_the_object(store):
     store.repack()
     assert not old_pack.exists()
     assert reader.read() == b"first pack"
+
+
+def test_a_writer_removes_an_old_pack_without_an_index_but_not_a_young_one(store_path):
+    store = Store.open(store_path)
+    old = _pack(store, [b"orphan, old"])
+    old.with_suffix(".idx").unlink()
+    young = _pack(store, [b"orphan, maybe an install in progress"])
+    young.with_suffix(".idx").unlink()
+    hour_ago = time.time() - 3601
+    os.utime(old, (hour_ago, hour_ago))
+    store.close()
+    with Store.open(store_path) as writer:
+        writer.put("k", b"v")  # the first write of a Store clears stale leftovers
+        assert not old.exists()
+        assert young.exists()
+        assert writer.verify().ok
