@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import re
 import signal
 import ssl
@@ -156,12 +157,12 @@ class Gateway:
         seconds = time.monotonic() - started
         self.metrics.observe(state["route"], request.method, status, state["bytes_in"], state["bytes_out"], seconds)
         # The access line: never the Authorization header, never the query string's values (they could be secrets).
-        print(
+        # One os.write on fd 2 rather than print(flush=True): same single write, less Python per request.
+        line = (
             f"imstore serve: {request.method} {request.raw_path.partition('?')[0]} {status} {state['bytes_out']}B"
-            f" {seconds * 1000:.1f}ms worker={state['worker']}",
-            file=sys.stderr,
-            flush=True,
+            f" {seconds * 1000:.1f}ms worker={state['worker']}\n"
         )
+        _write_stderr(line)
 
     async def _dispatch(self, request: web.BaseRequest, state: dict) -> web.StreamResponse:
         if not request.raw_path.startswith("/") or not request.raw_path.isascii():
@@ -358,6 +359,15 @@ class Gateway:
             raise ConnectionError(f"relay cut off: {exc}") from None
         await response.write_eof()
         return response
+
+
+def _write_stderr(line: str) -> None:
+    data = line.encode("utf-8", "backslashreplace")
+    try:
+        while data:
+            data = data[os.write(2, data) :]
+    except OSError:
+        pass  # a closed or full stderr must not fail the request
 
 
 def _is_full_id(text: str) -> bool:
