@@ -450,3 +450,30 @@ def test_files_left_out_of_an_import_lose_their_cache_entries(store, tmp_path, m
     import_source(store, str(source))  # the link is not followed: link/f is not in this import
     summary = import_source(store, str(source), follow_symlinks=True)
     assert summary.added == 1 and store.get("link/f") == b"content"
+
+
+@pytest.mark.parametrize("meanwhile_b", [None, b"file b, changed"])
+def test_a_write_by_someone_else_during_an_import_is_not_covered_by_the_fast_path(store_path, store, tmp_path, monkeypatch, meanwhile_b):
+    # Another process writes key a while this import reads b. The import commits b after that write, so
+    # "every file is its key's latest at the commit's position" is false for a (its file still holds "file a").
+    # meanwhile_b: the other process also wrote b's new bytes, so this import's commit has nothing to append.
+    monkeypatch.setattr(statcache, "RACY_MARGIN_NS", 0)
+    source = make_tree(tmp_path / "src", {"a": b"file a", "b": b"file b"})
+    import_source(store, str(source))
+    (source / "b").write_bytes(b"file b, changed")
+    done = []
+
+    def other_process_writes(*_):
+        if not done:
+            from imstore import Store
+
+            with Store.open(store_path) as other:
+                other.put("a", b"written by someone else")
+                if meanwhile_b is not None:
+                    other.put("b", meanwhile_b)
+            done.append(True)
+
+    import_source(store, str(source), jobs=1, progress=other_process_writes)
+    assert done and store.get("a") == b"written by someone else"
+    again = import_source(store, str(source))
+    assert again.added == 1 and store.get("a") == b"file a"
