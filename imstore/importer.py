@@ -317,6 +317,19 @@ def _attempt(function, item: SourceItem, store: Store) -> Prepared | ItemError:
         return exc
 
 
+def _latest_position(result: BatchResult | None, read_position: tuple[int, str] | None) -> tuple[int, str] | None:
+    """The position at which every file of the import is its key's latest, or None.
+
+    The files the stat cache recognised were checked against the index at read_position and are not in the
+    batch, so the claim only holds if nothing else was committed between that position and this batch.
+    """
+    if result is None or result.position is None or read_position is None:
+        return None
+    first = result.records[0] if result.records else None
+    start = (first.seq - 1, first.prev.hex()) if first is not None else tuple(result.position)
+    return tuple(result.position) if start == tuple(read_position) else None
+
+
 # ============================================================ the one entry point
 def import_source(
     store: Store,
@@ -388,8 +401,7 @@ def import_items(
         if batch.cache is not None:
             # The hashes hold whether or not the batch committed; "all latest at" only once it did (failed files are
             # never confirmed, so save() drops them).
-            position = result.position if result is not None else None
-            problem = batch.cache.save(position, prefix)
+            problem = batch.cache.save(_latest_position(result, batch.read_position), prefix)
             if problem:
                 summary.warnings.append(problem)
     summary.pack = batch.pack.path.name if batch.pack.path else None
