@@ -326,9 +326,13 @@ class Gateway:
             # A reader slower than 1 MiB/s (after the usual idle allowance) is cut off.
             allowance = self.config.client_timeout + length / (1 << 20)
             try:
-                await asyncio.wait_for(asyncio.get_running_loop().sendfile(transport, handle, offset, length), allowance)
-            except NotImplementedError:  # uvloop has no loop.sendfile: copy through memory (measured as fast here)
-                await asyncio.wait_for(self._copy_file(response, handle, offset, length), allowance)
+                try:
+                    await asyncio.wait_for(asyncio.get_running_loop().sendfile(transport, handle, offset, length), allowance)
+                except NotImplementedError:  # uvloop has no loop.sendfile: copy through memory (measured as fast here)
+                    await asyncio.wait_for(self._copy_file(response, handle, offset, length), allowance)
+            except OSError as exc:  # incl. TimeoutError (a slow reader) and EIO: the 200 has started, so only a cut is left
+                transport.abort()
+                raise ConnectionError(f"sendfile cut off: {exc}") from None
         state["bytes_out"] += length
         await response.write_eof()
         return response
