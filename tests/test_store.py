@@ -431,3 +431,14 @@ def test_preconditions_see_writes_made_by_another_store_instance(store):
     with Store.open(store.root) as other:
         other.put("k", b"2")
     assert store.put("k", b"3", if_version=2).version.version == 3
+
+
+def test_a_version_can_be_copied_and_pickled_as_it_could_as_a_frozen_dataclass(store):
+    import copy
+    import pickle
+
+    version = store.put("k", b"x", meta={"a": "1"}, message="m").version
+    for clone in (copy.copy(version), copy.deepcopy(version), pickle.loads(pickle.dumps(version))):
+        assert clone == version and clone.meta == {"a": "1"} and clone.stale is False
+    stale = pickle.loads(pickle.dumps(version.as_stale()))
+    assert stale.stale is True
