@@ -101,6 +101,10 @@ class Version:
     def __repr__(self) -> str:
         return "Version(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in _VERSION_FIELDS) + ")"
 
+    def __reduce__(self):
+        # copy and pickle: through __init__ (the default restores the slots with setattr, which is refused)
+        return Version, (*self._compared(), self.stale)
+
     def as_stale(self) -> Version:
         """The same version, marked as possibly stale."""
         return Version(*self._compared(), stale=True)
