@@ -344,23 +344,6 @@ class PackSet:
         packs = [name for name in names if name.startswith("pack-") and name.endswith(".pack")]
         return sorted(self.pack_dir / name for name in packs if name[:-5] not in indexed)
 
-    def remove_stale_orphans(self, max_age: float) -> int:
-        """Delete packs without an index older than max_age seconds (the caller holds the writers' lock).
-
-        An orphan is an import or repack cut short: no record can need it, since a batch's
-        log frame is written only after its index is in place. The age keeps an import that
-        is between its two renames right now (it does not hold the lock for them) safe."""
-        removed = 0
-        cutoff = time.time() - max_age
-        for path in self.orphans():
-            try:
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
-            except OSError:
-                pass
-        return removed
-
     def close(self) -> None:
         for pack in self._packs.values():
             pack.close()

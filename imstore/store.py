@@ -36,7 +36,7 @@ from .fsio import crash_point, fsync_dir, fsync_fd, write_all
 from .hashing import OBJECT_ID_LEN, blake3, checksum16, validate_prefix
 from .index import Index, version_row
 from .log import GENESIS, MAX_FRAME, Frame, Log, Record, batch_payload, encode_record
-from .objects import CHUNK_SIZE, STALE_TEMP_SECONDS, ObjectReader, ObjectStore
+from .objects import CHUNK_SIZE, ObjectReader, ObjectStore
 from .packs import PackSet, PackWriter, RepackResult
 from .validate import format_time, parse_version, validate_key, validate_meta
 
@@ -427,7 +427,6 @@ class Store:
             self._catch_up(writer=True)
             if not self._temps_checked:
                 self.objects.remove_stale_temps()
-                self.packs.remove_stale_orphans(STALE_TEMP_SECONDS)
                 self._temps_checked = True
             yield index
 
@@ -874,7 +873,7 @@ class Store:
                 report.notes.append(f"object {object_id} is not referenced by any record")
         report.problems.extend(self.packs.problems())
         for orphan in self.packs.orphans():
-            report.notes.append(f"pack {orphan.name} has no index (an interrupted import): never read; a writer removes it after an hour")
+            report.notes.append(f"pack {orphan.name} has no index (an interrupted import); it is never read")
         for temp in self.objects.temp_files():
             report.notes.append(f"temp file {temp} (left by an interrupted write; removed by a later writer)")
 
