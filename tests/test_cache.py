@@ -356,7 +356,16 @@ def test_a_cache_that_cannot_be_written_never_fails_a_put_or_a_get(store_path, c
         raise diskcache.Timeout("busy")
 
     monkeypatch.setattr(diskcache.Cache, "set", refuse)
+    monkeypatch.setattr(diskcache.Cache, "transact", refuse)  # how a put's entries are written together
     with cached_store(store_path, cache_settings) as store:
         assert store.put("k", b"x").version.version == 1
         assert store.get("k") == b"x" and store.get("k", 1) == b"x"
-        assert any("cannot fill the cache" in note for note in store.cache.notes)
+        if failure == "disk-full":
+            assert any("cannot fill the cache" in note for note in store.cache.notes)
+        else:
+            assert any("busy" in note for note in store.cache.notes)
+        monkeypatch.undo()
+        object_id = store.put("k", b"y").version.hash
+    # A full disk stops filling for the process; a busy lock only skips those entries.
+    filled = f"o:{object_id}" in dict(cache_db(cache_settings, store_path).execute("SELECT key, 1 FROM Cache"))
+    assert filled == (failure == "timeout")
