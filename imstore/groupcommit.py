@@ -54,15 +54,19 @@ class GroupCommit:
                 committer = cls._registry[log_path] = cls()
             return committer
 
-    def submit(self, pending: PendingPut, commit_batch: Callable[[list[PendingPut]], None]):
-        """Queue pending and return its result once its frame is durable (leading if nobody is)."""
+    def submit(self, pending: list[PendingPut], commit_batch: Callable[[list[PendingPut]], None]) -> None:
+        """Queue pending (in order) and return once each one's frame is durable or failed (leading if nobody is).
+
+        Each put's answer is then in its outcome(); several puts of one caller may share a frame.
+        """
         with self._lock:
-            self._queue.append(pending)
+            self._queue.extend(pending)
             lead = not self._leading
             self._leading = True
         if not lead:
-            pending.done.wait()
-            return pending.outcome()
+            for queued in pending:
+                queued.done.wait()
+            return
         try:
             while True:
                 with self._lock:
@@ -87,4 +91,3 @@ class GroupCommit:
             with self._lock:
                 self._leading = False
             raise
-        return pending.outcome()
