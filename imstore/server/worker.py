@@ -52,11 +52,13 @@ from .protocol import (
     match_route,
     problem,
 )
+from .putbatch import PutBatcher
 
 __all__ = ["WorkerApp", "main", "HEALTH_PATH", "version_document", "put_document"]
 
 HEALTH_PATH = "/_worker/health"
 SMALL_BODY = 1 << 20  # request bodies up to this size are read whole before the store call
+BATCHED_BODY = 64 << 10  # PUTs up to this size (without an Idempotency-Key) are written in batches (putbatch.py)
 PRELOAD = 1 << 20  # objects up to this size are read (and verified) in the same pool call that finds them
 BODY_IDLE_TIMEOUT = float(os.environ.get("IMSTORE_BODY_TIMEOUT", "30"))
 # Each pool thread's Store has its own read cache memo: keep them small (HotObjects holds the hottest).
@@ -83,6 +85,7 @@ class WorkerApp:
         self._local = threading.local()
         self.handled = 0
         self.hot = HotObjects()
+        self.put_batcher = PutBatcher(self.call, self.store, self._flush_warnings)
 
     # ------------------------------------------------------------ per-thread resources
     def store(self) -> Store:
@@ -176,15 +179,18 @@ class WorkerApp:
         }
         request_id = idempotency_key(request)
         if request.content_length is not None and request.content_length <= SMALL_BODY:
-            chunks: object = [await _read_small_body(request)]
+            data = await _read_small_body(request)
+            if request_id is None and len(data) <= BATCHED_BODY:
+                result = await self.put_batcher.put(key, data, options)
+                return _put_answer(200 if result.unchanged else 201, put_document(result))
+            chunks: object = [data]
         else:
             chunks = _body_chunks(asyncio.get_running_loop(), request.content)
 
         def put():
             return self._idempotent(request_id, "PUT", key, lambda claim: self._put(key, chunks, options, claim))
 
-        status, document = await self.call(put)
-        return _json(document, status, {"ETag": f'"{document["hash"]}"', VERSION_HEADER: str(document["version"])})
+        return _put_answer(*await self.call(put))
 
     def _put(self, key: str, chunks, options: dict, claim: Claim | None) -> tuple[int, dict]:
         store = self.store()
@@ -426,6 +432,10 @@ def _wants_whole_body(request: web.BaseRequest) -> bool:
     """A plain GET: no HEAD, no conditional, no range (those may need no bytes, or other bytes)."""
     headers = request.headers
     return request.method == "GET" and "If-None-Match" not in headers and "Range" not in headers
+
+
+def _put_answer(status: int, document: dict) -> web.Response:
+    return _json(document, status, {"ETag": f'"{document["hash"]}"', VERSION_HEADER: str(document["version"])})
 
 
 async def _read_small_body(request: web.BaseRequest) -> bytes:
