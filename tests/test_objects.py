@@ -173,3 +173,30 @@ def test_packs_hook_is_consulted_after_loose_objects(objects, tmp_path):
     assert objects.read(object_id) == data
     assert objects.resolve_prefix(object_id[:10]) == object_id
     assert list(objects.iter_ids()) == [object_id]
+
+
+# ------------------------------------------------------------------ big objects: verify through a memory map
+def test_verify_of_a_big_object_maps_it_window_by_window_and_finds_any_bad_byte(tmp_path, monkeypatch):
+    import imstore.objects as objects_module
+    from imstore.objects import ObjectLocation, ObjectReader
+
+    monkeypatch.setattr(objects_module, "MAPPED_VERIFY", 1)  # small stand-ins for 16 MiB: the same code paths
+    monkeypatch.setattr(objects_module, "MAPPED_WINDOW", 64 << 10)
+    mapped = []
+    real = ObjectReader._verify_mapped
+    monkeypatch.setattr(ObjectReader, "_verify_mapped", lambda self: mapped.append(real(self)) or mapped[-1])
+    data = os.urandom(300_000)
+    path = tmp_path / "pack"
+    path.write_bytes(b"h" * 5000 + data + b"tail")  # an unaligned slice, as in a pack
+    ObjectReader(hash_bytes(data), ObjectLocation(path, 5000, len(data))).verify()
+    assert mapped == [True]
+    for position in (0, 70_000, 140_000, len(data) - 1):  # the first byte, inside later windows, the last byte
+        damaged = bytearray(data)
+        damaged[position] ^= 1
+        path.write_bytes(b"h" * 5000 + bytes(damaged) + b"tail")
+        with pytest.raises(CorruptObject):
+            ObjectReader(hash_bytes(data), ObjectLocation(path, 5000, len(data))).verify()
+    path.write_bytes(b"h" * 5000 + data[:1000])  # cut short: not mapped; the chunked read reports it
+    with pytest.raises(CorruptObject):
+        ObjectReader(hash_bytes(data), ObjectLocation(path, 5000, len(data))).verify()
+    assert mapped[-1] is False
