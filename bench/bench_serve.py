@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         if "big" in parts:
             big_benchmark(store, work, serve, nginx_port, gateway_url, token, args)
         if "put" in parts:
-            put_benchmark(store_path, work, gateway_url, token, args)
+            put_benchmark(store_path, work, gateway_url, token, args, serve.pid)
     finally:
         for process in processes:
             if process.poll() is None:
@@ -276,14 +276,19 @@ def big_benchmark(store, work, serve, nginx_port, gateway_url, token, args) -> N
           + ", ".join(f"{sampler.peak[pid] / 2**20:.0f} MiB (before {baseline[pid] / 2**20:.0f})" for pid in gateway_pids[1:]))
 
 
-def put_benchmark(store_path, work, gateway_url, token, args) -> None:
+def put_benchmark(store_path, work, gateway_url, token, args, serve_pid: int) -> None:
     disk_rate = fsync_rate(store_path)
     script = work / "put.lua"
     script.write_text(PUT_LUA)
     ceiling = _no_fsync_server(work) if shutil.which("eatmydata") else None
     put_rates, ceiling_rates = [], []
+    cpu = {"gateway": 0.0, "workers": 0.0}
     for _ in range(args.rounds):  # interleaved, so both see the same machine
+        before = serve_cpu(serve_pid)
         put_rates.append(wrk(f"{gateway_url}/", args.seconds, 32, token, str(script)))
+        after = serve_cpu(serve_pid)
+        for part in cpu:
+            cpu[part] += (after[part] - before[part]) / (put_rates[-1] * int(args.seconds))
         if ceiling is not None:
             ceiling_rates.append(wrk(f"{ceiling[0]}/", args.seconds, 32, ceiling[1], str(script)))
     if ceiling is not None:
@@ -293,6 +298,9 @@ def put_benchmark(store_path, work, gateway_url, token, args) -> None:
     print(f"== durable 4 KiB PUTs through the gateway (2 workers), 32 concurrent clients, {args.rounds} runs (median)")
     print(f"  {put_rate:.0f} PUTs/s   runs: {', '.join(f'{v:.0f}' for v in put_rates)}")
     print(f"  disk: {disk_rate:.0f} fsyncs/s (4 KiB write + fsync in a loop, one thread, same file system)")
+    gateway_ms, workers_ms = (cpu[part] / args.rounds * 1000 for part in ("gateway", "workers"))
+    print(f"  CPU per PUT (user + system): gateway {gateway_ms:.2f} ms, workers {workers_ms:.2f} ms; "
+          f"{os.cpu_count()} cores allow at most {os.cpu_count() * 1000 / (gateway_ms + workers_ms):.0f} PUTs/s at that cost")
     if ceiling_rates:
         rate = statistics.median(ceiling_rates)
         print(f"  the same server under eatmydata (every fsync a no-op: NOT durable, the CPU ceiling): {rate:.0f} PUTs/s"
@@ -300,6 +308,31 @@ def put_benchmark(store_path, work, gateway_url, token, args) -> None:
     else:
         print("  (install eatmydata to also see the ceiling with fsync switched off)")
     print(f"  goal >= 2,000 PUTs/s: {'met' if put_rate >= 2000 else 'MISSED'}")
+
+
+def serve_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the serve process (the gateway) and of its children (the workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(path: Path) -> list[str] | None:
+        try:
+            return path.read_text().rpartition(")")[2].split()  # after "(comm)": state, ppid, ...
+        except OSError:
+            return None
+
+    def seconds(fields: list[str]) -> float:
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    totals = {"gateway": 0.0, "workers": 0.0}
+    own = stat(Path(f"/proc/{pid}/stat"))
+    if own is not None:
+        totals["gateway"] = seconds(own)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = stat(entry / "stat")
+            if fields is not None and fields[1] == str(pid):
+                totals["workers"] += seconds(fields)
+    return totals
 
 
 def _no_fsync_server(work: Path) -> tuple[str, str, subprocess.Popen]:
