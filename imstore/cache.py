@@ -186,7 +186,11 @@ def _set_many(cache, entries: list[tuple[str, bytes]]) -> None:
         for name, value in entries:
             if len(value) >= cache.disk_min_file_size:
                 cache.set(name, value)
-        cache.cull()  # keep the size limit, as set() does entry by entry
+        # Keep the size limit as set() does: at most cull_limit old entries per entry written.
+        # Not cull(): inside one transaction the database file does not shrink as rows go, so
+        # its loop (volume still over the limit) would delete every entry, these ones too.
+        with cache._transact() as (sql, cleanup):  # nested: the same transaction
+            cache._cull(now, sql, cleanup, cache.cull_limit * len(small))
 
 
 class StoreCache:

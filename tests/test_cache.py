@@ -369,3 +369,16 @@ def test_a_cache_that_cannot_be_written_never_fails_a_put_or_a_get(store_path, c
     # A full disk stops filling for the process; a busy lock only skips those entries.
     filled = f"o:{object_id}" in dict(cache_db(cache_settings, store_path).execute("SELECT key, 1 FROM Cache"))
     assert filled == (failure == "timeout")
+
+
+def test_a_fill_past_the_size_limit_evicts_a_few_old_entries_not_the_whole_cache(store_path, private_cache_dir):
+    # Entries kept in the database (below diskcache's 32 KiB file size): a put's batched fill
+    # culls inside its transaction, where the database file has not shrunk yet.
+    limited = CacheSettings(directory=private_cache_dir, size_limit=1 << 20)
+    with Store.open(store_path, cache=limited) as store:
+        for number in range(80):
+            object_id = store.put(f"k{number}", os.urandom(20 << 10)).version.hash
+            rows = dict(cache_db(limited, store_path).execute("SELECT key, 1 FROM Cache"))
+            assert f"o:{object_id}" in rows, f"put {number}: its own fill was evicted"
+            if number >= 40:  # past the limit: it holds about 1 MiB of 20 KiB objects
+                assert len(rows) >= 3 * 20, f"put {number}: the cache was emptied ({len(rows)} entries left)"
