@@ -180,11 +180,16 @@ def _set_many(cache, entries: list[tuple[str, bytes]]) -> None:
     directly; values diskcache keeps in files still go through set().
     """
     now = time.time()
-    small = [(name, now, now, value) for name, value in entries if len(value) < cache.disk_min_file_size]
+    last = dict(entries)  # a name held twice: its later value, as successive set() calls leave it
     with cache.transact():
+        # A row whose value diskcache keeps in a file: set() replaces it (and removes the file),
+        # where the upsert would leave it as it is.
+        query = f"SELECT key FROM Cache WHERE raw = 1 AND filename IS NOT NULL AND key IN ({', '.join('?' * len(last))})"
+        in_files = {name for (name,) in cache._con.execute(query, list(last))}
+        small = [(name, now, now, value) for name, value in last.items() if len(value) < cache.disk_min_file_size and name not in in_files]
         cache._con.executemany(_UPSERT, small)
-        for name, value in entries:
-            if len(value) >= cache.disk_min_file_size:
+        for name, value in last.items():
+            if len(value) >= cache.disk_min_file_size or name in in_files:
                 cache.set(name, value)
         # Keep the size limit as set() does: at most cull_limit old entries per entry written.
         # Not cull(): inside one transaction the database file does not shrink as rows go, so

@@ -382,3 +382,20 @@ def test_a_fill_past_the_size_limit_evicts_a_few_old_entries_not_the_whole_cache
             assert f"o:{object_id}" in rows, f"put {number}: its own fill was evicted"
             if number >= 40:  # past the limit: it holds about 1 MiB of 20 KiB objects
                 assert len(rows) >= 3 * 20, f"put {number}: the cache was emptied ({len(rows)} entries left)"
+
+
+@pytest.mark.parametrize("how", ["two puts", "one put_many"])
+def test_a_stale_latest_is_the_newest_even_after_a_version_whose_record_was_kept_in_a_file(store_path, cache_settings, tmp_path, how):
+    """diskcache keeps an entry of 32 KiB or more in a file: a record with big metadata. The
+    next, smaller record of that key must still replace it (as diskcache's set() does)."""
+    big = {"notes": "x" * (40 << 10)}
+    with cached_store(store_path, cache_settings) as store:
+        if how == "two puts":
+            store.put("k", b"1", meta=big)
+            store.put("k", b"2")
+        else:
+            assert [answer.version.version for answer in store.put_many([("k", b"1", {"meta": big}), ("k", b"2", {})])] == [1, 2]
+    os.rename(store_path, tmp_path / "away")
+    with cached_store(store_path, cache_settings) as store:
+        found, reader = store.open_version("k")
+        assert found.stale and (found.version, reader.read()) == (2, b"2")
