@@ -298,6 +298,9 @@ class ObjectStore:
         directory is fsynced once, after every link into it. When this returns,
         each object it answered for is as durable as store_stream leaves it.
         """
+        if len(blobs) > _MANY_AT_ONCE:  # each temp file stays open until its fsync: so many at a time, not a whole long list
+            step = _MANY_AT_ONCE
+            return [answer for start in range(0, len(blobs), step) for answer in self.write_many(blobs[start : start + step])]
         self._check_root()
         answers: list = [None] * len(blobs)
         written: list[tuple[int, int, str]] = []  # (position, fd, temp path)
@@ -434,6 +437,7 @@ class ObjectStore:
 
 
 _FSYNC_THREADS = 8
+_MANY_AT_ONCE = 128  # objects write_many holds open at once (file descriptors: a soft limit of 1024 is common)
 _fsync_pool = None  # made on first use: only batched writers (the server's PUTs) need it
 
 

@@ -113,3 +113,21 @@ def test_a_batch_fills_the_read_cache_in_one_go_and_diskcache_still_counts_right
     with Store.open(store_path, cache=settings) as store:
         assert store.get("k7", 1) == b"content 7" and store.cache.hits >= 1
         assert store.open_object(answers[3].version.hash).read() == b"content 3"
+
+
+def test_a_batch_larger_than_the_open_file_limit_still_writes_every_put(store):
+    """write_many holds each object's temp file open until its fsync: a long list must not
+    run the process out of file descriptors (a soft limit of 1024 is common)."""
+    import resource
+
+    store.put_many([("warm", b"imports done", {}), ("up", b"and the fsync pool started", {})])
+    puts = [(f"many/{number}", b"content %d" % number, {}) for number in range(300)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 150, hard))
+    try:
+        answers = store.put_many(puts)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    failed = [answer for answer in answers if isinstance(answer, Exception)]
+    assert not failed, f"{len(failed)} puts failed, the first: {failed[0]}"
+    assert store.get("many/299") == b"content 299" and store.verify().ok
