@@ -151,6 +151,7 @@ class ObjectStore:
     def __init__(self, root: Path, packs=None):
         self.root = Path(root)
         self.packs = packs  # optional pack lookup with .locate(id) and .ids(); see packs.py
+        self._durable_shards: set[Path] = set()  # shards whose entry in objects/ this process fsynced
 
     # ---------------------------------------------------------------- paths
     def loose_path(self, object_id: str) -> Path:
@@ -339,6 +340,7 @@ class ObjectStore:
                     raise failures[0]
                 if self.root in directories:  # a new shard: its entry in objects/ after the shard's own
                     fsync_dir(self.root)
+                self._durable_shards.update(shards)
             except OSError as exc:  # then no object of this call is known durable
                 failed = from_os_error(exc, "storing objects")
                 answers = [failed if isinstance(answer, tuple) else answer for answer in answers]
@@ -388,7 +390,7 @@ class ObjectStore:
             if linked:
                 os.chmod(final, 0o444)
                 changed(shard)
-                if new_shard:
+                if new_shard or shard not in self._durable_shards:  # (its creator may have died before fsyncing objects/)
                     changed(self.root)
             else:
                 self._check_existing(final, object_id, size, temp_path)
@@ -398,6 +400,8 @@ class ObjectStore:
                 changed(self.root)
             for directory in to_sync or ():
                 fsync_dir(directory)
+            if to_sync is not None:
+                self._durable_shards.add(shard)
             return linked
         except OSError as exc:
             raise from_os_error(exc, f"storing object {object_id}") from None

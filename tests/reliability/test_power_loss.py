@@ -20,6 +20,7 @@ import pytest
 
 import imstore.objects as objects_module
 from imstore import Store
+from imstore.hashing import hash_bytes
 
 
 @dataclass
@@ -157,3 +158,21 @@ def test_every_put_of_an_acknowledged_batch_survives_power_loss_at_any_fsync(sto
     expected = [("existing", b"dedup me")] + [(key, data) for batch in batches for key, data, _options in batch]
     check_views(layer, tmp_path, expected, in_flight=max(len(batch) for batch in batches))
     assert layer.views[-1].acknowledged == len(expected)
+
+
+@pytest.mark.parametrize("how", ["put", "put_many"])
+def test_an_object_in_a_shard_directory_whose_entry_was_never_made_durable(store_path, layer, tmp_path, how):
+    """A writer died after mkdir() of a new shard and before fsyncing objects/: the next put into
+    that shard must make the shard's own entry durable, not only the object's entry in it."""
+    data = b"the first object of its shard"
+    with Store.open(store_path) as store:
+        shard = store.objects.loose_path(hash_bytes(data)).parent
+        assert not shard.exists()
+        shard.mkdir()  # what the writer that died left: a directory objects/ holds only in the page cache
+        if how == "put":
+            store.put("k", data)
+        else:
+            assert not isinstance(store.put_many([("k", data, {})])[0], Exception)
+        layer.acknowledged += 1
+        layer.snapshot()
+    check_views(layer, tmp_path, [("k", data)])
