@@ -493,7 +493,7 @@ class Store:
         self._fill_after_puts([(result, kept.data)])
         return result
 
-    def put_many(self, puts: Iterable[tuple[str, bytes, dict]]) -> list[PutResult | ImstoreError]:
+    def put_many(self, puts: Iterable[tuple[str, bytes, dict]]) -> list[PutResult | Exception]:
         """Several independent puts of in-memory content, committed together.
 
         puts: (key, data, options), options as put_stream's keywords. Every object
@@ -501,7 +501,8 @@ class Store:
         then all the records go into one log frame with one fsync (the same key
         twice: successive versions, in order). Each put stands alone: its refused
         precondition or bad input is its own ImstoreError in the answer, in the
-        order given. The server writes concurrent small PUTs this way: one thread
+        order given; a failed frame's error (even a bug's) is the answer of its
+        puts only. The server writes concurrent small PUTs this way: one thread
         writing a batch costs less CPU than a thread per put taking turns on the GIL.
         """
         answers: list = []
@@ -537,7 +538,7 @@ class Store:
         for position, data in ((position, data) for position, _key, data, _options in checked if position in pending):
             try:
                 answers[position] = pending[position].outcome()
-            except ImstoreError as exc:
+            except Exception as exc:  # noqa: BLE001 -- even a bug fails only the puts of its frame: the rest committed
                 answers[position] = exc
                 continue
             done.append((answers[position], data))

@@ -131,3 +131,20 @@ def test_a_batch_larger_than_the_open_file_limit_still_writes_every_put(store):
     failed = [answer for answer in answers if isinstance(answer, Exception)]
     assert not failed, f"{len(failed)} puts failed, the first: {failed[0]}"
     assert store.get("many/299") == b"content 299" and store.verify().ok
+
+
+def test_a_bug_in_a_later_frame_does_not_hide_the_puts_already_committed(store, monkeypatch):
+    """The same key twice takes two frames: if the second fails with a bug, the first still gets its answer."""
+    real_commit = Store._commit_puts
+    frames = []
+
+    def commit_then_break(self, batch):
+        frames.append(len(batch))
+        if len(frames) == 2:
+            raise RuntimeError("a bug in the second frame")
+        return real_commit(self, batch)
+
+    monkeypatch.setattr(Store, "_commit_puts", commit_then_break)
+    answers = store.put_many([("k", b"first", {}), ("k", b"second", {})])
+    assert answers[0].version.version == 1 and store.get("k") == b"first"  # committed: its answer says so
+    assert isinstance(answers[1], RuntimeError)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from ..errors import ImstoreError, Unavailable
+from ..errors import Unavailable
 from ..store import PutResult, Store
 
 __all__ = ["PutBatcher"]
@@ -66,7 +66,7 @@ class PutBatcher:
                     if not future.done():
                         future.set_exception(Unavailable("the worker is stopping; nothing was written, retry the request"))
 
-    def _write(self, puts: list[tuple[str, bytes, dict]]) -> list[PutResult | ImstoreError]:
+    def _write(self, puts: list[tuple[str, bytes, dict]]) -> list[PutResult | Exception]:
         store = self._store()
         try:
             return store.put_many(puts)
