@@ -50,3 +50,9 @@ def test_scale_runs():
 @pytest.mark.timeout(300)
 def test_run_all_help():
     assert "--quick" in run_bench("run_all.py", "--help")
+
+
+@pytest.mark.timeout(120)
+def test_fsync_patterns_runs():
+    out = run_bench("bench_fsync_patterns.py", "--batch", "2", "--rounds", "2", "--repeats", "1")
+    assert "parallel / sequential =" in out and "one file" in out
