@@ -445,6 +445,14 @@ _MANY_AT_ONCE = 128  # objects write_many holds open at once (file descriptors: 
 _fsync_pool = None  # made on first use: only batched writers (the server's PUTs) need it
 
 
+def _forget_fsync_pool() -> None:
+    global _fsync_pool
+    _fsync_pool = None  # a forked child has the pool's object but none of its threads: it makes its own
+
+
+os.register_at_fork(after_in_child=_forget_fsync_pool)
+
+
 def _in_parallel(sync, targets: list) -> list[OSError | None]:
     """sync(target) for every target, several at once; the error of each (None: done).
 

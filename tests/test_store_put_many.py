@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,28 @@ def test_a_bug_in_a_later_frame_does_not_hide_the_puts_already_committed(store, 
     answers = store.put_many([("k", b"first", {}), ("k", b"second", {})])
     assert answers[0].version.version == 1 and store.get("k") == b"first"  # committed: its answer says so
     assert isinstance(answers[1], RuntimeError)
+
+
+def test_a_process_forked_after_a_batch_can_write_batches_too(store):
+    """The fsync threads do not survive fork(): a child must not wait on the parent's pool forever."""
+    store.put_many([("before", b"1", {}), ("fork", b"2", {})])  # the pool exists now
+    child = os.fork()
+    if child == 0:  # the child: exit 0 only if its own batch is written
+        try:
+            with Store.open(store.root) as own:  # (an SQLite connection must not cross a fork)
+                answers = own.put_many([("child", b"3", {}), ("child2", b"4", {})])
+            os._exit(0 if all(not isinstance(answer, Exception) for answer in answers) else 1)
+        except BaseException:
+            os._exit(2)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+        pytest.fail("the forked child hung in put_many")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.get("child2") == b"4"
