@@ -26,13 +26,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from _common import load_note
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from imstore.fsio import fsync_dir
 
 
 def one_round(root: Path, pattern: str, batch: int, pool: ThreadPoolExecutor, data: bytes) -> None:
@@ -67,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (the median is reported)")
     parser.add_argument("--dir", help="where to write [default: a temp dir under /tmp]")
     args = parser.parse_args(argv)
-    one, five, _ = os.getloadavg()
-    print(f"machine: {os.cpu_count()} CPUs, load average {one:.2f} (1 min) {five:.2f} (5 min)")
+    print(load_note())
     root = Path(tempfile.mkdtemp(prefix="imstore-bench-fsync-", dir=args.dir))
     data = os.urandom(4096)
     patterns = ("sequential", "parallel", "one file")

@@ -334,16 +334,13 @@ class ObjectStore:
                     except ImstoreError as exc:
                         answers[position] = exc
             shards = [directory for directory in directories if directory != self.root]
-            failures = [failure for failure in _in_parallel(fsync_dir, shards) if failure is not None]
-            try:
-                if failures:
-                    raise failures[0]
-                if self.root in directories:  # a new shard: its entry in objects/ after the shard's own
-                    fsync_dir(self.root)
-                self._durable_shards.update(shards)
-            except OSError as exc:  # then no object of this call is known durable
-                failed = from_os_error(exc, "storing objects")
-                answers = [failed if isinstance(answer, tuple) else answer for answer in answers]
+            failure = next((failure for failure in _in_parallel(fsync_dir, shards) if failure is not None), None)
+            if failure is None and self.root in directories:  # a new shard: its entry in objects/ after the shard's own
+                failure = _sync_one(fsync_dir, self.root)
+            if failure is not None:  # then no object of this call is known durable
+                failed = from_os_error(failure, "storing objects")
+                return [failed if isinstance(answer, tuple) else answer for answer in answers]
+            self._durable_shards.update(shards)
             return answers
         finally:
             for _position, fd, temp_path in written:

@@ -506,36 +506,33 @@ class Store:
         writing a batch costs less CPU than a thread per put taking turns on the GIL.
         """
         answers: list = []
-        checked: list[tuple[int, str, bytes, dict]] = []
+        checked: list[tuple[int, bytes, tuple]] = []  # (position, data, the fields of its record but the object's)
         for position, (key, data, options) in enumerate(puts):
             answers.append(None)
-            options = dict(options)
             unknown = set(options) - _PUT_OPTIONS
             if unknown:
                 raise TypeError(f"put_many: unknown option(s) {sorted(unknown)}")
-            max_size = options.pop("max_size", None)
+            content_type, if_absent, max_size = options.get("content_type"), options.get("if_absent", False), options.get("max_size")
             try:
                 if max_size is not None and len(data) > max_size:
                     raise InvalidInput(f"content is larger than the limit of {max_size} bytes")
-                meta, if_version = self._check_put(key, options.get("content_type"), options.get("meta"),
-                                                   options.get("if_version"), options.get("if_absent", False))  # fmt: skip
+                meta, if_version = self._check_put(key, content_type, options.get("meta"), options.get("if_version"), if_absent)
             except ImstoreError as exc:
                 answers[position] = exc
                 continue
-            checked.append((position, key, data, {**options, "meta": meta, "if_version": if_version}))
-        stored = self.objects.write_many([data for _position, _key, data, _options in checked])
+            checked.append((position, data, (key, content_type, meta, options.get("message"), if_version, if_absent)))
+        stored = self.objects.write_many([data for _position, data, _fields in checked])
         pending: dict[int, PendingPut] = {}
-        for (position, key, _data, options), written in zip(checked, stored, strict=True):
+        for (position, _data, (key, *fields)), written in zip(checked, stored, strict=True):
             if isinstance(written, ImstoreError):
                 answers[position] = written
-                continue
-            pending[position] = _pending_put(
-                key, *written, options.get("content_type"), options["meta"], options.get("message"), options["if_version"],
-                options.get("if_absent", False),
-            )  # fmt: skip
+            else:
+                pending[position] = _pending_put(key, *written, *fields)
         self._group_commit(list(pending.values()))
         done = []
-        for position, data in ((position, data) for position, _key, data, _options in checked if position in pending):
+        for position, data, _fields in checked:
+            if position not in pending:
+                continue
             try:
                 answers[position] = pending[position].outcome()
             except Exception as exc:  # noqa: BLE001 -- even a bug fails only the puts of its frame: the rest committed
