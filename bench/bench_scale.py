@@ -4,8 +4,8 @@ Goal (issue 2): on 200,000 versions <= 1.2x the time on 1,000 versions (flat in
 store size). The anchor is imstore itself on the small store, timed in the same run.
 
 Both stores are built (untimed) through the library API: a few real objects, then
-records appended in batch frames of up to 10,000 through `Store._append`, with the
-hash chain made here exactly as `Store._payload` makes it. The measured key's
+records appended in batch frames of up to 10,000 through `Committer._append`, with the
+hash chain made by `records.Chain` as every write makes it. The measured key's
 versions are spread over the whole log, between the versions of many filler keys.
 Every command is a real CLI process; runs are interleaved; medians.
 
@@ -33,8 +33,6 @@ BATCH = 10_000
 def build_store(path: Path, versions: int) -> None:
     """A store of `versions` versions: KEY_VERSIONS of KEY, the rest filler keys."""
     from imstore import Store
-    from imstore.hashing import blake3
-    from imstore.log import encode_record
 
     store, _ = Store.init(path)
     with store:
@@ -42,13 +40,11 @@ def build_store(path: Path, versions: int) -> None:
         filler_object = store.objects.write_bytes(b"filler\n")
         filler_keys = max(1, (versions - KEY_VERSIONS) // FILLER_VERSIONS_PER_KEY)
         key_every = max(1, versions // KEY_VERSIONS)
-        with store._writing() as index:
-            state = index.state()
-            seq, prev = state.seq, state.last_hash
+        committer = store.committer
+        with committer.writing() as index:
+            chain = committer.chain(index)
             next_version: dict[str, int] = {}
             key_written = filler_written = 0
-            now = time.time_ns() - versions * 1000
-            payloads: list[bytes] = []
             for number in range(versions):
                 if key_written < KEY_VERSIONS and (number % key_every == key_every - 1 or versions - number <= KEY_VERSIONS - key_written):
                     key, (object_id, size) = KEY, objects[key_written]
@@ -57,18 +53,12 @@ def build_store(path: Path, versions: int) -> None:
                     key, (object_id, size) = f"filler/{filler_written % filler_keys:06d}", filler_object
                     filler_written += 1
                 version = next_version[key] = next_version.get(key, 0) + 1
-                seq += 1
-                payload = encode_record(
-                    seq=seq, time_ns=now + number * 1000, op="put", key=key, version=version, hash=object_id, size=size,
-                    content_type=None, meta={}, message=None, prev=prev,
-                )
-                prev = blake3(payload).digest()
-                payloads.append(payload)
-                if len(payloads) == BATCH:
-                    store._append(payloads)
-                    payloads = []
-            if payloads:
-                store._append(payloads)
+                chain.add(op="put", key=key, version=version, hash=object_id, size=size)
+                if len(chain) == BATCH:
+                    committer._append(chain)
+                    chain = committer.chain(index)
+            if len(chain):
+                committer._append(chain)
 
 
 def run(big: int, small: int, runs: int) -> dict:

@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 import msgpack
 
+from .fsio import atomic_write
 from .hashing import blake3, checksum16
 
 __all__ = [
@@ -138,11 +139,14 @@ class CacheStats(NamedTuple):
 class CachedObjectReader:
     """An object held in memory whose bytes were checked against its id.
 
-    Same interface as objects.ObjectReader (read/chunks/verify/size); `location`
-    is None because there is no file to sendfile from.
+    Same interface as objects.ObjectReader (read/chunks/verify/size/local_file);
+    local_file() is None because there is no file to sendfile from.
     """
 
     location = None
+
+    def local_file(self) -> None:
+        return None
 
     def __init__(self, object_id: str, data: bytes):
         self.object_id = object_id
@@ -518,9 +522,7 @@ class StoreCache:
             self._remove_data()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            temp = self.folder / f".{MARKER_NAME}.{os.getpid()}.{os.urandom(4).hex()}"
-            temp.write_text(self.store_id + "\n", "utf-8")
-            os.replace(temp, marker)
+            atomic_write(marker, (self.store_id + "\n").encode("utf-8"), durable=False)  # disposable: no fsync
         except OSError as exc:
             self.notes.append(f"cannot create the cache at {self.folder}: {exc}")
             self._disabled = True

@@ -26,6 +26,7 @@ __all__ = [
     "IntegrityError",
     "CorruptLog",
     "CorruptObject",
+    "CorruptStore",
     "Unavailable",
     "NoStore",
     "NotAuthorised",
@@ -120,6 +121,12 @@ class CorruptLog(IntegrityError):
 
 class CorruptObject(IntegrityError):
     title = "corrupt object"
+
+
+class CorruptStore(IntegrityError):
+    """A file of the store's own (its config) is damaged."""
+
+    title = "corrupt store"
 
 
 class Unavailable(ImstoreError):

@@ -112,7 +112,7 @@ def _write_tar(store: Store, versions: list[Version], archive: tarfile.TarFile, 
     """Append each version as a member; every object is verified before its bytes go out."""
     with archive:
         for number, version in enumerate(versions, 1):
-            reader = store.objects.open(version.hash)
+            reader = store.open_stored(version, through_cache=False)
             info = tarfile.TarInfo(version.key)
             info.size, info.mtime, info.mode = reader.size, version.time_ns // 1_000_000_000, 0o644
             if reader.size <= SMALL_OBJECT:
@@ -196,7 +196,7 @@ def _write_object(store: Store, version: Version, name: str, dir_fd: int) -> Non
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
     try:
         try:
-            for chunk in store.objects.open(version.hash).chunks():
+            for chunk in store.open_stored(version, through_cache=False).chunks():
                 write_all(fd, chunk)
         finally:
             os.close(fd)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["write_all", "fsync_fd", "fsync_dir", "crash_point", "CRASH_ENV"]
+__all__ = ["write_all", "fsync_fd", "fsync_dir", "crash_point", "CRASH_ENV", "CHUNK_SIZE", "write_new_file", "atomic_write"]
 
 CRASH_ENV = "IMSTORE_CRASH_AT"
 _crash_at = os.environ.get(CRASH_ENV, "")
@@ -44,3 +44,56 @@ def crash_point(step: str) -> None:
     """
     if _crash_at and _crash_at == step:
         os.kill(os.getpid(), 9)
+
+
+# The unit of streaming I/O: objects are read, hashed and sent this many bytes at a time.
+CHUNK_SIZE = 1 << 20
+
+
+def write_new_file(path: str | os.PathLike, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Create path (it must not exist) holding data, fsynced unless durable is False."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask must not widen or narrow what the caller asked for
+        write_all(fd, data)
+        if durable:
+            fsync_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644, *, create_only: bool = False, durable: bool = True) -> bool:
+    """Write a small file so that readers see the old contents or the new, never a part (dulwich's _GitFile).
+
+    The bytes go to a temp name beside path (`.tmp-<name>-…`), are fsynced, and
+    then take the name: renamed over it, or with create_only linked to it, which
+    fails if path exists (the file is created once: returns False, path untouched).
+    The directory is fsynced so the name survives power loss. durable=False skips
+    both fsyncs, for disposable files (caches). Returns True when path was written.
+    OSError comes through for the caller to name.
+    """
+    path = os.fspath(path)
+    directory, name = os.path.split(path)
+    temp = os.path.join(directory, f".tmp-{name}-{os.getpid()}-{os.urandom(4).hex()}")
+    write_new_file(temp, data, mode, durable=durable)
+    try:
+        if create_only:
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                return False
+        else:
+            os.replace(temp, path)
+    finally:
+        if create_only or os.path.lexists(temp):
+            _unlink_quietly(temp)
+    if durable:
+        fsync_dir(directory or ".")
+    return True
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -17,10 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .errors import ImstoreError, InvalidInput, InvalidKey, from_os_error
+from .errors import ImstoreError, InvalidInput, InvalidKey
+from .fsio import CHUNK_SIZE
 from .hashing import blake3
-from .objects import CHUNK_SIZE
-from .packs import PackWriter
 from .sources import TAR_ERRORS, DirectorySource, ItemError, Source, SourceItem, open_source
 from .statcache import StatCache
 from .store import BatchItem, BatchResult, Store
@@ -117,7 +116,7 @@ def _read_inline(item: SourceItem, store: Store) -> Prepared:
 
 
 def _store_loose(chunks, store: Store) -> Prepared:
-    object_id, size, created = store.objects.store_stream(chunks)
+    object_id, size, created = store.objects.add_stream(chunks)
     return Prepared(object_id, size, None, stored=created)
 
 
@@ -131,7 +130,7 @@ class _Batch:
     def __init__(self, store: Store, summary: ImportSummary, *, prefix: str, jobs: int, skip_errors: bool, progress):
         self.store, self.summary, self.prefix, self.jobs = store, summary, prefix, jobs
         self.skip_errors, self.progress = skip_errors, progress
-        self.pack = PackWriter(store.root / "objects" / "pack")
+        self.pack = store.objects.new_pack()
         self.items: list[BatchItem] = []
         self.not_written = 0  # bytes of items whose object already existed
         self.same_as_latest = 0  # items equal to their key's latest version when the import began
@@ -141,8 +140,6 @@ class _Batch:
         self.cache: StatCache | None = None
         self.seen_ns = 0
         self._done_bytes = 0
-        self._objects_root = str(store.objects.root)
-        self._loose_shards: set[str] = set()
 
     def fail(self, error: ImstoreError) -> None:
         if not self.skip_errors:
@@ -150,11 +147,7 @@ class _Batch:
         self.summary.skip(f"{error}; skipped")
 
     def run(self, source: Source) -> None:
-        self.store.packs.refresh()
-        try:
-            self._loose_shards = {name for name in os.listdir(self._objects_root) if len(name) == 2}
-        except OSError as exc:
-            raise from_os_error(exc, "listing objects") from None
+        self.store.objects.refresh()
         if isinstance(source, DirectorySource):
             self.cache = StatCache(self.store.root, source.cache_root)
             self.seen_ns = source.seen_ns
@@ -278,12 +271,8 @@ class _Batch:
         return self.latest.get(key) == (object_id, item.content_type, item.meta)
 
     def _have(self, object_id: str) -> bool:
-        """Is the object stored already (in this pack, loose, or in a pack)? No pathlib: this runs per file."""
-        if object_id in self.pack:
-            return True
-        if object_id[:2] in self._loose_shards and os.path.exists(f"{self._objects_root}/{object_id[:2]}/{object_id[2:]}"):
-            return True
-        return self.store.packs.contains(object_id)
+        """Is the object stored already (in this pack, loose, or in a pack)?"""
+        return object_id in self.pack or self.store.objects.exists(object_id)
 
     def _store(self, item: SourceItem, key: str, prepared: Prepared) -> None:
         summary = self.summary

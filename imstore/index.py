@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from .log import GENESIS, Record
+from .records import GENESIS, Record
 
 __all__ = ["Index", "IndexState"]
 

@@ -1,198 +1,69 @@
-"""The append-only, hash-chained ref log: the one source of truth.
+"""The local log backend: one segment file of frames, plus the writers' lock.
 
-Frame: u32 big-endian payload length | 16-byte BLAKE3 of payload | payload.
-A payload is one record (a msgpack map) or a batch (a msgpack array of record
-payloads as bin), so a batch is committed by one write() and is all or nothing.
-Each record carries `prev`, the 32-byte BLAKE3 of the previous record's payload:
-the chain makes history tamper-evident; the frame checksum finds a torn tail.
-
-A damaged *last* frame is a torn tail (a crash mid-append): readers stop before
-it quietly, a writer holding the lock cuts it off and says so. A damaged frame
-followed by a good one is mid-log corruption: a hard error, never skipped.
+The format (frames, records, the hash chain) is in records.py; this module only
+reads and writes the file. A damaged *last* frame is a torn tail (a crash
+mid-append): readers stop before it quietly, a writer holding the lock cuts it
+off and says so. A damaged frame followed by a good one is mid-log corruption: a
+hard error, never skipped.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
-
-import msgpack
 
 from .errors import CorruptLog, Unavailable, from_os_error
 from .fsio import crash_point, fsync_fd, write_all
-from .hashing import blake3, checksum16
+from .hashing import checksum16
+from .records import (  # re-exported: the log's format used to live here
+    GENESIS,
+    HEADER,
+    HEADER_SIZE,
+    MAX_FRAME,
+    Frame,
+    Record,
+    batch_payload,
+    decode_payload,
+    encode_record,
+    frame_bytes,
+    plausible_payload_start,
+)
 
-__all__ = ["Record", "Frame", "Log", "GENESIS", "encode_record", "decode_payload", "frame_bytes"]
+__all__ = ["Record", "Frame", "Log", "Scan", "GENESIS", "HEADER", "HEADER_SIZE", "MAX_FRAME", "encode_record", "decode_payload",
+           "frame_bytes", "batch_payload", "SEGMENT_NAME", "LOCK_NAME"]
 
-HEADER = struct.Struct(">I16s")
-HEADER_SIZE = HEADER.size
-MAX_FRAME = 256 << 20
-GENESIS = b"\x00" * 32
 SEGMENT_NAME = "00000000000000000000.log"
+LOCK_NAME = "LOCK"
 # How far past a damaged frame we look for a good one before calling it a torn tail.
 MAX_TAIL_SCAN = 256 << 20
 
-_UNPACK_LIMITS = dict(
-    raw=False,
-    strict_map_key=True,
-    max_str_len=1 << 20,
-    max_bin_len=MAX_FRAME,
-    max_array_len=10_000_000,
-    max_map_len=1 << 16,
-    max_ext_len=0,
-)
+class Scan:
+    """One pass over the log's frames: iterate it; once done, `torn_at` is where a torn tail starts (or None).
 
-
-class Record(NamedTuple):
-    """One entry of the log: a put or a delete of one key (a NamedTuple: cheaper to define at start-up)."""
-
-    seq: int
-    time_ns: int
-    op: str
-    key: str
-    version: int
-    hash: str | None
-    size: int
-    content_type: str | None
-    meta: dict = {}  # never mutated
-    message: str | None = None
-    prev: bytes = GENESIS
-    record_hash: bytes = b""
-
-    @property
-    def deleted(self) -> bool:
-        return self.op == "delete"
-
-
-class Frame(NamedTuple):
-    """A decoded frame: its place in the log and the records it commits.
-
-    (A NamedTuple rather than a frozen dataclass: cheaper to define at start-up.)
+    The result lives on the scan, not on the Log, so two scans of one Log (a
+    catch-up and a log shipper) never see each other's answer.
     """
 
-    offset: int
-    end: int
-    checksum: bytes
-    records: tuple[Record, ...]
+    def __init__(self, log: Log, start: int, end: int | None):
+        self.torn_at: int | None = None
+        self._frames = log._frames(self, start, end)
 
-
-def encode_record(
-    *,
-    seq: int,
-    time_ns: int,
-    op: str,
-    key: str,
-    version: int,
-    hash: str | None,
-    size: int,
-    content_type: str | None,
-    meta: dict,
-    message: str | None,
-    prev: bytes,
-) -> bytes:
-    """The record's payload bytes (hashed as-is for the chain)."""
-    return msgpack.packb(
-        {
-            "seq": seq,
-            "time_ns": time_ns,
-            "op": op,
-            "key": key,
-            "version": version,
-            "hash": bytes.fromhex(hash) if hash else None,
-            "size": size,
-            "content_type": content_type,
-            "meta": meta or {},
-            "message": message,
-            "prev": prev,
-        },
-        use_bin_type=True,
-    )
-
-
-def frame_bytes(payload: bytes) -> bytes:
-    return HEADER.pack(len(payload), checksum16(payload)) + payload
-
-
-def batch_payload(record_payloads: list[bytes]) -> bytes:
-    return msgpack.packb(record_payloads, use_bin_type=True)
-
-
-def _record_from_payload(payload: bytes) -> Record:
-    try:
-        fields = msgpack.unpackb(payload, **_UNPACK_LIMITS)
-        object_hash = fields["hash"]
-        record = Record(
-            seq=_int(fields["seq"]),
-            time_ns=_int(fields["time_ns"]),
-            op=fields["op"],
-            key=fields["key"],
-            version=_int(fields["version"]),
-            hash=object_hash.hex() if object_hash is not None else None,
-            size=_int(fields["size"]),
-            content_type=fields.get("content_type"),
-            meta=fields.get("meta") or {},
-            message=fields.get("message"),
-            prev=fields["prev"],
-            record_hash=blake3(payload).digest(),
-        )
-    except CorruptLog:
-        raise
-    except Exception as exc:  # msgpack raises many types for hostile bytes
-        raise CorruptLog(f"undecodable log record: {type(exc).__name__}") from None
-    valid = (
-        record.op in ("put", "delete")
-        and isinstance(record.key, str)
-        and isinstance(record.prev, bytes)
-        and len(record.prev) == 32
-        and isinstance(record.meta, dict)
-        and (record.hash is None or len(record.hash) == 64)
-        and (record.op == "delete" or record.hash is not None)
-    )
-    if not valid:
-        raise CorruptLog("log record has fields of the wrong type")
-    return record
-
-
-def _int(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise CorruptLog("log record has a non-integer number field")
-    return value
-
-
-def decode_payload(payload: bytes) -> tuple[Record, ...]:
-    """Records of one frame payload (a map is one record, an array a batch)."""
-    if not payload:
-        raise CorruptLog("empty log frame")
-    first = payload[0]
-    if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):
-        return (_record_from_payload(payload),)
-    if 0x90 <= first <= 0x9F or first in (0xDC, 0xDD):
-        try:
-            items = msgpack.unpackb(payload, **_UNPACK_LIMITS)
-        except Exception as exc:
-            raise CorruptLog(f"undecodable log batch: {type(exc).__name__}") from None
-        if not items or not all(isinstance(item, bytes) for item in items):
-            raise CorruptLog("log batch holds something other than records")
-        return tuple(_record_from_payload(item) for item in items)
-    raise CorruptLog("log frame is neither a record nor a batch")
-
-
-def _plausible_payload_start(byte: int) -> bool:
-    return 0x80 <= byte <= 0x9F or byte in (0xDC, 0xDD, 0xDE, 0xDF)
+    def __iter__(self) -> Iterator[Frame]:
+        return self._frames
 
 
 class Log:
-    """The log directory: one segment file and the writers' lock."""
+    """The log directory: one segment file and the writers' lock (the local LogBackend)."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.path = self.directory / SEGMENT_NAME
-        self.lock_path = self.directory / "LOCK"
+        self.lock_path = self.directory / LOCK_NAME
+        # The torn tail found by the last scan that ran to its end (kept for older callers; use Scan.torn_at).
+        self.torn_at: int | None = None
 
     def _check_directory(self) -> None:
         try:
@@ -201,6 +72,10 @@ class Log:
             raise from_os_error(exc, f"checking the store's log directory {self.directory}") from None
         if not is_directory:
             raise Unavailable(f"the store's log directory is missing or not a directory: {self.directory}")
+
+    def end(self) -> int:
+        """Where the log ends (the offset the next frame is appended at, torn bytes included)."""
+        return self.size()
 
     def size(self) -> int:
         try:
@@ -244,12 +119,44 @@ class Log:
             return None
         return Frame(offset, offset + HEADER_SIZE + length, checksum, decode_payload(payload))
 
-    def scan(self, start: int = 0, end: int | None = None) -> Iterator[Frame]:
+    def frame_end_at(self, offset: int) -> tuple[int, bytes] | None:
+        """(end, checksum) of the frame whose header is at offset, from its header alone; None past the end."""
+        header = self.frame_header_at(offset)
+        return (offset + HEADER_SIZE + header[0], header[1]) if header is not None else None
+
+    def scan(self, start: int = 0, end: int | None = None) -> Scan:
         """Frames from start up to a torn tail or EOF; mid-log damage raises CorruptLog.
 
-        After the iteration, `self.torn_at` is the offset of a torn tail or None.
+        Once iterated to its end, the returned Scan's `torn_at` is the offset of a torn tail or None.
         """
-        self.torn_at: int | None = None
+        return Scan(self, start, end)
+
+    def raw(self, start: int, max_bytes: int) -> bytes:
+        """Whole, valid frames from start, byte for byte, at most max_bytes of them (at least one frame if any).
+
+        What a standby copies: the bytes are checked frame by frame as they are read,
+        and a torn tail is never included.
+        """
+        chunks: list[bytes] = []
+        total = 0
+        for frame in self.scan(start):
+            if chunks and total + (frame.end - frame.offset) > max_bytes:
+                break
+            chunks.append(self._read_span(frame.offset, frame.end))
+            total += frame.end - frame.offset
+            if total >= max_bytes:
+                break
+        return b"".join(chunks)
+
+    def _read_span(self, start: int, end: int) -> bytes:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(start)
+                return handle.read(end - start)
+        except OSError as exc:
+            raise from_os_error(exc, "reading the log") from None
+
+    def _frames(self, scan: Scan, start: int, end: int | None) -> Iterator[Frame]:
         try:
             handle = open(self.path, "rb")
         except FileNotFoundError:
@@ -293,11 +200,12 @@ class Log:
                         # append (that is short, or zeros): the last acknowledged record rotted.
                         raise CorruptLog(f"the last log record (offset {offset}) is damaged ({problem})")
                     self._classify_damage(handle, offset, file_size, problem)
-                    self.torn_at = offset
+                    scan.torn_at = self.torn_at = offset
                     return
                 frame_end = offset + HEADER_SIZE + len(payload)
                 yield Frame(offset, frame_end, checksum, records)
                 offset = frame_end
+        self.torn_at = None
 
     @staticmethod
     def _rest_is_payload(handle, offset: int, file_size: int, checksum: bytes) -> bool:
@@ -318,7 +226,7 @@ class Log:
             payload_start = position + HEADER_SIZE
             if length == 0 or payload_start + length > len(rest):
                 continue
-            if not _plausible_payload_start(rest[payload_start]):
+            if not plausible_payload_start(rest[payload_start]):
                 continue
             payload = rest[payload_start : payload_start + length]
             if checksum16(payload) == rest[position + 4 : payload_start]:
@@ -342,6 +250,10 @@ class Log:
             yield
         finally:
             os.close(fd)
+
+    def repair_tail(self, torn_at: int) -> None:
+        """Cut a torn tail off (only under the lock; torn_at from a scan that found it)."""
+        self.truncate(torn_at)
 
     def truncate(self, offset: int) -> None:
         """Cut the log back to offset (only under the lock, for a torn tail)."""

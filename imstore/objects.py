@@ -9,20 +9,21 @@ and an existing object can be trusted to be complete.
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from .errors import AmbiguousPrefix, CorruptObject, ImstoreError, ObjectNotFound, Unavailable, from_os_error
-from .fsio import crash_point, fsync_dir, fsync_fd, write_all
+from .errors import AmbiguousPrefix, CorruptObject, ImstoreError, InvalidInput, ObjectNotFound, Unavailable, from_os_error
+from .fsio import CHUNK_SIZE, crash_point, fsync_dir, fsync_fd, write_all
 from .hashing import OBJECT_ID_LEN, blake3, validate_object_id, validate_prefix
+
+if TYPE_CHECKING:
+    from .packs import PackWriter
 
 __all__ = ["ObjectStore", "ObjectReader", "CHUNK_SIZE", "TEMP_PREFIX"]
 
-CHUNK_SIZE = 1 << 20
 TEMP_PREFIX = ".tmp-"
 # While a big object streams in, ask the kernel to start writing every this many
 # bytes to disk, so the final fsync finds little left to do (bench_put_large.py).
@@ -57,6 +58,10 @@ class ObjectReader:
         self.location = location
         self.size = location.length
         self._relocate = relocate  # finds the object again if its pack was merged away by a repack
+
+    def local_file(self) -> ObjectLocation | None:
+        """(path, offset, length) of the bytes in a local file, for sendfile and ranges (a cached reader: None)."""
+        return self.location
 
     def _open(self):
         try:
@@ -185,7 +190,22 @@ class ObjectStore:
         return None
 
     def exists(self, object_id: str) -> bool:
-        return self.locate(object_id) is not None
+        """Is the object stored, loose or packed? (No pathlib: imports ask this once per file.)"""
+        validate_object_id(object_id)
+        if os.path.exists(f"{self.root}/{object_id[:2]}/{object_id[2:]}"):
+            return True
+        return self.packs is not None and self.packs.contains(object_id)
+
+    def new_pack(self) -> PackWriter:
+        """A pack to add many objects to; they become visible (durably) on finish()."""
+        from .packs import PackWriter  # noqa: F811 -- here: packs.py imports this module
+
+        return PackWriter(self.packs.pack_dir)
+
+    def refresh(self) -> None:
+        """See packs added by other processes since we last looked."""
+        if self.packs is not None:
+            self.packs.refresh()
 
     def open(self, object_id: str) -> ObjectReader:
         location = self.locate(object_id)
@@ -248,12 +268,16 @@ class ObjectStore:
 
     # ---------------------------------------------------------------- writing
     def write_stream(self, chunks: Iterable[bytes], max_size: int | None = None) -> tuple[str, int]:
-        """Store the bytes of chunks durably; return (object_id, size)."""
-        object_id, size, _created = self.store_stream(chunks, max_size)
+        """Store the bytes of chunks durably; return (object_id, size). (add_stream without its flag.)"""
+        object_id, size, _created = self.add_stream(chunks, max_size)
         return object_id, size
 
-    def store_stream(self, chunks: Iterable[bytes], max_size: int | None = None) -> tuple[str, int, bool]:
-        """write_stream that also says whether the object is new (False: a dedup hit)."""
+    def add_stream(self, chunks: Iterable[bytes], max_size: int | None = None) -> tuple[str, int, bool]:
+        """The one way an object is written loose: durable on return; (object_id, size, created).
+
+        created is False for a dedup hit (the object was there: verified, not rewritten).
+        InvalidInput past max_size, with nothing left behind.
+        """
         self._check_root()
         fd, temp_path = self._make_temp()
         try:
@@ -266,8 +290,6 @@ class ObjectStore:
                         continue
                     size += len(chunk)
                     if max_size is not None and size > max_size:
-                        from .errors import InvalidInput
-
                         raise InvalidInput(f"content is larger than the limit of {max_size} bytes")
                     hasher.update(chunk)
                     write_all(fd, chunk)
@@ -288,6 +310,7 @@ class ObjectStore:
             _unlink_quietly(temp_path)
 
     def write_bytes(self, data: bytes) -> tuple[str, int]:
+        """write_stream of bytes in memory (tests and benchmarks)."""
         return self.write_stream([data])
 
     def write_many(self, blobs: list[bytes]) -> list[tuple[str, int] | ImstoreError]:
@@ -417,6 +440,18 @@ class ObjectStore:
         fsync_dir(final.parent)
 
     # ---------------------------------------------------------------- housekeeping
+    def check(self) -> tuple[list[str], list[str]]:
+        """(problems, notes) for verify, beyond each object's hash: damaged packs, orphan packs, temp files."""
+        problems: list[str] = []
+        notes: list[str] = []
+        if self.packs is not None:
+            problems.extend(self.packs.problems())
+            for orphan in self.packs.orphans():
+                notes.append(f"pack {orphan.name} has no index (an interrupted import); it is never read")
+        for temp in self.temp_files():
+            notes.append(f"temp file {temp} (left by an interrupted write; removed by a later writer)")
+        return problems, notes
+
     def temp_files(self) -> list[Path]:
         found = []
         for directory, _subdirs, files in os.walk(self.root):
@@ -507,8 +542,5 @@ def _load_sync_file_range():
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        if exc.errno not in (errno.ENOENT,):
-            pass
+    except OSError:
+        pass  # already gone, or the directory is: nothing to clean up

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .errors import from_os_error
-from .fsio import crash_point, fsync_dir, fsync_fd, write_all
+from .fsio import crash_point, fsync_dir, fsync_fd, write_all, write_new_file
 from .hashing import blake3
 from .objects import TEMP_PREFIX, ObjectLocation
 
@@ -120,7 +120,7 @@ class PackWriter:
             os.close(self._fd)
             self._fd = -1
             crash_point("pack-fsynced")
-            _write_synced(self.temp_index, encode_index(entries, pack_size, digest))
+            write_new_file(self.temp_index, encode_index(entries, pack_size, digest), 0o444)
             final_pack = self.pack_dir / f"{name}.pack"
             os.chmod(self.temp_pack, 0o444)
             os.rename(self.temp_pack, final_pack)
@@ -146,15 +146,6 @@ class PackWriter:
                 os.unlink(path)
             except OSError:
                 pass
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-    try:
-        write_all(fd, data)
-        fsync_fd(fd)
-    finally:
-        os.close(fd)
 
 
 class DamagedPack(Exception):

@@ -28,11 +28,13 @@ from pathlib import Path
 
 import msgpack
 
+from . import layout
+from .fsio import atomic_write
 from .hashing import hash_bytes
 
 __all__ = ["StatCache", "FileStat", "file_stat", "CACHE_DIR"]
 
-CACHE_DIR = "import-cache"
+CACHE_DIR = layout.IMPORT_CACHE
 FORMAT = 2  # 2: entries by name (1 had them by path, and no "latest")
 # File-system timestamps come from a coarse clock (a few ms); stay well clear of it.
 RACY_MARGIN_NS = 100_000_000
@@ -109,18 +111,15 @@ class StatCache:
             self._changed = self._changed or bool(gone)
         if not self._changed and latest == self._latest:
             return None
-        temp = self.path.with_name(f".tmp-{os.getpid()}-{self.path.name}")
         try:
             self.directory.mkdir(exist_ok=True)
             document = {"format": FORMAT, "root": self.root, "files": self._entries, "latest": latest}
-            temp.write_bytes(msgpack.packb(document, use_bin_type=True))
-            os.replace(temp, self.path)
+            atomic_write(self.path, msgpack.packb(document, use_bin_type=True), durable=False)  # disposable: no fsync
         except (OSError, ValueError) as exc:
-            for leftover in (temp, self.path):
-                try:
-                    leftover.unlink()
-                except OSError:
-                    pass
+            try:
+                self.path.unlink()  # a cache that could not be brought up to date must not be trusted
+            except OSError:
+                pass
             return f"the import stat cache could not be saved ({exc}); the next import reads every file"
         self._changed = False
         self._latest = latest

@@ -12,7 +12,8 @@ from datetime import UTC
 
 from .errors import InvalidInput, InvalidKey, InvalidTime, InvalidVersion
 
-__all__ = ["MAX_KEY_BYTES", "validate_key", "parse_version", "parse_time", "format_time", "validate_meta"]
+__all__ = ["MAX_KEY_BYTES", "validate_key", "parse_version", "parse_time", "format_time", "validate_meta", "validate_content_type",
+           "validate_message"]
 
 MAX_KEY_BYTES = 1024
 MAX_META_ITEMS = 64
@@ -127,3 +128,35 @@ def validate_meta(meta: dict | None) -> dict[str, str]:
     if total > MAX_META_BYTES:
         raise InvalidInput(f"metadata is at most {MAX_META_BYTES} bytes")
     return dict(meta)
+
+
+MAX_CONTENT_TYPE_CHARS = 255
+MAX_MESSAGE_CHARS = 4096
+
+
+def validate_content_type(content_type: object) -> str | None:
+    """A content type as every write path takes it: 1 to 255 printable characters, or None.
+
+    It becomes an HTTP header: a control character (CR, LF, NUL…) would make the
+    version unservable, or split the answer's headers.
+    """
+    if content_type is None:
+        return None
+    if not isinstance(content_type, str) or not content_type.strip() or len(content_type) > MAX_CONTENT_TYPE_CHARS:
+        raise InvalidInput(f"a content type is text of 1 to {MAX_CONTENT_TYPE_CHARS} characters")
+    if not (content_type.isascii() and content_type.isprintable()):
+        raise InvalidInput("a content type is printable ASCII (no control characters)")
+    return content_type
+
+
+def validate_message(message: object) -> str | None:
+    """A version's message: text of at most 4,096 characters with no control characters but tab and newline."""
+    if message is None:
+        return None
+    if not isinstance(message, str):
+        raise InvalidInput("a message must be text")
+    if len(message) > MAX_MESSAGE_CHARS:
+        raise InvalidInput(f"a message is at most {MAX_MESSAGE_CHARS} characters (this one is {len(message)})")
+    if any(unicodedata.category(char) == "Cc" and char not in "\t\n" for char in message):
+        raise InvalidInput("a message must not hold control characters (tab and newline are fine)")
+    return message

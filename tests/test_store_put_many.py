@@ -11,6 +11,7 @@ import pytest
 import imstore.objects as objects_module
 from imstore import Store
 from imstore.cache import CacheSettings, cache_folder
+from imstore.commit import Committer
 from imstore.errors import ImstoreError, InvalidInput, InvalidKey, PreconditionFailed
 from imstore.hashing import hash_bytes
 
@@ -136,7 +137,7 @@ def test_a_batch_larger_than_the_open_file_limit_still_writes_every_put(store):
 
 def test_a_bug_in_a_later_frame_does_not_hide_the_puts_already_committed(store, monkeypatch):
     """The same key twice takes two frames: if the second fails with a bug, the first still gets its answer."""
-    real_commit = Store._commit_puts
+    real_commit = Committer._commit_puts
     frames = []
 
     def commit_then_break(self, batch):
@@ -145,7 +146,7 @@ def test_a_bug_in_a_later_frame_does_not_hide_the_puts_already_committed(store, 
             raise RuntimeError("a bug in the second frame")
         return real_commit(self, batch)
 
-    monkeypatch.setattr(Store, "_commit_puts", commit_then_break)
+    monkeypatch.setattr(Committer, "_commit_puts", commit_then_break)
     answers = store.put_many([("k", b"first", {}), ("k", b"second", {})])
     assert answers[0].version.version == 1 and store.get("k") == b"first"  # committed: its answer says so
     assert isinstance(answers[1], RuntimeError)

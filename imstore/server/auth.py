@@ -18,16 +18,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import layout
 from ..errors import InvalidInput, KeyNotFound, Unavailable, from_os_error
-from ..fsio import fsync_dir, fsync_fd, write_all
+from ..fsio import atomic_write
 from ..validate import format_time
 
 __all__ = ["TokenStore", "TokenInfo", "Authenticator", "SCOPES", "TOKENS_NAME"]
 
-TOKENS_NAME = "tokens"
+TOKENS_NAME = layout.TOKENS
 SCOPES = ("read", "write")
 TOKEN_PREFIX = "imst_"
-STORE_CONFIG = "config"  # store.CONFIG_NAME: a store directory that has it is there (not renamed away, not unmounted)
+STORE_CONFIG = layout.CONFIG  # a store directory that has it is there (not renamed away, not unmounted)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
@@ -108,17 +109,8 @@ class TokenStore:
 
     def _save(self, entries: list[dict]) -> None:
         data = json.dumps({"tokens": entries}, indent=1).encode("utf-8")
-        temp = self.path.with_name(f".tmp-{TOKENS_NAME}-{os.getpid()}")
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.fchmod(fd, 0o600)
-                write_all(fd, data)
-                fsync_fd(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, self.path)
-            fsync_dir(self.root)
+            atomic_write(self.path, data, 0o600)
         except OSError as exc:
             raise from_os_error(exc, f"writing {self.path}") from None
 

@@ -29,11 +29,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import layout
 from ..errors import IdempotencyKeyReused, InvalidInput, RequestInProgress
 
 __all__ = ["IdempotencyLedger", "Claim", "validate_idempotency_key", "LEDGER_NAME"]
 
-LEDGER_NAME = "idempotency.sqlite"
+LEDGER_NAME = layout.LEDGER
 EXPIRY_SECONDS = 24 * 3600
 
 

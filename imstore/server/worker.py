@@ -375,15 +375,15 @@ class WorkerApp:
             await response.prepare(request)
             await response.write_eof()
             return response
-        if data is not None or size <= SMALL_OBJECT or reader.location is None:
-            # reader.location is None: the bytes come from the read cache (memory), not from a file.
+        location = reader.local_file()
+        if data is not None or size <= SMALL_OBJECT or location is None:
+            # location is None: the bytes come from the read cache (memory), not from a file.
             if data is None:
                 data = await self.call(reader.read)
             return web.Response(status=status, body=data[start:end] if status == 206 else data, headers=headers)
         if request.headers.get(SENDFILE_OFFER) == "1":
             # The gateway sends the bytes itself with sendfile(2), once they have hashed right here.
             await self.call(reader.verify)
-            location = reader.location
             headers[SENDFILE_FILE] = f"{location.offset + start} {end - start} {quote(str(location.path))}"
             return web.Response(status=status, headers=headers)
         response = web.StreamResponse(status=status, headers=headers)
@@ -503,7 +503,7 @@ class _ChunkReader(io.RawIOBase):
 
 
 def _file_slice(reader: ObjectReader, start: int, length: int) -> Iterator[bytes]:
-    location = reader.location
+    location = reader.local_file()
     with open(location.path, "rb", buffering=0) as handle:
         handle.seek(location.offset + start)
         while length > 0:
@@ -517,11 +517,11 @@ def _file_slice(reader: ObjectReader, start: int, length: int) -> Iterator[bytes
 def _resolve_orphan_put(store_root: str, key: str, chunks, seq_before: int, options: dict) -> PutResult:
     """A retry of a put whose first attempt died: answer with its record if it committed, else write now."""
     with Store.open(store_root) as fresh:  # a fresh Store catches its index up with the log
-        object_id, _size = fresh.objects.write_stream(chunks)
+        object_id, _size = fresh.write_object(chunks)
         for record in fresh.log_records(after=seq_before):
             if record.key == key and record.op == "put" and record.hash == object_id:
                 return PutResult(record, unchanged=False)
-        return fresh.put_stream(key, fresh.objects.open(object_id).chunks(), **options)
+        return fresh.put_object(key, object_id, **options)
 
 
 # ============================================================ process

@@ -1,0 +1,87 @@
+"""verify: check the chain, every record, every object's hash, and the index against the log."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .errors import CorruptLog, ImstoreError
+from .indexer import Indexer
+from .log import Log
+from .model import VerifyReport, Version
+from .objects import ObjectStore
+from .records import GENESIS, check_chain
+
+__all__ = ["verify"]
+
+
+def verify(log: Log, objects: ObjectStore, indexer: Indexer, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    """A full check of one store; problems make the report fail, warnings and notes do not."""
+    report = VerifyReport()
+    referenced: dict[str, str] = {}
+    latest_version: dict[str, int] = {}
+    log_versions: list[Version] = []
+    try:
+        prev, seq = GENESIS, 0
+        scan = log.scan(0)
+        for frame in scan:
+            prev, seq = check_chain(frame, prev, seq)
+            for record in frame.records:
+                expected = latest_version.get(record.key, 0) + 1
+                if record.version != expected:
+                    report.problems.append(f"record seq {record.seq}: key {record.key!r} has version {record.version}, expected {expected}")
+                latest_version[record.key] = record.version
+                if record.hash:
+                    referenced.setdefault(record.hash, f"{record.key!r} version {record.version}")
+                log_versions.append(Version.from_record(record))
+        if scan.torn_at is not None:
+            report.warnings.append(f"the log ends in a torn record at offset {scan.torn_at}; the next write cuts it off")
+    except CorruptLog as exc:
+        report.problems.append(str(exc))
+    report.records = len(log_versions)
+    report.keys = len(latest_version)
+    _verify_index(report, indexer, log_versions)
+    _verify_objects(report, objects, referenced, progress)
+    return report
+
+
+def _verify_index(report: VerifyReport, indexer: Indexer, log_versions: list[Version]) -> None:
+    try:
+        indexed = [Version.from_row(row) for row in indexer.index.all_rows()]
+    except ImstoreError as exc:
+        report.problems.append(f"index: {exc}")
+        return
+    if indexed != log_versions:
+        pairs = zip(indexed, log_versions, strict=False)
+        differing = next((a.seq for a, b in pairs if a != b), min(len(indexed), len(log_versions)) + 1)
+        report.problems.append(
+            f"the index disagrees with the log (from seq {differing}; {len(indexed)} vs {len(log_versions)} records): run imstore reindex"
+        )
+
+
+def _verify_objects(report: VerifyReport, objects: ObjectStore, referenced: dict[str, str], progress) -> None:
+    try:
+        present = set(objects.iter_ids())
+    except (ImstoreError, OSError) as exc:
+        report.problems.append(f"objects: {exc}")
+        return
+    total = len(present | set(referenced))
+    for number, object_id in enumerate(sorted(present | set(referenced)), 1):
+        if progress:
+            progress(number, total)
+        where = referenced.get(object_id)
+        if object_id not in present:
+            report.problems.append(f"object {object_id} is missing (needed by {where})")
+            continue
+        try:
+            reader = objects.open(object_id)
+            reader.verify()
+            report.objects += 1
+            report.bytes += reader.size
+        except ImstoreError as exc:
+            report.problems.append(f"object {object_id} is damaged{f' (needed by {where})' if where else ''}: {exc}")
+            continue
+        if where is None:
+            report.notes.append(f"object {object_id} is not referenced by any record")
+    problems, notes = objects.check()
+    report.problems.extend(problems)
+    report.notes.extend(notes)
