@@ -31,7 +31,7 @@ from typing import BinaryIO
 from .errors import InvalidInput
 from .objects import CHUNK_SIZE
 from .statcache import FileStat, file_stat
-from .validate import validate_meta
+from .validate import validate_content_type, validate_message, validate_meta
 
 __all__ = [
     "open_source", "peek_stdin", "source_kind", "stream_source", "Source", "DirectorySource", "TarSource", "JsonLinesSource", "SourceItem",
@@ -266,11 +266,9 @@ class JsonLinesSource(Source):
         if item.data is not None:
             item.size = len(item.data)
         content_type, meta, message = record.get("content_type"), record.get("meta") or {}, record.get("message")
-        if content_type is not None and (not isinstance(content_type, str) or not content_type.strip() or len(content_type) > 255):
-            raise ItemError(f"{where}: \"content_type\" must be text of 1 to 255 characters")
-        if message is not None and not isinstance(message, str):
-            raise ItemError(f"{where}: \"message\" must be a string")
         try:
+            validate_content_type(content_type)
+            validate_message(message)
             item.meta = validate_meta(meta)
         except InvalidInput as exc:
             raise ItemError(f"{where}: {exc}") from None

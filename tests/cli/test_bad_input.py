@@ -3,6 +3,7 @@ nothing written (version count unchanged), verify clean afterwards, and no file 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -267,3 +268,20 @@ def test_get_to_a_fifo_writes_into_it_and_leaves_it_a_fifo(populated, tmp_path):
     assert result.returncode == 0, result.stderr
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced by a regular file"
     assert received == b"two"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain\r\nX-Evil: 1", "text/plain\x01", "text/plain\x7f", "tëxt/plain"])
+def test_a_content_type_that_cannot_be_an_http_header_is_refused_on_every_write_path(cli, content_type):
+    """It would make the version unservable over HTTP (or split the answer's headers): exit 2, nothing written."""
+    put = cli("put", "k", "-t", content_type, stdin=b"x")
+    assert put.code == 2 and "content type" in put.stderr
+    line = json.dumps({"key": "j", "content": "x", "content_type": content_type}).encode() + b"\n"
+    imported = cli("import", "-", stdin=line)
+    assert imported.code == 2 and "content type" in imported.stderr
+    assert cli("ls").out == ""
+
+
+def test_a_message_with_control_characters_or_too_long_is_refused(cli):
+    assert cli("put", "k", "-m", "bad\x1b[31m", stdin=b"x").code == 2
+    assert cli("put", "k", "-m", "x" * 5000, stdin=b"x").code == 2
+    assert cli("put", "k", "-m", "two\nlines\tfine", stdin=b"x").code == 0

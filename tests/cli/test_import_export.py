@@ -263,3 +263,14 @@ def test_a_crash_at_each_step_of_an_import_is_all_or_nothing(store_path, tmp_pat
     assert retried.returncode == 0
     with Store.open(store_path) as store:
         assert len(store.ls()) == 20 and store.verify().ok
+
+
+def test_export_of_a_version_whose_object_is_missing_is_damage_exit_5_as_get_says(cli, store_path, tmp_path):
+    """The log says the bytes were stored: their absence is damage (exit 5) from every command, not "not found"."""
+    assert cli("put", "a", stdin=b"hello").code == 0
+    with Store.open(store_path) as store:
+        os.unlink(store.objects.loose_path(store.resolve("a").hash))
+    assert cli("--no-cache", "get", "a").code == 5
+    for target in (tmp_path / "out", tmp_path / "out.tar"):
+        result = cli("--no-cache", "export", str(target))
+        assert result.code == 5 and "missing from the store" in result.stderr, result.stderr
