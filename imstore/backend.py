@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .errors import ImstoreError
     from .objects import ObjectLocation
     from .packs import PackWriter
-    from .records import Frame
+    from .records import Frame, Record
 
 __all__ = ["ObjectReader", "ObjectBackend", "LogBackend", "Scan"]
 
@@ -105,6 +105,8 @@ class Scan(Protocol):
     """One pass over a log's frames; torn_at is set once the pass has ended."""
 
     torn_at: int | None
+    damaged: list[tuple[int, int, str]]  # (offset, end, message) of each damaged stretch stepped over
+    end_damaged: bool  # the last stretch runs to the end of the log: its last record rotted
 
     def __iter__(self) -> Iterator[Frame]: ...
 
@@ -126,8 +128,9 @@ class LogBackend(Protocol):
         (offset, end), durable on return. A failed append leaves no frame (or a torn tail a writer cuts)."""
         ...
 
-    def scan(self, start: int = 0, end: int | None = None) -> Scan:
-        """Frames from start up to EOF or a torn tail (Scan.torn_at); CorruptLog for damage anywhere else."""
+    def scan(self, start: int = 0, end: int | None = None, *, skip_damage: bool = False) -> Scan:
+        """Frames from start up to EOF or a torn tail (Scan.torn_at); CorruptLog for damage anywhere else,
+        or with skip_damage, damaged frames stepped over and listed in Scan.damaged."""
         ...
 
     def frame_end_at(self, offset: int) -> tuple[int, bytes] | None:
@@ -136,6 +139,14 @@ class LogBackend(Protocol):
 
     def read_frame_at(self, offset: int) -> Frame | None:
         """The frame at offset, decoded; None if it is not complete and valid."""
+        ...
+
+    def read_record(self, offset: int, length: int) -> Record:
+        """The one record whose payload is at (offset, length) (from Frame.spans); CorruptLog if it is not one."""
+        ...
+
+    def check_frames(self, start: int, max_frames: int, end: int) -> tuple[int, int | None]:
+        """Checksums of up to max_frames frames from start: (where it stopped, first damaged offset or None)."""
         ...
 
     def raw(self, start: int, max_bytes: int) -> bytes:

@@ -14,14 +14,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from .errors import ImstoreError, InvalidInput, KeyDeleted, KeyNotFound, PreconditionFailed
-from .hashing import checksum16
 from .index import Index
 from .indexer import Indexer
 from .log import Log
 from .model import BatchItem, BatchResult, PutResult, Version, unpack_meta
 from .objects import ObjectStore
 from .packs import PackWriter
-from .records import Chain, Frame
+from .records import Chain, Frame, make_frame
 from .validate import parse_version, validate_content_type, validate_key, validate_message, validate_meta
 
 if TYPE_CHECKING:
@@ -49,6 +48,9 @@ class Committer:
         index = self.indexer.index
         with self.log.locked():
             self.indexer.catch_up(writer=True)
+            note = self.indexer.damage_note()
+            if note is not None and note not in self.indexer.warnings:
+                self.indexer.warnings.append(note)  # every write says so until the damage is dealt with
             if not self._temps_checked:
                 self.objects.remove_stale_temps()
                 self._temps_checked = True
@@ -64,7 +66,7 @@ class Committer:
         """Append the chain's records as one frame and apply them to the index. Caller holds the lock."""
         payload = chain.payload()
         offset, end = self.log.append(payload, self.indexer.index.state().log_end)
-        frame = Frame(offset, end, checksum16(payload), tuple(chain.records))
+        frame = make_frame(offset, payload, tuple(chain.records))
         self.indexer.applied(frame)
         return frame
 

@@ -27,6 +27,7 @@ __all__ = [
     "CorruptLog",
     "CorruptObject",
     "CorruptStore",
+    "CorruptIndex",
     "Unavailable",
     "NoStore",
     "NotAuthorised",
@@ -121,6 +122,12 @@ class CorruptLog(IntegrityError):
 
 class CorruptObject(IntegrityError):
     title = "corrupt object"
+
+
+class CorruptIndex(IntegrityError):
+    """The index names a record the log does not hold there: it was altered or damaged (reindex rebuilds it)."""
+
+    title = "corrupt index"
 
 
 class CorruptStore(IntegrityError):

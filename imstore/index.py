@@ -16,9 +16,9 @@ from typing import NamedTuple
 
 from .records import GENESIS, Record
 
-__all__ = ["Index", "IndexState"]
+__all__ = ["Index", "IndexState", "SchemaMismatch", "is_corruption"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: each version's place in the log (log_offset, log_length) and the damaged table
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS versions (
     content_type TEXT,
     message TEXT,
     meta BLOB,
+    frame_offset INTEGER,
+    log_offset INTEGER,
+    log_length INTEGER,
     PRIMARY KEY (key, version)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS latest (
@@ -46,9 +49,29 @@ CREATE TABLE IF NOT EXISTS state (
     log_end INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     last_hash BLOB NOT NULL,
-    frame_checksum BLOB NOT NULL
+    frame_checksum BLOB NOT NULL,
+    scrub_offset INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS damaged (
+    offset INTEGER PRIMARY KEY,
+    end_offset INTEGER NOT NULL,
+    reason TEXT NOT NULL
 );
 """
+
+
+class SchemaMismatch(sqlite3.DatabaseError):
+    """The index was made by another version of imstore: it is rebuilt from the log."""
+
+
+# What SQLite says when the database file itself is not one (or is damaged): only these make
+# a derived file worth deleting and rebuilding. A full disk, a read-only mount or an I/O error
+# says nothing about the file, and must change nothing (HARDENING D1, D2).
+CORRUPTION = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_CORRUPT_INDEX", "SQLITE_CORRUPT_SEQUENCE", "SQLITE_CORRUPT_VTAB"})
+
+
+def is_corruption(error: sqlite3.Error) -> bool:
+    return isinstance(error, SchemaMismatch) or getattr(error, "sqlite_errorname", "") in CORRUPTION
 
 
 class IndexState(NamedTuple):
@@ -71,9 +94,29 @@ _COLUMNS = "key, version, seq, op, hash, size, time_ns, content_type, message, m
 
 
 class Index:
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.db = self._connect()
+    """The index database. read_only: opened as an immutable file (a store on a read-only mount)."""
+
+    def __init__(self, path: Path | str, *, read_only: bool = False):
+        self.path = Path(path) if path != ":memory:" else path
+        self.db = self._connect_read_only() if read_only else self._connect()
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        # immutable=1: no -wal/-shm files and no locks, which a read-only directory cannot hold.
+        db = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+        self._check_schema(db)
+        return db
+
+    def copy_to_memory(self) -> Index:
+        """An in-memory copy of this index, which can be caught up (a read-only store whose index is behind)."""
+        copy = Index(":memory:")
+        self.db.backup(copy.db)
+        return copy
+
+    @staticmethod
+    def _check_schema(db: sqlite3.Connection) -> None:
+        row = db.execute("SELECT schema FROM state WHERE id = 1").fetchone()
+        if row is None or row[0] != SCHEMA_VERSION:
+            raise SchemaMismatch("index schema version mismatch")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -85,11 +128,11 @@ class Index:
         row = db.execute("SELECT schema FROM state WHERE id = 1").fetchone()
         if row is None:
             db.execute(
-                "INSERT OR IGNORE INTO state VALUES (1, ?, ?, 0, 0, ?, ?)",
+                "INSERT OR IGNORE INTO state VALUES (1, ?, ?, 0, 0, ?, ?, 0)",
                 (SCHEMA_VERSION, EMPTY_STATE.frame_offset, GENESIS, b""),
             )
         elif row[0] != SCHEMA_VERSION:
-            raise sqlite3.DatabaseError("index schema version mismatch")
+            raise SchemaMismatch("index schema version mismatch")
         return db
 
     def close(self) -> None:
@@ -120,26 +163,51 @@ class Index:
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
 
-    def apply(self, records: Iterable[Record], frame_offset: int, log_end: int, frame_checksum: bytes) -> None:
-        """Add the records of one frame (inside a transaction from begin())."""
+    def apply(self, records: Iterable[Record], frame_offset: int, log_end: int, frame_checksum: bytes,
+              spans: Iterable[tuple[int, int]] = ()) -> None:  # fmt: skip
+        """Add the records of one frame (inside a transaction from begin()); spans: where each record's bytes are."""
         last = None
         rows = []
         latest = {}
-        for record in records:
-            rows.append(version_row(record))
+        spans = list(spans)
+        for number, record in enumerate(records):
+            rows.append((*version_row(record), frame_offset, *(spans[number] if number < len(spans) else (None, None))))
             latest[record.key] = (record.key, record.version, record.op)
             last = record
         if last is None:
             return
-        self.db.executemany(f"INSERT INTO versions ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        marks = ",".join("?" * 13)
+        self.db.executemany(f"INSERT INTO versions ({_COLUMNS}, frame_offset, log_offset, log_length) VALUES ({marks})", rows)
         self.db.executemany("INSERT OR REPLACE INTO latest VALUES (?,?,?)", latest.values())
         self.db.execute(
             "UPDATE state SET frame_offset = ?, log_end = ?, seq = ?, last_hash = ?, frame_checksum = ? WHERE id = 1",
             (frame_offset, log_end, last.seq, last.record_hash, frame_checksum),
         )
 
+    def note_damage(self, offset: int, end: int, reason: str) -> None:
+        """Remember a damaged stretch of the log that the index was built around (inside a transaction)."""
+        self.db.execute("INSERT OR REPLACE INTO damaged VALUES (?, ?, ?)", (offset, end, reason))
+
+    def damaged(self) -> list[tuple[int, int, str]]:
+        """(offset, end, reason) of each damaged stretch of the log the index skipped, in log order."""
+        return self.db.execute("SELECT offset, end_offset, reason FROM damaged ORDER BY offset").fetchall()
+
+    def scrub_offset(self) -> int:
+        """Where the writers' background check of the log (Indexer.scrub) goes on from."""
+        return self.db.execute("SELECT scrub_offset FROM state WHERE id = 1").fetchone()[0]
+
+    def set_scrub_offset(self, offset: int) -> None:
+        self.db.execute("UPDATE state SET scrub_offset = ? WHERE id = 1", (offset,))
+
+    def record_span(self, key: str, version: int) -> tuple[int, int, int] | None:
+        """(frame offset, record offset, record length) of key's version in the log, as the index remembers it."""
+        row = self.db.execute("SELECT frame_offset, log_offset, log_length FROM versions WHERE key = ? AND version = ?",
+                              (key, version)).fetchone()  # fmt: skip
+        return (row[0], row[1], row[2]) if row is not None and row[1] is not None else None
+
     def clear(self) -> None:
         """Forget everything (inside a transaction): the next catch-up replays the whole log."""
+        self.db.execute("DELETE FROM damaged")
         self.db.execute("DELETE FROM versions")
         self.db.execute("DELETE FROM latest")
         self.db.execute(

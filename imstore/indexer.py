@@ -8,20 +8,23 @@ database is broken, it is rebuilt from the log, which is the truth.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import Unavailable
+from .errors import CorruptIndex, CorruptLog, Unavailable
 from .fsio import crash_point
-from .index import Index, IndexState
+from .index import Index, IndexState, is_corruption
 from .log import Log
 from .records import Frame, check_chain
 
 __all__ = ["Indexer", "index_query"]
 
 T = TypeVar("T")
+
+SCRUB_FRAMES = 32  # frames a commit re-checks (~40 µs): see Indexer.scrub
 
 
 class Indexer:
@@ -66,20 +69,47 @@ class Indexer:
     def _open(self) -> Index:
         try:
             return Index(self.path)
-        except sqlite3.DatabaseError:
-            self.warnings.append("the index was unreadable; rebuilding it from the log")
-            Index.remove_files(self.path)
-            try:
-                return Index(self.path)
-            except sqlite3.Error as exc:
-                raise Unavailable(f"cannot create the index at {self.path}: {exc}") from None
         except sqlite3.Error as exc:
+            if is_corruption(exc):
+                # Only a damaged (or outdated) index is deleted: it is derived, and rebuilt from the log.
+                self.warnings.append("the index was unreadable or from another version of imstore; rebuilding it from the log")
+                Index.remove_files(self.path)
+                try:
+                    return Index(self.path)
+                except sqlite3.Error as again:
+                    raise Unavailable(f"cannot create the index at {self.path}: {again}") from None
+            if not os.access(self.path.parent, os.W_OK):
+                return self._open_read_only()
+            # A full disk, an I/O error, a lock held too long: the store is unavailable, and nothing changes.
             raise Unavailable(f"cannot open the index at {self.path}: {exc}") from None
 
-    def catch_up(self, *, writer: bool = False) -> None:
-        """Apply log frames the index has not seen; rebuild it if it disagrees with the log.
+    def _open_read_only(self) -> Index:
+        """The index of a store that cannot be written (a read-only mount, a snapshot): every read still works.
 
-        A writer (holding the log lock) also cuts off a torn tail the scan found.
+        A current index is used as it is (immutable); one that is behind, damaged or
+        missing is replaced by a copy in memory, caught up from the log like any other.
+        """
+        try:
+            index = Index(self.path, read_only=True)
+        except sqlite3.Error:
+            index = None
+        if index is not None:
+            state = index.state()
+            if state.log_end == self.log.size() and self._matches_log(state):
+                return index
+            copy = index.copy_to_memory()
+            index.close()
+            return copy
+        self.warnings.append("the store is read-only and has no usable index: built one in memory from the log")
+        return Index(":memory:")
+
+    def catch_up(self, *, writer: bool = False) -> None:
+        """Apply log frames the index has not seen, stepping over damaged ones (noted in the index).
+
+        An index that knew more of the log than the log now holds (the log was cut or
+        altered) is damage: CorruptLog, and nothing is rebuilt or cut (reindex does that,
+        on purpose). A writer (holding the log lock) cuts off a torn tail, and refuses to
+        append after a last record that rotted.
         """
         index = self._index
         assert index is not None
@@ -93,26 +123,54 @@ class Indexer:
             try:
                 if not self._matches_log(state):
                     if state.log_end:
-                        self.warnings.append("the index did not match the log; rebuilt it from the log")
+                        raise CorruptLog(self._describe_mismatch(state))
                     index.clear()
                     state = index.state()
-                prev, seq = state.last_hash, state.seq
-                scan = self.log.scan(state.log_end)
-                for frame in scan:
-                    prev, seq = check_chain(frame, prev, seq)
-                    index.apply(frame.records, frame.offset, frame.end, frame.checksum)
+                scan = self._apply_from(index, state)
                 index.commit()
             except BaseException:
                 index.rollback()
                 raise
         except sqlite3.Error as exc:
             raise Unavailable(f"the index cannot be updated: {exc}") from None
+        if writer and scan.end_damaged:
+            raise CorruptLog(scan.damaged[-1][2] + ": nothing is appended after it (imstore verify names the damage)")
         if scan.torn_at is not None and writer:
             cut = self.log.size() - scan.torn_at
             self.log.repair_tail(scan.torn_at)
             self.warnings.append(
                 f"the log ended in a torn record ({cut} bytes at offset {scan.torn_at}, an interrupted write); cut it off"
             )
+
+    def _apply_from(self, index: Index, state: IndexState):
+        """Apply every good frame after state; a damaged frame is noted and the chain picked up after it."""
+        prev, seq = state.last_hash, state.seq
+        scan = self.log.scan(state.log_end, skip_damage=True)
+        noted = 0
+        for frame in scan:
+            if len(scan.damaged) > noted:
+                for damage in scan.damaged[noted:]:
+                    index.note_damage(*damage)
+                noted = len(scan.damaged)
+                # The records in the damaged frame are unknown: take the chain up again at this frame.
+                first = frame.records[0]
+                if first.seq <= seq:
+                    raise CorruptLog(f"the log's record at offset {frame.offset} (seq {first.seq}) goes back after damage (seq {seq})")
+                prev, seq = first.prev, first.seq - 1
+            prev, seq = check_chain(frame, prev, seq)
+            index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
+        for damage in scan.damaged[noted:]:
+            index.note_damage(*damage)
+        return scan
+
+    def _describe_mismatch(self, state: IndexState) -> str:
+        size = self.log.size()
+        found = f"it is only {size} bytes long" if size < state.log_end else "it holds other bytes there"
+        return (
+            f"the index knew the log up to offset {state.log_end} (record seq {state.seq}) but {found}: the log was cut or"
+            " altered. Nothing was changed: restore the log, or run 'imstore reindex' to rebuild the index from what"
+            " the log holds now (imstore verify shows it)"
+        )
 
     def _matches_log(self, state: IndexState) -> bool:
         """Does the last frame the index applied still sit, unchanged, where the index says it ends?"""
@@ -124,28 +182,106 @@ class Indexer:
         return found is not None and found == (state.log_end, state.frame_checksum)
 
     def rebuild(self) -> int:
-        """Rebuild the index from the log from scratch (the caller holds the log lock); returns the record count."""
+        """Rebuild the index from the log from scratch (the caller holds the log lock); returns the record count.
+
+        Damaged frames are stepped over and noted (their versions are lost); a torn tail is cut.
+        """
         self.close()
         Index.remove_files(self.path)
         self._index = self._open()
         self.catch_up(writer=True)
         return self._index.count()
 
+    def confirm(self, row: tuple) -> None:
+        """Check an index row against its record in the log (one read at the offset the index gives).
+
+        An edited or damaged index can then never make a read serve another version's bytes.
+        """
+        key, version, seq, op, object_hash, size = row[:6]
+        span = index_query(lambda: self.index.record_span(key, version))
+        if span is None:
+            raise CorruptIndex(f"the index has no place in the log for {key!r} version {version}: run imstore reindex")
+        frame_offset, offset, length = span
+        try:
+            record = self.log.read_record(offset, length)
+            found = (record.key, record.version, record.seq, record.op, record.hash, record.size)
+            matches = found == (key, version, seq, op, object_hash, size)
+        except CorruptLog:
+            matches = False
+        if matches:
+            return
+        if self.log.read_frame_at(frame_offset) is None:  # the frame fails its checksum: the log is damaged there
+            raise CorruptLog(f"{key!r} version {version} is in a damaged log frame (at offset {frame_offset}); imstore verify names it")
+        raise CorruptIndex(
+            f"the index does not match the log for {key!r} version {version} (record at offset {offset}):"
+            " the index was altered or damaged; run imstore reindex"
+        )
+
+    def _scrub(self, index: Index) -> tuple[int, int | None]:
+        """Check a little more of the already indexed log: (where the check stopped, a damaged offset or None).
+
+        Damage behind the index's position is otherwise found only by verify or a
+        rebuild. Each commit checks the checksums of SCRUB_FRAMES more frames from
+        where the last one stopped, wrapping round, so a writer notices damage
+        anywhere in the log within (frames in the log / SCRUB_FRAMES) commits; the
+        damage is noted in the index and every later write warns about it.
+        """
+        state = index.state()
+        start = index.scrub_offset()
+        if start >= state.log_end:
+            start = 0
+        stopped, damaged_at = self.log.check_frames(start, SCRUB_FRAMES, state.log_end)
+        return (0 if stopped >= state.log_end else stopped), damaged_at  # at the end: the next check starts over
+
+    def _note_damage_at(self, index: Index, offset: int, end: int) -> int:
+        """Note the damage a scan from offset steps over; returns where the good frames resume."""
+        scan = self.log.scan(offset, end, skip_damage=True)
+        for frame in scan:
+            for damage in scan.damaged:
+                index.note_damage(*damage)
+            return frame.offset
+        for damage in scan.damaged:
+            index.note_damage(*damage)
+        if not scan.damaged:  # nothing good follows before the indexed end: all of it is damaged
+            index.note_damage(offset, end, f"log damaged at offset {offset}: no valid record follows up to offset {end}")
+        return end
+
+    def damage_note(self) -> str | None:
+        """One line on the damaged stretches of the log, if the index was built around any."""
+        damaged = self.damaged()
+        if not damaged:
+            return None
+        places = ", ".join(f"{offset}-{end}" for offset, end, _message in damaged[:5])
+        return f"the log is damaged at offset(s) {places}: versions stored there cannot be read (imstore verify names them)"
+
+    def damaged(self) -> list[tuple[int, int, str]]:
+        """(offset, end, message) of each damaged stretch of the log the index was built around."""
+        return index_query(lambda: self.index.damaged())
+
     def applied(self, frame: Frame) -> None:
-        """Apply a frame this process just appended (under the lock).
+        """Apply a frame this process just appended (under the lock), and check a few older frames.
 
         A reader may have applied it already (it is durable and visible). A failing
         index is left behind: the log is the truth and the index catches up later.
         """
         index = self.index
+        damaged_at = None
         try:
+            scrubbed, damaged_at = self._scrub(index)
             if index.begin().log_end == frame.offset:
-                index.apply(frame.records, frame.offset, frame.end, frame.checksum)
+                index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
+            if damaged_at is not None:
+                scrubbed = self._note_damage_at(index, damaged_at, frame.offset)
+            index.set_scrub_offset(scrubbed)
             index.commit()
             if self._seen_log_size == frame.offset:
                 self._seen_log_size = frame.end  # our own record: no catch-up needed on the next read
         except sqlite3.Error:
             index.rollback()
+        if damaged_at is not None:
+            note = self.damage_note()
+            if note is not None and note not in self.warnings:
+                self.warnings.append(note)
         crash_point("index-updated")
 
 

@@ -27,8 +27,10 @@ from .records import (  # re-exported: the log's format used to live here
     Record,
     batch_payload,
     decode_payload,
+    decode_record,
     encode_record,
     frame_bytes,
+    make_frame,
     plausible_payload_start,
 )
 
@@ -47,8 +49,13 @@ class Scan:
     catch-up and a log shipper) never see each other's answer.
     """
 
-    def __init__(self, log: Log, start: int, end: int | None):
+    def __init__(self, log: Log, start: int, end: int | None, skip_damage: bool = False):
         self.torn_at: int | None = None
+        # With skip_damage, a damaged frame that a good one follows is stepped over rather than
+        # raised: (offset, end, message) goes in `damaged` (end_damaged: the log's end rotted).
+        self.skip_damage = skip_damage
+        self.damaged: list[tuple[int, int, str]] = []
+        self.end_damaged = False
         self._frames = log._frames(self, start, end)
 
     def __iter__(self) -> Iterator[Frame]:
@@ -117,19 +124,76 @@ class Log:
             raise from_os_error(exc, "reading the log") from None
         if len(payload) < length or checksum16(payload) != checksum:
             return None
-        return Frame(offset, offset + HEADER_SIZE + length, checksum, decode_payload(payload))
+        return make_frame(offset, payload, decode_payload(payload), checksum)
+
+    def check_frames(self, start: int, max_frames: int, end: int) -> tuple[int, int | None]:
+        """Check the checksums of up to max_frames whole frames from start (a frame boundary), not past end.
+
+        Returns (where the check stopped, the offset of the first damaged frame or None).
+        Cheaper than scan: one read, and no record is decoded. For the writers' rolling check.
+        """
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(start)
+                window = handle.read(min(end - start, 1 << 20))
+                offset, position = start, 0
+                for _ in range(max_frames):
+                    if offset >= end:
+                        break
+                    if position + HEADER_SIZE > len(window):  # the window ends: read on from here
+                        handle.seek(offset)
+                        window, position = handle.read(min(end - offset, 1 << 20)), 0
+                    if position + HEADER_SIZE > len(window):
+                        return offset, offset
+                    length, checksum = HEADER.unpack_from(window, position)
+                    if length == 0 or offset + HEADER_SIZE + length > end:
+                        return offset, offset
+                    payload_start = position + HEADER_SIZE
+                    if payload_start + length <= len(window):
+                        payload = window[payload_start : payload_start + length]
+                    else:
+                        handle.seek(offset + HEADER_SIZE)
+                        payload = handle.read(length)
+                        window, position = b"", 0
+                    if checksum16(payload) != checksum:
+                        return offset, offset
+                    offset += HEADER_SIZE + length
+                    position = payload_start + length if window else 0
+                return offset, None
+        except OSError as exc:
+            raise from_os_error(exc, "reading the log") from None
+
+    def read_record(self, offset: int, length: int) -> Record:
+        """The record whose payload is at offset (as the index remembers it); CorruptLog if it is not one."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                payload = os.pread(fd, length, offset)
+            finally:
+                os.close(fd)
+        except FileNotFoundError:
+            self._check_directory()
+            payload = b""
+        except OSError as exc:
+            raise from_os_error(exc, "reading the log") from None
+        if len(payload) < length or length <= 0:
+            raise CorruptLog(f"the log ends before the record the index places at offset {offset}")
+        try:
+            return decode_record(payload)
+        except CorruptLog:
+            raise CorruptLog(f"the log record at offset {offset} is damaged") from None
 
     def frame_end_at(self, offset: int) -> tuple[int, bytes] | None:
         """(end, checksum) of the frame whose header is at offset, from its header alone; None past the end."""
         header = self.frame_header_at(offset)
         return (offset + HEADER_SIZE + header[0], header[1]) if header is not None else None
 
-    def scan(self, start: int = 0, end: int | None = None) -> Scan:
-        """Frames from start up to a torn tail or EOF; mid-log damage raises CorruptLog.
+    def scan(self, start: int = 0, end: int | None = None, *, skip_damage: bool = False) -> Scan:
+        """Frames from start up to a torn tail or EOF; mid-log damage raises CorruptLog (see Scan for skip_damage).
 
         Once iterated to its end, the returned Scan's `torn_at` is the offset of a torn tail or None.
         """
-        return Scan(self, start, end)
+        return Scan(self, start, end, skip_damage)
 
     def raw(self, start: int, max_bytes: int) -> bytes:
         """Whole, valid frames from start, byte for byte, at most max_bytes of them (at least one frame if any).
@@ -172,6 +236,7 @@ class Log:
                 header = handle.read(HEADER_SIZE)
                 problem = None
                 payload = b""
+                length = 0
                 if len(header) < HEADER_SIZE:
                     problem = "partial header"
                 else:
@@ -190,20 +255,36 @@ class Log:
                     except CorruptLog:
                         problem = "undecodable payload"
                 if problem is not None:
+                    last_rotted = None
                     if len(header) == HEADER_SIZE and self._rest_is_payload(handle, offset, file_size, checksum):
                         # The bytes after the header are exactly a payload with this checksum: a complete,
                         # acknowledged record whose length field rotted. Cutting it off would lose it.
-                        raise CorruptLog(f"the last log record (offset {offset}) is damaged (its length field)")
-                    whole_frame = offset + HEADER_SIZE + len(payload) == file_size
-                    if problem in ("checksum mismatch", "undecodable payload") and whole_frame and any(payload):
+                        last_rotted = f"the last log record (offset {offset}) is damaged (its length field)"
+                    elif problem in ("checksum mismatch", "undecodable payload") and offset + HEADER_SIZE + len(payload) == file_size \
+                            and any(payload):
                         # A whole frame of non-zero bytes that fails its checksum is not a torn
                         # append (that is short, or zeros): the last acknowledged record rotted.
-                        raise CorruptLog(f"the last log record (offset {offset}) is damaged ({problem})")
-                    self._classify_damage(handle, offset, file_size, problem)
-                    scan.torn_at = self.torn_at = offset
-                    return
+                        last_rotted = f"the last log record (offset {offset}) is damaged ({problem})"
+                    if last_rotted is not None:
+                        if not scan.skip_damage:
+                            raise CorruptLog(last_rotted)
+                        scan.damaged.append((offset, file_size, last_rotted))
+                        scan.end_damaged = True
+                        return
+                    following = self._next_valid_frame(handle, offset, file_size, problem, offset + HEADER_SIZE + length)
+                    if following is None:
+                        scan.torn_at = self.torn_at = offset
+                        return
+                    message = (f"log damaged at offset {offset} ({problem}) but a valid record follows at offset {following}:"
+                               " the middle of the history is corrupt")  # fmt: skip
+                    if not scan.skip_damage:
+                        raise CorruptLog(message)
+                    scan.damaged.append((offset, following, message))
+                    offset = following
+                    handle.seek(offset)
+                    continue
                 frame_end = offset + HEADER_SIZE + len(payload)
-                yield Frame(offset, frame_end, checksum, records)
+                yield make_frame(offset, payload, records, checksum)
                 offset = frame_end
         self.torn_at = None
 
@@ -215,8 +296,23 @@ class Log:
         handle.seek(offset + HEADER_SIZE)
         return checksum16(handle.read(rest)) == checksum
 
-    def _classify_damage(self, handle, offset: int, file_size: int, problem: str) -> None:
-        """Raise CorruptLog if any good frame follows the damaged one at offset."""
+    @staticmethod
+    def _valid_frame_at(handle, position: int, file_size: int) -> bool:
+        handle.seek(position)
+        header = handle.read(HEADER_SIZE)
+        if len(header) < HEADER_SIZE:
+            return False
+        length, checksum = HEADER.unpack(header)
+        if length == 0 or position + HEADER_SIZE + length > file_size:
+            return False
+        payload = handle.read(length)
+        return plausible_payload_start(payload[0]) and checksum16(payload) == checksum
+
+    def _next_valid_frame(self, handle, offset: int, file_size: int, problem: str, claimed_end: int) -> int | None:
+        """Where the first good frame after the damaged one at offset starts, or None (a torn tail)."""
+        # A flipped byte in a payload leaves its length right: the next frame is where the header says.
+        if offset < claimed_end < file_size and self._valid_frame_at(handle, claimed_end, file_size):
+            return claimed_end
         if file_size - offset > MAX_TAIL_SCAN:
             raise CorruptLog(f"log damaged at offset {offset} ({problem}) with {file_size - offset} bytes after it")
         handle.seek(offset)
@@ -230,10 +326,8 @@ class Log:
                 continue
             payload = rest[payload_start : payload_start + length]
             if checksum16(payload) == rest[position + 4 : payload_start]:
-                raise CorruptLog(
-                    f"log damaged at offset {offset} ({problem}) but a valid record follows at offset {offset + position}:"
-                    " the middle of the history is corrupt"
-                )
+                return offset + position
+        return None
 
     # ------------------------------------------------------------ writing
     @contextmanager

@@ -23,7 +23,8 @@ from .hashing import blake3, checksum16
 
 __all__ = [
     "HEADER", "HEADER_SIZE", "MAX_FRAME", "GENESIS", "Record", "Frame", "Chain",
-    "encode_record", "decode_payload", "frame_bytes", "batch_payload", "check_chain", "frame_size",
+    "encode_record", "decode_payload", "decode_record", "frame_bytes", "batch_payload", "check_chain", "frame_size",
+    "make_frame", "payload_spans",
 ]  # fmt: skip
 
 HEADER = struct.Struct(">I16s")
@@ -64,12 +65,56 @@ class Record(NamedTuple):
 
 
 class Frame(NamedTuple):
-    """A decoded frame: its place in the log and the records it commits."""
+    """A decoded frame: its place in the log and the records it commits.
+
+    spans: each record's payload as (offset in the log, length), so a reader can
+    check one record against the index without reading the whole frame.
+    """
 
     offset: int
     end: int
     checksum: bytes
     records: tuple[Record, ...]
+    spans: tuple[tuple[int, int], ...] = ()
+
+
+def make_frame(offset: int, payload: bytes, records: tuple[Record, ...], checksum: bytes | None = None) -> Frame:
+    """The Frame of payload written at offset (records already decoded or built from the same fields)."""
+    start = offset + HEADER_SIZE
+    spans = tuple((start + inner, length) for inner, length in payload_spans(payload))
+    return Frame(offset, start + len(payload), checksum if checksum is not None else checksum16(payload), records, spans)
+
+
+def payload_spans(payload: bytes) -> list[tuple[int, int]]:
+    """(offset in payload, length) of each record's bytes: the whole payload, or each bin item of a batch.
+
+    Walks only msgpack's framing (array and bin headers), never the records.
+    """
+    first = payload[0]
+    if 0x90 <= first <= 0x9F:
+        count, position = first & 0x0F, 1
+    elif first == 0xDC:
+        count, position = int.from_bytes(payload[1:3], "big"), 3
+    elif first == 0xDD:
+        count, position = int.from_bytes(payload[1:5], "big"), 5
+    else:
+        return [(0, len(payload))]
+    spans = []
+    for _ in range(count):
+        marker = payload[position]
+        width = {0xC4: 1, 0xC5: 2, 0xC6: 4}.get(marker)
+        if width is None:
+            raise CorruptLog("log batch holds something other than records")
+        length = int.from_bytes(payload[position + 1 : position + 1 + width], "big")
+        position += 1 + width
+        spans.append((position, length))
+        position += length
+    return spans
+
+
+def decode_record(payload: bytes) -> Record:
+    """One record's payload (a msgpack map), decoded and checked."""
+    return _record_from_payload(payload)
 
 
 def encode_record(

@@ -22,6 +22,8 @@ from .cache import CachedObjectReader, CacheSettings, StoreCache
 from .commit import PUT_OPTIONS as _PUT_OPTIONS  # noqa: F401 -- re-exported for older callers
 from .commit import Committer
 from .errors import (
+    CorruptIndex,
+    CorruptLog,
     CorruptObject,
     InvalidInput,
     KeyDeleted,
@@ -320,7 +322,14 @@ class Store:
             latest = index_query(lambda: index.latest_version(key))
             if latest is None:
                 raise KeyNotFound(f"no key {key!r}")
+            if number < latest[0]:
+                # Versions are numbered without gaps: the log lost this one, or the index did.
+                damage = self.indexer.damage_note()
+                if damage is None:
+                    raise CorruptIndex(f"the index lacks version {number} of {key!r}: run imstore reindex")
+                raise CorruptLog(f"version {number} of {key!r} was lost to damage in the log: {damage}")
             raise VersionNotFound(f"key {key!r} has no version {number} (latest is {latest[0]})")
+        self.indexer.confirm(row)
         return Version.from_row(row)
 
     def _version_at(self, key: str, at: int) -> Version:
@@ -330,6 +339,7 @@ class Store:
             if index_query(lambda: index.latest_version(key)) is None:
                 raise KeyNotFound(f"no key {key!r}")
             raise VersionNotFound(f"key {key!r} had no version at {format_time(at)}")
+        self.indexer.confirm(row)
         found = Version.from_row(row)
         if found.deleted:
             raise KeyDeleted(f"key {key!r} was deleted at {format_time(at)} (version {found.version})")
@@ -340,7 +350,9 @@ class Store:
         latest = index_query(lambda: index.latest_version(key))
         if latest is None:
             raise KeyNotFound(f"no key {key!r}")
-        found = Version.from_row(index_query(lambda: index.version(key, latest[0])))
+        row = index_query(lambda: index.version(key, latest[0]))
+        self.indexer.confirm(row)
+        found = Version.from_row(row)
         if self.cache is not None:
             self.cache.note_latest(found.to_row(), index_query(lambda: index.state().seq))
         return found

@@ -22,8 +22,13 @@ def verify(log: Log, objects: ObjectStore, indexer: Indexer, progress: Callable[
     log_versions: list[Version] = []
     try:
         prev, seq = GENESIS, 0
-        scan = log.scan(0)
+        scan = log.scan(0, skip_damage=True)
+        reported = 0
         for frame in scan:
+            if len(scan.damaged) > reported:
+                report.problems.extend(message for _offset, _end, message in scan.damaged[reported:])
+                reported = len(scan.damaged)
+                prev, seq = frame.records[0].prev, frame.records[0].seq - 1  # the chain goes on after the damage
             prev, seq = check_chain(frame, prev, seq)
             for record in frame.records:
                 expected = latest_version.get(record.key, 0) + 1
@@ -33,6 +38,7 @@ def verify(log: Log, objects: ObjectStore, indexer: Indexer, progress: Callable[
                 if record.hash:
                     referenced.setdefault(record.hash, f"{record.key!r} version {record.version}")
                 log_versions.append(Version.from_record(record))
+        report.problems.extend(message for _offset, _end, message in scan.damaged[reported:])
         if scan.torn_at is not None:
             report.warnings.append(f"the log ends in a torn record at offset {scan.torn_at}; the next write cuts it off")
     except CorruptLog as exc:
@@ -72,11 +78,11 @@ def _verify_objects(report: VerifyReport, objects: ObjectStore, referenced: dict
         if object_id not in present:
             report.problems.append(f"object {object_id} is missing (needed by {where})")
             continue
+        report.objects += 1  # checked, whatever the check finds
         try:
             reader = objects.open(object_id)
-            reader.verify()
-            report.objects += 1
             report.bytes += reader.size
+            reader.verify()
         except ImstoreError as exc:
             report.problems.append(f"object {object_id} is damaged{f' (needed by {where})' if where else ''}: {exc}")
             continue

@@ -11,6 +11,7 @@ import pytest
 
 from imstore import Store
 from imstore.errors import (
+    CorruptLog,
     CorruptObject,
     InvalidInput,
     InvalidKey,
@@ -348,7 +349,8 @@ def test_index_catches_up_when_behind_the_log(store, tmp_path):
         assert reopened.put("k0", b"next").version.version == 4
 
 
-def test_index_is_rebuilt_when_ahead_of_the_log(store, tmp_path):
+def test_a_log_shorter_than_the_index_knew_is_damage_until_an_explicit_reindex(store, tmp_path):
+    """HARDENING D6: the index knew more than the log holds: exit 5, nothing cut or rebuilt, until reindex."""
     _puts(store, 0, 3)
     store.close()
     old_log = (store.root / "log" / "00000000000000000000.log").read_bytes()
@@ -356,15 +358,25 @@ def test_index_is_rebuilt_when_ahead_of_the_log(store, tmp_path):
         expected = [(v.seq, v.key, v.version, v.hash) for v in again.log_records()]
         _puts(again, 3, 8)
         assert len(again.log_records()) == 8
-    # The log goes back to an older copy (restored from a backup): the log is the truth.
+    # The log goes back to an older copy (restored from a backup, or cut): the index shows it held more.
     (store.root / "log" / "00000000000000000000.log").write_bytes(old_log)
+    index_before = (store.root / "index.sqlite").read_bytes()
+    with Store.open(store.root) as reopened:
+        with pytest.raises(CorruptLog, match="reindex"):
+            reopened.get("k0")
+        with pytest.raises(CorruptLog, match="reindex"):
+            reopened.put("k0", b"after")
+        assert not reopened.verify().ok
+    assert (store.root / "log" / "00000000000000000000.log").read_bytes() == old_log
+    assert (store.root / "index.sqlite").read_bytes() == index_before
+    with Store.open(store.root) as reopened:
+        assert reopened.reindex() == 3  # the operator accepts what the log holds
     with Store.open(store.root) as reopened:
         _assert_matches(reopened, expected)
-        assert any("did not match" in warning for warning in reopened.warnings)
         assert reopened.put("k0", b"after").version.version == 2
 
 
-def test_index_is_rebuilt_when_the_log_was_replaced_by_one_of_the_same_length(store, tmp_path):
+def test_a_log_replaced_by_one_of_the_same_length_is_damage_until_an_explicit_reindex(store, tmp_path):
     _puts(store, 0, 3)
     store.close()
     log_path = store.root / "log" / "00000000000000000000.log"
@@ -381,6 +393,10 @@ def test_index_is_rebuilt_when_the_log_was_replaced_by_one_of_the_same_length(st
     replacement = (other / "log" / "00000000000000000000.log").read_bytes()
     assert len(replacement) == len(original) and replacement != original
     log_path.write_bytes(replacement)
+    with Store.open(store.root) as reopened:
+        with pytest.raises(CorruptLog, match="holds other bytes"):
+            reopened.log_records()
+        reopened.reindex()
     with Store.open(store.root) as reopened:
         assert [(v.seq, v.key, v.version, v.hash) for v in reopened.log_records()] == expected
 

@@ -1,0 +1,194 @@
+"""HARDENING D1, D2, D6, D7, D10: unavailable is not corrupt; damage costs what is damaged; the index cannot lie.
+
+Each test failed on c285dca (the review's findings) and names the finding it guards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from imstore import Store
+from imstore.errors import CorruptIndex, CorruptLog, Unavailable
+from imstore.index import Index
+from tests.conftest import run_cli_in_process
+
+LOG = "log/00000000000000000000.log"
+
+
+def put_versions(store_path: Path, count: int, key: str = "k") -> None:
+    with Store.open(store_path) as store:
+        for number in range(1, count + 1):
+            store.put(key, f"version {number}".encode())
+
+
+# ---------------------------------------------------------------- D1: a full disk is not a corrupt index
+def test_d1_a_full_disk_on_read_changes_nothing_and_is_exit_6(store_path, monkeypatch):
+    put_versions(store_path, 3)
+    index_file = store_path / "index.sqlite"
+    before = index_file.read_bytes()
+
+    def full(*args, **kwargs):
+        error = sqlite3.OperationalError("database or disk is full")
+        error.sqlite_errorname = "SQLITE_FULL"
+        raise error
+
+    monkeypatch.setattr(Index, "_connect", full)
+    result = run_cli_in_process(["--store", str(store_path), "--no-cache", "get", "k", "--version", "1"])
+    assert result.code == 6 and "full" in result.stderr
+    monkeypatch.undo()
+    assert index_file.read_bytes() == before
+    with Store.open(store_path) as store:
+        assert store.verify().ok and store.get("k", version=1) == b"version 1"
+
+
+def test_d1_only_real_corruption_rebuilds_the_index(store_path):
+    put_versions(store_path, 2)
+    (store_path / "index.sqlite-wal").unlink(missing_ok=True)
+    (store_path / "index.sqlite-shm").unlink(missing_ok=True)
+    (store_path / "index.sqlite").write_bytes(b"not a database" * 500)
+    with Store.open(store_path) as store:
+        assert store.get("k") == b"version 2"
+        assert any("rebuilding" in warning for warning in store.warnings)
+
+
+# ---------------------------------------------------------------- D2: a read-only store serves every read
+READ_SCRIPT = """
+import sys
+from imstore import Store
+with Store.open(sys.argv[1]) as store:
+    assert store.get("k") == b"version 3", store.get("k")
+    assert store.get("k", version=1) == b"version 1"
+    assert [v.version for v in store.history("k")] == [1, 2, 3]
+    assert store.verify().ok
+    try:
+        store.put("k", b"refused")
+    except Exception as exc:
+        print(type(exc).__name__, exc.exit_code)
+"""
+
+
+def _read_only_mount_works() -> bool:
+    probe = tempfile.mkdtemp(prefix="imstore-ro-probe-")
+    try:
+        done = subprocess.run(["unshare", "-r", "-m", "sh", "-c", f"mount --bind -o ro {probe} {probe} && ! touch {probe}/x"],
+                              capture_output=True, timeout=30)  # fmt: skip
+        return done.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+@pytest.mark.skipif(not shutil.which("unshare") or not _read_only_mount_works(), reason="needs unshare -r -m (a read-only bind mount)")
+@pytest.mark.parametrize("index_state", ["current", "behind", "missing"])
+def test_d2_a_store_on_a_read_only_mount_serves_every_read(index_state, store_path, tmp_path):
+    """A snapshot or a read-only mount (a real one, in a mount namespace): every read works, nothing is created."""
+    put_versions(store_path, 1 if index_state == "behind" else 3)
+    if index_state == "behind":
+        snapshot = tmp_path / "index"
+        snapshot.mkdir()
+        for path in store_path.glob("index.sqlite*"):
+            shutil.copy2(path, snapshot / path.name)
+        with Store.open(store_path) as store:
+            store.put("k", b"version 2")
+            store.put("k", b"version 3")
+        for path in store_path.glob("index.sqlite*"):
+            path.unlink()
+        for path in snapshot.iterdir():
+            shutil.copy2(path, store_path / path.name)
+    if index_state == "missing":
+        for path in store_path.glob("index.sqlite*"):
+            path.unlink()
+    listing_before = sorted(os.listdir(store_path))
+    command = f"mount --bind -o ro {store_path} {store_path} && exec {sys.executable} -c \"$0\" {store_path}"
+    completed = subprocess.run(["unshare", "-r", "-m", "sh", "-c", command, READ_SCRIPT], capture_output=True, text=True,
+                               env={**os.environ, "IMSTORE_NO_CACHE": "1"}, timeout=60)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split()[-1] == "6"  # a write: unavailable, not a crash
+    assert sorted(os.listdir(store_path)) == listing_before  # nothing deleted or created
+
+
+# ---------------------------------------------------------------- D6: a log cut inside an earlier frame
+def test_d6_a_log_cut_inside_an_earlier_frame_is_damage_not_a_torn_tail(store_path):
+    put_versions(store_path, 10)
+    log_path = store_path / LOG
+    with Store.open(store_path) as store:
+        frames = [(frame.offset, frame.end) for frame in store.log.scan()]
+    cut = (frames[4][0] + frames[4][1]) // 2  # inside the fifth of ten frames
+    os.truncate(log_path, cut)
+    verify = run_cli_in_process(["--store", str(store_path), "verify"])
+    assert verify.code == 5, (verify.code, verify.stderr)
+    put = run_cli_in_process(["--store", str(store_path), "put", "k"], stdin=b"on top")
+    assert put.code == 5 and "reindex" in put.stderr
+    assert log_path.stat().st_size == cut  # nothing was cut
+    with Store.open(store_path) as store:
+        with pytest.raises(CorruptLog):
+            store.get("k")
+
+
+# ---------------------------------------------------------------- D7: a writer notices damage behind it
+def test_d7_writers_notice_a_flipped_byte_in_old_frames_and_say_so(store_path):
+    put_versions(store_path, 6)
+    with Store.open(store_path) as store:
+        frames = [(frame.offset, frame.end) for frame in store.log.scan()]
+    start, end = frames[2]
+    raw = bytearray((store_path / LOG).read_bytes())
+    raw[(start + end) // 2] ^= 0x01
+    (store_path / LOG).write_bytes(bytes(raw))
+    with Store.open(store_path) as store:
+        # The index was built before the damage: only the rolling check can find it.
+        store.put("other", b"one write checks old frames")
+        assert any(f"damaged at offset(s) {start}" in warning for warning in store.warnings), store.warnings
+        with pytest.raises(CorruptLog):
+            store.get("k", version=3)
+        assert store.get("k", version=4) == b"version 4" and store.get("k") == b"version 6"
+    with Store.open(store_path) as store:
+        store.put("later", b"x")
+        assert any("damaged" in warning for warning in store.warnings)  # every later write says so too
+
+
+# ---------------------------------------------------------------- D10: an edited index row
+def test_d10_an_edited_index_row_never_serves_another_versions_bytes(store_path):
+    put_versions(store_path, 1, key="a")
+    with Store.open(store_path) as store:
+        store.put("b", b"bytes of b")
+    db = sqlite3.connect(store_path / "index.sqlite")
+    hashes = dict(db.execute("SELECT key, hash FROM versions"))
+    db.execute("UPDATE versions SET hash = ? WHERE key = 'a'", (hashes["b"],))
+    db.execute("UPDATE versions SET hash = ? WHERE key = 'b'", (hashes["a"],))
+    db.commit()
+    db.close()
+    with Store.open(store_path) as store:
+        for key in ("a", "b"):
+            with pytest.raises(CorruptIndex, match="reindex"):
+                store.get(key)
+    result = run_cli_in_process(["--store", str(store_path), "--no-cache", "get", "a"])
+    assert result.code == 5 and result.stdout == b""
+    with Store.open(store_path) as store:
+        store.reindex()
+    with Store.open(store_path) as store:
+        assert store.get("a") == b"version 1" and store.get("b") == b"bytes of b"
+
+
+def test_unavailable_log_read_during_confirmation_is_exit_6_not_damage(store_path, monkeypatch):
+    put_versions(store_path, 1)
+    real_open = os.open
+
+    def failing(path, *args, **kwargs):
+        if str(path).endswith(".log"):
+            raise OSError(5, "Input/output error")
+        return real_open(path, *args, **kwargs)
+
+    with Store.open(store_path) as store:
+        store.index  # noqa: B018 -- opened and caught up before the disk fails
+        monkeypatch.setattr(os, "open", failing)
+        with pytest.raises(Unavailable):
+            store.get("k", version=1)
