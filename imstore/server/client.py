@@ -28,27 +28,21 @@ from ..objects import CHUNK_SIZE
 from ..store import PutResult, Version
 from ..validate import parse_version
 from .headers import encode_text
-from .protocol import MESSAGE_HEADER, META_HEADER, STALE_HEADER, VERSION_HEADER, error_from_problem, key_path
+from .protocol import (
+    MESSAGE_HEADER,
+    META_HEADER,
+    STALE_HEADER,
+    VERSION_HEADER,
+    error_from_problem,
+    key_path,
+    put_result_from_document,
+    version_from_document,
+)
 
-__all__ = ["RemoteStore", "RemoteReader", "version_from_document"]
+__all__ = ["RemoteStore", "RemoteReader"]
 
 RETRIES = 3
 STALE_WARNING = "the server's store is unavailable: this latest version comes from its cache and may be stale"
-
-
-def version_from_document(document: dict) -> Version:
-    return Version(
-        document["key"],
-        document["version"],
-        document.get("seq", 0),
-        document.get("op", "put"),
-        document.get("hash"),
-        document.get("size", 0),
-        document.get("time_ns", 0),
-        document.get("content_type"),
-        document.get("message"),
-        document.get("meta") or {},
-    )
 
 
 class RemoteReader:
@@ -196,7 +190,7 @@ class RemoteStore:
 
         # Only a body we can send again is retried; the Idempotency-Key makes the retry safe.
         document = _with_retries(send, attempts=RETRIES if start is not None else 1)
-        return PutResult(version_from_document(document), bool(document.get("unchanged")))
+        return put_result_from_document(document)
 
     def delete(self, key: str, *, message: str | None = None, if_version: int | str | None = None) -> Version:
         headers = {"Idempotency-Key": uuid.uuid4().hex, **_write_headers(message, if_version)}

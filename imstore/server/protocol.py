@@ -1,7 +1,9 @@
-"""What the gateway, the workers and the client agree on: routes, keys in paths, problem documents.
+"""What the gateway, the workers and the client agree on: routes, keys in paths, the JSON documents.
 
 No aiohttp here: the route table is plain data so the OpenAPI test, the gateway
 (auth scope, metrics labels, 404/405) and the worker (dispatch) share one truth.
+The wire documents (a version, a put's answer, a problem) are built and parsed
+here and nowhere else, so the HTTP API does not follow the CLI's --json output.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from urllib.parse import parse_qs, quote, unquote_to_bytes
 
 from .. import errors
 from ..errors import ImstoreError, InvalidInput, InvalidKey
+from ..store import PutResult, Version
 
 __all__ = [
     "Route",
@@ -21,6 +24,10 @@ __all__ = [
     "key_path",
     "problem",
     "error_from_problem",
+    "version_document",
+    "version_from_document",
+    "put_document",
+    "put_result_from_document",
     "PROBLEM_TYPE",
     "IMMUTABLE",
     "STALE_HEADER",
@@ -115,6 +122,48 @@ def match_route(raw_target: str) -> RouteMatch | None:
 def key_path(route_prefix: str, key: str) -> str:
     """The path for a key: every byte that is not unreserved is percent-encoded."""
     return route_prefix + quote(key.encode("utf-8", "surrogatepass"), safe="")
+
+
+def version_document(version: Version) -> dict:
+    """Everything about a version (the OpenAPI `Version` schema); time_ns lets a client rebuild it exactly."""
+    return {
+        "key": version.key,
+        "version": version.version,
+        "seq": version.seq,
+        "op": version.op,
+        "hash": version.hash,
+        "size": version.size,
+        "time": version.time,
+        "content_type": version.content_type,
+        "message": version.message,
+        "meta": version.meta,
+        "time_ns": version.time_ns,
+    }
+
+
+def version_from_document(document: dict) -> Version:
+    """The client side of `version_document` (`time` is only for people: time_ns is the truth)."""
+    return Version(
+        key=document["key"],
+        version=document["version"],
+        seq=document.get("seq", 0),
+        op=document.get("op", "put"),
+        hash=document.get("hash"),
+        size=document.get("size", 0),
+        time_ns=document.get("time_ns", 0),
+        content_type=document.get("content_type"),
+        message=document.get("message"),
+        meta=document.get("meta") or {},
+    )
+
+
+def put_document(result: PutResult) -> dict:
+    """A put's answer: its version, and whether it added nothing (`unchanged`)."""
+    return {**version_document(result.version), "unchanged": result.unchanged}
+
+
+def put_result_from_document(document: dict) -> PutResult:
+    return PutResult(version_from_document(document), bool(document.get("unchanged")))
 
 
 def problem(error: ImstoreError | None, status: int, detail: str) -> bytes:

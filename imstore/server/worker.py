@@ -29,8 +29,7 @@ from aiohttp import web
 from ..cache import CacheSettings
 from ..errors import BodyIncomplete, ImstoreError, Unavailable, UnsupportedMediaType, UsageError
 from ..objects import CHUNK_SIZE, ObjectReader
-from ..output import history_json, version_json
-from ..store import PutResult, Store, Version
+from ..store import PutResult, Store
 from ..transfer import SMALL_OBJECT
 from ..validate import parse_time, validate_key
 from . import run_event_loop
@@ -51,10 +50,12 @@ from .protocol import (
     RouteMatch,
     match_route,
     problem,
+    put_document,
+    version_document,
 )
 from .putbatch import PutBatcher
 
-__all__ = ["WorkerApp", "main", "HEALTH_PATH", "version_document", "put_document"]
+__all__ = ["WorkerApp", "main", "HEALTH_PATH"]
 
 HEALTH_PATH = "/_worker/health"
 SMALL_BODY = 1 << 20  # request bodies up to this size are read whole before the store call
@@ -63,15 +64,6 @@ PRELOAD = 1 << 20  # objects up to this size are read (and verified) in the same
 BODY_IDLE_TIMEOUT = float(os.environ.get("IMSTORE_BODY_TIMEOUT", "30"))
 # Each pool thread's Store has its own read cache memo: keep them small (HotObjects holds the hottest).
 THREAD_MEMO_BYTES = 4 << 20
-
-
-def version_document(version: Version) -> dict:
-    """Everything about a version, plus time_ns so a client can rebuild it exactly."""
-    return {**version_json(version), "time_ns": version.time_ns}
-
-
-def put_document(result: PutResult) -> dict:
-    return {**version_document(result.version), "unchanged": result.unchanged}
 
 
 class WorkerApp:
@@ -307,7 +299,7 @@ class WorkerApp:
         key = validate_key(matched.param())
         limit = positive(matched.query().get("limit"), "limit")
         versions = await self.call(lambda: self.store().history(key, limit))
-        return _json([{**history_json(v), **version_document(v)} for v in versions])
+        return _json([version_document(v) for v in versions])
 
     async def _keys_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         query = matched.query()
