@@ -31,7 +31,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from ..errors import BodyTooLarge, ClientTooSlow, ImstoreError, InvalidInput, UsageError
+from ..errors import BodyTooLarge, ClientTooSlow, ImstoreError, InvalidInput, Unavailable, UsageError
 from ..hashing import OBJECT_ID_LEN, hash_bytes
 from .auth import Authenticator, TokenStore
 from .hot import HotObjects
@@ -63,11 +63,9 @@ HOP_BY_HOP = frozenset(
     )
 )  # fmt: skip
 OPENAPI = Path(__file__).with_name("openapi.json")
-# aiohttp's client spells some names its own way ("Etag"); clients get the canonical spelling.
 _FULL_ID = re.compile(r"[0-9a-f]+")
 # Request headers that make an object GET something other than "the whole object": a worker answers those.
 NOT_FROM_MEMORY = ("Range", "If-Range", "If-None-Match", "If-Match", "If-Modified-Since")
-CANONICAL = {name.lower(): name for name in ("ETag", "WWW-Authenticate", "X-Imstore-Version", "X-Imstore-Stale", "Content-Range")}
 
 
 @dataclass
@@ -227,7 +225,7 @@ class Gateway:
         for attempt in range(2 if retry else 1):
             slot = self.supervisor.pick(exclude=failed) or await self.supervisor.wait_for_any(2.0)
             if slot is None:
-                raise _unavailable("no worker is alive")
+                raise Unavailable("no worker is alive")
             state["worker"] = slot.id
             slot.requests += 1
             try:
@@ -237,7 +235,7 @@ class Gateway:
                 failed = slot
                 if attempt == 0 and retry:
                     continue
-                raise _unavailable(f"worker {slot.id} failed during the request ({failure}); retry it") from None
+                raise Unavailable(f"worker {slot.id} failed during the request ({failure}); retry it") from None
         raise AssertionError("unreachable")
 
     async def _read_whole(self, request: web.BaseRequest, length: int) -> bytes:
@@ -280,7 +278,8 @@ class Gateway:
                 raise state["body_error"] from None  # the client's body failed, not the worker
             raise _WorkerFailed(str(exc)) from None
         try:
-            out_headers = {CANONICAL.get(name.lower(), name): value for name, value in upstream.headers if name.lower() not in HOP_BY_HOP}
+            # Names pass as the worker spelled them: its aiohttp server sends ours (ETag, X-Imstore-*) unchanged.
+            out_headers = {name: value for name, value in upstream.headers if name.lower() not in HOP_BY_HOP}
             out_headers[WORKER_HEADER] = str(slot.id)
             sendfile = out_headers.pop(SENDFILE_FILE, None)
             if sendfile is not None:
@@ -385,14 +384,6 @@ def _needs_worker(request: web.BaseRequest) -> bool:
 
 class _WorkerFailed(Exception):
     """The worker did not answer (connection refused, reset, or closed early)."""
-
-
-def _unavailable(detail: str) -> ImstoreError:
-    from ..errors import Unavailable
-
-    error = Unavailable(detail)
-    error.http_status = 503
-    return error
 
 
 def _problem(status: int, error: ImstoreError | None, detail: str, headers: dict | None = None) -> web.Response:

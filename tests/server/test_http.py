@@ -38,6 +38,21 @@ def test_put_then_get_carries_etag_version_and_no_cache(shared_server):
     assert old.body == b"one" and old.headers["Cache-Control"] == IMMUTABLE and old.headers["X-Imstore-Version"] == "1"
 
 
+def test_header_names_reach_clients_in_their_canonical_spelling(shared_server):
+    written = put(shared_server, "sem/spelling", b"spelled out")
+    object_id = written.json()["hash"]
+    ranged = shared_server.request("GET", key_url("sem/spelling"), headers={"Range": "bytes=0-4"}, token="read")
+    relayed = shared_server.request("GET", f"/v1/objects/{object_id}", token="read")
+    from_memory = shared_server.request("GET", f"/v1/objects/{object_id}", token="read")  # the gateway's copy of the headers
+    refused = shared_server.request("GET", "/v1/log", token=None)
+    names = {label: list(reply.headers.keys()) for label, reply in
+             [("written", written), ("ranged", ranged), ("relayed", relayed), ("from_memory", from_memory), ("refused", refused)]}
+    assert {"ETag", "X-Imstore-Version"} <= set(names["written"]), names
+    assert {"ETag", "X-Imstore-Version", "Content-Range"} <= set(names["ranged"]), names
+    assert "ETag" in names["relayed"] and "ETag" in names["from_memory"], names
+    assert "WWW-Authenticate" in names["refused"], names
+
+
 def test_if_none_match_gives_304_on_keys_and_objects(shared_server):
     put(shared_server, "sem/etag", b"cached bytes")
     etag = f'"{hash_bytes(b"cached bytes")}"'
