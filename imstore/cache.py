@@ -37,6 +37,7 @@ from typing import NamedTuple
 import msgpack
 
 from .hashing import blake3, checksum16
+from .validate import parse_size  # re-exported: the CLI's --cache-size and --max-size import it from here
 
 __all__ = [
     "CacheSettings",
@@ -67,26 +68,6 @@ REFRESH_AFTER = 86400.0  # seconds: an entry read this long after it was stored 
 ROW_FIELDS = 10  # key, version, seq, op, hash, size, time_ns, content_type, message, meta
 # diskcache value modes (diskcache.core.MODE_RAW / MODE_BINARY): bytes inline or in a file.
 _MODE_RAW, _MODE_BINARY = 1, 2
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str | int) -> int:
-    """A byte count such as 1073741824, 512M, 1G or 1GiB (binary units)."""
-    if isinstance(text, int):
-        return text
-    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
-    number, unit = (cleaned[:-1], cleaned[-1]) if cleaned[-1:].isalpha() else (cleaned, "")
-    try:
-        value = float(number) * _SIZE_UNITS[unit]
-    except (KeyError, ValueError):
-        from .errors import InvalidInput
-
-        raise InvalidInput(f"not a size (e.g. 512M, 1G): {text!r}") from None
-    if value < 0:
-        from .errors import InvalidInput
-
-        raise InvalidInput(f"a size cannot be negative: {text!r}")
-    return int(value)
 
 
 class CacheSettings(NamedTuple):

@@ -33,6 +33,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from ..errors import BodyTooLarge, ClientTooSlow, ImstoreError, InvalidInput, Unavailable, UsageError
 from ..hashing import OBJECT_ID_LEN, hash_bytes
+from ..validate import parse_size  # re-exported: `serve --max-body` imports it from here
 from .auth import Authenticator, TokenStore
 from .hot import HotObjects
 from .metrics import Metrics
@@ -49,7 +50,7 @@ from .protocol import (
 from .supervisor import Supervisor, WorkerSlot
 from .upstream import PIECE, UpstreamError, UpstreamResponse
 
-__all__ = ["GatewayConfig", "Gateway", "serve", "check_binding"]
+__all__ = ["GatewayConfig", "Gateway", "serve", "check_binding", "parse_size"]
 
 MAX_LINE = 8190  # request line: longer is 414
 MAX_FIELD = 8192  # one header: longer is 431 (the two limits differ so the error tells them apart)
@@ -470,15 +471,3 @@ async def serve(config: GatewayConfig, info, warn) -> None:
 
 def _host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def parse_size(text: str) -> int:
-    """'4096', '100K', '10M', '1G', '1GiB' → bytes (binary multiples)."""
-    cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
-    factor = 1
-    if cleaned and cleaned[-1] in "KMGT":
-        factor = 1 << (10 * ("KMGT".index(cleaned[-1]) + 1))
-        cleaned = cleaned[:-1]
-    if not cleaned.isdigit():
-        raise InvalidInput(f"not a size: {text!r} (e.g. 4096, 100K, 10M, 1G)")
-    return int(cleaned) * factor

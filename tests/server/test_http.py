@@ -262,3 +262,21 @@ def test_a_damaged_object_is_an_error_never_wrong_bytes(shared_server, size, rea
             assert reply.status == 200 and reply.body == data, reply.status
         else:
             assert reply.status == 500 and reply.json()["error"] == "CorruptObject", reply.status
+
+
+def test_max_body_takes_the_same_sizes_as_every_other_size_option(start):
+    server = start("--workers", "1", "--max-body", "1.5M")
+    limit = 3 << 19
+    assert put(server, "sem/at-limit", b"x" * limit).status == 201
+    assert put(server, "sem/over-limit", b"x" * (limit + 1)).status == 413
+
+
+def test_a_bad_max_body_is_a_usage_error_naming_the_size(store_path):
+    import subprocess
+
+    from .conftest import IMSTORE
+
+    for bad in ("1.5Q", "-1", "10 gigs"):
+        command = [*IMSTORE, "--store", str(store_path), "serve", "--max-body", bad]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "not a size" in done.stderr and bad in done.stderr, (bad, done.returncode, done.stderr)
