@@ -18,7 +18,8 @@ Start-up cost: importing and opening diskcache costs ~17 ms, more than a whole
 `imstore get` can afford, so reads go through a plain sqlite3 connection to
 diskcache's own table (columns key, raw, mode, filename, value of diskcache 5;
 anything unexpected is a miss), and diskcache itself is imported only to fill
-the cache. A process also keeps a small memo of entries it has seen, still
+the cache. Those internals are why diskcache is pinned below 6, and
+tests/test_diskcache_internals.py checks them. A process also keeps a small memo of entries it has seen, still
 hash-checked on every use.
 """
 
