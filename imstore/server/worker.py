@@ -27,7 +27,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..cache import CacheSettings
-from ..errors import BodyIncomplete, ImstoreError, Unavailable, UnsupportedMediaType, UsageError
+from ..errors import BodyIncomplete, IdempotencyKeyReused, ImstoreError, Unavailable, UnsupportedMediaType, UsageError
+from ..hashing import blake3
 from ..objects import CHUNK_SIZE, ObjectReader
 from ..store import PutResult, Store
 from ..transfer import SMALL_OBJECT
@@ -179,8 +180,17 @@ class WorkerApp:
         else:
             chunks = _body_chunks(asyncio.get_running_loop(), request.content)
 
+        def same_put(answer: dict) -> bool:
+            """Is this retry the request that was answered? Same bytes, type and metadata."""
+            if (answer.get("content_type"), answer.get("meta") or {}) != (options["content_type"], options["meta"] or {}):
+                return False
+            hasher = blake3()
+            for chunk in chunks:  # a streamed body is read to its end: its bytes decide
+                hasher.update(chunk)
+            return hasher.hexdigest() == answer.get("hash")
+
         def put():
-            return self._idempotent(request_id, "PUT", key, lambda claim: self._put(key, chunks, options, claim))
+            return self._idempotent(request_id, "PUT", key, lambda claim: self._put(key, chunks, options, claim), same_put)
 
         return _put_answer(*await self.call(put))
 
@@ -222,8 +232,11 @@ class WorkerApp:
             self._flush_warnings(store)
         return 200, version_document(tombstone)
 
-    def _idempotent(self, request_id: str | None, method: str, key: str, work) -> tuple[int, dict]:
-        """Run work once per Idempotency-Key (see idempotency.py); without a key just run it."""
+    def _idempotent(self, request_id: str | None, method: str, key: str, work, same_request=None) -> tuple[int, dict]:
+        """Run work once per Idempotency-Key (see idempotency.py); without a key just run it.
+
+        same_request(answer) tells a retry from another request under the same key: that one is
+        refused (422), never answered with the first request's result while its own is dropped."""
         if request_id is None:
             return work(None)
         try:
@@ -233,6 +246,8 @@ class WorkerApp:
             raise Unavailable(f"cannot write: the store is unavailable (its idempotency ledger: {exc})") from None
         if claim.state == "done":
             assert claim.answer is not None
+            if same_request is not None and not same_request(claim.answer[1]):
+                raise IdempotencyKeyReused(f"Idempotency-Key {request_id!r} was used for {method} of {key!r} with other content")
             return claim.answer
         try:
             status, document = work(claim)
