@@ -12,7 +12,7 @@ from datetime import UTC
 
 from .errors import InvalidInput, InvalidKey, InvalidTime, InvalidVersion
 
-__all__ = ["MAX_KEY_BYTES", "validate_key", "parse_version", "parse_time", "format_time", "validate_meta", "parse_size"]
+__all__ = ["MAX_KEY_BYTES", "validate_key", "parse_version", "parse_time", "format_time", "validate_meta", "parse_size", "MAX_NUMBER"]
 
 MAX_KEY_BYTES = 1024
 MAX_META_ITEMS = 64
@@ -52,11 +52,14 @@ def parse_version(value: object) -> int:
     if isinstance(value, int):
         number = value
     elif isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
-        number = int(value.strip())
+        digits = value.strip().lstrip("0") or "0"
+        number = int(digits) if len(digits) <= 19 else MAX_NUMBER + 1  # int() refuses 4300+ digits
     else:
-        raise InvalidVersion(f"not a version number: {value!r}")
+        raise InvalidVersion(f"not a version number: {value!r:.40}")
     if number < 1:
         raise InvalidVersion(f"versions start at 1: {value!r}")
+    if number > MAX_NUMBER:
+        raise InvalidVersion(f"a version number is at most {MAX_NUMBER}: {value!r:.40}")
     return number
 
 
@@ -86,7 +89,10 @@ def parse_time(value: str) -> int:
         moment = moment.replace(tzinfo=UTC)
     delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
     start = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
-    return start + _precision_ns(text) - 1
+    end = start + _precision_ns(text) - 1
+    if not -MAX_NUMBER <= end <= MAX_NUMBER:  # the index keeps times as 64-bit nanoseconds
+        raise InvalidTime(f"{value!r} is outside the times imstore can hold (1677-09-22 to 2262-04-11)")
+    return end
 
 
 def _precision_ns(text: str) -> int:

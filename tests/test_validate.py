@@ -49,7 +49,9 @@ def test_version_numbers(text, number):
     assert parse_version(text) == number
 
 
-@pytest.mark.parametrize("text", ["", "abc", "-1", "0", 0, -3, "1.5", 1.0, True, None, "١", "1e3", "0x10"])
+@pytest.mark.parametrize(
+    "text", ["", "abc", "-1", "0", 0, -3, "1.5", 1.0, True, None, "١", "1e3", "0x10", "99999999999999999999", 1 << 63, "9" * 5000]
+)
 def test_bad_version_numbers(text):
     with pytest.raises(InvalidVersion):
         parse_version(text)
@@ -69,10 +71,24 @@ def test_parse_time_is_the_last_nanosecond_of_what_it_names(text, expected):
     assert parse_time(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "yesterday", "2026-13-01", "12:00", None])
+@pytest.mark.parametrize(
+    "text", ["", "yesterday", "2026-13-01", "12:00", None, "9999-12-31T23:59:59Z", "0001-01-01", "2262-04-11T23:47:17Z", "1677-09-20"]
+)
 def test_bad_times(text):
     with pytest.raises(InvalidTime):
         parse_time(text)
+
+
+def test_times_at_the_edges_of_the_range_are_accepted():
+    assert MAX_NUMBER - 2_000_000_000 < parse_time("2262-04-11T23:47:15Z") <= MAX_NUMBER
+    assert -MAX_NUMBER <= parse_time("1677-09-22") < 0
+
+
+def test_an_out_of_range_version_on_the_command_line_is_exit_2(cli):
+    assert cli("put", "k", stdin=b"x").code == 0
+    for option in (["--version", "99999999999999999999"], ["--at", "9999-12-31T23:59:59Z"], ["--at", "0001-01-01"]):
+        result = cli("get", "k", *option)
+        assert result.code == 2, (option, result.code, result.stderr)
 
 
 def test_format_time_round_trips_milliseconds():

@@ -139,6 +139,17 @@ def test_keys_are_decoded_once_and_never_normalised(shared_server):
         ("/v1/keys/a?at=yesterday", 400),
         ("/v1/objects/xyz", 400),
         ("/v1/nothing", 404),
+        # S5: numbers and times out of the store's range are the client's error, never a 500 OverflowError
+        ("/v1/keys/a?version=99999999999999999999", 400),
+        ("/v1/keys/a?version=" + "9" * 5000, 400),
+        ("/v1/keys/a?at=9999-12-31T23:59:59Z", 400),
+        ("/v1/keys/a?at=0001-01-01", 400),
+        ("/v1/log?after=99999999999999999999", 400),
+        ("/v1/log?limit=99999999999999999999", 400),
+        ("/v1/log?limit=" + "9" * 5000, 400),
+        ("/v1/log?limit=%C2%B2", 400),  # a superscript two: str.isdigit() says yes, int() says no
+        ("/v1/keys?limit=99999999999999999999", 400),
+        ("/v1/history/a?limit=99999999999999999999", 400),
     ],
 )
 def test_bad_paths_are_clear_errors(shared_server, path, status):
@@ -146,6 +157,12 @@ def test_bad_paths_are_clear_errors(shared_server, path, status):
     assert reply.status == status, reply.body
     assert reply.headers["Content-Type"] == "application/problem+json"
     assert json.loads(reply.body)["status"] == status
+
+
+@pytest.mark.parametrize("if_match", ['"v99999999999999999999"', '"v' + "9" * 5000 + '"', '"v\u00b2"'])
+def test_an_out_of_range_if_match_is_a_clear_error(shared_server, if_match):
+    reply = put(shared_server, "sem/if-match-range", b"x", **{"If-Match": if_match.encode("latin-1").decode("latin-1")})
+    assert reply.status == 400 and reply.json()["error"] == "InvalidVersion", reply.body
 
 
 @pytest.mark.parametrize("method, path", [("POST", "/v1/keys/a"), ("PATCH", "/v1/keys/a"), ("DELETE", "/v1/log"), ("PUT", "/healthz"),
