@@ -46,6 +46,8 @@ from .protocol import (
     WRITE_METHODS,
     match_route,
     problem,
+    server_paths,
+    without_paths,
 )
 from .supervisor import Supervisor, WorkerSlot
 from .upstream import PIECE, UpstreamError, UpstreamResponse
@@ -64,6 +66,8 @@ HOP_BY_HOP = frozenset(
     )
 )  # fmt: skip
 OPENAPI = Path(__file__).with_name("openapi.json")
+# On every answer: no software name or version (S7).
+PUBLIC_HEADERS = {"Server": "imstore"}
 _FULL_ID = re.compile(r"[0-9a-f]+")
 # Request headers that make an object GET something other than "the whole object": a worker answers those.
 NOT_FROM_MEMORY = ("Range", "If-Range", "If-None-Match", "If-Match", "If-Modified-Since")
@@ -88,7 +92,9 @@ class _LimitedRequestHandler(RequestHandler):
 
     def handle_error(self, request, status=500, exc=None, message=None):
         if status != 400:
-            return super().handle_error(request, status, exc, message)
+            response = super().handle_error(request, status, exc, message)
+            response.headers.update(PUBLIC_HEADERS)
+            return response
         if isinstance(exc, LineTooLong):
             status = 431 if str(exc.args[1]) == str(MAX_FIELD) else 414
         elif isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc):
@@ -118,6 +124,7 @@ class Gateway:
         self.openapi = OPENAPI.read_bytes()
         self.in_flight = 0
         self.objects: HotObjects[tuple] = HotObjects()
+        self.private_paths = server_paths(config.store_root, supervisor.runtime_dir)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         self.in_flight += 1
@@ -138,7 +145,7 @@ class Gateway:
         try:
             response = await self._dispatch(request, state)
         except ImstoreError as exc:
-            response = _problem(exc.http_status, exc, str(exc) or exc.title)
+            response = _problem(exc.http_status, exc, self._public_detail(request, exc))
         except (ConnectionError, asyncio.CancelledError):
             self._account(request, state, 499, started)
             raise
@@ -151,6 +158,14 @@ class Gateway:
             state["bytes_out"] = len(response.body)
         self._account(request, state, response.status, started)
         return response
+
+    def _public_detail(self, request: web.BaseRequest, error: ImstoreError) -> str:
+        """The error's message with the server's paths withheld; the whole message goes to the log."""
+        detail = str(error) or error.title
+        public = without_paths(detail, self.private_paths)
+        if public != detail:
+            _write_stderr(f"imstore serve: {request.method} {request.raw_path.partition('?')[0]}: {detail}\n")
+        return public
 
     def _account(self, request: web.BaseRequest, state: dict, status: int, started: float) -> None:
         seconds = time.monotonic() - started
@@ -175,7 +190,10 @@ class Gateway:
             return _problem(405, None, f"{request.method} is not allowed on {route.template}", {"Allow": ", ".join(route.methods)})
         if route.name == "healthz":
             health = self.supervisor.health()
-            return _json(health, 503 if health["status"] == "down" else 200)
+            status = 503 if health["status"] == "down" else 200
+            if not self._has_token(request):  # a load balancer needs the status; PIDs and counts are for token holders
+                health = {"status": health["status"]}
+            return _json(health, status)
         scope = self.auth.scope_for(request.headers.get("Authorization"))
         if scope is None:
             return _problem(
@@ -185,9 +203,9 @@ class Gateway:
             return _problem(403, None, f"this token has the {scope} scope; {request.method} needs a write token")
         if route.name == "metrics":
             text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"], self.objects.hits)
-            return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+            return web.Response(body=text.encode(), headers={**PUBLIC_HEADERS, "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
         if route.name == "openapi":
-            return web.Response(body=self.openapi, headers={"Content-Type": "application/json"})
+            return web.Response(body=self.openapi, headers={**PUBLIC_HEADERS, "Content-Type": "application/json"})
         if route.name == "object" and request.method == "GET":
             wanted = matched.param()
             if _is_full_id(wanted) and "?" not in request.raw_path:
@@ -199,6 +217,15 @@ class Gateway:
                         headers, data = hit
                         return web.Response(body=data, headers=headers)
         return await self._forward(request, state)
+
+    def _has_token(self, request: web.BaseRequest) -> bool:
+        authorization = request.headers.get("Authorization")
+        if authorization is None:
+            return False
+        try:
+            return self.auth.scope_for(authorization) is not None
+        except ImstoreError:  # the token file cannot be read: the public answer still can be given
+            return False
 
     # ------------------------------------------------------------ forwarding
     async def _forward(self, request: web.BaseRequest, state: dict) -> web.StreamResponse:
@@ -281,6 +308,7 @@ class Gateway:
         try:
             # Names pass as the worker spelled them: its aiohttp server sends ours (ETag, X-Imstore-*) unchanged.
             out_headers = {name: value for name, value in upstream.headers if name.lower() not in HOP_BY_HOP}
+            out_headers.update(PUBLIC_HEADERS)
             out_headers[WORKER_HEADER] = str(slot.id)
             sendfile = out_headers.pop(SENDFILE_FILE, None)
             if sendfile is not None:
@@ -388,11 +416,13 @@ class _WorkerFailed(Exception):
 
 
 def _problem(status: int, error: ImstoreError | None, detail: str, headers: dict | None = None) -> web.Response:
-    return web.Response(status=status, body=problem(error, status, detail), headers={**(headers or {}), "Content-Type": PROBLEM_TYPE})
+    return web.Response(
+        status=status, body=problem(error, status, detail), headers={**PUBLIC_HEADERS, **(headers or {}), "Content-Type": PROBLEM_TYPE}
+    )
 
 
 def _json(document, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(document).encode(), headers={"Content-Type": "application/json"})
+    return web.Response(status=status, body=json.dumps(document).encode(), headers={**PUBLIC_HEADERS, "Content-Type": "application/json"})
 
 
 # ============================================================ start-up and shutdown

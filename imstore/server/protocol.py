@@ -9,7 +9,10 @@ here and nowhere else, so the HTTP API does not follow the CLI's --json output.
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote_to_bytes
 
 from .. import errors
@@ -24,6 +27,8 @@ __all__ = [
     "key_path",
     "problem",
     "error_from_problem",
+    "server_paths",
+    "without_paths",
     "version_document",
     "version_from_document",
     "put_document",
@@ -177,6 +182,28 @@ def problem(error: ImstoreError | None, status: int, detail: str) -> bytes:
         "exit_code": error.exit_code if error is not None else None,
     }
     return json.dumps(document, ensure_ascii=False).encode("utf-8")
+
+
+PATH_WITHHELD = "[path withheld]"
+
+
+def server_paths(*places: str | os.PathLike | None) -> tuple[str, ...]:
+    """Every absolute spelling of places (as given, normalised, symlinks resolved), longest first."""
+    spellings: set[str] = set()
+    for place in places:
+        if place is not None:
+            given = Path(place).expanduser().absolute()
+            spellings |= {str(given), os.path.abspath(given), os.path.realpath(given)}
+    return tuple(sorted(spellings - {"/"}, key=len, reverse=True))
+
+
+def without_paths(detail: str, paths: tuple[str, ...]) -> str:
+    """detail with every path under one of paths withheld: where the server keeps its files is not
+    the client's business (the server's own log keeps the whole message)."""
+    for path in paths:
+        if path in detail:
+            detail = re.sub(re.escape(path) + r"[^\s'\"(),;:]*", PATH_WITHHELD, detail)
+    return detail
 
 
 def error_from_problem(status: int, body: bytes) -> ImstoreError:

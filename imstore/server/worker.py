@@ -52,7 +52,9 @@ from .protocol import (
     match_route,
     problem,
     put_document,
+    server_paths,
     version_document,
+    without_paths,
 )
 from .putbatch import PutBatcher
 
@@ -78,6 +80,7 @@ class WorkerApp:
         self._local = threading.local()
         self.handled = 0
         self.hot = HotObjects()
+        self.private_paths = server_paths(store_root, os.path.dirname(owner_lock))
         self.put_batcher = PutBatcher(self.call, self.store, self._flush_warnings)
 
     # ------------------------------------------------------------ per-thread resources
@@ -124,7 +127,12 @@ class WorkerApp:
         try:
             return await handler(request, matched)
         except ImstoreError as exc:
-            return problem_response(exc.http_status, exc, str(exc) or exc.title)
+            detail = str(exc) or exc.title
+            public = without_paths(detail, self.private_paths)  # no server paths to clients (S7)
+            if public != detail:  # the operator still learns which file
+                print(f"imstore worker {os.getpid()}: {request.method} {request.raw_path.partition('?')[0]}: {detail}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            return problem_response(exc.http_status, exc, public)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as exc:  # a bug of ours: 500, and the traceback on stderr
