@@ -66,8 +66,9 @@ HOP_BY_HOP = frozenset(
     )
 )  # fmt: skip
 OPENAPI = Path(__file__).with_name("openapi.json")
-# On every answer: no software name or version (S7).
-PUBLIC_HEADERS = {"Server": "imstore"}
+# On every answer. No software name or version (S7); nosniff: a browser takes each answer for its
+# Content-Type, never guesses a page out of stored bytes (S8).
+PUBLIC_HEADERS = {"Server": "imstore", "X-Content-Type-Options": "nosniff"}
 _FULL_ID = re.compile(r"[0-9a-f]+")
 # Request headers that make an object GET something other than "the whole object": a worker answers those.
 NOT_FROM_MEMORY = ("Range", "If-Range", "If-None-Match", "If-Match", "If-Modified-Since")

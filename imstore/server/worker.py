@@ -67,6 +67,8 @@ PRELOAD = 1 << 20  # objects up to this size are read (and verified) in the same
 BODY_IDLE_TIMEOUT = float(os.environ.get("IMSTORE_BODY_TIMEOUT", "30"))
 # Each pool thread's Store has its own read cache memo: keep them small (HotObjects holds the hottest).
 THREAD_MEMO_BYTES = 4 << 20
+# Stored html or svg opened in a browser runs in a sandbox: no scripts, no access to this origin (S8).
+SANDBOX = "sandbox"
 
 
 class WorkerApp:
@@ -370,6 +372,7 @@ class WorkerApp:
         data, when given, is the whole object already read and verified."""
         headers["ETag"] = f'"{reader.object_id}"'
         headers["Accept-Ranges"] = "bytes"
+        headers["Content-Security-Policy"] = SANDBOX
         size = reader.size
         if etag_matches(request.headers.get("If-None-Match"), reader.object_id):
             return web.Response(status=304, headers=headers)

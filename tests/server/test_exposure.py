@@ -1,4 +1,5 @@
-"""What the server tells strangers: no server paths, PIDs or software versions (S7)."""
+"""What the server tells strangers: no server paths, PIDs or software versions (S7), and stored
+bytes that a browser cannot run as a page of this server (S8)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from imstore import Store
 from .conftest import key_url
 
 pytestmark = pytest.mark.timeout(120)
+
+NOSNIFF = ("X-Content-Type-Options", "nosniff")
+
 
 def assert_no_server_paths(server, body: bytes) -> None:
     text = body.decode("utf-8", "replace")
@@ -65,6 +69,28 @@ def test_no_answer_names_the_server_software_or_its_version(shared_server):
     for label, (_status, headers) in replies.items():
         server_header = headers.get("server", "")
         assert "aiohttp" not in server_header.lower() and "python" not in server_header.lower(), (label, server_header)
+
+
+# ============================================================ S8: stored pages cannot run
+@pytest.mark.parametrize("content_type", ["text/html", "image/svg+xml"])
+def test_stored_active_content_is_sandboxed_and_not_sniffed(shared_server, content_type):
+    page = b"<script>alert(document.cookie)</script>"
+    key = f"exposure/page-{content_type.replace('/', '-')}"
+    object_id = shared_server.request("PUT", key_url(key), body=page, headers={"Content-Type": content_type}).json()["hash"]
+    for url in (key_url(key), f"/v1/objects/{object_id}", f"/v1/objects/{object_id}"):  # the last from the gateway's memory
+        reply = shared_server.request("GET", url, token="read")
+        assert reply.body == page
+        assert reply.headers["Content-Security-Policy"] == "sandbox", url
+        assert reply.headers["X-Content-Type-Options"] == "nosniff", url
+
+
+def test_every_answer_says_nosniff(shared_server):
+    big = os.urandom(9 << 20)
+    with Store.open(shared_server.store) as store:
+        big_id = store.put("exposure/big-nosniff", big).version.hash
+    shared_server.request("PUT", key_url("exposure/small"), body=b"small")
+    for label, (status, headers) in every_kind_of_answer(shared_server, big_id).items():
+        assert headers.get("x-content-type-options") == "nosniff", (label, status, headers)
 
 
 def every_kind_of_answer(server, big_id: str) -> dict[str, tuple[int, dict]]:
