@@ -89,9 +89,14 @@ class GatewayConfig:
 
 
 class _LimitedRequestHandler(RequestHandler):
-    """Requests aiohttp cannot parse: oversized headers are 431, long targets 414, the rest 400; problem+json."""
+    """Requests aiohttp cannot parse: oversized headers are 431, long targets 414, the rest 400; problem+json.
+
+    Also where aiohttp would log a traceback for a connection that is gone: a client that hung up,
+    or one we cut off (a stalled reader). The gateway has written that request's access line."""
 
     def handle_error(self, request, status=500, exc=None, message=None):
+        if isinstance(exc, ConnectionError):
+            raise ConnectionError("the client is gone") from None  # aiohttp closes the connection without a word
         if status != 400:
             response = super().handle_error(request, status, exc, message)
             response.headers.update(PUBLIC_HEADERS)
@@ -100,13 +105,26 @@ class _LimitedRequestHandler(RequestHandler):
             status = 431 if str(exc.args[1]) == str(MAX_FIELD) else 414
         elif isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc):
             status = 431
-        detail = str(getattr(exc, "message", None) or exc or "malformed request").splitlines()[0][:200]
+        detail = _parse_failure(status, exc)
         print(f"imstore serve: - - {status} 0B 0.0ms worker=- ({detail})", file=sys.stderr, flush=True)
         if request.writer.output_size > 0:
             raise ConnectionError("the answer had started; cannot send an error")
         response = _problem(status, None, f"malformed request: {detail}")
         response.force_close()
         return response
+
+
+def _parse_failure(status: int, exc: BaseException | None) -> str:
+    """What was wrong with a request aiohttp could not parse, without any of its bytes: they may hold
+    a secret (a token in a query string), and answering them back makes the server an echo."""
+    if status == 414:
+        return f"the request line is longer than {MAX_LINE} bytes"
+    if status == 431:
+        return f"a header line is longer than {MAX_FIELD} bytes, or there are more than {MAX_HEADERS} headers"
+    text = str(getattr(exc, "message", None) or exc or "").splitlines()[0:1]
+    # aiohttp puts the offending bytes after a colon or in quotes: keep only the words before them.
+    reason = re.split(r"[:'\"(\[]", text[0], maxsplit=1)[0].strip() if text else ""
+    return reason[:100] or "cannot be parsed"
 
 
 class _GatewayServer(web.Server):
@@ -293,6 +311,9 @@ class Gateway:
                 yield chunk
         except ImstoreError as exc:
             state["body_error"] = exc
+            raise
+        except ConnectionError:  # the client hung up mid-body: a 499 in the access log, like one read whole
+            state["body_error"] = ConnectionResetError("the client hung up mid-body")
             raise
         except Exception as exc:
             state["body_error"] = InvalidInput(f"the request body broke off: {exc or type(exc).__name__}")
