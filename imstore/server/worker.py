@@ -69,6 +69,9 @@ BODY_IDLE_TIMEOUT = float(os.environ.get("IMSTORE_BODY_TIMEOUT", "30"))
 THREAD_MEMO_BYTES = 4 << 20
 # Stored html or svg opened in a browser runs in a sandbox: no scripts, no access to this origin (S8).
 SANDBOX = "sandbox"
+# Answers that change (a latest version, a listing): any cache must ask again each time, and shared
+# caches must not keep them at all (they are behind a token) (S10).
+REVALIDATE = "private, no-cache"
 
 
 class WorkerApp:
@@ -165,7 +168,7 @@ class WorkerApp:
         found, reader, data = await self.call(resolve)
         headers = {
             VERSION_HEADER: str(found.version),
-            "Cache-Control": IMMUTABLE if version is not None else "no-cache",
+            "Cache-Control": IMMUTABLE if version is not None else REVALIDATE,
             "Content-Type": found.content_type or "application/octet-stream",
         }
         if found.stale:  # a latest version the cache answered while the store's log could not be read
@@ -323,23 +326,41 @@ class WorkerApp:
     async def _history_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         key = validate_key(matched.param())
         limit = positive(matched.query().get("limit"), "limit")
-        versions = await self.call(lambda: self.store().history(key, limit))
-        return _json([version_document(v) for v in versions])
+        return await self._listing(request, lambda store: store.history(key, limit))
 
     async def _keys_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         query = matched.query()
         prefix = query.get("prefix", "")
         include_deleted = query.get("all", "") in ("1", "true", "yes")
         limit = positive(query.get("limit"), "limit")
-        versions = await self.call(lambda: self.store().ls(prefix, include_deleted=include_deleted, limit=limit))
-        return _json([version_document(v) for v in versions])
+        return await self._listing(request, lambda store: store.ls(prefix, include_deleted=include_deleted, limit=limit))
 
     async def _log_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         query = matched.query()
         after = non_negative(query.get("after"), "after")
         limit = positive(query.get("limit"), "limit")
-        records = await self.call(lambda: self.store().log_records(after, limit))
-        return _json([version_document(r) for r in records])
+        return await self._listing(request, lambda store: store.log_records(after, limit))
+
+    async def _listing(self, request: web.BaseRequest, versions) -> web.StreamResponse:
+        """A listing as version documents, tagged with the log position it was read at (S10).
+
+        The log only grows, and its position (seq and chain hash) names everything in it, so an equal
+        position means an equal listing: a client's If-None-Match then costs one index read and a 304.
+        """
+
+        def read():
+            store = self.store()
+            seq, chain = store.log_position()  # before the listing: the listing is at least this new
+            tag = listing_etag(seq, chain, request.raw_path)
+            if etag_matches(request.headers.get("If-None-Match"), tag):
+                return tag, None
+            return tag, [version_document(v) for v in versions(store)]
+
+        tag, documents = await self.call(read)
+        headers = {"ETag": f'"{tag}"', "Cache-Control": REVALIDATE}
+        if documents is None:
+            return web.Response(status=304, headers=headers)
+        return _json(documents, 200, headers)
 
     # ------------------------------------------------------------ objects
     async def _object_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
@@ -361,7 +382,7 @@ class WorkerApp:
             if not preload:
                 data = None
         full = wanted.lower() == reader.object_id
-        headers = {"Cache-Control": IMMUTABLE if full else "no-cache", "Content-Type": "application/octet-stream"}
+        headers = {"Cache-Control": IMMUTABLE if full else REVALIDATE, "Content-Type": "application/octet-stream"}
         return await self.send_object(request, reader, headers, data)
 
     async def send_object(
@@ -444,6 +465,11 @@ def _json(document, status: int = 200, headers: dict | None = None) -> web.Respo
         body=json.dumps(document, ensure_ascii=False).encode("utf-8"),
         headers={**(headers or {}), "Content-Type": "application/json"},
     )
+
+
+def listing_etag(seq: int, chain: str, target: str) -> str:
+    """The log position (seq and chain hash) a listing was read at, and which listing (its path and query)."""
+    return f"{seq}-{blake3(f'{chain} {target}'.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
 
 
 def _wants_whole_body(request: web.BaseRequest) -> bool:

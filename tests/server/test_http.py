@@ -33,7 +33,7 @@ def test_put_then_get_carries_etag_version_and_no_cache(shared_server):
     raw = str(reply.headers)
     assert f'ETag: "{hash_bytes(b"two")}"' in raw, raw  # canonical spelling on the wire
     assert "X-Imstore-Version: 2" in raw
-    assert reply.headers["Cache-Control"] == "no-cache"
+    assert reply.headers["Cache-Control"] == "private, no-cache"
     old = shared_server.request("GET", key_url("sem/a") + "?version=1", token="read")
     assert old.body == b"one" and old.headers["Cache-Control"] == IMMUTABLE and old.headers["X-Imstore-Version"] == "1"
 
@@ -79,7 +79,7 @@ def test_objects_are_immutable_and_support_ranges(shared_server):
     beyond = shared_server.request("GET", path, headers={"Range": f"bytes={len(data)}-"}, token="read")
     assert beyond.status == 416 and beyond.headers["Content-Range"] == f"bytes */{len(data)}"
     prefix = shared_server.request("GET", f"/v1/objects/{object_id[:12]}", token="read")
-    assert prefix.body == data and prefix.headers["Cache-Control"] == "no-cache"
+    assert prefix.body == data and prefix.headers["Cache-Control"] == "private, no-cache"
 
 
 def test_head_has_the_headers_of_get_and_no_body(shared_server):
