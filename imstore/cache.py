@@ -18,7 +18,8 @@ Start-up cost: importing and opening diskcache costs ~17 ms, more than a whole
 `imstore get` can afford, so reads go through a plain sqlite3 connection to
 diskcache's own table (columns key, raw, mode, filename, value of diskcache 5;
 anything unexpected is a miss), and diskcache itself is imported only to fill
-the cache. A process also keeps a small memo of entries it has seen, still
+the cache. Those internals are why diskcache is pinned below 6, and
+tests/test_diskcache_internals.py checks them. A process also keeps a small memo of entries it has seen, still
 hash-checked on every use.
 """
 
@@ -38,6 +39,7 @@ import msgpack
 
 from .fsio import atomic_write
 from .hashing import blake3, checksum16
+from .validate import parse_size  # re-exported: the CLI's --cache-size and --max-size import it from here
 
 __all__ = [
     "CacheSettings",
@@ -68,26 +70,6 @@ REFRESH_AFTER = 86400.0  # seconds: an entry read this long after it was stored 
 ROW_FIELDS = 10  # key, version, seq, op, hash, size, time_ns, content_type, message, meta
 # diskcache value modes (diskcache.core.MODE_RAW / MODE_BINARY): bytes inline or in a file.
 _MODE_RAW, _MODE_BINARY = 1, 2
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str | int) -> int:
-    """A byte count such as 1073741824, 512M, 1G or 1GiB (binary units)."""
-    if isinstance(text, int):
-        return text
-    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
-    number, unit = (cleaned[:-1], cleaned[-1]) if cleaned[-1:].isalpha() else (cleaned, "")
-    try:
-        value = float(number) * _SIZE_UNITS[unit]
-    except (KeyError, ValueError):
-        from .errors import InvalidInput
-
-        raise InvalidInput(f"not a size (e.g. 512M, 1G): {text!r}") from None
-    if value < 0:
-        from .errors import InvalidInput
-
-        raise InvalidInput(f"a size cannot be negative: {text!r}")
-    return int(value)
 
 
 class CacheSettings(NamedTuple):

@@ -1,4 +1,4 @@
-"""Checks for what users hand us: keys, version numbers, times, metadata.
+"""Checks for what users hand us: keys, version numbers, times, metadata, sizes.
 
 Keys are exact UTF-8 strings (no Unicode normalisation) and are never paths.
 """
@@ -13,11 +13,15 @@ from datetime import UTC
 from .errors import InvalidInput, InvalidKey, InvalidTime, InvalidVersion
 
 __all__ = ["MAX_KEY_BYTES", "validate_key", "parse_version", "parse_time", "format_time", "validate_meta", "validate_content_type",
-           "validate_message"]
+           "validate_message", "parse_size", "MAX_NUMBER"]
 
 MAX_KEY_BYTES = 1024
 MAX_META_ITEMS = 64
 MAX_META_BYTES = 64 * 1024
+# The largest number the store keeps (SQLite's INTEGER, and a byte count in the log): bigger is a usage error.
+MAX_NUMBER = (1 << 63) - 1
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def validate_key(key: object) -> str:
@@ -49,11 +53,14 @@ def parse_version(value: object) -> int:
     if isinstance(value, int):
         number = value
     elif isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
-        number = int(value.strip())
+        digits = value.strip().lstrip("0") or "0"
+        number = int(digits) if len(digits) <= 19 else MAX_NUMBER + 1  # int() refuses 4300+ digits
     else:
-        raise InvalidVersion(f"not a version number: {value!r}")
+        raise InvalidVersion(f"not a version number: {value!r:.40}")
     if number < 1:
         raise InvalidVersion(f"versions start at 1: {value!r}")
+    if number > MAX_NUMBER:
+        raise InvalidVersion(f"a version number is at most {MAX_NUMBER}: {value!r:.40}")
     return number
 
 
@@ -83,7 +90,10 @@ def parse_time(value: str) -> int:
         moment = moment.replace(tzinfo=UTC)
     delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
     start = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
-    return start + _precision_ns(text) - 1
+    end = start + _precision_ns(text) - 1
+    if not -MAX_NUMBER <= end <= MAX_NUMBER:  # the index keeps times as 64-bit nanoseconds
+        raise InvalidTime(f"{value!r} is outside the times imstore can hold (1677-09-22 to 2262-04-11)")
+    return end
 
 
 def _precision_ns(text: str) -> int:
@@ -160,3 +170,29 @@ def validate_message(message: object) -> str | None:
     if any(unicodedata.category(char) == "Cc" and char not in "\t\n" for char in message):
         raise InvalidInput("a message must not hold control characters (tab and newline are fine)")
     return message
+
+
+def parse_size(text: str | int) -> int:
+    """The one SIZE grammar (--max-size, --cache-size, serve --max-body): 4096, 100K, 1.5G, 10MiB, 1gb.
+
+    Units are binary (K = 1024); a fraction is rounded down to whole bytes.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        number = text
+    else:
+        parts = _SIZE.fullmatch(text.strip()) if isinstance(text, str) else None
+        if parts is None:
+            raise InvalidInput(f"not a size: {text!r:.40} (e.g. 4096, 512K, 1.5G, 10MiB)")
+        digits, unit = parts.groups()
+        whole, _, fraction = digits.partition(".")
+        if len(whole.lstrip("0")) > 20:  # more than MAX_NUMBER in any unit (and int() refuses 4300+ digits)
+            raise InvalidInput(f"a size is at most {MAX_NUMBER} bytes: {text!r:.40}")
+        fraction = fraction[:24]  # finer than a byte in every unit
+        scale = _SIZE_UNITS[unit.lower() if unit else None]
+        # Exact integer arithmetic: no float rounding, and no OverflowError for a size of 10**400.
+        number = int(whole or "0") * scale + (int(fraction) * scale // 10 ** len(fraction) if fraction else 0)
+    if number < 0:
+        raise InvalidInput(f"a size cannot be negative: {text!r:.40}")
+    if number > MAX_NUMBER:
+        raise InvalidInput(f"a size is at most {MAX_NUMBER} bytes: {text!r:.40}")
+    return number

@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import stat
+import time
 import uuid
 from collections.abc import Iterator
 from urllib.parse import urlencode
@@ -22,33 +23,27 @@ from urllib.parse import urlencode
 import aiohttp
 from yarl import URL
 
-from ..errors import CorruptObject, InvalidInput, Unavailable, UsageError
-from ..hashing import blake3
+from ..errors import CorruptObject, InvalidInput, RequestInProgress, Unavailable, UsageError
+from ..hashing import blake3, validate_prefix
 from ..objects import CHUNK_SIZE
 from ..store import PutResult, Version
-from ..validate import parse_version
+from ..validate import format_time, parse_version
 from .headers import encode_text
-from .protocol import MESSAGE_HEADER, META_HEADER, STALE_HEADER, VERSION_HEADER, error_from_problem, key_path
+from .protocol import (
+    MESSAGE_HEADER,
+    META_HEADER,
+    STALE_HEADER,
+    VERSION_HEADER,
+    error_from_problem,
+    key_path,
+    put_result_from_document,
+    version_from_document,
+)
 
-__all__ = ["RemoteStore", "RemoteReader", "version_from_document"]
+__all__ = ["RemoteStore", "RemoteReader"]
 
 RETRIES = 3
 STALE_WARNING = "the server's store is unavailable: this latest version comes from its cache and may be stale"
-
-
-def version_from_document(document: dict) -> Version:
-    return Version(
-        document["key"],
-        document["version"],
-        document.get("seq", 0),
-        document.get("op", "put"),
-        document.get("hash"),
-        document.get("size", 0),
-        document.get("time_ns", 0),
-        document.get("content_type"),
-        document.get("message"),
-        document.get("meta") or {},
-    )
 
 
 class RemoteReader:
@@ -196,7 +191,7 @@ class RemoteStore:
 
         # Only a body we can send again is retried; the Idempotency-Key makes the retry safe.
         document = _with_retries(send, attempts=RETRIES if start is not None else 1)
-        return PutResult(version_from_document(document), bool(document.get("unchanged")))
+        return put_result_from_document(document)
 
     def delete(self, key: str, *, message: str | None = None, if_version: int | str | None = None) -> Version:
         headers = {"Idempotency-Key": uuid.uuid4().hex, **_write_headers(message, if_version)}
@@ -220,6 +215,7 @@ class RemoteStore:
         The summary is the server's, plus what was left out here (walk warnings, unreadable files).
         jobs is not used: the server reads one stream. progress(done, total) counts bytes sent.
         """
+        # Here, not at the top: the importer (tarfile, sources) costs ~5 ms that `get --remote` need not pay.
         from ..importer import ImportSummary
         from .upload import plan_upload
 
@@ -291,10 +287,6 @@ class RemoteStore:
 
 def _with_retries(send, attempts: int):
     """Retry a write whose worker died mid-request (503/409 with the same Idempotency-Key)."""
-    import time
-
-    from ..errors import RequestInProgress
-
     for attempt in range(attempts):
         try:
             return send()
@@ -317,14 +309,10 @@ def _write_headers(message: str | None, if_version: int | str | None) -> dict:
 
 def _hex_only(text: str) -> str:
     """Object ids are hex; anything else is refused here so it cannot alter the path."""
-    from ..hashing import validate_prefix
-
     return validate_prefix(text)
 
 
 def _iso(time_ns: int) -> str:
-    from ..validate import format_time
-
     seconds, rest = divmod(time_ns, 1_000_000_000)
     return format_time(seconds * 1_000_000_000)[:-5] + f".{rest // 1000:06d}Z"
 

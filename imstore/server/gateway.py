@@ -31,8 +31,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from ..errors import BodyTooLarge, ClientTooSlow, ImstoreError, InvalidInput, UsageError
+from ..errors import BodyTooLarge, ClientTooSlow, ImstoreError, InvalidInput, Unavailable, UsageError
 from ..hashing import OBJECT_ID_LEN, hash_bytes
+from ..validate import parse_size  # re-exported: `serve --max-body` imports it from here
 from .auth import Authenticator, TokenStore
 from .hot import HotObjects
 from .metrics import Metrics
@@ -45,11 +46,13 @@ from .protocol import (
     WRITE_METHODS,
     match_route,
     problem,
+    server_paths,
+    without_paths,
 )
 from .supervisor import Supervisor, WorkerSlot
 from .upstream import PIECE, UpstreamError, UpstreamResponse
 
-__all__ = ["GatewayConfig", "Gateway", "serve", "check_binding"]
+__all__ = ["GatewayConfig", "Gateway", "serve", "check_binding", "parse_size"]
 
 MAX_LINE = 8190  # request line: longer is 414
 MAX_FIELD = 8192  # one header: longer is 431 (the two limits differ so the error tells them apart)
@@ -63,11 +66,12 @@ HOP_BY_HOP = frozenset(
     )
 )  # fmt: skip
 OPENAPI = Path(__file__).with_name("openapi.json")
-# aiohttp's client spells some names its own way ("Etag"); clients get the canonical spelling.
+# On every answer. No software name or version (S7); nosniff: a browser takes each answer for its
+# Content-Type, never guesses a page out of stored bytes (S8).
+PUBLIC_HEADERS = {"Server": "imstore", "X-Content-Type-Options": "nosniff"}
 _FULL_ID = re.compile(r"[0-9a-f]+")
 # Request headers that make an object GET something other than "the whole object": a worker answers those.
 NOT_FROM_MEMORY = ("Range", "If-Range", "If-None-Match", "If-Match", "If-Modified-Since")
-CANONICAL = {name.lower(): name for name in ("ETag", "WWW-Authenticate", "X-Imstore-Version", "X-Imstore-Stale", "Content-Range")}
 
 
 @dataclass
@@ -85,22 +89,42 @@ class GatewayConfig:
 
 
 class _LimitedRequestHandler(RequestHandler):
-    """Requests aiohttp cannot parse: oversized headers are 431, long targets 414, the rest 400; problem+json."""
+    """Requests aiohttp cannot parse: oversized headers are 431, long targets 414, the rest 400; problem+json.
+
+    Also where aiohttp would log a traceback for a connection that is gone: a client that hung up,
+    or one we cut off (a stalled reader). The gateway has written that request's access line."""
 
     def handle_error(self, request, status=500, exc=None, message=None):
+        if isinstance(exc, ConnectionError):
+            raise ConnectionError("the client is gone") from None  # aiohttp closes the connection without a word
         if status != 400:
-            return super().handle_error(request, status, exc, message)
+            response = super().handle_error(request, status, exc, message)
+            response.headers.update(PUBLIC_HEADERS)
+            return response
         if isinstance(exc, LineTooLong):
             status = 431 if str(exc.args[1]) == str(MAX_FIELD) else 414
         elif isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc):
             status = 431
-        detail = str(getattr(exc, "message", None) or exc or "malformed request").splitlines()[0][:200]
+        detail = _parse_failure(status, exc)
         print(f"imstore serve: - - {status} 0B 0.0ms worker=- ({detail})", file=sys.stderr, flush=True)
         if request.writer.output_size > 0:
             raise ConnectionError("the answer had started; cannot send an error")
         response = _problem(status, None, f"malformed request: {detail}")
         response.force_close()
         return response
+
+
+def _parse_failure(status: int, exc: BaseException | None) -> str:
+    """What was wrong with a request aiohttp could not parse, without any of its bytes: they may hold
+    a secret (a token in a query string), and answering them back makes the server an echo."""
+    if status == 414:
+        return f"the request line is longer than {MAX_LINE} bytes"
+    if status == 431:
+        return f"a header line is longer than {MAX_FIELD} bytes, or there are more than {MAX_HEADERS} headers"
+    text = str(getattr(exc, "message", None) or exc or "").splitlines()[0:1]
+    # aiohttp puts the offending bytes after a colon or in quotes: keep only the words before them.
+    reason = re.split(r"[:'\"(\[]", text[0], maxsplit=1)[0].strip() if text else ""
+    return reason[:100] or "cannot be parsed"
 
 
 class _GatewayServer(web.Server):
@@ -119,6 +143,7 @@ class Gateway:
         self.openapi = OPENAPI.read_bytes()
         self.in_flight = 0
         self.objects: HotObjects[tuple] = HotObjects()
+        self.private_paths = server_paths(config.store_root, supervisor.runtime_dir)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         self.in_flight += 1
@@ -139,7 +164,7 @@ class Gateway:
         try:
             response = await self._dispatch(request, state)
         except ImstoreError as exc:
-            response = _problem(exc.http_status, exc, str(exc) or exc.title)
+            response = _problem(exc.http_status, exc, self._public_detail(request, exc))
         except (ConnectionError, asyncio.CancelledError):
             self._account(request, state, 499, started)
             raise
@@ -152,6 +177,14 @@ class Gateway:
             state["bytes_out"] = len(response.body)
         self._account(request, state, response.status, started)
         return response
+
+    def _public_detail(self, request: web.BaseRequest, error: ImstoreError) -> str:
+        """The error's message with the server's paths withheld; the whole message goes to the log."""
+        detail = str(error) or error.title
+        public = without_paths(detail, self.private_paths)
+        if public != detail:
+            _write_stderr(f"imstore serve: {request.method} {request.raw_path.partition('?')[0]}: {detail}\n")
+        return public
 
     def _account(self, request: web.BaseRequest, state: dict, status: int, started: float) -> None:
         seconds = time.monotonic() - started
@@ -176,7 +209,10 @@ class Gateway:
             return _problem(405, None, f"{request.method} is not allowed on {route.template}", {"Allow": ", ".join(route.methods)})
         if route.name == "healthz":
             health = self.supervisor.health()
-            return _json(health, 503 if health["status"] == "down" else 200)
+            status = 503 if health["status"] == "down" else 200
+            if not self._has_token(request):  # a load balancer needs the status; PIDs and counts are for token holders
+                health = {"status": health["status"]}
+            return _json(health, status)
         scope = self.auth.scope_for(request.headers.get("Authorization"))
         if scope is None:
             return _problem(
@@ -186,9 +222,9 @@ class Gateway:
             return _problem(403, None, f"this token has the {scope} scope; {request.method} needs a write token")
         if route.name == "metrics":
             text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"], self.objects.hits)
-            return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+            return web.Response(body=text.encode(), headers={**PUBLIC_HEADERS, "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
         if route.name == "openapi":
-            return web.Response(body=self.openapi, headers={"Content-Type": "application/json"})
+            return web.Response(body=self.openapi, headers={**PUBLIC_HEADERS, "Content-Type": "application/json"})
         if route.name == "object" and request.method == "GET":
             wanted = matched.param()
             if _is_full_id(wanted) and "?" not in request.raw_path:
@@ -200,6 +236,15 @@ class Gateway:
                         headers, data = hit
                         return web.Response(body=data, headers=headers)
         return await self._forward(request, state)
+
+    def _has_token(self, request: web.BaseRequest) -> bool:
+        authorization = request.headers.get("Authorization")
+        if authorization is None:
+            return False
+        try:
+            return self.auth.scope_for(authorization) is not None
+        except ImstoreError:  # the token file cannot be read: the public answer still can be given
+            return False
 
     # ------------------------------------------------------------ forwarding
     async def _forward(self, request: web.BaseRequest, state: dict) -> web.StreamResponse:
@@ -227,7 +272,7 @@ class Gateway:
         for attempt in range(2 if retry else 1):
             slot = self.supervisor.pick(exclude=failed) or await self.supervisor.wait_for_any(2.0)
             if slot is None:
-                raise _unavailable("no worker is alive")
+                raise Unavailable("no worker is alive")
             state["worker"] = slot.id
             slot.requests += 1
             try:
@@ -237,7 +282,7 @@ class Gateway:
                 failed = slot
                 if attempt == 0 and retry:
                     continue
-                raise _unavailable(f"worker {slot.id} failed during the request ({failure}); retry it") from None
+                raise Unavailable(f"worker {slot.id} failed during the request ({failure}); retry it") from None
         raise AssertionError("unreachable")
 
     async def _read_whole(self, request: web.BaseRequest, length: int) -> bytes:
@@ -267,6 +312,9 @@ class Gateway:
         except ImstoreError as exc:
             state["body_error"] = exc
             raise
+        except ConnectionError:  # the client hung up mid-body: a 499 in the access log, like one read whole
+            state["body_error"] = ConnectionResetError("the client hung up mid-body")
+            raise
         except Exception as exc:
             state["body_error"] = InvalidInput(f"the request body broke off: {exc or type(exc).__name__}")
             raise
@@ -280,7 +328,9 @@ class Gateway:
                 raise state["body_error"] from None  # the client's body failed, not the worker
             raise _WorkerFailed(str(exc)) from None
         try:
-            out_headers = {CANONICAL.get(name.lower(), name): value for name, value in upstream.headers if name.lower() not in HOP_BY_HOP}
+            # Names pass as the worker spelled them: its aiohttp server sends ours (ETag, X-Imstore-*) unchanged.
+            out_headers = {name: value for name, value in upstream.headers if name.lower() not in HOP_BY_HOP}
+            out_headers.update(PUBLIC_HEADERS)
             out_headers[WORKER_HEADER] = str(slot.id)
             sendfile = out_headers.pop(SENDFILE_FILE, None)
             if sendfile is not None:
@@ -387,20 +437,14 @@ class _WorkerFailed(Exception):
     """The worker did not answer (connection refused, reset, or closed early)."""
 
 
-def _unavailable(detail: str) -> ImstoreError:
-    from ..errors import Unavailable
-
-    error = Unavailable(detail)
-    error.http_status = 503
-    return error
-
-
 def _problem(status: int, error: ImstoreError | None, detail: str, headers: dict | None = None) -> web.Response:
-    return web.Response(status=status, body=problem(error, status, detail), headers={**(headers or {}), "Content-Type": PROBLEM_TYPE})
+    return web.Response(
+        status=status, body=problem(error, status, detail), headers={**PUBLIC_HEADERS, **(headers or {}), "Content-Type": PROBLEM_TYPE}
+    )
 
 
 def _json(document, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(document).encode(), headers={"Content-Type": "application/json"})
+    return web.Response(status=status, body=json.dumps(document).encode(), headers={**PUBLIC_HEADERS, "Content-Type": "application/json"})
 
 
 # ============================================================ start-up and shutdown
@@ -479,15 +523,3 @@ async def serve(config: GatewayConfig, info, warn) -> None:
 
 def _host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def parse_size(text: str) -> int:
-    """'4096', '100K', '10M', '1G', '1GiB' → bytes (binary multiples)."""
-    cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
-    factor = 1
-    if cleaned and cleaned[-1] in "KMGT":
-        factor = 1 << (10 * ("KMGT".index(cleaned[-1]) + 1))
-        cleaned = cleaned[:-1]
-    if not cleaned.isdigit():
-        raise InvalidInput(f"not a size: {text!r} (e.g. 4096, 100K, 10M, 1G)")
-    return int(cleaned) * factor

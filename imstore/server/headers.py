@@ -10,6 +10,7 @@ import json
 from urllib.parse import quote, unquote
 
 from ..errors import InvalidInput, InvalidVersion, UsageError
+from ..validate import MAX_NUMBER
 from .idempotency import validate_idempotency_key
 from .protocol import META_HEADER
 
@@ -30,20 +31,32 @@ def encode_text(text: str) -> str:
     return quote(text.encode("utf-8", "surrogatepass"), safe="")
 
 
+def _number(text: str) -> int | None:
+    """A decimal number in ASCII digits up to MAX_NUMBER (what the index can hold), else None.
+
+    Not str.isdigit() alone: it takes '²' and other digits int() refuses."""
+    digits = text.lstrip("0") or "0"
+    if not (text.isascii() and text.isdigit()) or len(digits) > 19 or int(digits) > MAX_NUMBER:
+        return None
+    return int(digits)
+
+
 def positive(text: str | None, name: str) -> int | None:
     if text is None or text == "":
         return None
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidInput(f"{name} must be a positive integer, not {text!r}")
-    return int(text)
+    number = _number(text)
+    if number is None or number < 1:
+        raise InvalidInput(f"{name} must be an integer from 1 to {MAX_NUMBER}, not {text!r:.40}")
+    return number
 
 
 def non_negative(text: str | None, name: str) -> int:
     if text is None or text == "":
         return 0
-    if not text.isdigit():
-        raise InvalidInput(f"{name} must be a non-negative integer, not {text!r}")
-    return int(text)
+    number = _number(text)
+    if number is None:
+        raise InvalidInput(f"{name} must be an integer from 0 to {MAX_NUMBER}, not {text!r:.40}")
+    return number
 
 
 def preconditions(headers) -> dict:
@@ -52,9 +65,10 @@ def preconditions(headers) -> dict:
     if_match = headers.get("If-Match")
     if if_match is not None:
         text = if_match.strip()
-        if not (text.startswith('"v') and text.endswith('"') and text[2:-1].isdigit()):
-            raise InvalidVersion(f'If-Match takes a version as "vN", not {if_match!r}')
-        conditions["if_version"] = int(text[2:-1])
+        number = _number(text[2:-1]) if text.startswith('"v') and text.endswith('"') else None
+        if number is None:
+            raise InvalidVersion(f'If-Match takes a version as "vN" (N up to {MAX_NUMBER}), not {if_match!r:.60}')
+        conditions["if_version"] = number
     if_none_match = headers.get("If-None-Match")
     if if_none_match is not None:
         if if_none_match.strip() != "*":
@@ -106,18 +120,24 @@ def etag_matches(header: str | None, object_id: str) -> bool:
 def parse_range(header: str, size: int):
     """(start, end) for one `bytes=` range, 'unsatisfiable', or None to ignore it (RFC 9110)."""
     unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
+    if unit.strip().lower() != "bytes" or "," in spec or not spec.isascii():  # ASCII: isdigit() then means int() works
         return None
     first, dash, last = spec.strip().partition("-")
     if not dash or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()) or (last and not last.isdigit()):
         return None
     if not first:
-        length = int(last)
+        length = _offset(last)
         if length == 0 or size == 0:
             return "unsatisfiable"
         return max(0, size - length), size
-    start = int(first)
-    end = min(int(last) + 1, size) if last else size
-    if start >= size or (last and int(last) < start):
+    start = _offset(first)
+    end = min(_offset(last) + 1, size) if last else size
+    if start >= size or (last and _offset(last) < start):
         return "unsatisfiable"
     return start, end
+
+
+def _offset(digits: str) -> int:
+    """A byte position; one past any object's size when it has more digits than int() should parse."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 19 else MAX_NUMBER + 1

@@ -1,17 +1,23 @@
-"""What the gateway, the workers and the client agree on: routes, keys in paths, problem documents.
+"""What the gateway, the workers and the client agree on: routes, keys in paths, the JSON documents.
 
 No aiohttp here: the route table is plain data so the OpenAPI test, the gateway
 (auth scope, metrics labels, 404/405) and the worker (dispatch) share one truth.
+The wire documents (a version, a put's answer, a problem) are built and parsed
+here and nowhere else, so the HTTP API does not follow the CLI's --json output.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote_to_bytes
 
 from .. import errors
 from ..errors import ImstoreError, InvalidInput, InvalidKey
+from ..store import PutResult, Version
 
 __all__ = [
     "Route",
@@ -21,6 +27,12 @@ __all__ = [
     "key_path",
     "problem",
     "error_from_problem",
+    "server_paths",
+    "without_paths",
+    "version_document",
+    "version_from_document",
+    "put_document",
+    "put_result_from_document",
     "PROBLEM_TYPE",
     "IMMUTABLE",
     "STALE_HEADER",
@@ -117,6 +129,48 @@ def key_path(route_prefix: str, key: str) -> str:
     return route_prefix + quote(key.encode("utf-8", "surrogatepass"), safe="")
 
 
+def version_document(version: Version) -> dict:
+    """Everything about a version (the OpenAPI `Version` schema); time_ns lets a client rebuild it exactly."""
+    return {
+        "key": version.key,
+        "version": version.version,
+        "seq": version.seq,
+        "op": version.op,
+        "hash": version.hash,
+        "size": version.size,
+        "time": version.time,
+        "content_type": version.content_type,
+        "message": version.message,
+        "meta": version.meta,
+        "time_ns": version.time_ns,
+    }
+
+
+def version_from_document(document: dict) -> Version:
+    """The client side of `version_document` (`time` is only for people: time_ns is the truth)."""
+    return Version(
+        key=document["key"],
+        version=document["version"],
+        seq=document.get("seq", 0),
+        op=document.get("op", "put"),
+        hash=document.get("hash"),
+        size=document.get("size", 0),
+        time_ns=document.get("time_ns", 0),
+        content_type=document.get("content_type"),
+        message=document.get("message"),
+        meta=document.get("meta") or {},
+    )
+
+
+def put_document(result: PutResult) -> dict:
+    """A put's answer: its version, and whether it added nothing (`unchanged`)."""
+    return {**version_document(result.version), "unchanged": result.unchanged}
+
+
+def put_result_from_document(document: dict) -> PutResult:
+    return PutResult(version_from_document(document), bool(document.get("unchanged")))
+
+
 def problem(error: ImstoreError | None, status: int, detail: str) -> bytes:
     """An RFC 9457 problem document; `error` and `exit_code` let the CLI re-raise the same error."""
     document = {
@@ -128,6 +182,28 @@ def problem(error: ImstoreError | None, status: int, detail: str) -> bytes:
         "exit_code": error.exit_code if error is not None else None,
     }
     return json.dumps(document, ensure_ascii=False).encode("utf-8")
+
+
+PATH_WITHHELD = "[path withheld]"
+
+
+def server_paths(*places: str | os.PathLike | None) -> tuple[str, ...]:
+    """Every absolute spelling of places (as given, normalised, symlinks resolved), longest first."""
+    spellings: set[str] = set()
+    for place in places:
+        if place is not None:
+            given = Path(place).expanduser().absolute()
+            spellings |= {str(given), os.path.abspath(given), os.path.realpath(given)}
+    return tuple(sorted(spellings - {"/"}, key=len, reverse=True))
+
+
+def without_paths(detail: str, paths: tuple[str, ...]) -> str:
+    """detail with every path under one of paths withheld: where the server keeps its files is not
+    the client's business (the server's own log keeps the whole message)."""
+    for path in paths:
+        if path in detail:
+            detail = re.sub(re.escape(path) + r"[^\s'\"(),;:]*", PATH_WITHHELD, detail)
+    return detail
 
 
 def error_from_problem(status: int, body: bytes) -> ImstoreError:

@@ -27,10 +27,10 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..cache import CacheSettings
-from ..errors import BodyIncomplete, ImstoreError, Unavailable, UnsupportedMediaType, UsageError
+from ..errors import BodyIncomplete, IdempotencyKeyReused, ImstoreError, Unavailable, UnsupportedMediaType, UsageError
+from ..hashing import blake3
 from ..objects import CHUNK_SIZE, ObjectReader
-from ..output import history_json, version_json
-from ..store import PutResult, Store, Version
+from ..store import PutResult, Store
 from ..transfer import SMALL_OBJECT
 from ..validate import parse_time, validate_key
 from . import run_event_loop
@@ -51,10 +51,14 @@ from .protocol import (
     RouteMatch,
     match_route,
     problem,
+    put_document,
+    server_paths,
+    version_document,
+    without_paths,
 )
 from .putbatch import PutBatcher
 
-__all__ = ["WorkerApp", "main", "HEALTH_PATH", "version_document", "put_document"]
+__all__ = ["WorkerApp", "main", "HEALTH_PATH"]
 
 HEALTH_PATH = "/_worker/health"
 SMALL_BODY = 1 << 20  # request bodies up to this size are read whole before the store call
@@ -63,15 +67,11 @@ PRELOAD = 1 << 20  # objects up to this size are read (and verified) in the same
 BODY_IDLE_TIMEOUT = float(os.environ.get("IMSTORE_BODY_TIMEOUT", "30"))
 # Each pool thread's Store has its own read cache memo: keep them small (HotObjects holds the hottest).
 THREAD_MEMO_BYTES = 4 << 20
-
-
-def version_document(version: Version) -> dict:
-    """Everything about a version, plus time_ns so a client can rebuild it exactly."""
-    return {**version_json(version), "time_ns": version.time_ns}
-
-
-def put_document(result: PutResult) -> dict:
-    return {**version_document(result.version), "unchanged": result.unchanged}
+# Stored html or svg opened in a browser runs in a sandbox: no scripts, no access to this origin (S8).
+SANDBOX = "sandbox"
+# Answers that change (a latest version, a listing): any cache must ask again each time, and shared
+# caches must not keep them at all (they are behind a token) (S10).
+REVALIDATE = "private, no-cache"
 
 
 class WorkerApp:
@@ -85,6 +85,7 @@ class WorkerApp:
         self._local = threading.local()
         self.handled = 0
         self.hot = HotObjects()
+        self.private_paths = server_paths(store_root, os.path.dirname(owner_lock))
         self.put_batcher = PutBatcher(self.call, self.store, self._flush_warnings)
 
     # ------------------------------------------------------------ per-thread resources
@@ -131,7 +132,12 @@ class WorkerApp:
         try:
             return await handler(request, matched)
         except ImstoreError as exc:
-            return problem_response(exc.http_status, exc, str(exc) or exc.title)
+            detail = str(exc) or exc.title
+            public = without_paths(detail, self.private_paths)  # no server paths to clients (S7)
+            if public != detail:  # the operator still learns which file
+                print(f"imstore worker {os.getpid()}: {request.method} {request.raw_path.partition('?')[0]}: {detail}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            return problem_response(exc.http_status, exc, public)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as exc:  # a bug of ours: 500, and the traceback on stderr
@@ -162,7 +168,7 @@ class WorkerApp:
         found, reader, data = await self.call(resolve)
         headers = {
             VERSION_HEADER: str(found.version),
-            "Cache-Control": IMMUTABLE if version is not None else "no-cache",
+            "Cache-Control": IMMUTABLE if version is not None else REVALIDATE,
             "Content-Type": found.content_type or "application/octet-stream",
         }
         if found.stale:  # a latest version the cache answered while the store's log could not be read
@@ -187,8 +193,17 @@ class WorkerApp:
         else:
             chunks = _body_chunks(asyncio.get_running_loop(), request.content)
 
+        def same_put(answer: dict) -> bool:
+            """Is this retry the request that was answered? Same bytes, type and metadata."""
+            if (answer.get("content_type"), answer.get("meta") or {}) != (options["content_type"], options["meta"] or {}):
+                return False
+            hasher = blake3()
+            for chunk in chunks:  # a streamed body is read to its end: its bytes decide
+                hasher.update(chunk)
+            return hasher.hexdigest() == answer.get("hash")
+
         def put():
-            return self._idempotent(request_id, "PUT", key, lambda claim: self._put(key, chunks, options, claim))
+            return self._idempotent(request_id, "PUT", key, lambda claim: self._put(key, chunks, options, claim), same_put)
 
         return _put_answer(*await self.call(put))
 
@@ -230,8 +245,11 @@ class WorkerApp:
             self._flush_warnings(store)
         return 200, version_document(tombstone)
 
-    def _idempotent(self, request_id: str | None, method: str, key: str, work) -> tuple[int, dict]:
-        """Run work once per Idempotency-Key (see idempotency.py); without a key just run it."""
+    def _idempotent(self, request_id: str | None, method: str, key: str, work, same_request=None) -> tuple[int, dict]:
+        """Run work once per Idempotency-Key (see idempotency.py); without a key just run it.
+
+        same_request(answer) tells a retry from another request under the same key: that one is
+        refused (422), never answered with the first request's result while its own is dropped."""
         if request_id is None:
             return work(None)
         try:
@@ -241,6 +259,8 @@ class WorkerApp:
             raise Unavailable(f"cannot write: the store is unavailable (its idempotency ledger: {exc})") from None
         if claim.state == "done":
             assert claim.answer is not None
+            if same_request is not None and not same_request(claim.answer[1]):
+                raise IdempotencyKeyReused(f"Idempotency-Key {request_id!r} was used for {method} of {key!r} with other content")
             return claim.answer
         try:
             status, document = work(claim)
@@ -306,23 +326,41 @@ class WorkerApp:
     async def _history_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         key = validate_key(matched.param())
         limit = positive(matched.query().get("limit"), "limit")
-        versions = await self.call(lambda: self.store().history(key, limit))
-        return _json([{**history_json(v), **version_document(v)} for v in versions])
+        return await self._listing(request, lambda store: store.history(key, limit))
 
     async def _keys_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         query = matched.query()
         prefix = query.get("prefix", "")
         include_deleted = query.get("all", "") in ("1", "true", "yes")
         limit = positive(query.get("limit"), "limit")
-        versions = await self.call(lambda: self.store().ls(prefix, include_deleted=include_deleted, limit=limit))
-        return _json([version_document(v) for v in versions])
+        return await self._listing(request, lambda store: store.ls(prefix, include_deleted=include_deleted, limit=limit))
 
     async def _log_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         query = matched.query()
         after = non_negative(query.get("after"), "after")
         limit = positive(query.get("limit"), "limit")
-        records = await self.call(lambda: self.store().log_records(after, limit))
-        return _json([version_document(r) for r in records])
+        return await self._listing(request, lambda store: store.log_records(after, limit))
+
+    async def _listing(self, request: web.BaseRequest, versions) -> web.StreamResponse:
+        """A listing as version documents, tagged with the log position it was read at (S10).
+
+        The log only grows, and its position (seq and chain hash) names everything in it, so an equal
+        position means an equal listing: a client's If-None-Match then costs one index read and a 304.
+        """
+
+        def read():
+            store = self.store()
+            seq, chain = store.log_position()  # before the listing: the listing is at least this new
+            tag = listing_etag(seq, chain, request.raw_path)
+            if etag_matches(request.headers.get("If-None-Match"), tag):
+                return tag, None
+            return tag, [version_document(v) for v in versions(store)]
+
+        tag, documents = await self.call(read)
+        headers = {"ETag": f'"{tag}"', "Cache-Control": REVALIDATE}
+        if documents is None:
+            return web.Response(status=304, headers=headers)
+        return _json(documents, 200, headers)
 
     # ------------------------------------------------------------ objects
     async def _object_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
@@ -344,7 +382,7 @@ class WorkerApp:
             if not preload:
                 data = None
         full = wanted.lower() == reader.object_id
-        headers = {"Cache-Control": IMMUTABLE if full else "no-cache", "Content-Type": "application/octet-stream"}
+        headers = {"Cache-Control": IMMUTABLE if full else REVALIDATE, "Content-Type": "application/octet-stream"}
         return await self.send_object(request, reader, headers, data)
 
     async def send_object(
@@ -355,6 +393,7 @@ class WorkerApp:
         data, when given, is the whole object already read and verified."""
         headers["ETag"] = f'"{reader.object_id}"'
         headers["Accept-Ranges"] = "bytes"
+        headers["Content-Security-Policy"] = SANDBOX
         size = reader.size
         if etag_matches(request.headers.get("If-None-Match"), reader.object_id):
             return web.Response(status=304, headers=headers)
@@ -426,6 +465,11 @@ def _json(document, status: int = 200, headers: dict | None = None) -> web.Respo
         body=json.dumps(document, ensure_ascii=False).encode("utf-8"),
         headers={**(headers or {}), "Content-Type": "application/json"},
     )
+
+
+def listing_etag(seq: int, chain: str, target: str) -> str:
+    """The log position (seq and chain hash) a listing was read at, and which listing (its path and query)."""
+    return f"{seq}-{blake3(f'{chain} {target}'.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
 
 
 def _wants_whole_body(request: web.BaseRequest) -> bool:

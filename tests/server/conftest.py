@@ -74,14 +74,17 @@ class Server:
             connection.close()
 
     def health(self) -> dict:
+        """/healthz with a read token: the status and each worker (without a token it is the status only)."""
         if self.extra.get("tls"):
             import ssl
             import urllib.request
 
             context = ssl._create_unverified_context()
-            with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/healthz", context=context, timeout=10) as reply:
+            url, token = f"https://127.0.0.1:{self.port}/healthz", {"Authorization": f"Bearer {self.read_token}"}
+            request = urllib.request.Request(url, headers=token)
+            with urllib.request.urlopen(request, context=context, timeout=10) as reply:
                 return json.loads(reply.read())
-        return self.request("GET", "/healthz", token=None).json()
+        return self.request("GET", "/healthz", token="read").json()
 
     def wait_healthy(self, timeout: float = 30, status: str = "ok") -> dict:
         deadline = time.monotonic() + timeout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -127,3 +128,68 @@ def closed_by_server(sock: socket.socket, deadline: float) -> bool:
         except TimeoutError:
             return False
     return False
+
+
+# ============================================================ S9: hang-ups and oversized requests, quietly
+def test_clients_hanging_up_mid_body_leave_one_access_line_each_and_no_traceback(server):
+    keys = []
+    for number in range(10):
+        for declared, sent in ((1000, 10), (5_000_000, 300_000)):  # read whole, and streamed to a worker
+            key = f"bad/gone-{declared}-{number}"
+            with connect(server) as sock:
+                sock.sendall(head(server, key, f"Content-Length: {declared}\r\nExpect: 100-continue\r\n"))
+                assert sock.recv(64).startswith(b"HTTP/1.1 100"), key  # the gateway is reading this body now
+                sock.sendall(b"z" * sent)
+            keys.append(key)
+    for key in keys:
+        wait_for_log(server, f"PUT {key_url(key)} ")
+    log = server.log()
+    for key in keys:
+        assert sum(1 for line in log.splitlines() if f"PUT {key_url(key)} " in line) == 1, key
+    assert "Traceback" not in log and "Error handling request" not in log, log[-3000:]
+    for key in keys:
+        assert_no_version(server, key)
+
+
+def test_a_reader_hanging_up_mid_download_leaves_one_access_line_and_no_traceback(server):
+    from imstore import Store
+
+    with Store.open(server.store) as store:
+        object_id = store.put("bad/download", os.urandom(32 << 20)).version.hash
+    for _ in range(3):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # so the kernel cannot take it all at once
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(f"GET /v1/objects/{object_id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.read_token}\r\n\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sock.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and server.log().count(f"GET /v1/objects/{object_id} ") < 3:
+        time.sleep(0.05)
+    log = server.log()
+    assert log.count(f"GET /v1/objects/{object_id} ") == 3, log[-3000:]
+    assert "Traceback" not in log and "Error handling request" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"GET /v1/keys/SECRET" + b"k" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET /v1/log?token=SECRET" + b"k" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET /v1/log HTTP/1.1\r\nHost: x\r\nX-Big: SECRET" + b"a" * 10000 + b"\r\n\r\n", 431),
+        (b"GET /v1/log HTTP/1.1\r\nHost: x\r\nSECRET" + b"a" * 10000 + b": v\r\n\r\n", 431),
+        (b"GET /v1/log HTTP/1.1\r\nHost: x\r\nBad SECRET header\r\n\r\n", 400),
+        (b"GET /v1/log HTTP/1.1\r\nHost: x\r\nContent-Length: SECRET\r\n\r\n", 400),
+    ],
+    ids=["long-path", "long-query", "long-header-value", "long-header-name", "bad-header", "bad-length"],
+)
+def test_oversized_or_malformed_requests_are_not_echoed(shared_server, request_bytes, status):
+    secret = os.urandom(8).hex()  # stands for whatever the request held (a token in a query, a cookie)
+    with connect(shared_server) as sock:
+        sock.sendall(request_bytes.replace(b"SECRET", secret.encode()))
+        reply = read_reply(sock)
+    assert reply.startswith(f"HTTP/1.0 {status}".encode()) or reply.startswith(f"HTTP/1.1 {status}".encode()), reply[:200]
+    assert b"application/problem+json" in reply
+    assert secret.encode() not in reply, reply
+    assert secret not in shared_server.log()

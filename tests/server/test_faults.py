@@ -291,7 +291,7 @@ def test_serve_listens_only_once_every_worker_answers(store_path, tmp_path):
 
     from .conftest import IMSTORE, free_port
 
-    TokenStore(store_path).create("w", "write")
+    token = TokenStore(store_path).create("w", "write")
     port = free_port()
     log = open(tmp_path / "serve.log", "wb")
     command = [*IMSTORE, "--store", str(store_path), "serve", "--port", str(port), "--workers", "3"]
@@ -309,7 +309,7 @@ def test_serve_listens_only_once_every_worker_answers(store_path, tmp_path):
         import json
 
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        connection.request("GET", "/healthz")
+        connection.request("GET", "/healthz", headers={"Authorization": f"Bearer {token}"})
         health = json.loads(connection.getresponse().read())
         assert health["status"] == "ok" and all(worker["alive"] and worker["pid"] for worker in health["workers"])
         assert len(health["workers"]) == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
@@ -50,7 +51,8 @@ def test_a_read_error_part_way_through_a_sent_file_cuts_the_connection(tmp_path,
     path.write_bytes(data)
     monkeypatch.setattr(gateway_module, "open", _FailingSecondRead, raising=False)
     pytest.importorskip("uvloop")  # run_event_loop then runs uvloop, which has no loop.sendfile: the gateway copies the file
-    gateway = Gateway(GatewayConfig(store_root=str(tmp_path)), None, None)
+    supervisor = SimpleNamespace(runtime_dir=str(tmp_path))  # only its private directory is asked for
+    gateway = Gateway(GatewayConfig(store_root=str(tmp_path)), supervisor, None)
 
     async def dispatch(request, state):
         where = f"0 {len(data)} {quote(str(path))}"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from imstore.errors import InvalidInput, InvalidVersion, UsageError
-from imstore.server.headers import encode_text, etag_matches, meta_header, parse_range, preconditions, text_header
+from imstore.server.headers import encode_text, etag_matches, meta_header, non_negative, parse_range, positive, preconditions, text_header
+from imstore.validate import MAX_NUMBER
 
 
 @pytest.mark.parametrize(
@@ -24,6 +25,10 @@ from imstore.server.headers import encode_text, etag_matches, meta_header, parse
         ("items=0-1", 100, None),
         ("bytes=a-b", 100, None),
         ("bytes=", 100, None),
+        ("bytes=\u00b2-", 100, None),  # '²'.isdigit() is True, but it is no number
+        ("bytes=" + "9" * 5000 + "-", 100, "unsatisfiable"),  # int() refuses 4300+ digits
+        ("bytes=0-" + "9" * 5000, 100, (0, 100)),
+        ("bytes=-" + "9" * 5000, 100, (0, 100)),
     ],
 )
 def test_parse_range(header, size, expected):
@@ -40,7 +45,8 @@ def test_preconditions():
     assert preconditions({"If-Match": '"v3"'}) == {"if_version": 3}
     assert preconditions({"If-Match": '"v0"'}) == {"if_version": 0}
     assert preconditions({"If-None-Match": "*"}) == {"if_absent": True}
-    for bad in ('"3"', "v3", '"vx"', '"v-1"'):
+    assert preconditions({"If-Match": f'"v{MAX_NUMBER}"'}) == {"if_version": MAX_NUMBER}
+    for bad in ('"3"', "v3", '"vx"', '"v-1"', '"v\u00b2"', f'"v{MAX_NUMBER + 1}"', '"v' + "9" * 5000 + '"'):
         with pytest.raises(InvalidVersion):
             preconditions({"If-Match": bad})
     with pytest.raises(UsageError):
@@ -56,3 +62,14 @@ def test_text_travels_percent_encoded_both_ways():
     assert meta_header(encode_text('{"k": "v"}')) == {"k": "v"}
     with pytest.raises(InvalidInput):
         meta_header(encode_text("[1]"))
+
+
+@pytest.mark.parametrize("read", [positive, non_negative])
+def test_counts_in_query_strings_are_bounded_ascii_integers(read):
+    assert read("42", "limit") == 42 and read(str(MAX_NUMBER), "limit") == MAX_NUMBER and read("007", "limit") == 7
+    for bad in ("\u00b2", "\u0661", "-1", "1.0", str(MAX_NUMBER + 1), "9" * 5000):
+        with pytest.raises(InvalidInput):
+            read(bad, "limit")
+    with pytest.raises(InvalidInput):
+        positive("0", "limit")
+    assert non_negative("0", "after") == 0

@@ -33,9 +33,24 @@ def test_put_then_get_carries_etag_version_and_no_cache(shared_server):
     raw = str(reply.headers)
     assert f'ETag: "{hash_bytes(b"two")}"' in raw, raw  # canonical spelling on the wire
     assert "X-Imstore-Version: 2" in raw
-    assert reply.headers["Cache-Control"] == "no-cache"
+    assert reply.headers["Cache-Control"] == "private, no-cache"
     old = shared_server.request("GET", key_url("sem/a") + "?version=1", token="read")
     assert old.body == b"one" and old.headers["Cache-Control"] == IMMUTABLE and old.headers["X-Imstore-Version"] == "1"
+
+
+def test_header_names_reach_clients_in_their_canonical_spelling(shared_server):
+    written = put(shared_server, "sem/spelling", b"spelled out")
+    object_id = written.json()["hash"]
+    ranged = shared_server.request("GET", key_url("sem/spelling"), headers={"Range": "bytes=0-4"}, token="read")
+    relayed = shared_server.request("GET", f"/v1/objects/{object_id}", token="read")
+    from_memory = shared_server.request("GET", f"/v1/objects/{object_id}", token="read")  # the gateway's copy of the headers
+    refused = shared_server.request("GET", "/v1/log", token=None)
+    names = {label: list(reply.headers.keys()) for label, reply in
+             [("written", written), ("ranged", ranged), ("relayed", relayed), ("from_memory", from_memory), ("refused", refused)]}
+    assert {"ETag", "X-Imstore-Version"} <= set(names["written"]), names
+    assert {"ETag", "X-Imstore-Version", "Content-Range"} <= set(names["ranged"]), names
+    assert "ETag" in names["relayed"] and "ETag" in names["from_memory"], names
+    assert "WWW-Authenticate" in names["refused"], names
 
 
 def test_if_none_match_gives_304_on_keys_and_objects(shared_server):
@@ -64,7 +79,7 @@ def test_objects_are_immutable_and_support_ranges(shared_server):
     beyond = shared_server.request("GET", path, headers={"Range": f"bytes={len(data)}-"}, token="read")
     assert beyond.status == 416 and beyond.headers["Content-Range"] == f"bytes */{len(data)}"
     prefix = shared_server.request("GET", f"/v1/objects/{object_id[:12]}", token="read")
-    assert prefix.body == data and prefix.headers["Cache-Control"] == "no-cache"
+    assert prefix.body == data and prefix.headers["Cache-Control"] == "private, no-cache"
 
 
 def test_head_has_the_headers_of_get_and_no_body(shared_server):
@@ -124,6 +139,17 @@ def test_keys_are_decoded_once_and_never_normalised(shared_server):
         ("/v1/keys/a?at=yesterday", 400),
         ("/v1/objects/xyz", 400),
         ("/v1/nothing", 404),
+        # S5: numbers and times out of the store's range are the client's error, never a 500 OverflowError
+        ("/v1/keys/a?version=99999999999999999999", 400),
+        ("/v1/keys/a?version=" + "9" * 5000, 400),
+        ("/v1/keys/a?at=9999-12-31T23:59:59Z", 400),
+        ("/v1/keys/a?at=0001-01-01", 400),
+        ("/v1/log?after=99999999999999999999", 400),
+        ("/v1/log?limit=99999999999999999999", 400),
+        ("/v1/log?limit=" + "9" * 5000, 400),
+        ("/v1/log?limit=%C2%B2", 400),  # a superscript two: str.isdigit() says yes, int() says no
+        ("/v1/keys?limit=99999999999999999999", 400),
+        ("/v1/history/a?limit=99999999999999999999", 400),
     ],
 )
 def test_bad_paths_are_clear_errors(shared_server, path, status):
@@ -131,6 +157,12 @@ def test_bad_paths_are_clear_errors(shared_server, path, status):
     assert reply.status == status, reply.body
     assert reply.headers["Content-Type"] == "application/problem+json"
     assert json.loads(reply.body)["status"] == status
+
+
+@pytest.mark.parametrize("if_match", ['"v99999999999999999999"', '"v' + "9" * 5000 + '"', '"v\u00b2"'])
+def test_an_out_of_range_if_match_is_a_clear_error(shared_server, if_match):
+    reply = put(shared_server, "sem/if-match-range", b"x", **{"If-Match": if_match.encode("latin-1").decode("latin-1")})
+    assert reply.status == 400 and reply.json()["error"] == "InvalidVersion", reply.body
 
 
 @pytest.mark.parametrize("method, path", [("POST", "/v1/keys/a"), ("PATCH", "/v1/keys/a"), ("DELETE", "/v1/log"), ("PUT", "/healthz"),
@@ -247,3 +279,21 @@ def test_a_damaged_object_is_an_error_never_wrong_bytes(shared_server, size, rea
             assert reply.status == 200 and reply.body == data, reply.status
         else:
             assert reply.status == 500 and reply.json()["error"] == "CorruptObject", reply.status
+
+
+def test_max_body_takes_the_same_sizes_as_every_other_size_option(start):
+    server = start("--workers", "1", "--max-body", "1.5M")
+    limit = 3 << 19
+    assert put(server, "sem/at-limit", b"x" * limit).status == 201
+    assert put(server, "sem/over-limit", b"x" * (limit + 1)).status == 413
+
+
+def test_a_bad_max_body_is_a_usage_error_naming_the_size(store_path):
+    import subprocess
+
+    from .conftest import IMSTORE
+
+    for bad in ("1.5Q", "-1", "10 gigs"):
+        command = [*IMSTORE, "--store", str(store_path), "serve", "--max-body", bad]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "not a size" in done.stderr and bad in done.stderr, (bad, done.returncode, done.stderr)
