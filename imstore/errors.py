@@ -30,6 +30,7 @@ __all__ = [
     "CorruptIndex",
     "Unavailable",
     "NoStore",
+    "OutcomeUnknown",
     "NotAuthorised",
     "Forbidden",
     "BodyTooLarge",
@@ -142,6 +143,12 @@ class Unavailable(ImstoreError):
     exit_code = 6
     http_status = 503
     title = "store unavailable"
+
+
+class OutcomeUnknown(Unavailable):
+    """A write failed at a point where it may or may not have been committed: the caller must look."""
+
+    title = "outcome unknown"
 
 
 class NoStore(ImstoreError):

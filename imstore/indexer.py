@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import CorruptIndex, CorruptLog, Unavailable
+from .errors import CorruptIndex, CorruptLog, ImstoreError, Unavailable
 from .fsio import crash_point
 from .index import Index, IndexState, is_corruption
 from .log import Log
@@ -267,7 +267,10 @@ class Indexer:
         index = self.index
         damaged_at = None
         try:
-            scrubbed, damaged_at = self._scrub(index)
+            try:
+                scrubbed, damaged_at = self._scrub(index)
+            except (ImstoreError, OSError):  # the write is committed: a check that cannot run now waits
+                scrubbed = index.scrub_offset()
             if index.begin().log_end == frame.offset:
                 index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
             if damaged_at is not None:

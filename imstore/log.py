@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import CorruptLog, Unavailable, from_os_error
+from .errors import CorruptLog, OutcomeUnknown, Unavailable, from_os_error
 from .fsio import crash_point, fsync_fd, write_all
 from .hashing import checksum16
 from .records import (  # re-exported: the log's format used to live here
@@ -39,6 +40,8 @@ __all__ = ["Record", "Frame", "Log", "Scan", "GENESIS", "HEADER", "HEADER_SIZE",
 
 SEGMENT_NAME = "00000000000000000000.log"
 LOCK_NAME = "LOCK"
+LOCK_TIMEOUT_ENV = "IMSTORE_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a writer waits for the writers' lock before giving up (exit 6 / 503)
 # How far past a damaged frame we look for a good one before calling it a torn tail.
 MAX_TAIL_SCAN = 256 << 20
 
@@ -69,6 +72,7 @@ class Log:
         self.directory = Path(directory)
         self.path = self.directory / SEGMENT_NAME
         self.lock_path = self.directory / LOCK_NAME
+        self.lock_timeout = lock_timeout_from_env()
         # The torn tail found by the last scan that ran to its end (kept for older callers; use Scan.torn_at).
         self.torn_at: int | None = None
 
@@ -339,11 +343,17 @@ class Log:
         except OSError as exc:
             raise from_os_error(exc, "opening the log lock") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not _wait_for_lock(fd, self.lock_timeout):
+                fd = -1  # the waiting thread owns it now, and lets go of the lock if it ever gets it
+                raise Unavailable(
+                    f"the store is busy: {describe_lock_holder(self.lock_path)} has held the writers' lock for more than"
+                    f" {self.lock_timeout:g} s; gave up (set {LOCK_TIMEOUT_ENV} to wait longer)"
+                )
             crash_point("log-locked")
             yield
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     def repair_tail(self, torn_at: int) -> None:
         """Cut a torn tail off (only under the lock; torn_at from a scan that found it)."""
@@ -387,9 +397,89 @@ class Log:
                     os.ftruncate(fd, start)
                     fsync_fd(fd)
                 except OSError:
-                    pass
+                    # The frame may be in the log, whole: whether it counts is decided by the next
+                    # reader, not here. Never say "failed" for a write that may have happened.
+                    raise OutcomeUnknown(
+                        f"appending to the log failed ({exc.strerror or exc}) after the record was written, and it could not"
+                        " be taken back: the write may have been committed (imstore history KEY shows whether it was)"
+                    ) from None
                 raise from_os_error(exc, "appending to the log") from None
             crash_point("log-fsynced")
             return start, start + len(data)
         finally:
             os.close(fd)
+
+
+def lock_timeout_from_env() -> float:
+    """IMSTORE_LOCK_TIMEOUT in seconds (a bad value is the default: a writer must never wait forever)."""
+    try:
+        value = float(os.environ.get(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT))
+    except ValueError:
+        return DEFAULT_LOCK_TIMEOUT
+    return value if value >= 0 and value == value and value != float("inf") else DEFAULT_LOCK_TIMEOUT
+
+
+def _wait_for_lock(fd: int, timeout: float) -> bool:
+    """flock(fd) exclusively within timeout seconds; False (and fd handed to a thread) if it did not come.
+
+    Uncontended, one non-blocking call. Contended, a thread blocks in flock (the kernel
+    wakes it the moment the lock is free: no polling delay) while we wait with a
+    deadline; if we give up, that thread keeps fd and releases the lock when it gets it.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        pass
+    got_it = threading.Event()
+    guard = threading.Lock()
+    outcome: dict = {"abandoned": False, "error": None}
+
+    def wait() -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            outcome["error"] = exc
+        with guard:
+            if outcome["abandoned"]:
+                os.close(fd)  # closing releases the lock we got too late
+                return
+            got_it.set()
+
+    threading.Thread(target=wait, name="imstore-log-lock", daemon=True).start()
+    got_it.wait(timeout)
+    with guard:
+        if not got_it.is_set():
+            outcome["abandoned"] = True
+            return False
+    if outcome["error"] is not None:
+        raise from_os_error(outcome["error"], "taking the writers' lock")
+    return True
+
+
+def describe_lock_holder(lock_path: Path) -> str:
+    """Who holds the flock on lock_path, from /proc/locks (Linux): 'process 123 (imstore put k), stopped'."""
+    try:
+        inode = os.stat(lock_path).st_ino
+        with open("/proc/locks") as locks:
+            lines = locks.read().splitlines()
+    except OSError:
+        return "another process"
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode) and fields[4].isdigit():
+            pid = int(fields[4])
+            return _describe_process(pid)
+    return "another process"
+
+
+def _describe_process(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            command = handle.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        with open(f"/proc/{pid}/stat") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return f"process {pid}"
+    stopped = ", which is stopped" if state in ("T", "t") else ""
+    return f"process {pid} ({command[:80]}){stopped}"

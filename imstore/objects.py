@@ -449,7 +449,12 @@ class ObjectStore:
             for orphan in self.packs.orphans():
                 notes.append(f"pack {orphan.name} has no index (an interrupted import); it is never read")
         for temp in self.temp_files():
-            notes.append(f"temp file {temp} (left by an interrupted write; removed by a later writer)")
+            try:
+                size = f"{temp.stat().st_size} bytes, "
+            except OSError:
+                size = ""
+            notes.append(f"temp file {temp} ({size}left by an interrupted write: a writer removes it once it is an hour old,"
+                         " imstore repack at once)")  # fmt: skip
         return problems, notes
 
     def temp_files(self) -> list[Path]:
@@ -459,7 +464,11 @@ class ObjectStore:
         return sorted(found)
 
     def remove_stale_temps(self, max_age: float = STALE_TEMP_SECONDS) -> int:
-        """Remove temp files older than max_age (the caller holds the writer lock)."""
+        """Remove temp files not written to for max_age seconds (the caller holds the writer lock).
+
+        Objects are written before the lock is taken, so a temp file being written
+        right now may be in the list: max_age is what tells it from a leftover.
+        """
         removed = 0
         cutoff = time.time() - max_age
         for path in self.temp_files():

@@ -51,6 +51,9 @@ FORMAT = layout.FORMAT
 CONFIG_NAME = layout.CONFIG
 INDEX_NAME = layout.INDEX
 _unpack_meta = unpack_meta  # older name
+# repack clears what interrupted writes left at once, except a temp file touched in the last minute:
+# objects are written before the writers' lock is taken, so that one may be a put under way.
+REPACK_TEMP_AGE = 60
 
 
 class Store:
@@ -284,6 +287,9 @@ class Store:
         from .packs import repack
 
         with self.log.locked():
+            removed = self.objects.remove_stale_temps(REPACK_TEMP_AGE)
+            if removed:
+                self.warnings.append(f"removed {removed} temp file(s) left by interrupted writes")
             return repack(self.packs)
 
     # ================================================================ reading

@@ -192,3 +192,118 @@ def test_unavailable_log_read_during_confirmation_is_exit_6_not_damage(store_pat
         monkeypatch.setattr(os, "open", failing)
         with pytest.raises(Unavailable):
             store.get("k", version=1)
+
+
+# ---------------------------------------------------------------- D5: a writer never waits forever for the lock
+HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()  # hold it until the test closes our stdin
+"""
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["busy", "stopped"])
+def test_d5_a_writer_waiting_on_the_lock_names_the_holder_and_gives_up(store_path, stopped):
+    put_versions(store_path, 1)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(store_path / "log" / "LOCK")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        if stopped:
+            os.kill(holder.pid, 19)  # SIGSTOP: a hung worker holding the lock
+        result = run_cli_in_process(["--store", str(store_path), "put", "k"], stdin=b"waits", env={"IMSTORE_LOCK_TIMEOUT": "0.3"})
+        assert result.code == 6, (result.code, result.stderr)
+        assert f"process {holder.pid}" in result.stderr and "IMSTORE_LOCK_TIMEOUT" in result.stderr
+        assert ("stopped" in result.stderr) == stopped
+    finally:
+        if stopped:
+            os.kill(holder.pid, 18)  # SIGCONT
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    with Store.open(store_path) as store:
+        assert store.put("k", b"after").version.version == 2  # the lock abandoned by the waiter is free again
+        assert [v.version for v in store.history("k")] == [1, 2]
+
+
+def test_d5_a_waiter_gets_the_lock_as_soon_as_it_is_free(store_path):
+    put_versions(store_path, 1)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(store_path / "log" / "LOCK")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    writer = subprocess.Popen([sys.executable, "-m", "imstore", "--store", str(store_path), "put", "k"],
+                              stdin=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "IMSTORE_LOCK_TIMEOUT": "60"})  # fmt: skip
+    writer.stdin.write(b"second")
+    writer.stdin.close()
+    holder.stdin.close()  # the holder exits: its lock goes with it
+    holder.wait(timeout=30)
+    assert writer.wait(timeout=60) == 0, writer.stderr.read()
+    with Store.open(store_path) as store:
+        assert store.get("k") == b"second"
+
+
+# ---------------------------------------------------------------- D3: a write whose outcome is known is answered with it
+def test_d3_a_committed_put_is_answered_even_if_the_store_is_renamed_away_right_after(store_path, monkeypatch):
+    """The review's 18 PUTs answered 500 'corrupt log': the record was read back through a path that had gone."""
+    from imstore.log import Log
+
+    put_versions(store_path, 1)
+    moved = store_path.with_name("moved-away")
+    real_append = Log.append
+
+    def append_then_vanish(self, payload, expected_size):
+        answer = real_append(self, payload, expected_size)
+        os.rename(store_path, moved)  # durable, acknowledged by the log; then the directory goes
+        return answer
+
+    with Store.open(store_path) as store:
+        monkeypatch.setattr(Log, "append", append_then_vanish)
+        result = store.put("k", b"committed")
+        monkeypatch.undo()
+    os.rename(moved, store_path)
+    assert result.version.version == 2
+    with Store.open(store_path) as store:
+        assert store.get("k") == b"committed" and store.verify().ok
+
+
+def test_d3_a_write_that_may_have_committed_says_so(store_path, monkeypatch):
+    import errno
+
+    from imstore.errors import OutcomeUnknown
+
+    put_versions(store_path, 1)
+    with Store.open(store_path) as store:
+        log_inode = os.stat(store.log.path).st_ino
+        real_fsync = os.fsync
+
+        def fsync(fd):
+            if os.fstat(fd).st_ino == log_inode:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            return real_fsync(fd)
+
+        def ftruncate(fd, length):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "ftruncate", ftruncate)
+        with pytest.raises(OutcomeUnknown, match="may have been committed"):
+            store.put("k", b"new")
+    assert OutcomeUnknown.exit_code == 6 and OutcomeUnknown.http_status == 503
+
+
+# ---------------------------------------------------------------- temp files of killed writers
+def test_leftover_temp_files_are_noted_with_their_size_and_repack_clears_them(store_path):
+    put_versions(store_path, 1)
+    with Store.open(store_path) as store:
+        leftover = store.objects.root / ".tmp-killed-writer"
+        leftover.write_bytes(b"x" * 12345)
+        old = leftover.stat().st_mtime - 120
+        os.utime(leftover, (old, old))
+        fresh = store.objects.root / ".tmp-a-put-under-way"
+        fresh.write_bytes(b"y")
+        notes = store.verify().notes
+        assert any("12345 bytes" in note and "repack" in note for note in notes), notes
+        store.repack()
+        assert not leftover.exists() and fresh.exists()
+        assert any("removed 1 temp file" in warning for warning in store.warnings)
