@@ -2,7 +2,7 @@
 
 Each operation's contract is written beside it (restic's `backend.Backend` is
 the model). The local implementations are `objects.ObjectStore` and `log.Log`;
-tests/test_backend_contracts.py checks that they keep these signatures and
+tests/test_contracts.py checks that they keep these signatures and
 runs one behaviour suite against them, as any later backend (a bucket) must pass.
 
 The one rule every backend keeps: whatever is written is written once and

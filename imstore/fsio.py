@@ -9,6 +9,9 @@ would report durability that does not exist.
 from __future__ import annotations
 
 import os
+import stat
+
+from .errors import Unavailable, from_os_error
 
 __all__ = ["write_all", "fsync_fd", "fsync_dir", "crash_point", "CRASH_ENV", "CHUNK_SIZE", "write_new_file", "atomic_write"]
 
@@ -97,3 +100,15 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def require_directory(path: str | os.PathLike, what: str) -> None:
+    """Unavailable unless path is a directory: a store never re-creates its own directories (missing = unavailable)."""
+    try:
+        is_directory = stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):  # gone, or a file stands where a parent directory was
+        raise Unavailable(f"{what} is missing or not a directory: {path}") from None
+    except OSError as exc:  # EIO and the like: unavailable too, with the system's word for it
+        raise from_os_error(exc, f"checking {what} {path}") from None
+    if not is_directory:
+        raise Unavailable(f"{what} is missing or not a directory: {path}")

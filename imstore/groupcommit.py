@@ -21,7 +21,7 @@ __all__ = ["GroupCommit", "PendingPut"]
 
 @dataclass(eq=False)
 class PendingPut:
-    """One put waiting for a frame: decide(index) returns a payload-maker or a finished result."""
+    """One put waiting for a frame: decide(index), under the lock, returns its new record's fields or a finished PutResult."""
 
     key: str
     decide: Callable

@@ -1,9 +1,10 @@
 """The SQLite index: a derived, disposable view of the log.
 
-It maps keys to versions so reads never replay the log. It remembers how far it
+It maps keys to versions so reads never replay the log, and remembers where each
+record sits in the log (so a read can confirm it there). It remembers how far it
 has applied the log (offset, seq, hash of the last record); every open catches
-it up from there, and if that position no longer matches the log (a truncated
-tail, a foreign file) or the database is broken, it is rebuilt from the log.
+it up from there. A broken database (or another schema) is rebuilt from the log;
+a log that no longer holds what the index applied is damage (see indexer.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
+
+import msgpack
 
 from .records import GENESIS, Record
 
@@ -302,6 +305,4 @@ def version_row(item) -> tuple:
 def _pack_meta(meta: dict) -> bytes | None:
     if not meta:
         return None
-    import msgpack
-
     return msgpack.packb(meta, use_bin_type=True)

@@ -1,9 +1,10 @@
 """Keeps the derived views up with the log: today the SQLite index.
 
-The index is disposable: it remembers how far it has applied the log (offset,
-seq, chain hash, and the checksum of the last frame it applied). Every use
-catches it up from there; if that position no longer matches the log, or the
-database is broken, it is rebuilt from the log, which is the truth.
+The index is derived: it remembers how far it has applied the log (offset, seq,
+chain hash, and the checksum of the last frame it applied), and every use
+catches it up from there. A broken database is rebuilt from the log, which is
+the truth; a log that no longer holds what the index applied is damage, left
+for the operator (reindex). Damaged frames are stepped over and remembered.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class Indexer:
         try:
             return Index(self.path)
         except sqlite3.Error as exc:
+            if not os.access(self.path.parent, os.W_OK):
+                return self._open_read_only()  # nothing can be deleted or written here: work in memory
             if is_corruption(exc):
                 # Only a damaged (or outdated) index is deleted: it is derived, and rebuilt from the log.
                 self.warnings.append("the index was unreadable or from another version of imstore; rebuilding it from the log")
@@ -78,8 +81,6 @@ class Indexer:
                     return Index(self.path)
                 except sqlite3.Error as again:
                     raise Unavailable(f"cannot create the index at {self.path}: {again}") from None
-            if not os.access(self.path.parent, os.W_OK):
-                return self._open_read_only()
             # A full disk, an I/O error, a lock held too long: the store is unavailable, and nothing changes.
             raise Unavailable(f"cannot open the index at {self.path}: {exc}") from None
 
@@ -274,13 +275,20 @@ class Indexer:
             if index.begin().log_end == frame.offset:
                 index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
             if damaged_at is not None:
-                scrubbed = self._note_damage_at(index, damaged_at, frame.offset)
+                try:
+                    scrubbed = self._note_damage_at(index, damaged_at, frame.offset)
+                except ImstoreError as exc:  # damage that cannot even be stepped over: note it whole
+                    index.note_damage(damaged_at, frame.offset, str(exc))
+                    scrubbed = 0
             index.set_scrub_offset(scrubbed)
             index.commit()
             if self._seen_log_size == frame.offset:
                 self._seen_log_size = frame.end  # our own record: no catch-up needed on the next read
         except sqlite3.Error:
             index.rollback()
+        except BaseException:
+            index.rollback()  # never leave the index's transaction open
+            raise
         if damaged_at is not None:
             note = self.damage_note()
             if note is not None and note not in self.warnings:
@@ -289,8 +297,11 @@ class Indexer:
 
 
 def index_query(query: Callable[[], T]) -> T:
-    """Run an index query; a failing database (EIO, vanished file) means the store is unavailable."""
+    """Run an index query: a damaged database is CorruptIndex (reindex rebuilds it); any other failure
+    (EIO, a vanished file, a full disk) means the store is unavailable."""
     try:
         return query()
     except sqlite3.Error as exc:
+        if is_corruption(exc):
+            raise CorruptIndex(f"the index is damaged ({exc}): run imstore reindex to rebuild it from the log") from None
         raise Unavailable(f"the index cannot be read: {exc}") from None

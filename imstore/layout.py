@@ -17,14 +17,14 @@ is derived from it or belongs to one server, and is rebuilt or forgotten.
 from __future__ import annotations
 
 import os
-import stat
 import time
+import uuid
 from pathlib import Path
 
 import msgpack
 
 from .errors import CorruptStore, ImstoreError, InvalidInput, NoStore, Unavailable, from_os_error
-from .fsio import atomic_write, fsync_dir
+from .fsio import atomic_write, fsync_dir, require_directory
 from .log import LOCK_NAME, SEGMENT_NAME
 
 __all__ = [
@@ -78,8 +78,6 @@ def create_store(root: Path) -> bool:
         (root / LOG_LOCK).touch()
         for directory in (PACKS, OBJECTS, LOG):
             fsync_dir(root / directory)
-        import uuid  # only here: nothing else needs it
-
         config = {"format": FORMAT, "store_id": str(uuid.uuid4()), "hash": "blake3", "created": time.time_ns()}
         created = atomic_write(root / CONFIG, msgpack.packb(config, use_bin_type=True), 0o444, create_only=True)
         fsync_dir(root)
@@ -109,15 +107,11 @@ def may_create_at(root: Path) -> bool:
 
 def check_writable(root: Path) -> None:
     """Fail fast, before anything is written, when the store's directories are not there to take a write."""
-    for directory in (root / OBJECTS, root / LOG):
+    for directory, what in ((root / OBJECTS, "its objects directory"), (root / LOG, "its log directory")):
         try:
-            is_directory = stat.S_ISDIR(os.stat(directory).st_mode)
-        except FileNotFoundError:
-            raise Unavailable(f"cannot write: the store is unavailable: {directory} is missing") from None
-        except OSError as exc:
-            raise Unavailable(f"cannot write: the store is unavailable: {exc.strerror or exc} ({directory})") from None
-        if not is_directory:
-            raise Unavailable(f"cannot write: the store is unavailable: {directory} is not a directory")
+            require_directory(directory, what)
+        except Unavailable as exc:
+            raise Unavailable(f"cannot write: the store is unavailable: {exc}") from None
 
 
 def no_store_error(root: Path) -> NoStore:

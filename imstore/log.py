@@ -1,10 +1,12 @@
 """The local log backend: one segment file of frames, plus the writers' lock.
 
 The format (frames, records, the hash chain) is in records.py; this module only
-reads and writes the file. A damaged *last* frame is a torn tail (a crash
+reads and writes the file. An incomplete *last* frame is a torn tail (a crash
 mid-append): readers stop before it quietly, a writer holding the lock cuts it
-off and says so. A damaged frame followed by a good one is mid-log corruption: a
-hard error, never skipped.
+off and says so. A damaged frame followed by a good one is mid-log corruption:
+a plain scan raises CorruptLog; scan(skip_damage=True), which the indexer and
+verify use, steps over it and lists it, so damage costs only what is damaged.
+A complete last frame that rotted is never taken for a torn tail.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import CorruptLog, OutcomeUnknown, Unavailable, from_os_error
-from .fsio import crash_point, fsync_fd, write_all
+from .fsio import crash_point, fsync_fd, require_directory, write_all
 from .hashing import checksum16
 from .records import (  # re-exported: the log's format used to live here
     GENESIS,
@@ -77,12 +79,7 @@ class Log:
         self.torn_at: int | None = None
 
     def _check_directory(self) -> None:
-        try:
-            is_directory = self.directory.is_dir()
-        except OSError as exc:  # is_dir() only hides "missing"; EIO and the like come through
-            raise from_os_error(exc, f"checking the store's log directory {self.directory}") from None
-        if not is_directory:
-            raise Unavailable(f"the store's log directory is missing or not a directory: {self.directory}")
+        require_directory(self.directory, "the store's log directory")
 
     def end(self) -> int:
         """Where the log ends (the offset the next frame is appended at, torn bytes included)."""
@@ -275,7 +272,14 @@ class Log:
                         scan.damaged.append((offset, file_size, last_rotted))
                         scan.end_damaged = True
                         return
-                    following = self._next_valid_frame(handle, offset, file_size, problem, offset + HEADER_SIZE + length)
+                    try:
+                        following = self._next_valid_frame(handle, offset, file_size, problem, offset + HEADER_SIZE + length)
+                    except CorruptLog as exc:  # too much after the damage to search: all of it counts as damaged
+                        if not scan.skip_damage:
+                            raise
+                        scan.damaged.append((offset, file_size, str(exc)))
+                        scan.end_damaged = True
+                        return
                     if following is None:
                         scan.torn_at = self.torn_at = offset
                         return

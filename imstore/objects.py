@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from .errors import AmbiguousPrefix, CorruptObject, ImstoreError, InvalidInput, ObjectNotFound, Unavailable, from_os_error
-from .fsio import CHUNK_SIZE, crash_point, fsync_dir, fsync_fd, write_all
+from .errors import AmbiguousPrefix, CorruptObject, ImstoreError, InvalidInput, ObjectNotFound, from_os_error
+from .fsio import CHUNK_SIZE, crash_point, fsync_dir, fsync_fd, require_directory, write_all
 from .hashing import OBJECT_ID_LEN, blake3, validate_object_id, validate_prefix
 
 if TYPE_CHECKING:
@@ -164,13 +164,7 @@ class ObjectStore:
         return self.root / object_id[:2] / object_id[2:]
 
     def _check_root(self) -> None:
-        # A store never re-creates its own objects/ (DESIGN: missing means unavailable).
-        try:
-            is_directory = self.root.is_dir()
-        except OSError as exc:  # is_dir() only hides "missing"; EIO and the like come through
-            raise from_os_error(exc, f"checking the store's objects directory {self.root}") from None
-        if not is_directory:
-            raise Unavailable(f"the store's objects directory is missing or not a directory: {self.root}")
+        require_directory(self.root, "the store's objects directory")
 
     # ---------------------------------------------------------------- reading
     def locate(self, object_id: str) -> ObjectLocation | None:

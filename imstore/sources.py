@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from .errors import InvalidInput
-from .objects import CHUNK_SIZE
+from .fsio import CHUNK_SIZE
 from .statcache import FileStat, file_stat
 from .validate import validate_content_type, validate_message, validate_meta
 
@@ -303,11 +303,7 @@ def stream_source(stream: BinaryIO, warn, *, kind: str | None = None, name: str 
     relative to (None: refused).
     """
     if kind is None:
-        first = stream.read(1)
-        if not first:
-            raise InvalidInput(f"{name} is empty: send a tar or JSON lines")
-        stream = io.BufferedReader(_PrefixedRaw(first, stream), CHUNK_SIZE)
-        kind = "jsonl" if first == b"{" else "tar"
+        stream, kind = _sniff(stream, f"{name} is empty: send a tar or JSON lines")
     if kind == "jsonl":
         return JsonLinesSource(warn, stream, base_dir, name)
     return TarSource(warn, stream=stream)
@@ -334,10 +330,15 @@ def peek_stdin(stdin: BinaryIO | None) -> tuple[BinaryIO, str]:
     """stdin as a buffered stream that still holds its first byte, and what it is: "jsonl" or "tar"."""
     if stdin is None:
         raise InvalidInput("stdin is closed: pipe a tar or JSON lines in")
-    first = stdin.read(1)
+    return _sniff(stdin, "stdin is empty: pipe a tar or JSON lines in")
+
+
+def _sniff(stream: BinaryIO, when_empty: str) -> tuple[BinaryIO, str]:
+    """The stream, still holding its first byte, and what it holds: a first '{' means JSON lines, else a tar."""
+    first = stream.read(1)
     if not first:
-        raise InvalidInput("stdin is empty: pipe a tar or JSON lines in")
-    return io.BufferedReader(_PrefixedRaw(first, stdin), CHUNK_SIZE), "jsonl" if first == b"{" else "tar"
+        raise InvalidInput(when_empty)
+    return io.BufferedReader(_PrefixedRaw(first, stream), CHUNK_SIZE), "jsonl" if first == b"{" else "tar"
 
 
 def open_source(source: str, stdin: BinaryIO | None, warn, follow_symlinks: bool) -> Source:

@@ -389,14 +389,22 @@ class Store:
 
     def open_version(self, key: str, version: int | str | None = None, at: int | None = None) -> tuple[Version, ObjectReader]:
         """(version, verified reader of its bytes). version.stale says it may not be the newest."""
-        found = self.resolve(key, version, at)
-        return found, self.open_stored(found)
+        found = self.resolve(key, version, at)  # confirmed against the log
+        return found, self._reader_of(found)
 
     def open_stored(self, found: Version, *, through_cache: bool = True) -> ObjectReader:
-        """A verified reader of a version's bytes. The log says they were stored: their absence is damage, not "not found".
+        """A verified reader of the bytes of a version taken from a listing (ls, history, log).
 
-        through_cache=False reads the store alone (an export must not churn the read cache).
+        The version is first confirmed against its record in the log, so an edited index
+        cannot make an export serve another version's bytes. through_cache=False reads
+        the store alone (an export must not churn the read cache).
         """
+        if not found.stale:
+            self.indexer.confirm(found)
+        return self._reader_of(found, through_cache=through_cache)
+
+    def _reader_of(self, found: Version, *, through_cache: bool = True) -> ObjectReader:
+        """The log says these bytes were stored: their absence is damage, not "not found"."""
         try:
             if not through_cache:
                 return self.objects.open(found.hash)
@@ -441,18 +449,21 @@ class Store:
     def history(self, key: str, limit: int | None = None) -> list[Version]:
         """Every version of key, oldest first (with limit: the newest `limit`)."""
         validate_key(key)
-        rows = self._current_index().history(key, limit)
+        index = self._current_index()
+        rows = index_query(lambda: index.history(key, limit))
         if not rows:
             raise KeyNotFound(f"no key {key!r}")
         return [Version.from_row(row) for row in reversed(rows)]
 
     def ls(self, prefix: str = "", *, include_deleted: bool = False, limit: int | None = None) -> list[Version]:
         """The latest version of each key that starts with prefix, in key order."""
-        return [Version.from_row(row) for row in self._current_index().ls(prefix, include_deleted, limit)]
+        index = self._current_index()
+        return [Version.from_row(row) for row in index_query(lambda: index.ls(prefix, include_deleted, limit))]
 
     def log_records(self, after: int = 0, limit: int | None = None) -> list[Version]:
-        """The global log: every version of every key in commit order."""
-        return [Version.from_row(row) for row in self._current_index().log(after, limit)]
+        """The global log as Versions (not records.Record: the name is the library API's), every key, in commit order."""
+        index = self._current_index()
+        return [Version.from_row(row) for row in index_query(lambda: index.log(after, limit))]
 
     # ================================================================ checking
     def verify(self, progress: Callable[[int, int], None] | None = None) -> VerifyReport:

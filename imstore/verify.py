@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .errors import CorruptLog, ImstoreError
-from .indexer import Indexer
+from .indexer import Indexer, index_query
 from .log import Log
 from .model import VerifyReport, Version
 from .objects import ObjectStore
@@ -28,6 +28,9 @@ def verify(log: Log, objects: ObjectStore, indexer: Indexer, progress: Callable[
             if len(scan.damaged) > reported:
                 report.problems.extend(message for _offset, _end, message in scan.damaged[reported:])
                 reported = len(scan.damaged)
+                if frame.records[0].seq <= seq:
+                    report.problems.append(f"the log's record at offset {frame.offset} (seq {frame.records[0].seq}) goes back"
+                                           f" after damage (seq {seq})")  # fmt: skip
                 prev, seq = frame.records[0].prev, frame.records[0].seq - 1  # the chain goes on after the damage
             prev, seq = check_chain(frame, prev, seq)
             for record in frame.records:
@@ -52,7 +55,12 @@ def verify(log: Log, objects: ObjectStore, indexer: Indexer, progress: Callable[
 
 def _verify_index(report: VerifyReport, indexer: Indexer, log_versions: list[Version]) -> None:
     try:
-        indexed = [Version.from_row(row) for row in indexer.index.all_rows()]
+        index = indexer.index
+        check = index_query(lambda: index.db.execute("PRAGMA quick_check").fetchone()[0])
+        if check != "ok":
+            report.problems.append(f"the index database is damaged ({check}): run imstore reindex")
+            return
+        indexed = index_query(lambda: [Version.from_row(row) for row in index.all_rows()])
     except ImstoreError as exc:
         report.problems.append(f"index: {exc}")
         return

@@ -307,3 +307,66 @@ def test_leftover_temp_files_are_noted_with_their_size_and_repack_clears_them(st
         store.repack()
         assert not leftover.exists() and fresh.exists()
         assert any("removed 1 temp file" in warning for warning in store.warnings)
+
+
+# ---------------------------------------------------------------- found in review of the fixes above
+@pytest.mark.skipif(not shutil.which("unshare") or not _read_only_mount_works(), reason="needs unshare -r -m (a read-only bind mount)")
+def test_d2_a_read_only_store_with_a_damaged_index_still_serves_reads(store_path):
+    put_versions(store_path, 3)
+    for path in store_path.glob("index.sqlite-*"):
+        path.unlink()
+    (store_path / "index.sqlite").write_bytes(b"not a database" * 500)
+    command = f"mount --bind -o ro {store_path} {store_path} && exec {sys.executable} -c \"$0\" {store_path}"
+    completed = subprocess.run(["unshare", "-r", "-m", "sh", "-c", command, READ_SCRIPT], capture_output=True, text=True,
+                               env={**os.environ, "IMSTORE_NO_CACHE": "1"}, timeout=60)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert (store_path / "index.sqlite").read_bytes() == b"not a database" * 500
+
+
+def test_d10_export_never_writes_another_versions_bytes_under_a_key(store_path, tmp_path):
+    put_versions(store_path, 1, key="a")
+    with Store.open(store_path) as store:
+        store.put("b", b"bytes of b")
+    db = sqlite3.connect(store_path / "index.sqlite")
+    hashes = dict(db.execute("SELECT key, hash FROM versions"))
+    db.execute("UPDATE versions SET hash = ? WHERE key = 'b'", (hashes["a"],))
+    db.commit()
+    db.close()
+    for target in (tmp_path / "out", tmp_path / "out.tar"):
+        result = run_cli_in_process(["--store", str(store_path), "--no-cache", "export", str(target)])
+        assert result.code == 5 and "reindex" in result.stderr, (result.code, result.stderr)
+
+
+def test_d1_a_database_damaged_after_opening_is_exit_5_naming_reindex_and_verify_sees_it(store_path):
+    with Store.open(store_path) as store:
+        for number in range(300):
+            store.put(f"key/{number:04d}", b"x" * 50)
+    for path in store_path.glob("index.sqlite-*"):
+        path.unlink()
+    raw = bytearray((store_path / "index.sqlite").read_bytes())
+    page = 4096
+    for offset in range(2 * page + 100, len(raw) - page, page):  # leave the header and schema pages whole
+        raw[offset : offset + 200] = os.urandom(200)
+    (store_path / "index.sqlite").write_bytes(bytes(raw))
+    listing = run_cli_in_process(["--store", str(store_path), "--no-cache", "ls"])
+    assert listing.code in (0, 5) and "unexpected" not in listing.stderr, listing.stderr
+    verify = run_cli_in_process(["--store", str(store_path), "verify"])
+    assert verify.code == 5, verify.stderr
+
+
+def test_damage_too_far_from_the_end_to_search_never_fails_a_committed_write(store_path, monkeypatch):
+    import imstore.log as log_module
+
+    put_versions(store_path, 6)
+    with Store.open(store_path) as store:
+        frames = [(frame.offset, frame.end) for frame in store.log.scan()]
+    raw = bytearray((store_path / LOG).read_bytes())
+    raw[frames[1][0]] ^= 0x40  # the length field of an old frame
+    (store_path / LOG).write_bytes(bytes(raw))
+    monkeypatch.setattr(log_module, "MAX_TAIL_SCAN", 16)  # as if 256 MiB of log followed the damage
+    with Store.open(store_path) as store:
+        result = store.put("other", b"committed")  # the rolling check meets the damage after the append
+        assert result.version.version == 1
+        assert any("damaged" in warning for warning in store.warnings)
+    with Store.open(store_path) as store:
+        assert store.get("other") == b"committed"
