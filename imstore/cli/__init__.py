@@ -14,10 +14,10 @@ from typing import Annotated
 
 import typer
 
-from . import __version__
-from .errors import ImstoreError, InvalidInput, UsageError
-from .output import Output, history_json, log_json, ls_json, version_json
-from .validate import parse_time
+from .. import __version__
+from ..errors import ImstoreError, InvalidInput, UsageError
+from ..output import Output, history_json, log_json, ls_json, version_json
+from ..validate import parse_time
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -50,7 +50,7 @@ settings = Settings(out=Output())
 
 
 def default_store_path() -> Path:
-    from .paths import user_data_path
+    from ..paths import user_data_path
 
     return user_data_path("imstore")
 
@@ -61,10 +61,10 @@ def open_store(*, write: bool = False):
     With --remote it is a RemoteStore: the same methods over HTTP, so commands need not care.
     """
     if settings.remote:
-        from .server.client import RemoteStore
+        from ..server.client import RemoteStore
 
         return RemoteStore(settings.remote, _remote_token())
-    from .store import Store
+    from ..store import Store
 
     if settings.store is not None:
         store = Store.open(settings.store, cache=cache_settings())
@@ -75,7 +75,7 @@ def open_store(*, write: bool = False):
 
 def cache_settings():
     """The read cache settings from --cache-dir, --cache-size and --no-cache (and their env vars)."""
-    from .cache import CacheSettings, parse_size
+    from ..cache import CacheSettings, parse_size
 
     defaults = CacheSettings()
     return CacheSettings(
@@ -169,7 +169,7 @@ def init(
 
     Example: imstore init ~/stores/team
     """
-    from .store import Store
+    from ..store import Store
 
     if settings.remote:
         raise UsageError("init creates a local store; it does not work with --remote")
@@ -396,7 +396,7 @@ app.add_typer(cache_app, name="cache")
 
 
 def _store_cache():
-    from .cache import StoreCache
+    from ..cache import StoreCache
 
     return StoreCache.for_path(cache_settings(), settings.store or default_store_path())
 
@@ -432,7 +432,7 @@ def cache_clear(
 
     Example: imstore cache clear
     """
-    from .cache import StoreCache
+    from ..cache import StoreCache
 
     if all_stores:
         cleared = StoreCache.clear_all(cache_settings())
@@ -475,7 +475,7 @@ def import_(
 
     Example: imstore --remote http://nas:8765 import ./photos --prefix photos/
     """
-    from .importer import import_source
+    from ..importer import import_source
 
     out = settings.out
     if source == "-" and sys.stdin is not None and sys.stdin.isatty():
@@ -529,7 +529,7 @@ def export(
 
     Example: imstore export - --at 2026-11-01 | tar -tv
     """
-    from .exporter import export as export_keys
+    from ..exporter import export as export_keys
 
     moment = parse_time(at) if at is not None else None
     out = settings.out
@@ -594,9 +594,9 @@ def serve(
 
     Example: imstore serve --host 0.0.0.0 --port 8765 --workers 4 --max-body 1G
     """
-    from .server import run_event_loop
-    from .server.gateway import GatewayConfig, parse_size
-    from .server.gateway import serve as run_gateway
+    from ..server import run_event_loop
+    from ..server.gateway import GatewayConfig, parse_size
+    from ..server.gateway import serve as run_gateway
 
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("give --tls-cert and --tls-key together")
@@ -619,7 +619,7 @@ def serve(
 def _cache_env() -> dict[str, str]:
     """The read cache settings (--cache-dir, --cache-size, --no-cache) as the environment
     CacheSettings.from_env reads in serve's workers."""
-    from .cache import CACHE_DIR_ENV, CACHE_SIZE_ENV, NO_CACHE_ENV
+    from ..cache import CACHE_DIR_ENV, CACHE_SIZE_ENV, NO_CACHE_ENV
 
     cache = cache_settings()
     env = {NO_CACHE_ENV: "0" if cache.enabled else "1", CACHE_SIZE_ENV: str(cache.size_limit)}
@@ -641,7 +641,7 @@ def token_create(
 
     Example: imstore token create --scope write --name laptop > ~/.imstore-token
     """
-    from .server.auth import TokenStore
+    from ..server.auth import TokenStore
 
     with _open_local_store("token create") as store:
         token = TokenStore(store.root).create(name, scope)
@@ -659,7 +659,7 @@ def token_list() -> None:
 
     Example: imstore token list --json
     """
-    from .server.auth import TokenStore
+    from ..server.auth import TokenStore
 
     with _open_local_store("token list") as store:
         tokens = TokenStore(store.root).list()
@@ -676,7 +676,7 @@ def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")])
 
     Example: imstore token revoke laptop
     """
-    from .server.auth import TokenStore
+    from ..server.auth import TokenStore
 
     with _open_local_store("token revoke") as store:
         TokenStore(store.root).revoke(name)
@@ -701,7 +701,7 @@ def _remote_token() -> str | None:
 
 # ============================================================ helpers
 def _parse_size(text: str) -> int:
-    from .cache import parse_size
+    from ..cache import parse_size
 
     try:
         return parse_size(text)
@@ -757,7 +757,7 @@ def _regular_file_size(source) -> int:
 
 
 def _chunks_with_progress(source, progress):
-    from .store import CHUNK_SIZE
+    from ..store import CHUNK_SIZE
 
     while chunk := source.read(CHUNK_SIZE):
         progress.advance(len(chunk))
@@ -775,7 +775,7 @@ def _parse_meta(items: list[str] | None) -> dict[str, str]:
 
 
 def _emit_object(reader, output: Path | None) -> None:
-    from .transfer import copy_to_file, copy_to_stream
+    from ..transfer import copy_to_file, copy_to_stream
 
     if output is None or str(output) == "-":
         try:
