@@ -3,34 +3,29 @@
 Each command parses its options, makes one library call and hands the result to
 `Output`. The commands live by topic: keys.py (init, put, get, cat, history, ls,
 rm, log, verify, reindex), batch.py (import, export, repack) and admin.py (cache,
-serve, token); common.py holds what they share. Exceptions become exit codes in
-exactly one place, `run()`.
+serve, token); common.py holds what they share. COMMANDS, next to run(), names
+the module of each, and a run imports only the module of its command.
+Exceptions become exit codes in exactly one place, `run()`.
 """
 
 # No `from __future__ import annotations` here: typer would eval every string
 # annotation on each start, which is most of `imstore get`'s start-up time.
+import copy
+import importlib
 import os
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import typer
+from typer.core import TyperGroup
 
 from .. import __version__
 from ..errors import ImstoreError
 from ..output import Output
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-app = typer.Typer(
-    name="imstore",
-    help="An immutable, versioned, content-addressed store.\n\n"
-    "Every put appends a new version; nothing written is ever changed; every read is verified.",
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
 
 
 class Settings:
@@ -57,6 +52,133 @@ class Settings:
 settings = Settings(out=Output())
 
 
+# ============================================================ the command table
+class CommandInfo(NamedTuple):
+    """Where a command is defined, as in pip's commands/__init__.py: a module of this
+    package and the function in it (or the typer.Typer of a group of subcommands)."""
+
+    module: str
+    attribute: str
+
+
+# Every command, in --help's order. A run imports only the module of its command and
+# builds only that command (typer inspects the signature of every command it builds).
+COMMANDS: dict[str, CommandInfo] = {
+    "init": CommandInfo("keys", "init"),
+    "put": CommandInfo("keys", "put"),
+    "get": CommandInfo("keys", "get"),
+    "cat": CommandInfo("keys", "cat"),
+    "history": CommandInfo("keys", "history"),
+    "ls": CommandInfo("keys", "list_keys"),
+    "rm": CommandInfo("keys", "rm"),
+    "log": CommandInfo("keys", "log"),
+    "verify": CommandInfo("keys", "verify"),
+    "reindex": CommandInfo("keys", "reindex"),
+    "import": CommandInfo("batch", "import_"),
+    "export": CommandInfo("batch", "export"),
+    "repack": CommandInfo("batch", "repack"),
+    "serve": CommandInfo("admin", "serve"),
+    "cache": CommandInfo("admin", "cache_app"),
+    "token": CommandInfo("admin", "token_app"),
+}
+
+
+def _build(name: str, output_flags: list) -> typer.core.TyperCommand | TyperGroup:
+    """The click command (or group) `name`, built from its module; it takes the output flags too."""
+    info = COMMANDS[name]
+    target = getattr(importlib.import_module(f"{__name__}.{info.module}"), info.attribute)
+    if not isinstance(target, typer.Typer):
+        single = typer.Typer(add_completion=False)
+        single.command(name)(target)
+        target = single
+    command = typer.main.get_command(target)
+    for each in [command, *getattr(command, "commands", {}).values()]:
+        taken = {opt for param in each.params for opt in param.opts}
+        each.params.extend(flag for flag in output_flags if not taken & set(flag.opts))
+    return command
+
+
+class _Commands(Mapping):
+    """The top-level commands by name: all of them are listed, each is built on first use.
+
+    click reaches a group's commands only through this mapping (get for the one being
+    run, keys for "did you mean", items for help), so a run builds one and help all.
+    """
+
+    def __init__(self, output_flags: list):
+        self._output_flags = output_flags
+        self._built: dict = {}
+
+    def __getitem__(self, name: str):
+        if name not in self._built:
+            if name not in COMMANDS:
+                raise KeyError(name)
+            self._built[name] = _build(name, self._output_flags)
+        return self._built[name]
+
+    def __setitem__(self, name: str, command) -> None:  # TyperGroup.add_command
+        self._built[name] = command
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**dict.fromkeys(COMMANDS), **self._built})
+
+    def __len__(self) -> int:
+        return len(COMMANDS.keys() | self._built.keys())
+
+
+class _LazyGroup(TyperGroup):
+    """The `imstore` group: global options, then one command built from COMMANDS."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        after = _after_command_params()
+        self.commands = _Commands([_hidden_copy(param) for param in self.params if param.name in after])
+
+
+app = typer.Typer(
+    name="imstore",
+    cls=_LazyGroup,
+    help="An immutable, versioned, content-addressed store.\n\n"
+    "Every put appends a new version; nothing written is ever changed; every read is verified.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+# ============================================================ global options
+# Marks a global flag that may also follow the command name (`imstore ls --json`): it only
+# changes how results and errors are shown, so it means the same wherever it stands.
+AFTER_COMMAND_TOO = "also after the command name"
+
+
+def _after_command_params() -> set[str]:
+    """The names of the global options marked AFTER_COMMAND_TOO."""
+    return {name for name, hint in global_options.__annotations__.items() if AFTER_COMMAND_TOO in getattr(hint, "__metadata__", ())}
+
+
+def _hidden_copy(param):
+    """A global output flag as a hidden option of a subcommand (help and the docs skip hidden ones)."""
+    late = copy.copy(param)
+    late.hidden, late.expose_value, late.envvar = True, False, None
+    late.callback = _late_output_flag
+    return late
+
+
+def _late_output_flag(ctx, param, value: bool) -> None:
+    if value:
+        set_output(**{param.name: True})
+
+
+def set_output(*, json_output: bool = False, quiet: bool = False, no_color: bool = False, debug: bool = False) -> None:
+    """What the output flags do; given before the command name, after it, or both."""
+    out = settings.out
+    out.json = out.json or json_output
+    out.quiet = out.quiet or quiet
+    out.color = out.color and not no_color
+    settings.debug = settings.debug or debug
+
 
 def _version_callback(value: bool) -> None:
     if value:
@@ -75,10 +197,12 @@ def global_options(
             show_default=False,
         ),
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document (or JSON lines) on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only what was asked for, no chatter.")] = False,
-    no_color: Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show a traceback on errors.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document (or JSON lines) on stdout."), AFTER_COMMAND_TOO
+    ] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only what was asked for, no chatter."), AFTER_COMMAND_TOO] = False,
+    no_color: Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too)."), AFTER_COMMAND_TOO] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show a traceback on errors."), AFTER_COMMAND_TOO] = False,
     cache_dir: Annotated[
         Path | None,
         typer.Option(
@@ -112,89 +236,13 @@ def global_options(
     Every put appends a new version; nothing written is ever changed; every read is verified.
     """
     settings.store = store
-    settings.debug = debug
     settings.cache_dir, settings.cache_size, settings.no_cache = cache_dir, cache_size, no_cache
     settings.remote = remote
     settings.token_file = token_file
-    settings.out.json = json_output
-    settings.out.quiet = quiet
-    settings.out.color = settings.out.color and not no_color
-
-
-
-# The commands register themselves on `app` as their modules are imported (in --help's order).
-from . import keys, batch, admin  # noqa: E402, F401, I001
+    set_output(json_output=json_output, quiet=quiet, no_color=no_color, debug=debug)
 
 
 # ============================================================ entry point
-_OUTPUT_FLAGS = {"--json", "-q", "--quiet", "--no-color", "--debug"}
-
-
-def _build_command(argv: list[str]):
-    """The click command for this invocation, building only the subcommand it names.
-
-    typer inspects every command's signature to build a group; a one-command group
-    keeps start-up flat as commands are added. Top-level help sees them all.
-    """
-    import copy
-
-    names = {info.name or info.callback.__name__ for info in app.registered_commands}
-    wanted = _command_name(argv)
-    if wanted in names:
-        slim = copy.copy(app)
-        slim.registered_commands = [info for info in app.registered_commands if (info.name or info.callback.__name__) == wanted]
-        slim.registered_groups = []
-        return typer.main.get_command(slim)
-    if wanted in {info.name for info in app.registered_groups}:
-        slim = copy.copy(app)
-        slim.registered_commands = []
-        slim.registered_groups = [info for info in app.registered_groups if info.name == wanted]
-        return typer.main.get_command(slim)
-    return typer.main.get_command(app)
-
-
-_GLOBAL_VALUE_OPTIONS = {"--store", "--cache-dir", "--cache-size", "--remote", "--token-file"}
-
-
-def _command_name(argv: list[str]) -> str | None:
-    skip_next = False
-    for arg in argv:
-        if skip_next:
-            skip_next = False
-        elif arg in _GLOBAL_VALUE_OPTIONS:
-            skip_next = True
-        elif not arg.startswith("-"):
-            return arg
-        elif arg == "--":
-            return None
-    return None
-
-
-def _hoist_output_flags(argv: list[str], command) -> list[str]:
-    """Let output flags stand after the command name too (`imstore ls --json`)."""
-    takes_value = set()
-    for sub in [command, *getattr(command, "commands", {}).values()]:
-        for param in sub.params:
-            if getattr(param, "is_flag", False) or param.param_type_name != "option":
-                continue
-            takes_value.update(param.opts)
-    hoisted, rest = [], []
-    skip_next = False
-    for position, arg in enumerate(argv):
-        if arg == "--":
-            rest.extend(argv[position:])
-            break
-        if skip_next:
-            rest.append(arg)
-            skip_next = False
-        elif arg in _OUTPUT_FLAGS:
-            hoisted.append(arg)
-        else:
-            rest.append(arg)
-            skip_next = arg in takes_value
-    return hoisted + rest
-
-
 def exit_code_for(exc: BaseException) -> int:
     """The one place that maps an exception to an exit code."""
     if isinstance(exc, ImstoreError):
@@ -219,8 +267,7 @@ def run(argv: list[str] | None = None) -> int:
     settings.reset(Output())
     out = settings.out
     try:
-        command = _build_command(args)
-        result = command.main(_hoist_output_flags(args, command), prog_name="imstore", standalone_mode=False)
+        result = typer.main.get_command(app).main(args, prog_name="imstore", standalone_mode=False)
         return result if isinstance(result, int) else EXIT_OK
     except Exit as exc:
         return exc.exit_code

@@ -7,12 +7,11 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from . import app, settings
+from . import settings
 from .common import cache_settings, default_store_path, open_local_store
 
 # ============================================================ cache commands
-cache_app = typer.Typer(help="The read cache: what it holds, and emptying it.", no_args_is_help=True)
-app.add_typer(cache_app, name="cache")
+cache_app = typer.Typer(name="cache", help="The read cache: what it holds, and emptying it.", no_args_is_help=True, add_completion=False)
 
 
 def _store_cache():
@@ -68,7 +67,6 @@ def cache_clear(
 
 
 # ============================================================ serve and tokens
-@app.command()
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on (a LAN address needs a token).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8765,
@@ -127,8 +125,9 @@ def _cache_env() -> dict[str, str]:
     return env
 
 
-token_app = typer.Typer(help="API tokens for imstore serve (only their hashes are stored).", no_args_is_help=True)
-app.add_typer(token_app, name="token")
+token_app = typer.Typer(
+    name="token", help="API tokens for imstore serve (only their hashes are stored).", no_args_is_help=True, add_completion=False
+)
 
 
 @token_app.command("create")

@@ -7,11 +7,10 @@ import typer
 
 from ..errors import ImstoreError, UsageError
 from ..validate import parse_time
-from . import app, settings
+from . import settings
 from .common import open_store, show_warnings
 
 
-@app.command("import")
 def import_(
     source: Annotated[str, typer.Argument(help="A directory, a tar (any compression), a .jsonl/.ndjson file, or - for stdin.")],
     prefix: Annotated[str, typer.Option("--prefix", "-p", help="Prepend this to every key, as given (no '/' is added).")] = "",
@@ -76,7 +75,6 @@ def import_(
         )  # fmt: skip
 
 
-@app.command()
 def export(
     dest: Annotated[str, typer.Argument(help="A directory, a .tar/.tar.gz/.tgz/.tar.bz2/.tar.xz file, or - for a tar on stdout.")],
     prefix: Annotated[str, typer.Option("--prefix", "-p", help="Only keys starting with this text.")] = "",
@@ -113,7 +111,6 @@ def export(
         raise ImstoreError(f"{summary.skipped} keys could not be exported (--strict)")
 
 
-@app.command()
 def repack() -> None:
     """Merge small packs into one (atomically; no object is ever dropped).
 

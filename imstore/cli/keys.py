@@ -10,7 +10,7 @@ import typer
 from ..errors import UsageError
 from ..output import history_json, log_json, ls_json, version_json
 from ..validate import parse_time
-from . import app, settings
+from . import settings
 from .common import (
     PROGRESS_MIN_BYTES,
     chunks_with_progress,
@@ -25,7 +25,6 @@ from .common import (
 )
 
 
-@app.command()
 def init(
     path: Annotated[
         Path | None, typer.Argument(help="Where to create the store (default: --store or the default store).", show_default=False)
@@ -49,7 +48,6 @@ def init(
             out.info(f"{'created a store' if created else 'already a store'} at {store.root}")
 
 
-@app.command()
 def put(
     key: Annotated[str, typer.Argument(help="The key (any UTF-8 text; '/' means nothing special).")],
     file: Annotated[str | None, typer.Argument(help="File to store, or - for stdin (default: stdin).", show_default=False)] = None,
@@ -97,7 +95,6 @@ def put(
     settings.out.put_result(result)
 
 
-@app.command()
 def get(
     key: Annotated[str, typer.Argument(help="The key.")],
     version: Annotated[str | None, typer.Option("--version", "-V", help="Version number to read (default: latest).", metavar="N")] = None,
@@ -122,7 +119,6 @@ def get(
         emit_object(reader, output)
 
 
-@app.command()
 def cat(
     object_hash: Annotated[str, typer.Argument(metavar="HASH", help="Full hash or a unique prefix of 8+ hex digits.")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file instead of stdout.")] = None,
@@ -137,7 +133,6 @@ def cat(
         emit_object(reader, output)
 
 
-@app.command()
 def history(
     key: Annotated[str, typer.Argument(help="The key.")],
     limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Only the newest N versions.")] = None,
@@ -159,7 +154,6 @@ def history(
     )
 
 
-@app.command("ls")
 def list_keys(
     prefix: Annotated[str, typer.Argument(help="Only keys starting with this text.")] = "",
     show_all: Annotated[bool, typer.Option("--all", "-a", help="Include deleted keys.")] = False,
@@ -182,7 +176,6 @@ def list_keys(
     )
 
 
-@app.command()
 def rm(
     key: Annotated[str, typer.Argument(help="The key.")],
     message: Annotated[str | None, typer.Option("-m", "--message", help="A message for the deletion.")] = None,
@@ -202,7 +195,6 @@ def rm(
         out.line(tombstone.key, tombstone.version, "deleted")
 
 
-@app.command()
 def log(
     after: Annotated[int, typer.Option("--after", min=0, help="Only records after this seq.", metavar="SEQ")] = 0,
     limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="At most N records.")] = None,
@@ -224,7 +216,6 @@ def log(
     )
 
 
-@app.command()
 def verify() -> None:
     """Check the hash chain, every record, every object's hash, and the index against the log.
 
@@ -240,7 +231,6 @@ def verify() -> None:
         raise typer.Exit(5)
 
 
-@app.command()
 def reindex() -> None:
     """Rebuild the index from the log (the log is the truth; the index is derived).
 
