@@ -14,12 +14,16 @@ import copy
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, NamedTuple
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError
+from typer._click.exceptions import UsageError as ClickUsageError
 from typer.core import TyperGroup
+from typer.exceptions import Abort, Exit
 
 from .. import __version__
 from ..errors import ImstoreError
@@ -243,15 +247,6 @@ def global_options(
 
 
 # ============================================================ entry point
-def exit_code_for(exc: BaseException) -> int:
-    """The one place that maps an exception to an exit code."""
-    if isinstance(exc, ImstoreError):
-        return exc.exit_code
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
-    return EXIT_ERROR
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and exit with the documented code."""
     sys.exit(run(argv))
@@ -259,39 +254,30 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on argv; return the exit code (for tests and main)."""
-    from typer._click.exceptions import NoArgsIsHelpError
-    from typer._click.exceptions import UsageError as ClickUsageError
-    from typer.exceptions import Abort, Exit
-
-    args = list(sys.argv[1:] if argv is None else argv)
     settings.reset(Output())
-    out = settings.out
     try:
-        result = typer.main.get_command(app).main(args, prog_name="imstore", standalone_mode=False)
-        return result if isinstance(result, int) else EXIT_OK
-    except Exit as exc:
+        result = typer.main.get_command(app).main(list(sys.argv[1:] if argv is None else argv), prog_name="imstore", standalone_mode=False)
+    except (Exception, KeyboardInterrupt) as exc:
+        return exit_code_for(exc)
+    return result if isinstance(result, int) else EXIT_OK
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The one place that maps an exception to an exit code; it also says on stderr what went wrong."""
+    out = settings.out
+    if isinstance(exc, Exit):
         return exc.exit_code
-    except Abort:
+    if isinstance(exc, (Abort, KeyboardInterrupt)):
         out.error("interrupted")
         return EXIT_INTERRUPTED
-    except NoArgsIsHelpError as exc:
+    if isinstance(exc, NoArgsIsHelpError):
         print(exc.format_message())
         return EXIT_OK
-    except ClickUsageError as exc:
+    if isinstance(exc, ClickUsageError):
         hint = f" (see: imstore {exc.ctx.info_name if exc.ctx and exc.ctx.parent else ''} --help)".replace("  ", " ")
         out.error(exc.format_message() + hint)
         return EXIT_USAGE
-    except ImstoreError as exc:
-        if settings.debug:
-            import traceback
-
-            traceback.print_exc()
-        out.error(str(exc) or exc.title)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        out.error("interrupted")
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
+    if isinstance(exc, BrokenPipeError):
         # The reader went away (e.g. `| head`): stop quietly, as cat does.
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -299,10 +285,11 @@ def run(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return EXIT_ERROR
-    except Exception as exc:  # a bug of ours: say so plainly, traceback with --debug
-        if settings.debug:
-            import traceback
-
-            traceback.print_exc()
-        out.error(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for a traceback)")
-        return EXIT_ERROR
+    if settings.debug:
+        traceback.print_exception(exc)
+    if isinstance(exc, ImstoreError):
+        out.error(str(exc) or exc.title)
+        return exc.exit_code
+    # A bug of ours: say so plainly, traceback with --debug.
+    out.error(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for a traceback)")
+    return EXIT_ERROR

@@ -366,3 +366,16 @@ def test_get_into_a_full_disk_is_a_one_line_error(cli_process, store_path):
     assert result.returncode == 1
     assert result.stderr.decode().strip().startswith("imstore: error: cannot write the output")
     assert "unexpected" not in result.stderr.decode()
+
+
+def test_a_bug_is_exit_1_in_one_line_with_a_traceback_only_under_debug(cli, monkeypatch):
+    from imstore.cli import keys
+
+    def broken(**_):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(keys, "open_store", broken)
+    plain, debug = cli("ls"), cli("--debug", "ls")
+    assert (plain.code, plain.stdout) == (1, b"")
+    assert plain.stderr == "imstore: error: unexpected RuntimeError: a bug (rerun with --debug for a traceback)\n"
+    assert debug.code == 1 and "Traceback (most recent call last)" in debug.stderr and "RuntimeError: a bug" in debug.stderr
