@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
+from ..cache import CACHE_DIR_ENV, CACHE_SIZE_ENV, NO_CACHE_ENV, StoreCache
 from ..errors import UsageError
+from ..server.auth import TokenStore
 from . import settings
 from .common import cache_settings, default_store_path, open_local_store
 
@@ -15,8 +17,6 @@ cache_app = typer.Typer(name="cache", help="The read cache: what it holds, and e
 
 
 def _store_cache():
-    from ..cache import StoreCache
-
     return StoreCache.for_path(cache_settings(), settings.store or default_store_path())
 
 
@@ -51,8 +51,6 @@ def cache_clear(
 
     Example: imstore cache clear
     """
-    from ..cache import StoreCache
-
     if all_stores:
         cleared = StoreCache.clear_all(cache_settings())
     else:
@@ -63,7 +61,6 @@ def cache_clear(
         out.document({"cleared": cleared})
     else:
         out.info(f"cleared {cleared} cache{'s' if cleared != 1 else ''}")
-
 
 
 # ============================================================ serve and tokens
@@ -91,6 +88,7 @@ def serve(
 
     Example: imstore serve --host 0.0.0.0 --port 8765 --workers 4 --max-body 1G
     """
+    # aiohttp and the server: a quarter of a second that only serve needs.
     from ..server import run_event_loop
     from ..server.gateway import GatewayConfig, parse_size
     from ..server.gateway import serve as run_gateway
@@ -116,8 +114,6 @@ def serve(
 def _cache_env() -> dict[str, str]:
     """The read cache settings (--cache-dir, --cache-size, --no-cache) as the environment
     CacheSettings.from_env reads in serve's workers."""
-    from ..cache import CACHE_DIR_ENV, CACHE_SIZE_ENV, NO_CACHE_ENV
-
     cache = cache_settings()
     env = {NO_CACHE_ENV: "0" if cache.enabled else "1", CACHE_SIZE_ENV: str(cache.size_limit)}
     if cache.directory is not None:
@@ -139,8 +135,6 @@ def token_create(
 
     Example: imstore token create --scope write --name laptop > ~/.imstore-token
     """
-    from ..server.auth import TokenStore
-
     with open_local_store("token create") as store:
         token = TokenStore(store.root).create(name, scope)
     out = settings.out
@@ -157,8 +151,6 @@ def token_list() -> None:
 
     Example: imstore token list --json
     """
-    from ..server.auth import TokenStore
-
     with open_local_store("token list") as store:
         tokens = TokenStore(store.root).list()
     out = settings.out
@@ -174,8 +166,6 @@ def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")])
 
     Example: imstore token revoke laptop
     """
-    from ..server.auth import TokenStore
-
     with open_local_store("token revoke") as store:
         TokenStore(store.root).revoke(name)
     settings.out.info(f"token {name!r} revoked")

@@ -6,6 +6,8 @@ from typing import Annotated
 import typer
 
 from ..errors import ImstoreError, UsageError
+from ..exporter import export as export_keys
+from ..importer import import_source
 from ..validate import parse_time
 from . import settings
 from .common import open_store, show_warnings
@@ -38,8 +40,6 @@ def import_(
 
     Example: imstore --remote http://nas:8765 import ./photos --prefix photos/
     """
-    from ..importer import import_source
-
     out = settings.out
     if source == "-" and sys.stdin is not None and sys.stdin.isatty():
         raise UsageError("stdin is a terminal: pipe a tar or JSON lines in (e.g. tar -c DIR | imstore import -)")
@@ -91,8 +91,6 @@ def export(
 
     Example: imstore export - --at 2026-11-01 | tar -tv
     """
-    from ..exporter import export as export_keys
-
     moment = parse_time(at) if at is not None else None
     out = settings.out
     if dest == "-" and out.stdout_is_terminal:

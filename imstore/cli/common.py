@@ -5,13 +5,17 @@ import stat
 import sys
 from pathlib import Path
 
+from ..cache import CacheSettings
+from ..cache import parse_size as parse_cache_size
 from ..errors import ImstoreError, InvalidInput, UsageError
+from ..objects import CHUNK_SIZE
+from ..paths import user_data_path
+from ..store import Store
+from ..transfer import copy_to_file, copy_to_stream
 from . import settings
 
 
 def default_store_path() -> Path:
-    from ..paths import user_data_path
-
     return user_data_path("imstore")
 
 
@@ -21,11 +25,9 @@ def open_store(*, write: bool = False):
     With --remote it is a RemoteStore: the same methods over HTTP, so commands need not care.
     """
     if settings.remote:
-        from ..server.client import RemoteStore
+        from ..server.client import RemoteStore  # aiohttp: tens of ms that only --remote needs
 
         return RemoteStore(settings.remote, remote_token())
-    from ..store import Store
-
     if settings.store is not None:
         store = Store.open(settings.store, cache=cache_settings())
     else:
@@ -51,13 +53,11 @@ def remote_token() -> str | None:
 
 def cache_settings():
     """The read cache settings from --cache-dir, --cache-size and --no-cache (and their env vars)."""
-    from ..cache import CacheSettings, parse_size
-
     defaults = CacheSettings()
     return CacheSettings(
         enabled=not settings.no_cache,
         directory=settings.cache_dir,
-        size_limit=parse_size(settings.cache_size) if settings.cache_size else defaults.size_limit,
+        size_limit=parse_cache_size(settings.cache_size) if settings.cache_size else defaults.size_limit,
     )
 
 
@@ -73,10 +73,8 @@ def show_warnings(store) -> None:
 
 # ============================================================ input
 def parse_size(text: str) -> int:
-    from ..cache import parse_size
-
     try:
-        return parse_size(text)
+        return parse_cache_size(text)
     except (ValueError, ImstoreError):
         raise InvalidInput(f"not a size: {text!r} (e.g. 512M, 10G)") from None
 
@@ -129,8 +127,6 @@ def regular_file_size(source) -> int:
 
 
 def chunks_with_progress(source, progress):
-    from ..store import CHUNK_SIZE
-
     while chunk := source.read(CHUNK_SIZE):
         progress.advance(len(chunk))
         yield chunk
@@ -148,8 +144,6 @@ def parse_meta(items: list[str] | None) -> dict[str, str]:
 
 # ============================================================ output
 def emit_object(reader, output: Path | None) -> None:
-    from ..transfer import copy_to_file, copy_to_stream
-
     if output is None or str(output) == "-":
         try:
             copy_to_stream(reader, sys.stdout.buffer)

@@ -9,6 +9,7 @@ import typer
 
 from ..errors import UsageError
 from ..output import history_json, log_json, ls_json, version_json
+from ..store import Store
 from ..validate import parse_time
 from . import settings
 from .common import (
@@ -34,8 +35,6 @@ def init(
 
     Example: imstore init ~/stores/team
     """
-    from ..store import Store
-
     if settings.remote:
         raise UsageError("init creates a local store; it does not work with --remote")
     target = path or settings.store or default_store_path()
