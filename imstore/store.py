@@ -324,6 +324,10 @@ class Store:
         if self.cache is not None:
             self.cache.close()
 
+    def notes(self) -> list[str]:
+        """What went wrong with the read cache (never fatal; --debug shows it)."""
+        return list(self.cache.notes) if self.cache is not None else []
+
     def __enter__(self) -> Store:
         return self
 

@@ -65,10 +65,9 @@ def show_warnings(store) -> None:
     for warning in store.warnings:
         settings.out.warn(warning)
     store.warnings.clear()
-    if settings.debug and store.cache is not None:
-        for note in store.cache.notes:
+    if settings.debug:
+        for note in store.notes():
             settings.out.warn(f"cache: {note}")
-        store.cache.notes.clear()
 
 
 # ============================================================ input

@@ -120,6 +120,10 @@ class RemoteStore:
             self._session = None
         self._loop.close()
 
+    def notes(self) -> list[str]:
+        """What went wrong with a local read cache, as Store.notes: a remote store has none."""
+        return []
+
     def __enter__(self) -> RemoteStore:
         return self
 
