@@ -116,15 +116,6 @@ def open_input(file: str | None, *, bounded: bool = False):
 PROGRESS_MIN_BYTES = 16 << 20
 
 
-def regular_file_size(source) -> int:
-    """Size of a regular file behind source, or 0 (pipes, terminals)."""
-    try:
-        status = os.fstat(source.fileno())
-    except (OSError, ValueError, AttributeError):
-        return 0
-    return status.st_size if stat.S_ISREG(status.st_mode) else 0
-
-
 def chunks_with_progress(source, progress):
     while chunk := source.read(CHUNK_SIZE):
         progress.advance(len(chunk))

@@ -21,7 +21,6 @@ from .common import (
     open_store,
     parse_meta,
     parse_size,
-    regular_file_size,
     show_warnings,
 )
 
@@ -71,9 +70,11 @@ def put(
 
     Example: echo hello | imstore put greeting --if-absent
     """
+    from ..sources import regular_file_size  # sources loads tarfile and lzma: 5 ms that get would pay
+
     limit = parse_size(max_size) if max_size is not None else None
     source = open_input(file, bounded=limit is not None)
-    size = regular_file_size(source)
+    size = regular_file_size(source) or 0
     try:
         with open_store(write=True) as store, settings.out.progress(f"put {key}", size, unit_bytes=True) as progress:
             chunks = chunks_with_progress(source, progress) if size >= PROGRESS_MIN_BYTES else source

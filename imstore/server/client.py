@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import stat
 import uuid
 from collections.abc import Iterator
 from urllib.parse import urlencode
@@ -25,6 +23,7 @@ from yarl import URL
 from ..errors import CorruptObject, InvalidInput, Unavailable, UsageError
 from ..hashing import blake3
 from ..objects import CHUNK_SIZE
+from ..sources import regular_file_size
 from ..store import PutResult, Version
 from ..validate import parse_version
 from .headers import encode_text
@@ -187,7 +186,7 @@ class RemoteStore:
             headers[META_HEADER] = encode_text(json.dumps(meta, ensure_ascii=False))
         if if_absent:
             headers["If-None-Match"] = "*"
-        size = _regular_file_size(source)
+        size = regular_file_size(source)
         if size is not None:
             headers["Content-Length"] = str(size)
         start = source.tell() if size is not None else None
@@ -331,16 +330,6 @@ def _iso(time_ns: int) -> str:
 
     seconds, rest = divmod(time_ns, 1_000_000_000)
     return format_time(seconds * 1_000_000_000)[:-5] + f".{rest // 1000:06d}Z"
-
-
-def _regular_file_size(source) -> int | None:
-    try:
-        status = os.fstat(source.fileno())
-    except (OSError, ValueError, AttributeError):
-        return None
-    if not stat.S_ISREG(status.st_mode):
-        return None
-    return status.st_size - source.tell()
 
 
 UPLOAD_PIECE = 256 << 10
