@@ -271,8 +271,9 @@ def exit_code_for(exc: BaseException) -> int:
         out.error("interrupted")
         return EXIT_INTERRUPTED
     if isinstance(exc, NoArgsIsHelpError):
+        # No command is a usage error: the help says what to give, and a script sees it failed.
         print(exc.format_message())
-        return EXIT_OK
+        return EXIT_USAGE
     if isinstance(exc, ClickUsageError):
         hint = f" (see: imstore {exc.ctx.info_name if exc.ctx and exc.ctx.parent else ''} --help)".replace("  ", " ")
         out.error(exc.format_message() + hint)

@@ -267,3 +267,11 @@ def test_get_to_a_fifo_writes_into_it_and_leaves_it_a_fifo(populated, tmp_path):
     assert result.returncode == 0, result.stderr
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced by a regular file"
     assert received == b"two"
+
+
+def test_bare_imstore_and_a_bare_group_print_their_help_and_exit_2():
+    for args, usage in (([], "Usage: imstore [OPTIONS] COMMAND"), (["token"], "Usage: imstore token [OPTIONS] COMMAND")):
+        result = run_cli_in_process(args)
+        assert result.code == 2, args
+        assert usage in result.out, result.out
+
