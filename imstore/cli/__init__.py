@@ -275,8 +275,8 @@ def exit_code_for(exc: BaseException) -> int:
         print(exc.format_message())
         return EXIT_USAGE
     if isinstance(exc, ClickUsageError):
-        hint = f" (see: imstore {exc.ctx.info_name if exc.ctx and exc.ctx.parent else ''} --help)".replace("  ", " ")
-        out.error(exc.format_message() + hint)
+        command_path = exc.ctx.command_path if exc.ctx else "imstore"  # "imstore token create", not "imstore create"
+        out.error(f"{exc.format_message()} (see: {command_path} --help)")
         return EXIT_USAGE
     if isinstance(exc, BrokenPipeError):
         # The reader went away (e.g. `| head`): stop quietly, as cat does.

@@ -275,3 +275,19 @@ def test_bare_imstore_and_a_bare_group_print_their_help_and_exit_2():
         assert result.code == 2, args
         assert usage in result.out, result.out
 
+
+
+@pytest.mark.parametrize(
+    "args, path",
+    [
+        (["--bogus"], "imstore"),
+        (["ls", "--bogus"], "imstore ls"),
+        (["token", "create", "--bogus"], "imstore token create"),
+        (["cache", "stats", "--bogus"], "imstore cache stats"),
+        (["token", "revoke"], "imstore token revoke"),
+    ],
+)
+def test_a_usage_error_names_the_whole_command_path_to_ask_for_help(args, path):
+    result = run_cli_in_process(args)
+    assert result.code == 2
+    assert result.stderr.endswith(f"(see: {path} --help)\n"), result.stderr
