@@ -1,16 +1,18 @@
 """Batch commands: import, export, repack."""
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..errors import ImstoreError, UsageError
 from ..exporter import export as export_keys
+from ..exporter import tar_mode
 from ..importer import import_source
 from ..validate import parse_time
 from . import settings
-from .common import open_store, show_warnings
+from .common import check_output_directory, check_output_file, open_store, show_warnings
 
 
 def import_(
@@ -95,6 +97,8 @@ def export(
     out = settings.out
     if dest == "-" and out.stdout_is_terminal:
         raise UsageError("refusing to write a tar to a terminal: redirect stdout or give a DEST")
+    if dest != "-":
+        (check_output_file if tar_mode(dest) else check_output_directory)(Path(dest))
     with open_store() as store, out.progress("exporting") as bar:
         stdout = sys.stdout.buffer if dest == "-" else None
         summary = export_keys(store, dest, prefix=prefix, at=moment, stdout=stdout, progress=bar.update if bar.live else None)

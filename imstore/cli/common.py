@@ -133,6 +133,24 @@ def parse_meta(items: list[str] | None) -> dict[str, str]:
 
 
 # ============================================================ output
+# A path that cannot be made is the caller's mistake, found before the store is read: exit 2,
+# as for a FILE put cannot read. Left to the write, it would be exit 6, "store unavailable".
+def check_output_file(path: Path) -> None:
+    """Refuse an output file whose directory is missing or is not a directory."""
+    if path.is_dir():
+        raise InvalidInput(f"{path} is a directory")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise InvalidInput(f"cannot write {path}: {parent} {'is not a directory' if parent.exists() else 'does not exist'}")
+
+
+def check_output_directory(path: Path) -> None:
+    """Refuse an output directory that exists as something else or would be made under a non-directory."""
+    existing = next(candidate for candidate in [path.absolute(), *path.absolute().parents] if candidate.exists())
+    if not existing.is_dir():
+        raise InvalidInput(f"cannot make the directory {path}: {existing} is not a directory")
+
+
 def emit_object(reader, output: Path | None) -> None:
     if output is None or str(output) == "-":
         try:
@@ -142,6 +160,4 @@ def emit_object(reader, output: Path | None) -> None:
         except OSError as exc:  # stdout on a full disk, /dev/full
             raise ImstoreError(f"cannot write the output: {exc.strerror or exc}") from None
     else:
-        if output.is_dir():
-            raise InvalidInput(f"{output} is a directory")
         copy_to_file(reader, output)

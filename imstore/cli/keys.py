@@ -14,6 +14,7 @@ from ..validate import parse_time
 from . import settings
 from .common import (
     PROGRESS_MIN_BYTES,
+    check_output_file,
     chunks_with_progress,
     default_store_path,
     emit_object,
@@ -113,6 +114,8 @@ def get(
     if version is not None and at is not None:
         raise UsageError("give --version or --at, not both")
     moment = parse_time(at) if at is not None else None
+    if output is not None and str(output) != "-":
+        check_output_file(output)
     with open_store() as store:
         found, reader = store.open_version(key, version, moment)
         show_warnings(store)
@@ -127,6 +130,8 @@ def cat(
 
     Example: imstore cat 1f9a3b2c
     """
+    if output is not None and str(output) != "-":
+        check_output_file(output)
     with open_store() as store:
         reader = store.open_object(object_hash)
         show_warnings(store)

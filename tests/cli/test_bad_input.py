@@ -291,3 +291,30 @@ def test_a_usage_error_names_the_whole_command_path_to_ask_for_help(args, path):
     result = run_cli_in_process(args)
     assert result.code == 2
     assert result.stderr.endswith(f"(see: {path} --help)\n"), result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        lambda out, object_hash: ["get", "k", "-o", out],
+        lambda out, object_hash: ["cat", object_hash, "-o", out],
+        lambda out, object_hash: ["export", out + ".tar"],
+    ],
+    ids=["get -o", "cat -o", "export"],
+)
+@pytest.mark.parametrize("parent", ["missing", "a-file"])
+def test_an_output_path_that_cannot_be_made_is_a_usage_error_not_an_unavailable_store(populated, tmp_path, command, parent):
+    # exit 6 says the store is unavailable; here the store is fine and the path given is wrong.
+    (tmp_path / "a-file").write_bytes(b"")
+    with Store.open(populated) as store:
+        object_hash = store.history("k")[-1].hash
+    result = run_cli_in_process(["--store", str(populated), *command(str(tmp_path / parent / "x"), object_hash)])
+    assert (result.code, result.stdout) == (2, b""), result.stderr
+    assert result.stderr.count("\n") == 1 and str(tmp_path / parent) in result.stderr
+    assert not list(tmp_path.glob(f"{parent}*/**/x*")) and not (tmp_path / "missing").exists()
+
+
+def test_export_into_a_directory_under_a_file_is_a_usage_error(populated, tmp_path):
+    (tmp_path / "a-file").write_bytes(b"")
+    result = run_cli_in_process(["--store", str(populated), "export", str(tmp_path / "a-file" / "sub" / "dir")])
+    assert result.code == 2 and "a-file" in result.stderr
