@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..cache import CacheSettings
 from ..cache import parse_size as parse_cache_size
-from ..errors import ImstoreError, InvalidInput, UsageError
+from ..errors import ImstoreError, InvalidInput, NotAuthorised, UsageError
 from ..objects import CHUNK_SIZE
 from ..paths import user_data_path
 from ..store import Store
@@ -47,7 +47,7 @@ def remote_token() -> str | None:
         try:
             return settings.token_file.read_text("utf-8").strip()
         except OSError as exc:
-            raise InvalidInput(f"cannot read the token file {settings.token_file}: {exc.strerror}") from None
+            raise NotAuthorised(f"cannot read the token file {settings.token_file}: {exc.strerror}") from None
     return os.environ.get("IMSTORE_TOKEN") or None
 
 

@@ -318,3 +318,10 @@ def test_export_into_a_directory_under_a_file_is_a_usage_error(populated, tmp_pa
     (tmp_path / "a-file").write_bytes(b"")
     result = run_cli_in_process(["--store", str(populated), "export", str(tmp_path / "a-file" / "sub" / "dir")])
     assert result.code == 2 and "a-file" in result.stderr
+
+
+def test_a_token_file_that_cannot_be_read_is_exit_12_like_any_missing_token(tmp_path):
+    # 12 is the README's code for a missing, bad or read-only token; the server is never asked.
+    result = run_cli_in_process(["--remote", "http://127.0.0.1:9", "--token-file", str(tmp_path / "no-such-token"), "ls"])
+    assert (result.code, result.stdout) == (12, b"")
+    assert result.stderr == f"imstore: error: cannot read the token file {tmp_path / 'no-such-token'}: No such file or directory\n"
