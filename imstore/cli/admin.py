@@ -9,6 +9,7 @@ import typer
 from ..cache import CACHE_DIR_ENV, CACHE_SIZE_ENV, NO_CACHE_ENV, StoreCache
 from ..errors import UsageError
 from ..server.auth import TokenStore
+from ..store import Store
 from . import settings
 from .common import cache_settings, default_store_path, open_local_store
 
@@ -20,12 +21,20 @@ def _store_cache():
     return StoreCache.for_path(cache_settings(), settings.store or default_store_path())
 
 
+def _check_store_or_cache() -> None:
+    """Exit 10 for a path with neither a store nor a cache of one (README: "exit 10 unless a cache for it exists")."""
+    root = settings.store or default_store_path()
+    if StoreCache.existing_store_id(cache_settings(), root) is None:
+        Store.open(root).close()  # NoStore when there is no store either
+
+
 @cache_app.command("stats")
 def cache_stats() -> None:
     """Entries, bytes, hits and misses of the store's read cache (works while the store is down).
 
     Example: imstore cache stats --json
     """
+    _check_store_or_cache()
     stats = _store_cache().stats()
     out = settings.out
     fields = {
