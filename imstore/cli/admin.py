@@ -11,7 +11,7 @@ from ..errors import UsageError
 from ..server.auth import TokenStore
 from ..store import Store
 from . import settings
-from .common import cache_settings, default_store_path, open_local_store
+from .common import cache_settings, default_store_path, open_local_store, refuse_remote
 
 # ============================================================ cache commands
 cache_app = typer.Typer(name="cache", help="The read cache: what it holds, and emptying it.", no_args_is_help=True, add_completion=False)
@@ -34,6 +34,7 @@ def cache_stats() -> None:
 
     Example: imstore cache stats --json
     """
+    refuse_remote("cache stats")
     _check_store_or_cache()
     stats = _store_cache().stats()
     out = settings.out
@@ -60,6 +61,7 @@ def cache_clear(
 
     Example: imstore cache clear
     """
+    refuse_remote("cache clear")
     if all_stores:
         cleared = StoreCache.clear_all(cache_settings())
     else:

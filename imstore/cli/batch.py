@@ -12,7 +12,7 @@ from ..exporter import tar_mode
 from ..importer import import_source
 from ..validate import parse_time
 from . import settings
-from .common import check_output_directory, check_output_file, open_store, show_warnings
+from .common import check_output_directory, check_output_file, open_local_store, open_store, show_warnings
 
 
 def import_(
@@ -99,7 +99,7 @@ def export(
         raise UsageError("refusing to write a tar to a terminal: redirect stdout or give a DEST")
     if dest != "-":
         (check_output_file if tar_mode(dest) else check_output_directory)(Path(dest))
-    with open_store() as store, out.progress("exporting") as bar:
+    with open_local_store("export") as store, out.progress("exporting") as bar:
         stdout = sys.stdout.buffer if dest == "-" else None
         summary = export_keys(store, dest, prefix=prefix, at=moment, stdout=stdout, progress=bar.update if bar.live else None)
         show_warnings(store)
@@ -118,7 +118,7 @@ def repack() -> None:
 
     Example: imstore repack --json
     """
-    with open_store() as store:
+    with open_local_store("repack") as store:
         result = store.repack()
         show_warnings(store)
     out = settings.out

@@ -35,9 +35,14 @@ def open_store(*, write: bool = False):
     return store
 
 
-def open_local_store(command: str):
+def refuse_remote(command: str) -> None:
+    """Exit 2 for a command that works on the store's files (there is no HTTP route for it) when --remote is given."""
     if settings.remote:
-        raise UsageError(f"imstore {command} works on a local store (--store), not with --remote")
+        raise UsageError(f"imstore {command} has no remote form: run it where the store is, without --remote")
+
+
+def open_local_store(command: str):
+    refuse_remote(command)
     return open_store()
 
 

@@ -22,6 +22,7 @@ from .common import (
     open_store,
     parse_meta,
     parse_size,
+    refuse_remote,
     show_warnings,
 )
 
@@ -35,8 +36,7 @@ def init(
 
     Example: imstore init ~/stores/team
     """
-    if settings.remote:
-        raise UsageError("init creates a local store; it does not work with --remote")
+    refuse_remote("init")
     target = path or settings.store or default_store_path()
     store, created = Store.init(target)
     with store:

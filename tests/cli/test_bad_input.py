@@ -325,3 +325,23 @@ def test_a_token_file_that_cannot_be_read_is_exit_12_like_any_missing_token(tmp_
     result = run_cli_in_process(["--remote", "http://127.0.0.1:9", "--token-file", str(tmp_path / "no-such-token"), "ls"])
     assert (result.code, result.stdout) == (12, b"")
     assert result.stderr == f"imstore: error: cannot read the token file {tmp_path / 'no-such-token'}: No such file or directory\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["cache", "stats"], ["cache", "clear"], ["cache", "clear", "--all"], ["export", "OUT"], ["repack"],
+        ["serve"], ["token", "list"], ["init"],
+    ],  # fmt: skip
+    ids=" ".join,
+)
+def test_a_command_with_no_remote_form_is_a_usage_error_with_remote(args, tmp_path, private_cache_dir):
+    # Never a crash (export, repack) nor a silent local answer (cache): the server is never asked.
+    private_cache_dir.mkdir()
+    (private_cache_dir / "0123456789abcdef0123456789abcdef").mkdir()  # a cache that clear --all would remove
+    args = [str(tmp_path / "out") if arg == "OUT" else arg for arg in args]
+    result = run_cli_in_process(["--remote", "http://127.0.0.1:9", *args])
+    command = " ".join(arg for arg in args if not arg.startswith(("-", "/")))
+    assert (result.code, result.stdout) == (2, b""), result.stderr
+    assert result.stderr == f"imstore: error: imstore {command} has no remote form: run it where the store is, without --remote\n"
+    assert not (tmp_path / "out").exists() and any(private_cache_dir.iterdir())
