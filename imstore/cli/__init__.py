@@ -5,7 +5,7 @@ Each command parses its options, makes one library call and hands the result to
 rm, log, verify, reindex), batch.py (import, export, repack) and admin.py (cache,
 serve, token); common.py holds what they share. COMMANDS, next to run(), names
 the module of each, and a run imports only the module of its command.
-Exceptions become exit codes in exactly one place, `run()`.
+Exceptions become exit codes in exactly one place, `exit_code_for()`.
 """
 
 # No `from __future__ import annotations` here: typer would eval every string
@@ -56,7 +56,101 @@ class Settings:
 settings = Settings(out=Output())
 
 
-# ============================================================ the command table
+# ============================================================ global options
+# Marks a global flag that may also follow the command name (`imstore ls --json`): it only
+# changes how results and errors are shown, so it means the same wherever it stands.
+AFTER_COMMAND_TOO = "also after the command name"
+
+
+def _after_command_params() -> set[str]:
+    """The names of the global options marked AFTER_COMMAND_TOO."""
+    return {name for name, hint in global_options.__annotations__.items() if AFTER_COMMAND_TOO in getattr(hint, "__metadata__", ())}
+
+
+def _hidden_copy(param):
+    """A global output flag as a hidden option of a subcommand (help and the docs skip hidden ones)."""
+    late = copy.copy(param)
+    late.hidden, late.expose_value, late.envvar = True, False, None
+    late.callback = _late_output_flag
+    return late
+
+
+def _late_output_flag(ctx, param, value: bool) -> None:
+    if value:
+        set_output(**{param.name: True})
+
+
+def set_output(*, json_output: bool = False, quiet: bool = False, no_color: bool = False, debug: bool = False) -> None:
+    """What the output flags do; given before the command name, after it, or both."""
+    out = settings.out
+    out.json = out.json or json_output
+    out.quiet = out.quiet or quiet
+    out.color = out.color and not no_color
+    settings.debug = settings.debug or debug
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"imstore {__version__}")
+        raise typer.Exit()
+
+
+def global_options(
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            "--store",
+            envvar="IMSTORE_DIR",
+            help="Store directory (default: the user data dir, e.g. ~/.local/share/imstore).",
+            show_default=False,
+        ),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document (or JSON lines) on stdout."), AFTER_COMMAND_TOO
+    ] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only what was asked for, no chatter."), AFTER_COMMAND_TOO] = False,
+    no_color: Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too)."), AFTER_COMMAND_TOO] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show a traceback on errors."), AFTER_COMMAND_TOO] = False,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            envvar="IMSTORE_CACHE_DIR",
+            help="Read cache folder (default: the user cache dir, e.g. ~/.cache/imstore).",
+            show_default=False,
+        ),
+    ] = None,
+    cache_size: Annotated[
+        str | None,
+        typer.Option(
+            "--cache-size", envvar="IMSTORE_CACHE_SIZE", help="Read cache size limit, e.g. 512M (default: 1G).", show_default=False
+        ),
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", envvar="IMSTORE_NO_CACHE", help="Read and write without the read cache.")] = False,
+    remote: Annotated[
+        str | None,
+        typer.Option("--remote", envvar="IMSTORE_REMOTE", help="Work against an imstore serve at this URL.", metavar="URL"),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", help="File holding the API token for --remote (or set IMSTORE_TOKEN).", metavar="FILE"),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """An immutable, versioned, content-addressed store.
+
+    Every put appends a new version; nothing written is ever changed; every read is verified.
+    """
+    settings.store = store
+    settings.cache_dir, settings.cache_size, settings.no_cache = cache_dir, cache_size, no_cache
+    settings.remote = remote
+    settings.token_file = token_file
+    set_output(json_output=json_output, quiet=quiet, no_color=no_color, debug=debug)
+
+
+# ============================================================ the command table and the entry point
 class CommandInfo(NamedTuple):
     """Where a command is defined, as in pip's commands/__init__.py: a module of this
     package and the function in it (or the typer.Typer of a group of subcommands)."""
@@ -149,104 +243,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.callback()(global_options)
 
 
-# ============================================================ global options
-# Marks a global flag that may also follow the command name (`imstore ls --json`): it only
-# changes how results and errors are shown, so it means the same wherever it stands.
-AFTER_COMMAND_TOO = "also after the command name"
-
-
-def _after_command_params() -> set[str]:
-    """The names of the global options marked AFTER_COMMAND_TOO."""
-    return {name for name, hint in global_options.__annotations__.items() if AFTER_COMMAND_TOO in getattr(hint, "__metadata__", ())}
-
-
-def _hidden_copy(param):
-    """A global output flag as a hidden option of a subcommand (help and the docs skip hidden ones)."""
-    late = copy.copy(param)
-    late.hidden, late.expose_value, late.envvar = True, False, None
-    late.callback = _late_output_flag
-    return late
-
-
-def _late_output_flag(ctx, param, value: bool) -> None:
-    if value:
-        set_output(**{param.name: True})
-
-
-def set_output(*, json_output: bool = False, quiet: bool = False, no_color: bool = False, debug: bool = False) -> None:
-    """What the output flags do; given before the command name, after it, or both."""
-    out = settings.out
-    out.json = out.json or json_output
-    out.quiet = out.quiet or quiet
-    out.color = out.color and not no_color
-    settings.debug = settings.debug or debug
-
-
-def _version_callback(value: bool) -> None:
-    if value:
-        print(f"imstore {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def global_options(
-    store: Annotated[
-        Path | None,
-        typer.Option(
-            "--store",
-            envvar="IMSTORE_DIR",
-            help="Store directory (default: the user data dir, e.g. ~/.local/share/imstore).",
-            show_default=False,
-        ),
-    ] = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print one JSON document (or JSON lines) on stdout."), AFTER_COMMAND_TOO
-    ] = False,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only what was asked for, no chatter."), AFTER_COMMAND_TOO] = False,
-    no_color: Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too)."), AFTER_COMMAND_TOO] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show a traceback on errors."), AFTER_COMMAND_TOO] = False,
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--cache-dir",
-            envvar="IMSTORE_CACHE_DIR",
-            help="Read cache folder (default: the user cache dir, e.g. ~/.cache/imstore).",
-            show_default=False,
-        ),
-    ] = None,
-    cache_size: Annotated[
-        str | None,
-        typer.Option(
-            "--cache-size", envvar="IMSTORE_CACHE_SIZE", help="Read cache size limit, e.g. 512M (default: 1G).", show_default=False
-        ),
-    ] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", envvar="IMSTORE_NO_CACHE", help="Read and write without the read cache.")] = False,
-    remote: Annotated[
-        str | None,
-        typer.Option("--remote", envvar="IMSTORE_REMOTE", help="Work against an imstore serve at this URL.", metavar="URL"),
-    ] = None,
-    token_file: Annotated[
-        Path | None,
-        typer.Option("--token-file", help="File holding the API token for --remote (or set IMSTORE_TOKEN).", metavar="FILE"),
-    ] = None,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
-    ] = False,
-) -> None:
-    """An immutable, versioned, content-addressed store.
-
-    Every put appends a new version; nothing written is ever changed; every read is verified.
-    """
-    settings.store = store
-    settings.cache_dir, settings.cache_size, settings.no_cache = cache_dir, cache_size, no_cache
-    settings.remote = remote
-    settings.token_file = token_file
-    set_output(json_output=json_output, quiet=quiet, no_color=no_color, debug=debug)
-
-
-# ============================================================ entry point
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and exit with the documented code."""
     sys.exit(run(argv))
