@@ -11,6 +11,7 @@ Exceptions become exit codes in exactly one place, `exit_code_for()`.
 # No `from __future__ import annotations` here: typer would eval every string
 # annotation on each start, which is most of `imstore get`'s start-up time.
 import copy
+import gc
 import importlib
 import os
 import sys
@@ -248,7 +249,12 @@ app.callback()(global_options)
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and exit with the documented code."""
-    sys.exit(run(argv))
+    code = run(argv)
+    # At exit the interpreter runs a last collection over every object of every module, ~12 ms
+    # here (a seventh of `imstore get`) spent freeing memory the process is about to hand back.
+    # Frozen objects are skipped; stores are closed, output flushed and atexit still runs by now.
+    gc.freeze()
+    sys.exit(code)
 
 
 def run(argv: list[str] | None = None) -> int:
