@@ -1,5 +1,6 @@
 """Commands that run or look after a store rather than its keys: cache stats and clear, serve, token create, list and revoke."""
 
+# No `from __future__ import annotations` (see __init__.py): typer would eval the strings on each start.
 import os
 from pathlib import Path
 from typing import Annotated

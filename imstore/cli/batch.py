@@ -1,5 +1,6 @@
 """Batch commands: import, export, repack."""
 
+# No `from __future__ import annotations` (see __init__.py): typer would eval the strings on each start.
 import sys
 from pathlib import Path
 from typing import Annotated

@@ -42,6 +42,7 @@ def refuse_remote(command: str) -> None:
 
 
 def open_local_store(command: str):
+    """open_store() for a command that has no remote form."""
     refuse_remote(command)
     return open_store()
 
@@ -56,7 +57,7 @@ def remote_token() -> str | None:
     return os.environ.get("IMSTORE_TOKEN") or None
 
 
-def cache_settings():
+def cache_settings() -> CacheSettings:
     """The read cache settings from --cache-dir, --cache-size and --no-cache (and their env vars)."""
     defaults = CacheSettings()
     return CacheSettings(
