@@ -35,7 +35,7 @@ from .validate import validate_content_type, validate_message, validate_meta
 
 __all__ = [
     "open_source", "peek_stdin", "source_kind", "stream_source", "Source", "DirectorySource", "TarSource", "JsonLinesSource", "SourceItem",
-    "ItemError", "TAR_ERRORS",
+    "ItemError", "TAR_ERRORS", "regular_file_size",
 ]  # fmt: skip
 
 # What a damaged or truncated (compressed) tar raises while it is read.
@@ -324,6 +324,17 @@ def source_kind(source: str) -> str:
     if not is_tar:
         raise InvalidInput(f"{source} is not a directory, a tar archive or a .jsonl/.ndjson file")
     return "tar"
+
+
+def regular_file_size(source) -> int | None:
+    """The bytes left to read in the regular file behind source; None for a pipe, a terminal or no file."""
+    try:
+        status = os.fstat(source.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    return status.st_size - source.tell()
 
 
 def peek_stdin(stdin: BinaryIO | None) -> tuple[BinaryIO, str]:

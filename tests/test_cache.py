@@ -17,6 +17,7 @@ from imstore import Store
 from imstore.cache import DB_NAME, MARKER_NAME, CacheSettings, StoreCache, cache_folder, parse_size
 from imstore.errors import NoStore, Unavailable
 from imstore.hashing import hash_bytes
+from tests.conftest import run_cli_in_process
 
 
 @pytest.fixture
@@ -270,6 +271,24 @@ def test_cache_stats_counts_entries_hits_and_misses(cli):
     assert json.loads(cli("cache", "stats", "--json").stdout)["hits"] == 2
     lines = cli("cache", "stats").out.splitlines()
     assert [line.split("\t")[0] for line in lines] == ["path", "store_id", "entries", "bytes", "hits", "misses"]
+
+
+def test_cache_stats_of_a_path_with_no_store_and_no_cache_is_exit_10(tmp_path):
+    # README: a path with no store is exit 10 unless a cache for it exists.
+    nothing = tmp_path / "nothing"
+    result = run_cli_in_process(["--store", str(nothing), "cache", "stats", "--json"])
+    assert (result.code, result.stdout) == (10, b"")
+    assert result.stderr == f"imstore: error: no store at {nothing} (create one with: imstore init {nothing})\n"
+    assert not nothing.exists()
+
+
+def test_cache_stats_works_while_the_store_is_down_and_on_a_store_with_no_cache_yet(cli, store_path, tmp_path):
+    fresh = cli("cache", "stats", "--json")
+    assert fresh.code == 0 and json.loads(fresh.stdout)["entries"] == 0
+    cli("put", "k", stdin=b"x")
+    os.rename(store_path, tmp_path / "away")
+    down = cli("cache", "stats", "--json")
+    assert down.code == 0 and json.loads(down.stdout)["entries"] > 0
 
 
 def test_cache_clear_empties_it_and_the_store_still_answers(cli, store_path, private_cache_dir):

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from yarl import URL
 from ..errors import CorruptObject, InvalidInput, RequestInProgress, Unavailable, UsageError
 from ..hashing import blake3, validate_prefix
 from ..objects import CHUNK_SIZE
+from ..sources import regular_file_size
 from ..store import PutResult, Version
 from ..validate import format_time, parse_version
 from .headers import encode_text
@@ -115,6 +114,10 @@ class RemoteStore:
             self._session = None
         self._loop.close()
 
+    def notes(self) -> list[str]:
+        """What went wrong with a local read cache, as Store.notes: a remote store has none."""
+        return []
+
     def __enter__(self) -> RemoteStore:
         return self
 
@@ -178,7 +181,7 @@ class RemoteStore:
             headers[META_HEADER] = encode_text(json.dumps(meta, ensure_ascii=False))
         if if_absent:
             headers["If-None-Match"] = "*"
-        size = _regular_file_size(source)
+        size = regular_file_size(source)
         if size is not None:
             headers["Content-Length"] = str(size)
         start = source.tell() if size is not None else None
@@ -315,16 +318,6 @@ def _hex_only(text: str) -> str:
 def _iso(time_ns: int) -> str:
     seconds, rest = divmod(time_ns, 1_000_000_000)
     return format_time(seconds * 1_000_000_000)[:-5] + f".{rest // 1000:06d}Z"
-
-
-def _regular_file_size(source) -> int | None:
-    try:
-        status = os.fstat(source.fileno())
-    except (OSError, ValueError, AttributeError):
-        return None
-    if not stat.S_ISREG(status.st_mode):
-        return None
-    return status.st_size - source.tell()
 
 
 UPLOAD_PIECE = 256 << 10

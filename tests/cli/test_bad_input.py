@@ -285,3 +285,81 @@ def test_a_message_with_control_characters_or_too_long_is_refused(cli):
     assert cli("put", "k", "-m", "bad\x1b[31m", stdin=b"x").code == 2
     assert cli("put", "k", "-m", "x" * 5000, stdin=b"x").code == 2
     assert cli("put", "k", "-m", "two\nlines\tfine", stdin=b"x").code == 0
+
+
+def test_bare_imstore_and_a_bare_group_print_their_help_and_exit_2():
+    for args, usage in (([], "Usage: imstore [OPTIONS] COMMAND"), (["token"], "Usage: imstore token [OPTIONS] COMMAND")):
+        result = run_cli_in_process(args)
+        assert result.code == 2, args
+        assert usage in result.out, result.out
+
+
+
+@pytest.mark.parametrize(
+    "args, path",
+    [
+        (["--bogus"], "imstore"),
+        (["ls", "--bogus"], "imstore ls"),
+        (["token", "create", "--bogus"], "imstore token create"),
+        (["cache", "stats", "--bogus"], "imstore cache stats"),
+        (["token", "revoke"], "imstore token revoke"),
+    ],
+)
+def test_a_usage_error_names_the_whole_command_path_to_ask_for_help(args, path):
+    result = run_cli_in_process(args)
+    assert result.code == 2
+    assert result.stderr.endswith(f"(see: {path} --help)\n"), result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        lambda out, object_hash: ["get", "k", "-o", out],
+        lambda out, object_hash: ["cat", object_hash, "-o", out],
+        lambda out, object_hash: ["export", out + ".tar"],
+    ],
+    ids=["get -o", "cat -o", "export"],
+)
+@pytest.mark.parametrize("parent", ["missing", "a-file"])
+def test_an_output_path_that_cannot_be_made_is_a_usage_error_not_an_unavailable_store(populated, tmp_path, command, parent):
+    # exit 6 says the store is unavailable; here the store is fine and the path given is wrong.
+    (tmp_path / "a-file").write_bytes(b"")
+    with Store.open(populated) as store:
+        object_hash = store.history("k")[-1].hash
+    result = run_cli_in_process(["--store", str(populated), *command(str(tmp_path / parent / "x"), object_hash)])
+    assert (result.code, result.stdout) == (2, b""), result.stderr
+    assert result.stderr.count("\n") == 1 and str(tmp_path / parent) in result.stderr
+    assert not list(tmp_path.glob(f"{parent}*/**/x*")) and not (tmp_path / "missing").exists()
+
+
+def test_export_into_a_directory_under_a_file_is_a_usage_error(populated, tmp_path):
+    (tmp_path / "a-file").write_bytes(b"")
+    result = run_cli_in_process(["--store", str(populated), "export", str(tmp_path / "a-file" / "sub" / "dir")])
+    assert result.code == 2 and "a-file" in result.stderr
+
+
+def test_a_token_file_that_cannot_be_read_is_exit_12_like_any_missing_token(tmp_path):
+    # 12 is the README's code for a missing, bad or read-only token; the server is never asked.
+    result = run_cli_in_process(["--remote", "http://127.0.0.1:9", "--token-file", str(tmp_path / "no-such-token"), "ls"])
+    assert (result.code, result.stdout) == (12, b"")
+    assert result.stderr == f"imstore: error: cannot read the token file {tmp_path / 'no-such-token'}: No such file or directory\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["cache", "stats"], ["cache", "clear"], ["cache", "clear", "--all"], ["export", "OUT"], ["repack"],
+        ["serve"], ["token", "list"], ["init"],
+    ],  # fmt: skip
+    ids=" ".join,
+)
+def test_a_command_with_no_remote_form_is_a_usage_error_with_remote(args, tmp_path, private_cache_dir):
+    # Never a crash (export, repack) nor a silent local answer (cache): the server is never asked.
+    private_cache_dir.mkdir()
+    (private_cache_dir / "0123456789abcdef0123456789abcdef").mkdir()  # a cache that clear --all would remove
+    args = [str(tmp_path / "out") if arg == "OUT" else arg for arg in args]
+    result = run_cli_in_process(["--remote", "http://127.0.0.1:9", *args])
+    command = " ".join(arg for arg in args if not arg.startswith(("-", "/")))
+    assert (result.code, result.stdout) == (2, b""), result.stderr
+    assert result.stderr == f"imstore: error: imstore {command} has no remote form: run it where the store is, without --remote\n"
+    assert not (tmp_path / "out").exists() and any(private_cache_dir.iterdir())

@@ -366,3 +366,37 @@ def test_get_into_a_full_disk_is_a_one_line_error(cli_process, store_path):
     assert result.returncode == 1
     assert result.stderr.decode().strip().startswith("imstore: error: cannot write the output")
     assert "unexpected" not in result.stderr.decode()
+
+
+def test_a_bug_is_exit_1_in_one_line_with_a_traceback_only_under_debug(cli, monkeypatch):
+    from imstore.cli import keys
+
+    def broken(**_):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(keys, "open_store", broken)
+    plain, debug = cli("ls"), cli("--debug", "ls")
+    assert (plain.code, plain.stdout) == (1, b"")
+    assert plain.stderr == "imstore: error: unexpected RuntimeError: a bug (rerun with --debug for a traceback)\n"
+    assert debug.code == 1 and "Traceback (most recent call last)" in debug.stderr and "RuntimeError: a bug" in debug.stderr
+
+
+def test_debug_shows_the_read_caches_notes_as_warnings(cli, store_path, private_cache_dir):
+    import sqlite3
+
+    from imstore.cache import DB_NAME, CacheSettings, cache_folder
+
+    object_hash = json.loads(cli("put", "k", "--json", stdin=b"right bytes").stdout)["hash"]
+    database = cache_folder(CacheSettings(directory=private_cache_dir), store_path) / "data" / DB_NAME
+
+    def tamper() -> None:
+        with sqlite3.connect(database, isolation_level=None) as db:
+            db.execute("UPDATE Cache SET value = ? WHERE key = ?", (b"wrong bytes", f"o:{object_hash}"))
+
+    tamper()
+    quiet = cli("get", "k", "--version", "1")
+    assert (quiet.code, quiet.stdout, quiet.stderr) == (0, b"right bytes", "")
+    tamper()
+    debug = cli("--debug", "get", "k", "--version", "1")
+    assert (debug.code, debug.stdout) == (0, b"right bytes")
+    assert debug.stderr == f"imstore: warning: cache: cached object {object_hash} did not match its hash; dropped it\n"

@@ -140,3 +140,13 @@ def test_local_commands_never_import_aiohttp(store_path):
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["0", "False", "False"], result.stderr
+
+
+def test_debug_works_with_remote_on_every_read_and_write(both):
+    # --debug shows the store's notes; a RemoteStore has none (it once had no way to say so).
+    _, remote = both
+    assert remote("--debug", "put", "debugged", stdin=b"x").code == 0
+    for args in (["ls"], ["get", "debugged"], ["history", "debugged"], ["log"], ["rm", "debugged"]):
+        result = remote("--debug", *args)
+        assert result.code == 0, (args, result.stderr)
+        assert result.stderr == "", (args, result.stderr)

@@ -1,0 +1,184 @@
+"""Commands that run or look after a store rather than its keys: cache stats and clear, serve, token create, list and revoke."""
+
+# No `from __future__ import annotations` (see __init__.py): typer would eval the strings on each start.
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..cache import CACHE_DIR_ENV, CACHE_SIZE_ENV, NO_CACHE_ENV, StoreCache
+from ..errors import UsageError
+from ..server.auth import TokenStore
+from ..store import Store
+from . import settings
+from .common import cache_settings, default_store_path, open_local_store, refuse_remote
+
+# ============================================================ cache commands
+cache_app = typer.Typer(name="cache", help="The read cache: what it holds, and emptying it.", no_args_is_help=True, add_completion=False)
+
+
+def _store_cache():
+    return StoreCache.for_path(cache_settings(), settings.store or default_store_path())
+
+
+def _check_store_or_cache() -> None:
+    """Exit 10 for a path with neither a store nor a cache of one (README: "exit 10 unless a cache for it exists")."""
+    root = settings.store or default_store_path()
+    if StoreCache.existing_store_id(cache_settings(), root) is None:
+        Store.open(root).close()  # NoStore when there is no store either
+
+
+@cache_app.command("stats")
+def cache_stats() -> None:
+    """Entries, bytes, hits and misses of the store's read cache (works while the store is down).
+
+    Example: imstore cache stats --json
+    """
+    refuse_remote("cache stats")
+    _check_store_or_cache()
+    stats = _store_cache().stats()
+    out = settings.out
+    fields = {
+        "path": stats.path,
+        "store_id": stats.store_id,
+        "entries": stats.entries,
+        "bytes": stats.bytes,
+        "hits": stats.hits,
+        "misses": stats.misses,
+    }
+    if out.json:
+        out.document(fields)
+    else:
+        for name, value in fields.items():
+            out.line(name, "" if value is None else value)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    all_stores: Annotated[bool, typer.Option("--all", help="Clear the caches of every store, not just this one.")] = False,
+) -> None:
+    """Empty the read cache of the store (the store itself is untouched).
+
+    Example: imstore cache clear
+    """
+    refuse_remote("cache clear")
+    if all_stores:
+        cleared = StoreCache.clear_all(cache_settings())
+    else:
+        _store_cache().clear()
+        cleared = 1
+    out = settings.out
+    if out.json:
+        out.document({"cleared": cleared})
+    else:
+        out.info(f"cleared {cleared} cache{'s' if cleared != 1 else ''}")
+
+
+# ============================================================ serve and tokens
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (a LAN address needs a token).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8765,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, max=64, help="Worker processes (default: CPU count).")] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="TLS certificate (PEM) to serve HTTPS.", metavar="FILE")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="TLS private key (PEM).", metavar="FILE")] = None,
+    max_body: Annotated[
+        str | None,
+        typer.Option("--max-body", help="Largest request body (a put, or a whole remote import), e.g. 100M (default: no limit).",
+                     metavar="SIZE"),  # fmt: skip
+    ] = None,
+    client_timeout: Annotated[
+        float, typer.Option("--client-timeout", min=0.1, help="Seconds a client may stay silent mid-request before it is cut off.")
+    ] = 30.0,
+) -> None:
+    """Serve the store over HTTP: an authenticated gateway round-robining over worker processes.
+
+    Runs until SIGTERM or Ctrl-C, then finishes the requests in flight and exits 0.
+    Every route but /healthz needs a token (imstore token create). Workers read through
+    the read cache (--cache-dir, --cache-size, --no-cache), so cached reads go on while
+    the store is down; a latest version served so carries X-Imstore-Stale: 1.
+
+    Example: imstore serve --host 0.0.0.0 --port 8765 --workers 4 --max-body 1G
+    """
+    # aiohttp and the server: a quarter of a second that only serve needs.
+    from ..server import run_event_loop
+    from ..server.gateway import GatewayConfig, parse_size
+    from ..server.gateway import serve as run_gateway
+
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("give --tls-cert and --tls-key together")
+    with open_local_store("serve") as store:
+        root = str(store.root)
+    config = GatewayConfig(
+        root,
+        host=host,
+        port=port,
+        workers=workers or os.cpu_count() or 1,
+        tls_cert=str(tls_cert) if tls_cert else None,
+        tls_key=str(tls_key) if tls_key else None,
+        max_body=parse_size(max_body) if max_body is not None else None,
+        client_timeout=client_timeout,
+        worker_env=_cache_env(),
+    )
+    run_event_loop(run_gateway(config, info=settings.out.info, warn=settings.out.warn))
+
+
+def _cache_env() -> dict[str, str]:
+    """The read cache settings (--cache-dir, --cache-size, --no-cache) as the environment
+    CacheSettings.from_env reads in serve's workers."""
+    cache = cache_settings()
+    env = {NO_CACHE_ENV: "0" if cache.enabled else "1", CACHE_SIZE_ENV: str(cache.size_limit)}
+    if cache.directory is not None:
+        env[CACHE_DIR_ENV] = str(cache.directory.expanduser().absolute())
+    return env
+
+
+token_app = typer.Typer(
+    name="token", help="API tokens for imstore serve (only their hashes are stored).", no_args_is_help=True, add_completion=False
+)
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option("--name", help="A name to list and revoke it by.")],
+    scope: Annotated[str, typer.Option("--scope", help="read (GET/HEAD) or write (everything).")] = "read",
+) -> None:
+    """Create an API token and print it once; only its hash is kept (STORE/tokens, mode 0600).
+
+    Example: imstore token create --scope write --name laptop > ~/.imstore-token
+    """
+    with open_local_store("token create") as store:
+        token = TokenStore(store.root).create(name, scope)
+    out = settings.out
+    if out.json:
+        out.document({"token": token, "name": name, "scope": scope})
+    else:
+        out.line(token)
+        out.info(f"token {name!r} ({scope}) created; it is shown only now")
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """List API tokens: name, scope, created (never the tokens themselves).
+
+    Example: imstore token list --json
+    """
+    with open_local_store("token list") as store:
+        tokens = TokenStore(store.root).list()
+    out = settings.out
+    if out.json:
+        out.document([{"name": t.name, "scope": t.scope, "created": t.created} for t in tokens])
+    else:
+        out.rows(["name", "scope", "created"], [[t.name, t.scope, t.created] for t in tokens])
+
+
+@token_app.command("revoke")
+def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")]) -> None:
+    """Revoke an API token by name; a running serve stops accepting it within a second.
+
+    Example: imstore token revoke laptop
+    """
+    with open_local_store("token revoke") as store:
+        TokenStore(store.root).revoke(name)
+    settings.out.info(f"token {name!r} revoked")
+
