@@ -93,7 +93,7 @@ def exit_codes() -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "exit_code" for t in node.targets):
             codes.add(ast.literal_eval(node.value))
-    tree = ast.parse((PACKAGE / "cli.py").read_text("utf-8"))
+    tree = ast.parse((PACKAGE / "cli" / "__init__.py").read_text("utf-8"))
     for node in tree.body:  # EXIT_OK, EXIT_ERROR, ... = 0, 1, ...
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], (ast.Name, ast.Tuple)):
             target = node.targets[0]
@@ -128,7 +128,9 @@ def test_every_error_class_has_its_exit_code_and_http_status():
 
 # ---------------------------------------------------------------- modules
 def test_every_module_is_in_the_module_map():
-    modules = {path.name for path in PACKAGE.glob("*.py")} | {f"server/{path.name}" for path in (PACKAGE / "server").glob("*.py")}
+    modules = {path.name for path in PACKAGE.glob("*.py")} | {
+        f"{package}/{path.name}" for package in ("server", "cli") for path in (PACKAGE / package).glob("*.py")
+    }
     documented = {cell.strip("`") for cell in first_cells(section("Module map")) if cell.startswith("`")}
     missing = sorted(modules - documented)
     assert not missing, f"modules missing from the module map in docs/DESIGN.md: {missing}"

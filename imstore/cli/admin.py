@@ -102,8 +102,9 @@ def serve(
     """
     # aiohttp and the server: a quarter of a second that only serve needs.
     from ..server import run_event_loop
-    from ..server.gateway import GatewayConfig, parse_size
+    from ..server.gateway import GatewayConfig
     from ..server.gateway import serve as run_gateway
+    from ..validate import parse_size
 
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("give --tls-cert and --tls-key together")

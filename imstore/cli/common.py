@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 
 from ..cache import CacheSettings
-from ..cache import parse_size as parse_cache_size
 from ..errors import ImstoreError, InvalidInput, NotAuthorised, UsageError
-from ..objects import CHUNK_SIZE
+from ..fsio import CHUNK_SIZE
 from ..paths import user_data_path
 from ..store import Store
 from ..transfer import copy_to_file, copy_to_stream
+from ..validate import parse_size as validate_parse_size
 from . import settings
 
 
@@ -63,7 +63,7 @@ def cache_settings() -> CacheSettings:
     return CacheSettings(
         enabled=not settings.no_cache,
         directory=settings.cache_dir,
-        size_limit=parse_cache_size(settings.cache_size) if settings.cache_size else defaults.size_limit,
+        size_limit=validate_parse_size(settings.cache_size) if settings.cache_size else defaults.size_limit,
     )
 
 
@@ -78,10 +78,8 @@ def show_warnings(store) -> None:
 
 # ============================================================ input
 def parse_size(text: str) -> int:
-    try:
-        return parse_cache_size(text)
-    except (ValueError, ImstoreError):
-        raise InvalidInput(f"not a size: {text!r} (e.g. 512M, 10G)") from None
+    """A SIZE option: validate.parse_size's one grammar, its errors as they are (they say what was wrong)."""
+    return validate_parse_size(text)
 
 
 _DEV_NULL = os.stat(os.devnull).st_rdev if os.path.exists(os.devnull) else None

@@ -10,7 +10,7 @@ import typer
 from ..errors import UsageError
 from ..output import history_json, log_json, ls_json, version_json
 from ..store import Store
-from ..validate import parse_time
+from ..validate import MAX_NUMBER, parse_time
 from . import settings
 from .common import (
     PROGRESS_MIN_BYTES,
@@ -140,7 +140,7 @@ def cat(
 
 def history(
     key: Annotated[str, typer.Argument(help="The key.")],
-    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Only the newest N versions.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, max=MAX_NUMBER, help="Only the newest N versions.")] = None,
 ) -> None:
     """Every version of KEY, oldest first: version, time, op, hash, size, type, message.
 
@@ -162,7 +162,7 @@ def history(
 def list_keys(
     prefix: Annotated[str, typer.Argument(help="Only keys starting with this text.")] = "",
     show_all: Annotated[bool, typer.Option("--all", "-a", help="Include deleted keys.")] = False,
-    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="At most N keys.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, max=MAX_NUMBER, help="At most N keys.")] = None,
 ) -> None:
     """Keys with their latest version: key, version, hash, size, time.
 
@@ -201,8 +201,8 @@ def rm(
 
 
 def log(
-    after: Annotated[int, typer.Option("--after", min=0, help="Only records after this seq.", metavar="SEQ")] = 0,
-    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="At most N records.")] = None,
+    after: Annotated[int, typer.Option("--after", min=0, max=MAX_NUMBER, help="Only records after this seq.", metavar="SEQ")] = 0,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, max=MAX_NUMBER, help="At most N records.")] = None,
 ) -> None:
     """The global log of every put and delete in commit order: seq, op, key, version, hash, size, time.
 

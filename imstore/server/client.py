@@ -22,8 +22,8 @@ import aiohttp
 from yarl import URL
 
 from ..errors import CorruptObject, InvalidInput, RequestInProgress, Unavailable, UsageError
+from ..fsio import CHUNK_SIZE
 from ..hashing import blake3, validate_prefix
-from ..objects import CHUNK_SIZE
 from ..sources import regular_file_size
 from ..store import PutResult, Version
 from ..validate import format_time, parse_version

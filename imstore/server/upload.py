@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..errors import InvalidInput, InvalidKey
-from ..objects import CHUNK_SIZE
+from ..fsio import CHUNK_SIZE
 from ..sources import JSONL_FIELDS, DirectorySource, ItemError, peek_stdin, source_kind
 from ..validate import validate_key
 

@@ -28,8 +28,9 @@ from aiohttp import web
 
 from ..cache import CacheSettings
 from ..errors import BodyIncomplete, IdempotencyKeyReused, ImstoreError, Unavailable, UnsupportedMediaType, UsageError
+from ..fsio import CHUNK_SIZE
 from ..hashing import blake3
-from ..objects import CHUNK_SIZE, ObjectReader
+from ..objects import ObjectReader
 from ..store import PutResult, Store
 from ..transfer import SMALL_OBJECT
 from ..validate import parse_time, validate_key

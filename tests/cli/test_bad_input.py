@@ -363,3 +363,12 @@ def test_a_command_with_no_remote_form_is_a_usage_error_with_remote(args, tmp_pa
     assert (result.code, result.stdout) == (2, b""), result.stderr
     assert result.stderr == f"imstore: error: imstore {command} has no remote form: run it where the store is, without --remote\n"
     assert not (tmp_path / "out").exists() and any(private_cache_dir.iterdir())
+
+
+@pytest.mark.parametrize("args", [["ls", "--limit", "99999999999999999999"], ["log", "--after", "99999999999999999999"],
+                                  ["history", "k", "--limit", "99999999999999999999"]])  # fmt: skip
+def test_out_of_range_counts_are_usage_errors_not_overflow(cli, args):
+    """HARDENING S5, the CLI half: a number SQLite cannot hold is exit 2, never 'unexpected OverflowError' (exit 1)."""
+    assert cli("put", "k", stdin=b"x").code == 0
+    result = cli(*args)
+    assert result.code == 2 and "range" in result.stderr, (result.code, result.stderr)
