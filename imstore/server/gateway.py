@@ -50,7 +50,7 @@ from .protocol import (
     without_paths,
 )
 from .supervisor import Supervisor, WorkerSlot
-from .upstream import PIECE, UpstreamError, UpstreamResponse
+from .upstream import PIECE, NotConnected, UpstreamError, UpstreamResponse, WorkerBusy
 
 __all__ = ["GatewayConfig", "Gateway", "serve", "check_binding", "parse_size"]
 
@@ -70,6 +70,8 @@ OPENAPI = Path(__file__).with_name("openapi.json")
 # Content-Type, never guesses a page out of stored bytes (S8).
 PUBLIC_HEADERS = {"Server": "imstore", "X-Content-Type-Options": "nosniff"}
 _FULL_ID = re.compile(r"[0-9a-f]+")
+# Every 503 says when to come back (S3): the cause is passing (a busy or restarting worker, a store that is away).
+RETRY_AFTER = "1"
 # Request headers that make an object GET something other than "the whole object": a worker answers those.
 NOT_FROM_MEMORY = ("Range", "If-Range", "If-None-Match", "If-Match", "If-Modified-Since")
 
@@ -100,6 +102,8 @@ class _LimitedRequestHandler(RequestHandler):
         if status != 400:
             response = super().handle_error(request, status, exc, message)
             response.headers.update(PUBLIC_HEADERS)
+            if status == 503:
+                response.headers.setdefault("Retry-After", RETRY_AFTER)
             return response
         if isinstance(exc, LineTooLong):
             status = 431 if str(exc.args[1]) == str(MAX_FIELD) else 414
@@ -221,7 +225,7 @@ class Gateway:
         if request.method in WRITE_METHODS and scope != "write":
             return _problem(403, None, f"this token has the {scope} scope; {request.method} needs a write token")
         if route.name == "metrics":
-            text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"], self.objects.hits)
+            text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"], self.objects.hits, self.in_flight)
             return web.Response(body=text.encode(), headers={**PUBLIC_HEADERS, "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
         if route.name == "openapi":
             return web.Response(body=self.openapi, headers={**PUBLIC_HEADERS, "Content-Type": "application/json"})
@@ -269,7 +273,8 @@ class Gateway:
                 headers["Content-Length"] = str(length)
         retry = request.method in ("GET", "HEAD") or ("Idempotency-Key" in request.headers and not hasattr(body, "__aiter__"))
         failed: WorkerSlot | None = None
-        for attempt in range(2 if retry else 1):
+        failures = not_sent = 0
+        while True:  # at most 2 failed exchanges and one unreached try per worker: bounded
             slot = self.supervisor.pick(exclude=failed) or await self.supervisor.wait_for_any(2.0)
             if slot is None:
                 raise Unavailable("no worker is alive")
@@ -277,13 +282,24 @@ class Gateway:
             slot.requests += 1
             try:
                 return await self._exchange(request, slot, headers, body, state)
+            except _NotSent as failure:
+                # Nothing reached the worker (no connection): any request, a write too, may go to another.
+                if not failure.busy:
+                    self.supervisor.suspect(slot)
+                failed = slot
+                not_sent += 1
+                if not_sent < len(self.supervisor.slots) + (0 if failure.busy else 1):
+                    continue
+                if failure.busy:
+                    raise Unavailable(f"the server is busy ({failure}); retry it") from None
+                raise Unavailable(f"worker {slot.id} cannot be reached ({failure}); retry it") from None
             except _WorkerFailed as failure:
                 self.supervisor.suspect(slot)
                 failed = slot
-                if attempt == 0 and retry:
+                failures += 1
+                if retry and failures < 2:
                     continue
                 raise Unavailable(f"worker {slot.id} failed during the request ({failure}); retry it") from None
-        raise AssertionError("unreachable")
 
     async def _read_whole(self, request: web.BaseRequest, length: int) -> bytes:
         try:
@@ -322,7 +338,9 @@ class Gateway:
     async def _exchange(self, request: web.BaseRequest, slot: WorkerSlot, headers: dict, body, state: dict) -> web.StreamResponse:
         assert slot.pool is not None
         try:
-            upstream = await slot.pool.request(request.method, request.raw_path, headers, body)
+            upstream = await slot.pool.request(request.method, request.raw_path, headers, body, wanted=lambda: slot.alive)
+        except NotConnected as exc:
+            raise _NotSent(str(exc), busy=isinstance(exc, WorkerBusy)) from None
         except UpstreamError as exc:
             if "body_error" in state:
                 raise state["body_error"] from None  # the client's body failed, not the worker
@@ -332,6 +350,8 @@ class Gateway:
             out_headers = {name: value for name, value in upstream.headers if name.lower() not in HOP_BY_HOP}
             out_headers.update(PUBLIC_HEADERS)
             out_headers[WORKER_HEADER] = str(slot.id)
+            if upstream.status == 503:
+                out_headers.setdefault("Retry-After", RETRY_AFTER)
             sendfile = out_headers.pop(SENDFILE_FILE, None)
             if sendfile is not None:
                 return await self._sendfile(request, upstream.status, out_headers, sendfile, state)
@@ -434,17 +454,31 @@ def _needs_worker(request: web.BaseRequest) -> bool:
 
 
 class _WorkerFailed(Exception):
-    """The worker did not answer (connection refused, reset, or closed early)."""
+    """The worker did not answer (reset, or closed early) after the request had been sent to it."""
+
+
+class _NotSent(Exception):
+    """No connection to the worker was made; busy: its listen queue stayed full (back-pressure)."""
+
+    def __init__(self, message: str, busy: bool):
+        super().__init__(message)
+        self.busy = busy
 
 
 def _problem(status: int, error: ImstoreError | None, detail: str, headers: dict | None = None) -> web.Response:
+    extra = {"Retry-After": RETRY_AFTER} if status == 503 else {}
     return web.Response(
-        status=status, body=problem(error, status, detail), headers={**PUBLIC_HEADERS, **(headers or {}), "Content-Type": PROBLEM_TYPE}
+        status=status,
+        body=problem(error, status, detail),
+        headers={**PUBLIC_HEADERS, **extra, **(headers or {}), "Content-Type": PROBLEM_TYPE},
     )
 
 
 def _json(document, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(document).encode(), headers={**PUBLIC_HEADERS, "Content-Type": "application/json"})
+    extra = {"Retry-After": RETRY_AFTER} if status == 503 else {}
+    return web.Response(
+        status=status, body=json.dumps(document).encode(), headers={**PUBLIC_HEADERS, **extra, "Content-Type": "application/json"}
+    )
 
 
 # ============================================================ start-up and shutdown

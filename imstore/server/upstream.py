@@ -10,10 +10,12 @@ so a half-sent body can never look complete to a worker.
 from __future__ import annotations
 
 import asyncio
+import errno
+import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
-__all__ = ["UpstreamPool", "UpstreamResponse", "UpstreamError"]
+__all__ = ["UpstreamPool", "UpstreamResponse", "UpstreamError", "NotConnected", "WorkerBusy"]
 
 HEAD_LIMIT = 256 << 10
 PIECE = 1 << 20
@@ -21,6 +23,14 @@ PIECE = 1 << 20
 
 class UpstreamError(Exception):
     """The worker could not be reached or broke the exchange off."""
+
+
+class NotConnected(UpstreamError):
+    """No connection was made: nothing of the request reached the worker, so any request may go to another."""
+
+
+class WorkerBusy(NotConnected):
+    """The worker's listen queue stayed full for the whole wait: back-pressure, not a failure."""
 
 
 class _Connection:
@@ -96,9 +106,10 @@ class UpstreamResponse:
 class UpstreamPool:
     """Keep-alive connections to one worker's unix socket."""
 
-    def __init__(self, socket_path: str, idle_limit: int = 128):
+    def __init__(self, socket_path: str, idle_limit: int = 128, connect_wait: float = 10.0):
         self.socket_path = socket_path
         self.idle_limit = idle_limit
+        self.connect_wait = connect_wait  # how long a full listen queue is waited out before WorkerBusy
         self._idle: deque[_Connection] = deque()
 
     def close(self) -> None:
@@ -111,21 +122,39 @@ class UpstreamPool:
         else:
             connection.close()
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, wanted: Callable[[], bool] | None = None) -> _Connection:
+        """A pooled connection, or a new one. A full listen queue (EAGAIN: the worker is behind on
+        accepting) is back-pressure: wait for room, up to connect_wait, while wanted() says the worker
+        is still in rotation. Raises NotConnected (WorkerBusy after the wait): nothing was sent."""
         while self._idle:
             connection = self._idle.pop()
             if not connection.reader.at_eof() and not connection.writer.is_closing():
                 return connection
             connection.close()
-        try:
-            reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=HEAD_LIMIT)
-        except OSError as exc:
-            raise UpstreamError(f"cannot connect to the worker: {exc.strerror or exc}") from None
-        return _Connection(reader, writer)
+        deadline = None
+        delay = 0.001
+        for _ in range(100_000):  # bounded by the deadline long before this count
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=HEAD_LIMIT)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    raise NotConnected(f"cannot connect to the worker: {exc.strerror or exc}") from None
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + self.connect_wait
+                if now >= deadline or (wanted is not None and not wanted()):
+                    raise WorkerBusy(f"the worker's queue stayed full for {self.connect_wait:g} s") from None
+                await asyncio.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, 0.05)
+                continue
+            return _Connection(reader, writer)
+        raise WorkerBusy("the worker's queue stayed full")
 
-    async def request(self, method: str, target: str, headers: dict[str, str], body=None) -> UpstreamResponse:
-        """Send a request (body: None, bytes, or an async iterator of bytes) and read the answer's head."""
-        connection = await self._connect()
+    async def request(self, method: str, target: str, headers: dict[str, str], body=None,
+                      wanted: Callable[[], bool] | None = None) -> UpstreamResponse:  # fmt: skip
+        """Send a request (body: None, bytes, or an async iterator of bytes) and read the answer's head.
+
+        wanted: see _connect."""
+        connection = await self._connect(wanted)
         streamed = body is not None and not isinstance(body, bytes | bytearray)
         lines = [f"{method} {target} HTTP/1.1", "Host: worker"]
         lines += [f"{name}: {value}" for name, value in headers.items()]

@@ -65,6 +65,9 @@ SMALL_BODY = 1 << 20  # request bodies up to this size are read whole before the
 BATCHED_BODY = 64 << 10  # PUTs up to this size (without an Idempotency-Key) are written in batches (putbatch.py)
 PRELOAD = 1 << 20  # objects up to this size are read (and verified) in the same pool call that finds them
 BODY_IDLE_TIMEOUT = float(os.environ.get("IMSTORE_BODY_TIMEOUT", "30"))
+# Connections the kernel queues for a worker that is behind on accepting them (capped by net.core.somaxconn).
+# Past it the gateway waits for room (back-pressure, S3); the variable is for tuning and tests.
+LISTEN_BACKLOG = int(os.environ.get("IMSTORE_WORKER_BACKLOG", "1024"))
 # Each pool thread's Store has its own read cache memo: keep them small (HotObjects holds the hottest).
 THREAD_MEMO_BYTES = 4 << 20
 # Stored html or svg opened in a browser runs in a sandbox: no scripts, no access to this origin (S8).
@@ -593,7 +596,7 @@ async def serve_worker(
     else:
         if os.path.exists(socket_path):
             os.unlink(socket_path)
-        site = web.UnixSite(runner, socket_path)
+        site = web.UnixSite(runner, socket_path, backlog=LISTEN_BACKLOG)
         await site.start()
         os.chmod(socket_path, 0o600)
     stop = asyncio.Event()
