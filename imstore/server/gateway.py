@@ -49,7 +49,7 @@ from .protocol import (
     server_paths,
     without_paths,
 )
-from .supervisor import Supervisor, WorkerSlot
+from .supervisor import Supervisor, WorkerSlot, worker_timeout_from_env
 from .upstream import PIECE, NotConnected, UpstreamError, UpstreamResponse, WorkerBusy
 
 __all__ = ["GatewayConfig", "Gateway", "serve", "check_binding", "parse_size"]
@@ -88,6 +88,8 @@ class GatewayConfig:
     client_timeout: float = 30.0  # idle time allowed while reading a request or writing a response
     shutdown_timeout: float = 10.0
     worker_env: dict[str, str] = field(default_factory=dict)  # added to the workers' environment (the read cache settings)
+    # A worker silent for a fifth of this gets no new requests; silent for all of it, it is restarted (D5).
+    worker_timeout: float = field(default_factory=worker_timeout_from_env)
 
 
 class _LimitedRequestHandler(RequestHandler):
@@ -520,7 +522,8 @@ async def serve(config: GatewayConfig, info, warn) -> None:
     authenticator = Authenticator(TokenStore(config.store_root))
     check_binding(config, authenticator, warn)
     ssl_context = _ssl_context(config)
-    supervisor = Supervisor(config.store_root, config.workers, shutdown_timeout=config.shutdown_timeout, env=config.worker_env)
+    supervisor = Supervisor(config.store_root, config.workers, shutdown_timeout=config.shutdown_timeout, env=config.worker_env,
+                            worker_timeout=config.worker_timeout)  # fmt: skip
     try:
         await supervisor.start()
         gateway = Gateway(config, supervisor, authenticator)

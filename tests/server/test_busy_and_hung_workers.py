@@ -99,3 +99,44 @@ def test_every_503_says_when_to_retry(start, store_path):
             reply = server.request(method, key_url("away/k"), body=body, headers=headers)
             assert reply.status == 503, reply.body
             assert reply.headers.get("Retry-After", "").isdigit(), reply.headers
+
+
+# ============================================================ D5: a hung worker
+def test_a_hung_worker_is_routed_around_reported_and_replaced(start):
+    """SIGSTOP one of two workers: /healthz stops saying ok, every request still gets its answer
+    (within the client's bounded wait), and the stopped worker is killed and replaced."""
+    server = start("--workers", "2", env={"IMSTORE_WORKER_TIMEOUT": "4"})
+    assert server.request("PUT", key_url("hung/k"), body=b"before").status == 201
+    victim = server.health()["workers"][0]["pid"]
+    answers: list[int] = []
+
+    def requests_complete_until_replaced() -> bool:
+        got = server.request("GET", key_url("hung/k"), token="read", headers={"Cache-Control": "no-cache"}, timeout=60)
+        body = uuid.uuid4().bytes
+        put = server.request("PUT", key_url("hung/w"), body=body, headers={"Idempotency-Key": uuid.uuid4().hex}, timeout=60)
+        answers.extend([got.status, put.status])
+        first = server.health()["workers"][0]
+        return first["alive"] and first["pid"] != victim
+
+    with stopped(victim):
+        public = wait_until(lambda: server.request("GET", "/healthz", token=None).json()["status"] != "ok", 60,
+                            "/healthz stops saying ok for a stopped worker")  # fmt: skip
+        wait_until(requests_complete_until_replaced, 120, "the stopped worker is replaced", step=0.01)
+    assert public is True
+    assert answers and set(answers) <= {200, 201}, answers
+    assert server.wait_healthy()["status"] == "ok"
+    log = server.log()
+    assert f"(pid {victim}) has not answered" in log and "killing it to start a new one" in log, log[-3000:]
+
+
+@pytest.mark.parametrize("text, expected", [("", 10.0), ("2.5", 2.5), ("0", None), ("-1", None), ("soon", None), ("nan", None)])
+def test_the_worker_timeout_comes_from_the_environment(monkeypatch, text, expected):
+    from imstore.errors import UsageError
+    from imstore.server.supervisor import worker_timeout_from_env
+
+    monkeypatch.setenv("IMSTORE_WORKER_TIMEOUT", text)
+    if expected is None:
+        with pytest.raises(UsageError, match="IMSTORE_WORKER_TIMEOUT"):
+            worker_timeout_from_env()
+    else:
+        assert worker_timeout_from_env() == expected
