@@ -90,6 +90,7 @@ class WorkerApp:
         self.hot = HotObjects()
         self.private_paths = server_paths(store_root, os.path.dirname(owner_lock))
         self.put_batcher = PutBatcher(self.call, self.store, self._flush_warnings)
+        self.store_id: str | None = None  # the store this worker serves, from its first open: its ledger must be that store's
 
     # ------------------------------------------------------------ per-thread resources
     def store(self) -> Store:
@@ -105,12 +106,16 @@ class WorkerApp:
                 store = self._local.store = fresh
             else:
                 fresh.close()  # keep the old one and what its cache memo holds
+        if self.store_id is None:
+            self.store_id = store.store_id
         return store
 
     def ledger(self) -> IdempotencyLedger:
         ledger = getattr(self._local, "ledger", None)
         if ledger is None:
-            ledger = self._local.ledger = IdempotencyLedger(self.store_root, self.owner_lock)
+            self.store()  # learns the store's id
+            assert self.store_id is not None
+            ledger = self._local.ledger = IdempotencyLedger(self.store_root, self.owner_lock, self.store_id)
         return ledger
 
     async def call(self, function, *args):
@@ -255,11 +260,17 @@ class WorkerApp:
         refused (422), never answered with the first request's result while its own is dropped."""
         if request_id is None:
             return work(None)
-        try:
-            ledger = self.ledger()
-            claim = ledger.claim(request_id, method, key, self.store().index.state().seq)
-        except sqlite3.Error as exc:  # the ledger lives in the store: the store is down (F11), or its disk failing
-            raise Unavailable(f"cannot write: the store is unavailable (its idempotency ledger: {exc})") from None
+        ledger = self.ledger()
+
+        def seq_now() -> int:
+            try:
+                return self.store().index.state().seq
+            except sqlite3.Error as exc:
+                raise Unavailable(f"cannot write: the store is unavailable (its index: {exc})") from None
+
+        # The ledger checks first that the directory still holds this store: nothing of the store is touched
+        # (nothing created) where it is not (D4). Its own failures (a full disk) are Unavailable, by cause (D9).
+        claim = ledger.claim(request_id, method, key, seq_now)
         if claim.state == "done":
             assert claim.answer is not None
             if same_request is not None and not same_request(claim.answer[1]):
@@ -268,10 +279,25 @@ class WorkerApp:
         try:
             status, document = work(claim)
         except BaseException:
-            ledger.release(request_id)
+            self._forget_claim(ledger, request_id)  # the work's own error is the answer, not the ledger's
             raise
-        ledger.finish(request_id, status, document)
+        try:
+            ledger.finish(request_id, status, document)
+        except ImstoreError as exc:
+            # The write is done and its answer known: give it. A retry finds the claim released (then the log
+            # answers it) or, if even that failed, held by this worker (409) until the worker goes.
+            print(f"imstore worker {os.getpid()}: warning: cannot remember the answer to Idempotency-Key {request_id!r}: {exc}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            self._forget_claim(ledger, request_id)
         return status, document
+
+    @staticmethod
+    def _forget_claim(ledger: IdempotencyLedger, request_id: str) -> None:
+        try:
+            ledger.release(request_id)
+        except ImstoreError as exc:
+            print(f"imstore worker {os.getpid()}: warning: cannot release Idempotency-Key {request_id!r}: {exc}",
+                  file=sys.stderr, flush=True)  # fmt: skip
 
     # ------------------------------------------------------------ import
     async def _import_post(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
