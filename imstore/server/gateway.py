@@ -38,6 +38,7 @@ from .auth import Authenticator, TokenStore
 from .hot import HotObjects
 from .metrics import Metrics
 from .protocol import (
+    EXPAND_LIMIT,
     INTERNAL_HEADERS,
     PROBLEM_TYPE,
     SENDFILE_FILE,
@@ -262,6 +263,8 @@ class Gateway:
         headers = {name: value for name, value in request.headers.items() if name.lower() not in dropped}
         if request.method == "GET" and request.transport is not None and request.transport.get_extra_info("sslcontext") is None:
             headers[SENDFILE_OFFER] = "1"
+        if limit is not None and state["route"] == "import":
+            headers[EXPAND_LIMIT] = str(limit)  # a compressed import may not expand past the limit either (S1)
         body: object = None
         if request.method in WRITE_METHODS or request.body_exists:
             if request.headers.get("Expect", "").lower() == "100-continue":

@@ -55,7 +55,8 @@ TAR_TYPES = frozenset({
 # Internal, gateway <-> worker only (the gateway drops them from clients' requests and its answers):
 SENDFILE_OFFER = "X-Imstore-Sendfile"  # gateway → worker: "send me where the verified bytes are"
 SENDFILE_FILE = "X-Imstore-File"  # worker → gateway: "offset length path" of bytes it has just verified
-INTERNAL_HEADERS = frozenset({SENDFILE_OFFER.lower(), SENDFILE_FILE.lower()})
+EXPAND_LIMIT = "X-Imstore-Expand-Limit"  # gateway → worker: bytes an import body may expand to (its --max-body)
+INTERNAL_HEADERS = frozenset({SENDFILE_OFFER.lower(), SENDFILE_FILE.lower(), EXPAND_LIMIT.lower()})
 
 
 @dataclass(frozen=True)

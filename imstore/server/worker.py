@@ -38,6 +38,7 @@ from .headers import etag_matches, idempotency_key, meta_header, non_negative, p
 from .hot import HotObjects
 from .idempotency import Claim, IdempotencyLedger
 from .protocol import (
+    EXPAND_LIMIT,
     IMMUTABLE,
     JSONL_TYPES,
     MESSAGE_HEADER,
@@ -316,6 +317,7 @@ class WorkerApp:
             "name": query.get("name") or "body",
             "message": text_header(request.headers.get(MESSAGE_HEADER)),
             "kind": _import_kind(request.headers.get("Content-Type")),
+            "max_expanded": non_negative(request.headers.get(EXPAND_LIMIT), EXPAND_LIMIT) if EXPAND_LIMIT in request.headers else None,
         }
         request_id = idempotency_key(request)
         if request.content_length is not None and request.content_length <= SMALL_BODY:
@@ -342,7 +344,8 @@ class WorkerApp:
                 pass
 
         try:
-            source = stream_source(stream, summary.skip, kind=options["kind"], name=options["name"], base_dir=None)
+            source = stream_source(stream, summary.skip, kind=options["kind"], name=options["name"], base_dir=None,
+                                   max_expanded=options["max_expanded"])  # fmt: skip
             import_items(
                 store, source, summary, prefix=options["prefix"], jobs=1, message=options["message"],
                 skip_errors=options["skip_errors"], close_stream=False, before_commit=drain,
