@@ -1,10 +1,11 @@
 """A lean HTTP/1.1 client for the gateway's hop to its workers over unix sockets.
 
-The workers are our own aiohttp servers, which always answer with a
-Content-Length (or no body), so a small client with a keep-alive pool does this
-hop at a fraction of aiohttp.ClientSession's cost per request (measured: about
-1.5x the requests/s of a trivial proxy). Any failure on a connection closes it,
-so a half-sent body can never look complete to a worker.
+The workers are our own aiohttp servers, which answer with a Content-Length (or
+no body), except a listing page, which streams out chunked; so a small client with
+a keep-alive pool does this hop at a fraction of aiohttp.ClientSession's cost per
+request (measured: about 1.5x the requests/s of a trivial proxy). Any failure on a
+connection closes it, so a half-sent body can never look complete to a worker, and
+a chunked answer that breaks off is an error, never a shorter answer.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class UpstreamResponse:
         self._connection: _Connection | None = connection
         self._remaining = 0
         self._keep_alive = keep_alive
+        self.chunked = False  # Transfer-Encoding: chunked (content_length is None)
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()
@@ -64,6 +66,8 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         if self._connection is None:
             return b""
+        if self.chunked:
+            return b"".join([piece async for piece in self.pieces()])
         try:
             data = await self._connection.reader.readexactly(self._remaining)
         except (OSError, asyncio.IncompleteReadError) as exc:
@@ -74,6 +78,10 @@ class UpstreamResponse:
         return data
 
     async def pieces(self) -> AsyncIterator[bytes]:
+        if self.chunked:
+            async for piece in self._chunks():
+                yield piece
+            return
         while self._connection is not None and self._remaining > 0:
             try:
                 piece = await self._connection.reader.read(min(PIECE, self._remaining))
@@ -87,6 +95,35 @@ class UpstreamResponse:
             if self._remaining == 0:
                 self._done()
             yield piece
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        """The pieces of a chunked body; its end (the last chunk and the trailers) hands the connection back."""
+        for _ in range(1 << 40):  # bounded by the body: every round reads a chunk or ends
+            connection = self._connection
+            if connection is None:
+                return
+            reader = connection.reader
+            try:
+                size_line = await reader.readuntil(b"\r\n")
+                size = int(size_line.split(b";", 1)[0].strip(), 16)
+                if size < 0:
+                    raise ValueError("a negative chunk size")
+                if size == 0:
+                    while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, if any, up to the empty line
+                        pass
+                    self._done()
+                    return
+                while size > 0:
+                    piece = await reader.read(min(PIECE, size))
+                    if not piece:
+                        raise asyncio.IncompleteReadError(b"", size)
+                    size -= len(piece)
+                    yield piece
+                if await reader.readexactly(2) != b"\r\n":
+                    raise ValueError("a chunk does not end in CRLF")
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+                self.release()
+                raise UpstreamError(f"the worker broke off its answer: {type(exc).__name__}: {exc}") from None
 
     def _done(self) -> None:
         connection, self._connection = self._connection, None
@@ -197,7 +234,7 @@ class UpstreamPool:
             sending.cancel()
             response = answer.result()
             response._keep_alive = False
-            if response._remaining == 0:  # _read_head handed a body-less answer's connection back: take it out again
+            if response._remaining == 0 and not response.chunked:  # _read_head handed a body-less answer's connection back
                 if connection in self._idle:
                     self._idle.remove(connection)
                 connection.close()
@@ -227,6 +264,7 @@ class UpstreamPool:
         headers: list[tuple[str, str]] = []
         length = None
         keep_alive = True
+        chunked = False
         for line in lines[1:]:
             if not line:
                 continue
@@ -238,14 +276,20 @@ class UpstreamPool:
             elif lowered == "connection" and value.lower() == "close":
                 keep_alive = False
             elif lowered == "transfer-encoding":
-                raise ValueError("workers answer with a Content-Length, not chunked")
+                if value.lower() != "chunked" or length is not None:
+                    raise ValueError(f"a worker answered with Transfer-Encoding {value!r}")
+                chunked = True
+                continue  # hop-by-hop: the gateway frames its own answer
             headers.append((name, value))
+        if chunked and length is not None:
+            raise ValueError("a worker answered with both Content-Length and Transfer-Encoding")
         if method == "HEAD" or status in (204, 304):
-            body_length = 0
+            body_length, chunked = 0, False
         else:
             body_length = length or 0
         response = UpstreamResponse(self, connection, status, headers, length, keep_alive)
         response._remaining = body_length
-        if body_length == 0:
+        response.chunked = chunked
+        if body_length == 0 and not chunked:
             response._done()
         return response

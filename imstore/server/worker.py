@@ -43,6 +43,8 @@ from .protocol import (
     JSONL_TYPES,
     MESSAGE_HEADER,
     META_HEADER,
+    PAGE_DEFAULT,
+    PAGE_MAX,
     PROBLEM_TYPE,
     SENDFILE_FILE,
     SENDFILE_OFFER,
@@ -51,6 +53,7 @@ from .protocol import (
     VERSION_HEADER,
     RouteMatch,
     match_route,
+    next_link,
     problem,
     put_document,
     server_paths,
@@ -73,6 +76,7 @@ LISTEN_BACKLOG = int(os.environ.get("IMSTORE_WORKER_BACKLOG", "1024"))
 THREAD_MEMO_BYTES = 4 << 20
 # Stored html or svg opened in a browser runs in a sandbox: no scripts, no access to this origin (S8).
 SANDBOX = "sandbox"
+PAGE_SLICE = 500  # listing entries read per pool call while a page streams out
 # Answers that change (a latest version, a listing): any cache must ask again each time, and shared
 # caches must not keep them at all (they are behind a token) (S10).
 REVALIDATE = "private, no-cache"
@@ -364,14 +368,79 @@ class WorkerApp:
         query = matched.query()
         prefix = query.get("prefix", "")
         include_deleted = query.get("all", "") in ("1", "true", "yes")
-        limit = positive(query.get("limit"), "limit")
-        return await self._listing(request, lambda store: store.ls(prefix, include_deleted=include_deleted, limit=limit))
+        limit = _page_limit(query.get("limit"))
+        after = query.get("after") or None  # a key: the page starts after it
+
+        def end(store: Store):
+            return store.ls_page_end(prefix, include_deleted, after, limit)
+
+        def rows(store: Store, cursor, upto, count: int):
+            versions = store.ls_page(prefix, include_deleted, cursor, upto, count)
+            return versions, (versions[-1].key if versions else cursor)
+
+        return await self._page(request, "/v1/keys", query, limit, after, end, rows)
 
     async def _log_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         query = matched.query()
         after = non_negative(query.get("after"), "after")
-        limit = positive(query.get("limit"), "limit")
-        return await self._listing(request, lambda store: store.log_records(after, limit))
+        limit = _page_limit(query.get("limit"))
+
+        def end(store: Store):
+            return store.log_page_end(after, limit)
+
+        def rows(store: Store, cursor, upto, count: int):
+            versions = store.log_page(cursor, upto, count)
+            return versions, (versions[-1].seq if versions else cursor)
+
+        return await self._page(request, "/v1/log", query, limit, after, end, rows)
+
+    async def _page(self, request: web.BaseRequest, path: str, query: dict, limit: int, after, end, rows) -> web.StreamResponse:
+        """One page of a listing (S2), streamed slice by slice: memory stays flat whatever the page size.
+
+        The page's last entry is fixed first (end: the limit-th entry after the cursor, and whether
+        more follow), so the Link to the next page goes in the head; then the entries up to it are
+        read in slices, each its own pool call, each taking up where the last one stopped. A failure
+        after the head has gone cuts the connection: a client never takes a short page for a whole one.
+        """
+
+        def first():
+            store = self.store()
+            seq, chain = store.log_position()  # before the listing: the listing is at least this new
+            tag = listing_etag(seq, chain, request.raw_path)
+            if etag_matches(request.headers.get("If-None-Match"), tag):
+                return tag, None, None
+            upto, more = end(store)
+            return tag, (upto, more), rows(store, after, upto, min(PAGE_SLICE, limit))
+
+        tag, bound, first_slice = await self.call(first)
+        headers = {"ETag": f'"{tag}"', "Cache-Control": REVALIDATE}
+        if bound is None:
+            return web.Response(status=304, headers=headers)
+        upto, more = bound
+        if more:
+            headers["Link"] = next_link(path, {**query, "after": str(upto), "limit": str(limit)})
+        response = web.StreamResponse(status=200, headers={**headers, "Content-Type": "application/json"})
+        await response.prepare(request)
+        versions, cursor = first_slice
+        asked = min(PAGE_SLICE, limit)
+        await response.write(b"[" + _documents(versions))
+        sent = len(versions)
+        try:
+            while len(versions) == asked and sent < limit:  # a full slice: there may be more (each round sends one or stops)
+                asked = min(PAGE_SLICE, limit - sent)
+                versions, cursor = await self.call(lambda cursor=cursor, asked=asked: rows(self.store(), cursor, upto, asked))
+                if versions:
+                    await response.write(b", " + _documents(versions))
+                sent += len(versions)
+        except ImstoreError as exc:
+            print(f"imstore worker {os.getpid()}: {request.raw_path.partition('?')[0]}: {exc}; listing cut off",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionError("listing cut off") from None
+        await response.write(b"]")
+        await response.write_eof()
+        return response
 
     async def _listing(self, request: web.BaseRequest, versions) -> web.StreamResponse:
         """A listing as version documents, tagged with the log position it was read at (S10).
@@ -497,6 +566,17 @@ def _json(document, status: int = 200, headers: dict | None = None) -> web.Respo
         body=json.dumps(document, ensure_ascii=False).encode("utf-8"),
         headers={**(headers or {}), "Content-Type": "application/json"},
     )
+
+
+def _page_limit(text: str | None) -> int:
+    """A page's size: PAGE_DEFAULT when not given, PAGE_MAX at most."""
+    limit = positive(text, "limit")
+    return PAGE_DEFAULT if limit is None else min(limit, PAGE_MAX)
+
+
+def _documents(versions) -> bytes:
+    """Version documents, comma-separated, for the inside of a JSON array."""
+    return ", ".join(json.dumps(version_document(version), ensure_ascii=False) for version in versions).encode("utf-8")
 
 
 def listing_etag(seq: int, chain: str, target: str) -> str:
