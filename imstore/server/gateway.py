@@ -34,7 +34,7 @@ from aiohttp.web_protocol import RequestHandler
 from ..errors import BodyTooLarge, ClientTooSlow, ImstoreError, InvalidInput, Unavailable, UsageError
 from ..hashing import OBJECT_ID_LEN, hash_bytes
 from ..validate import parse_size  # re-exported: `serve --max-body` imports it from here
-from .auth import Authenticator, TokenStore
+from .auth import Authenticator, TokenStore, token_file_warning
 from .hot import HotObjects
 from .metrics import Metrics
 from .protocol import (
@@ -91,6 +91,7 @@ class GatewayConfig:
     worker_env: dict[str, str] = field(default_factory=dict)  # added to the workers' environment (the read cache settings)
     # A worker silent for a fifth of this gets no new requests; silent for all of it, it is restarted (D5).
     worker_timeout: float = field(default_factory=worker_timeout_from_env)
+    token_file: str | None = None  # a --token-file given with serve: only checked (a warning if others can read it)
 
 
 class _LimitedRequestHandler(RequestHandler):
@@ -522,7 +523,12 @@ def _ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
 
 async def serve(config: GatewayConfig, info, warn) -> None:
     """Run until SIGTERM/SIGINT: start workers, listen once they all answer, then drain and stop."""
-    authenticator = Authenticator(TokenStore(config.store_root))
+    tokens = TokenStore(config.store_root)
+    for path in (config.token_file, tokens.path):
+        problem_text = token_file_warning(path) if path is not None else None
+        if problem_text is not None:
+            warn(problem_text)
+    authenticator = Authenticator(tokens)
     check_binding(config, authenticator, warn)
     ssl_context = _ssl_context(config)
     supervisor = Supervisor(config.store_root, config.workers, shutdown_timeout=config.shutdown_timeout, env=config.worker_env,
@@ -545,7 +551,8 @@ async def serve(config: GatewayConfig, info, warn) -> None:
         site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context, backlog=1024)
         await site.start()
         scheme = "https" if ssl_context else "http"
-        info(f"imstore serve: listening on {scheme}://{_host_for_url(config.host)}:{config.port} with {config.workers} workers")
+        port = _bound_port(runner, config.port)  # --port 0: the port the system chose, which clients need
+        info(f"imstore serve: listening on {scheme}://{_host_for_url(config.host)}:{port} with {config.workers} workers")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -559,6 +566,14 @@ async def serve(config: GatewayConfig, info, warn) -> None:
         await runner.cleanup()
     finally:
         await supervisor.stop()
+
+
+def _bound_port(runner: web.BaseRunner, asked: int) -> int:
+    """The port the server listens on (the one asked for, or the one the system chose for 0)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2 and isinstance(address[1], int):
+            return address[1]
+    return asked
 
 
 def _host_for_url(host: str) -> str:
