@@ -105,6 +105,10 @@ class RemoteStore:
         self._session: aiohttp.ClientSession | None = None
         self._readers: list[RemoteReader] = []
 
+    def notes(self) -> list[str]:
+        """Store.notes' counterpart (StoreAPI): a server's read cache keeps its notes on the server."""
+        return []
+
     # ------------------------------------------------------------ plumbing
     def _run(self, coroutine):
         return self._loop.run_until_complete(coroutine)
