@@ -28,12 +28,11 @@ from ..errors import CorruptObject, InvalidInput, RequestInProgress, Unavailable
 from ..hashing import blake3, validate_prefix
 from ..objects import CHUNK_SIZE
 from ..store import PutResult, Version
-from ..validate import format_time, parse_version
+from ..validate import MAX_NUMBER, format_time, parse_version
 from .headers import encode_text
 from .protocol import (
     MESSAGE_HEADER,
     META_HEADER,
-    PAGE_MAX,
     STALE_HEADER,
     VERSION_HEADER,
     error_from_problem,
@@ -288,9 +287,11 @@ class RemoteStore:
 
         async def call() -> list[dict]:
             documents: list[dict] = []
+            # The largest limit: a server pages it (PAGE_MAX a page, with next links), one from before pages
+            # answers it whole; asking for PAGE_MAX would quietly cut such a server's answer there.
             target = path + "?" + urlencode(
                 {**{name: value for name, value in query.items() if value is not None},
-                 "limit": str(min(limit, PAGE_MAX) if limit is not None else PAGE_MAX)},
+                 "limit": str(limit if limit is not None else MAX_NUMBER)},
                 quote_via=quote, safe="",
             )  # fmt: skip
             seen = set()
