@@ -473,6 +473,10 @@ def gz_tar(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
     return buffer.getvalue()
 
 
+def the_cause(stderr: str) -> str:
+    return stderr.strip().rsplit(": ", 1)[-1]
+
+
 @pytest.mark.parametrize("cut", ["half", "trailer"])
 @pytest.mark.parametrize("mode, suffix", [("w:gz", ".tar.gz"), ("w:xz", ".tar.xz"), ("w:bz2", ".tar.bz2")])
 def test_a_truncated_compressed_tar_commits_nothing_remotely_as_locally(run, tmp_path, cut, mode, suffix):
@@ -485,12 +489,15 @@ def test_a_truncated_compressed_tar_commits_nothing_remotely_as_locally(run, tmp
     before = run.log_length()
     mine = run.local("import", str(archive), "--prefix", prefix)
     theirs = run.remote("import", str(archive), "--prefix", prefix)
+    mine_streamed = run.local("import", "-", "--prefix", prefix, stdin=archive.read_bytes())
     streamed = run.remote("import", "-", "--prefix", prefix, stdin=archive.read_bytes())
-    assert (mine.code, theirs.code, streamed.code) == (2, 2, 2), (mine.stderr, theirs.stderr, streamed.stderr)
-    assert theirs.stderr == mine.stderr  # the same words as locally
+    assert (mine.code, theirs.code, mine_streamed.code, streamed.code) == (2, 2, 2, 2), (mine.stderr, theirs.stderr, streamed.stderr)
+    # The same cause as locally. (Where it is noticed, "in member m09" or "after m09", may differ by a member:
+    # a file and a stream are read ahead in different steps.)
+    assert the_cause(theirs.stderr) == the_cause(mine.stderr), (mine.stderr, theirs.stderr)
+    assert the_cause(streamed.stderr) == the_cause(mine_streamed.stderr), (mine_streamed.stderr, streamed.stderr)
     assert run.log_length() == before
     assert run.remote("get", prefix + "m00").code == 3
-    assert run.local("import", "-", "--prefix", prefix, stdin=archive.read_bytes()).code == 2  # a local stream too
 
 
 def test_a_tar_gz_cut_where_a_member_begins_commits_nothing_remotely_as_locally(run, tmp_path):
@@ -508,7 +515,7 @@ def test_a_tar_gz_cut_where_a_member_begins_commits_nothing_remotely_as_locally(
     mine = run.local("import", str(archive), "--prefix", "cut-boundary/")
     theirs = run.remote("import", str(archive), "--prefix", "cut-boundary/")
     assert (mine.code, theirs.code) == (2, 2), (mine.stderr, theirs.stderr)
-    assert theirs.stderr == mine.stderr
+    assert the_cause(theirs.stderr) == the_cause(mine.stderr) == "Compressed file ended before the end-of-stream marker was reached"
     assert run.log_length() == before
 
 
