@@ -92,7 +92,6 @@ class IndexState(NamedTuple):
 
 
 EMPTY_STATE = IndexState(-1, 0, 0, GENESIS, b"")
-MAX_SEQ = (1 << 63) - 1  # SQLite's largest integer: "no upper bound" for a seq
 
 _COLUMNS = "key, version, seq, op, hash, size, time_ns, content_type, message, meta"
 
@@ -317,7 +316,7 @@ class Index:
             f"SELECT v.{_COLUMNS.replace(', ', ', v.')} FROM latest l JOIN versions v"
             f" ON v.key = l.key AND v.version = l.version WHERE {where} ORDER BY l.key LIMIT ?"
         )
-        return [row for row in self.db.execute(sql, [*params, limit]) if row[0].startswith(prefix)]
+        return self.db.execute(sql, [*params, limit]).fetchall()  # a short page is the end: nothing filtered out here
 
     def log_page_end(self, after: int, limit: int) -> tuple[int | None, bool]:
         """(the seq of the limit-th record after `after`, or None if there are fewer; whether any record follows it)."""
@@ -327,10 +326,10 @@ class Index:
 
     def log_page(self, after: int, upto: int | None, limit: int) -> list[tuple]:
         """Records after seq `after` and up to seq `upto` (if given), in commit order."""
-        return self.db.execute(
-            f"SELECT {_COLUMNS} FROM versions WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-            (after, MAX_SEQ if upto is None else upto, limit),
-        ).fetchall()
+        if upto is None:
+            return self.log(after, limit)
+        return self.db.execute(f"SELECT {_COLUMNS} FROM versions WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                               (after, upto, limit)).fetchall()  # fmt: skip
 
 
 def version_row(item) -> tuple:
