@@ -139,3 +139,19 @@ def test_a_long_listing_keeps_worker_memory_flat(start, store_path):
     assert len(old_style.json()) == PAGE_MAX
     grown = worker.memory_info().rss - before
     assert grown < 40 << 20, f"the worker grew by {grown >> 20} MiB listing {count} records"
+
+
+def test_store_pages_skip_deleted_keys_unless_asked_and_stop_at_their_end(store_path):
+    fill(store_path, [f"del/{number}" for number in range(6)] + ["zz"])
+    with Store.open(store_path) as store:
+        store.delete("del/1")
+        store.delete("del/4")
+        assert store.ls_page_end("del/", False, None, 2) == ("del/2", True)
+        assert store.ls_page_end("del/", False, "del/2", 2) == ("del/5", False)
+        assert store.ls_page_end("del/", False, "del/5", 2) == (None, False)
+        assert [v.key for v in store.ls_page("del/", False, "del/0", "del/3", 10)] == ["del/2", "del/3"]
+        assert [v.key for v in store.ls_page("del/", True, None, None, 10)] == [f"del/{number}" for number in range(6)]
+        assert store.log_page_end(0, 3) == (3, True) and store.log_page_end(6, 3) == (9, False)
+        assert store.log_page_end(7, 3) == (None, False)
+        assert [v.seq for v in store.log_page(2, 5, 10)] == [3, 4, 5]
+        assert [v.seq for v in store.log_page(7, None, 10)] == [8, 9]
