@@ -106,13 +106,26 @@ def _read_inline(item: SourceItem, store: Store) -> Prepared:
     if item.data is not None:
         return Prepared(blake3(item.data).hexdigest(), len(item.data), item.data)
     assert item.stream is not None
+    if item.size is not None and item.size >= LOOSE_MIN:
+        return _store_loose(_member_chunks(item), store)
     try:
-        if item.size is not None and item.size >= LOOSE_MIN:
-            return _store_loose(iter(lambda: item.stream.read(CHUNK_SIZE), b""), store)
         data = item.stream.read()
     except TAR_ERRORS as exc:
         raise InvalidInput(f"the tar archive is damaged in {item.where}: {exc or type(exc).__name__}") from None
     return Prepared(blake3(data).hexdigest(), len(data), data)
+
+
+def _member_chunks(item: SourceItem):
+    """A tar member's bytes; the archive's own failures are InvalidInput here, so the object writer
+    never takes a damaged archive (a gzip error is an OSError) for a failing disk."""
+    while True:
+        try:
+            chunk = item.stream.read(CHUNK_SIZE)
+        except TAR_ERRORS as exc:
+            raise InvalidInput(f"the tar archive is damaged in {item.where}: {exc or type(exc).__name__}") from None
+        if not chunk:
+            return
+        yield chunk
 
 
 def _store_loose(chunks, store: Store) -> Prepared:

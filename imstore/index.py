@@ -285,6 +285,52 @@ class Index:
     def all_rows(self) -> Iterable[tuple]:
         return self.db.execute(f"SELECT {_COLUMNS} FROM versions ORDER BY seq")
 
+    # ---------------------------------------------------------------- pages (the server's listings, HARDENING S2)
+    @staticmethod
+    def _latest_where(prefix: str, include_deleted: bool, after: str | None, upto: str | None) -> tuple[str, list]:
+        where, params = ["1"], []
+        if prefix:
+            where.append("l.key >= ? AND l.key < ?")
+            params += [prefix, prefix + "\U0010ffff"]
+        if after is not None:
+            where.append("l.key > ?")
+            params.append(after)
+        if upto is not None:
+            where.append("l.key <= ?")
+            params.append(upto)
+        if not include_deleted:
+            where.append("l.op != 'delete'")
+        return " AND ".join(where), params
+
+    def ls_page_end(self, prefix: str, include_deleted: bool, after: str | None, limit: int) -> tuple[str | None, bool]:
+        """(the limit-th key after `after`, or None if there are fewer; whether any key follows it)."""
+        where, params = self._latest_where(prefix, include_deleted, after, None)
+        keys = [row[0] for row in self.db.execute(
+            f"SELECT l.key FROM latest l WHERE {where} ORDER BY l.key LIMIT 2 OFFSET ?", [*params, limit - 1])]  # fmt: skip
+        return (keys[0] if keys else None), len(keys) == 2
+
+    def ls_page(self, prefix: str, include_deleted: bool, after: str | None, upto: str | None, limit: int) -> list[tuple]:
+        """Latest version rows of keys starting with prefix, in key order: after `after`, up to `upto` (each optional)."""
+        where, params = self._latest_where(prefix, include_deleted, after, upto)
+        sql = (
+            f"SELECT v.{_COLUMNS.replace(', ', ', v.')} FROM latest l JOIN versions v"
+            f" ON v.key = l.key AND v.version = l.version WHERE {where} ORDER BY l.key LIMIT ?"
+        )
+        return self.db.execute(sql, [*params, limit]).fetchall()  # a short page is the end: nothing filtered out here
+
+    def log_page_end(self, after: int, limit: int) -> tuple[int | None, bool]:
+        """(the seq of the limit-th record after `after`, or None if there are fewer; whether any record follows it)."""
+        seqs = [row[0] for row in self.db.execute("SELECT seq FROM versions WHERE seq > ? ORDER BY seq LIMIT 2 OFFSET ?",
+                                                  (after, limit - 1))]  # fmt: skip
+        return (seqs[0] if seqs else None), len(seqs) == 2
+
+    def log_page(self, after: int, upto: int | None, limit: int) -> list[tuple]:
+        """Records after seq `after` and up to seq `upto` (if given), in commit order."""
+        if upto is None:
+            return self.log(after, limit)
+        return self.db.execute(f"SELECT {_COLUMNS} FROM versions WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                               (after, upto, limit)).fetchall()  # fmt: skip
+
 
 def version_row(item) -> tuple:
     """The index row (in _COLUMNS order) of a Record or a Version: the one place that lays it out."""

@@ -16,6 +16,8 @@ Decisions (see also README):
 from __future__ import annotations
 
 import base64
+import bz2
+import gzip
 import io
 import json
 import lzma
@@ -28,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .errors import InvalidInput
+from .errors import BodyTooLarge, InvalidInput
 from .fsio import CHUNK_SIZE
 from .statcache import FileStat, file_stat
 from .validate import validate_content_type, validate_message, validate_meta
@@ -161,17 +163,33 @@ def _dir_identity(path: str) -> tuple[int, int]:
 
 
 class TarSource(Source):
-    """Members of a tar (any compression tarfile reads; a stream when it comes from stdin)."""
+    """Members of a tar (any compression tarfile reads; a stream when it comes from stdin or a request).
 
-    def __init__(self, warn, *, path: str | None = None, stream: BinaryIO | None = None):
+    A file and a stream end alike (D8): a compressed stream is decompressed by the same readers
+    tarfile gives a file (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile), not by tarfile's stream
+    mode, which takes a compressed stream that breaks off for a shorter archive; and after the
+    last member both are read to their very end, so a compressed stream cut short or failing its
+    check (the gzip CRC and length) is an error, and nothing is imported.
+
+    max_expanded bounds the bytes a stream expands to (the tar after decompression): past it,
+    BodyTooLarge (S1: a small .tar.gz of zeros must not fill the disk).
+    """
+
+    def __init__(self, warn, *, path: str | None = None, stream: BinaryIO | None = None, max_expanded: int | None = None):
         super().__init__(warn)
-        self.path, self.stream = path, stream
+        self.path, self.stream, self.max_expanded = path, stream, max_expanded
+
+    def _open(self) -> tarfile.TarFile:
+        if self.path:
+            return tarfile.open(self.path, "r:*")
+        assert self.stream is not None
+        return tarfile.open(fileobj=_expanded(self.stream, self.max_expanded), mode="r|")
 
     def items(self) -> Iterator[SourceItem | ItemError]:
         linked: dict[str, SourceItem] = {}
         try:
-            archive = tarfile.open(self.path, "r:*") if self.path else tarfile.open(fileobj=self.stream, mode="r|*")
-        except (tarfile.TarError, OSError, EOFError) as exc:
+            archive = self._open()
+        except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
             raise InvalidInput(f"not a readable tar archive: {exc}") from None
         member_name = "(start of archive)"
         try:
@@ -197,8 +215,51 @@ class TarSource(Source):
                         self.warn(f"tar member {member.name}: a symlink; skipped")
                     else:
                         self.warn(f"tar member {member.name}: not a regular file; skipped")
+                member_name = "its last member"
+                _read_to_end(archive.fileobj)  # the compressed stream's end and checks, the padding
         except TAR_ERRORS as exc:
-            raise InvalidInput(f"the tar archive is damaged after {member_name}: {exc}") from None
+            raise InvalidInput(f"the tar archive is damaged after {member_name}: {exc or type(exc).__name__}") from None
+
+
+# A compressed tar stream by its first bytes (what tarfile's "r|*" looks for), and the reader tarfile uses for a file.
+_COMPRESSED = (
+    (b"\x1f\x8b", lambda stream: gzip.GzipFile(fileobj=stream, mode="rb")),
+    (b"BZh", lambda stream: bz2.BZ2File(stream, "rb")),
+    (b"\xfd7zXZ\x00", lambda stream: lzma.LZMAFile(stream, "rb")),
+)
+
+
+def _expanded(stream: BinaryIO, limit: int | None):
+    """A tar stream, decompressed if it is compressed, counted against limit."""
+    head = stream.read(6)
+    stream = io.BufferedReader(_PrefixedRaw(head, stream), CHUNK_SIZE)
+    for magic, reader in _COMPRESSED:
+        if head.startswith(magic):
+            stream = reader(stream)
+            break
+    return _Counted(stream, limit)
+
+
+class _Counted:
+    """A reader that raises BodyTooLarge once more than limit bytes came through (None: no limit)."""
+
+    def __init__(self, stream, limit: int | None):
+        self.stream, self.limit, self.count = stream, limit, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.count += len(data)
+        if self.limit is not None and self.count > self.limit:
+            raise BodyTooLarge(f"the import expands to more than {self.limit} bytes, this server's limit (--max-body)")
+        return data
+
+
+def _read_to_end(fileobj) -> None:
+    """Read what follows the end-of-archive marker (bounded by the archive; limited like the rest)."""
+    if fileobj is None:
+        return
+    while fileobj.read(CHUNK_SIZE):
+        pass
 
 
 def _member_key(name: str) -> str:
@@ -277,10 +338,14 @@ class JsonLinesSource(Source):
 
 
 class _PrefixedRaw(io.RawIOBase):
-    """A raw stream that yields `first` and then the rest of `stream` (after sniffing stdin)."""
+    """A raw stream that yields `first` and then the rest of `stream` (after sniffing stdin).
+
+    It reads what the stream has (read1), never waiting for a whole buffer's worth: a body that
+    is still arriving must reach the reader as it comes."""
 
     def __init__(self, first: bytes, stream: BinaryIO):
         self._first, self._stream = first, stream
+        self._read = getattr(stream, "read1", None) or stream.read
 
     def readable(self) -> bool:
         return True
@@ -291,22 +356,23 @@ class _PrefixedRaw(io.RawIOBase):
             buffer[:count] = self._first[:count]
             self._first = self._first[count:]
             return count
-        data = self._stream.read(len(buffer))
+        data = self._read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
 
 
-def stream_source(stream: BinaryIO, warn, *, kind: str | None = None, name: str = "stdin", base_dir: str | None = None) -> Source:
+def stream_source(stream: BinaryIO, warn, *, kind: str | None = None, name: str = "stdin", base_dir: str | None = None,
+                  max_expanded: int | None = None) -> Source:  # fmt: skip
     """The Source for a stream: kind "jsonl" or "tar", or None to sniff (a first byte '{' means JSON lines).
 
     name is how JSON lines are named in messages ("stdin line 3"); base_dir is where "path" lines are
-    relative to (None: refused).
+    relative to (None: refused); max_expanded bounds a tar after decompression (see TarSource).
     """
     if kind is None:
         stream, kind = _sniff(stream, f"{name} is empty: send a tar or JSON lines")
     if kind == "jsonl":
         return JsonLinesSource(warn, stream, base_dir, name)
-    return TarSource(warn, stream=stream)
+    return TarSource(warn, stream=stream, max_expanded=max_expanded)
 
 
 def source_kind(source: str) -> str:

@@ -465,6 +465,27 @@ class Store:
         index = self._current_index()
         return [Version.from_row(row) for row in index_query(lambda: index.log(after, limit))]
 
+    # Pages of listings, read in slices with flat memory (the server's /v1/keys and /v1/log, HARDENING S2).
+    def ls_page_end(self, prefix: str, include_deleted: bool, after: str | None, limit: int) -> tuple[str | None, bool]:
+        """(the limit-th live key after `after`, or None if there are fewer; whether a key follows it)."""
+        index = self._current_index()
+        return index_query(lambda: index.ls_page_end(prefix, include_deleted, after, limit))
+
+    def ls_page(self, prefix: str, include_deleted: bool, after: str | None, upto: str | None, limit: int) -> list[Version]:
+        """Like ls, for keys after `after` and up to `upto` (each optional), at most limit of them."""
+        index = self._current_index()
+        return [Version.from_row(row) for row in index_query(lambda: index.ls_page(prefix, include_deleted, after, upto, limit))]
+
+    def log_page_end(self, after: int, limit: int) -> tuple[int | None, bool]:
+        """(the seq of the limit-th record after `after`, or None if there are fewer; whether a record follows it)."""
+        index = self._current_index()
+        return index_query(lambda: index.log_page_end(after, limit))
+
+    def log_page(self, after: int, upto: int | None, limit: int) -> list[Version]:
+        """Like log_records, for records after seq `after` and up to seq `upto` (if given)."""
+        index = self._current_index()
+        return [Version.from_row(row) for row in index_query(lambda: index.log_page(after, upto, limit))]
+
     # ================================================================ checking
     def verify(self, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
         """Check the chain, every record, every object's hash and the index against the log."""

@@ -23,7 +23,7 @@ from ..errors import InvalidInput, KeyNotFound, Unavailable, from_os_error
 from ..fsio import atomic_write
 from ..validate import format_time
 
-__all__ = ["TokenStore", "TokenInfo", "Authenticator", "SCOPES", "TOKENS_NAME"]
+__all__ = ["TokenStore", "TokenInfo", "Authenticator", "SCOPES", "TOKENS_NAME", "token_file_warning"]
 
 TOKENS_NAME = layout.TOKENS
 SCOPES = ("read", "write")
@@ -37,6 +37,18 @@ class TokenInfo:
     name: str
     scope: str
     created: str
+
+
+def token_file_warning(path: str | os.PathLike) -> str | None:
+    """A warning when a file holding a token (or token hashes) can be read by other users, else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # reading it says what is wrong
+    if mode & 0o077 == 0:
+        return None
+    return (f"the token file {path} can be read by other users (mode {mode & 0o777:04o}): anyone who reads it"
+            f" can use the token. Make it private: chmod 600 {path}")  # fmt: skip
 
 
 def token_hash(token: str) -> str:
@@ -116,7 +128,12 @@ class TokenStore:
 
 
 class Authenticator:
-    """The gateway's view of the token file, reloaded when the file changes (checked at most once a second)."""
+    """The gateway's view of the token file, reloaded when the file changes.
+
+    The file is looked at (a stat) at most once a second while tokens match, so a revoked token
+    is refused within a second; and again at once whenever a token does not match, so a token
+    created while serve runs works from its first request. A miss costs a stat, never a reload
+    unless the file changed."""
 
     def __init__(self, tokens: TokenStore):
         self.tokens = tokens
@@ -130,9 +147,9 @@ class Authenticator:
         self._refresh()
         return bool(self._entries)
 
-    def _refresh(self, force: bool = False) -> None:
+    def _refresh(self, force: bool = False, now_please: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._checked < 1.0:
+        if not force and not now_please and now - self._checked < 1.0:
             return
         self._checked = now
         # While the store itself is unavailable (F11: unmounted, renamed away, replaced by a file, EIO)
@@ -158,6 +175,15 @@ class Authenticator:
         self._refresh()
         scheme, _, token = (authorization or "").partition(" ")
         candidate = token_hash(token.strip()) if scheme.lower() == "bearer" and token.strip() else "-"
+        found = self._match(candidate)
+        if found is None and candidate != "-":
+            seen = self._stamp
+            self._refresh(now_please=True)  # a token created since the last look works at once
+            if self._stamp != seen:
+                found = self._match(candidate)
+        return found
+
+    def _match(self, candidate: str) -> str | None:
         found = None
         for stored, scope in self._entries:  # no early exit: the time does not depend on which entry matched
             if hmac.compare_digest(stored, candidate):

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from yarl import URL
@@ -26,7 +27,7 @@ from ..fsio import CHUNK_SIZE
 from ..hashing import blake3, validate_prefix
 from ..sources import regular_file_size
 from ..store import PutResult, Version
-from ..validate import format_time, parse_version
+from ..validate import MAX_NUMBER, format_time, parse_version
 from .headers import encode_text
 from .protocol import (
     MESSAGE_HEADER,
@@ -102,6 +103,10 @@ class RemoteStore:
         self._session: aiohttp.ClientSession | None = None
         self._readers: list[RemoteReader] = []
 
+    def notes(self) -> list[str]:
+        """Store.notes' counterpart (StoreAPI): a server's read cache keeps its notes on the server."""
+        return []
+
     # ------------------------------------------------------------ plumbing
     def _run(self, coroutine):
         return self._loop.run_until_complete(coroutine)
@@ -113,10 +118,6 @@ class RemoteStore:
             self._run(self._session.close())
             self._session = None
         self._loop.close()
-
-    def notes(self) -> list[str]:
-        """What went wrong with a local read cache, as Store.notes: a remote store has none."""
-        return []
 
     def __enter__(self) -> RemoteStore:
         return self
@@ -273,12 +274,45 @@ class RemoteStore:
         return [version_from_document(document) for document in documents]
 
     def ls(self, prefix: str = "", *, include_deleted: bool = False, limit: int | None = None) -> list[Version]:
-        query = {"prefix": prefix or None, "all": "1" if include_deleted else None, "limit": limit}
-        return [version_from_document(document) for document in self._json("GET", "/v1/keys", query=query)]
+        query = {"prefix": prefix or None, "all": "1" if include_deleted else None}
+        return [version_from_document(document) for document in self._pages("/v1/keys", query, limit)]
 
     def log_records(self, after: int = 0, limit: int | None = None) -> list[Version]:
-        documents = self._json("GET", "/v1/log", query={"after": after or None, "limit": limit})
+        documents = self._pages("/v1/log", {"after": after or None}, limit)
         return [version_from_document(document) for document in documents]
+
+    def _pages(self, path: str, query: dict, limit: int | None) -> list[dict]:
+        """Every entry of a paged listing (up to limit), following its `Link: <...>; rel="next"` page by page."""
+
+        async def call() -> list[dict]:
+            documents: list[dict] = []
+            # The largest limit: a server pages it (PAGE_MAX a page, with next links), one from before pages
+            # answers it whole; asking for PAGE_MAX would quietly cut such a server's answer there.
+            target = path + "?" + urlencode(
+                {**{name: value for name, value in query.items() if value is not None},
+                 "limit": str(limit if limit is not None else MAX_NUMBER)},
+                quote_via=quote, safe="",
+            )  # fmt: skip
+            seen = set()
+            while target not in seen:  # a link back to a page already read would loop: stop there
+                seen.add(target)
+                response = await self._request("GET", target)
+                try:
+                    page = await response.json(content_type=None)
+                    following = _next_target(response.headers.get("Link", ""))
+                except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                    raise Unavailable(f"the server at {self.base} broke off a listing: {exc or type(exc).__name__}") from None
+                finally:
+                    response.release()
+                documents.extend(page)
+                if limit is not None and len(documents) >= limit:
+                    return documents[:limit]
+                if not page or not following.startswith(path + "?"):  # only ever the same listing, on this server
+                    return documents
+                target = following
+            raise Unavailable(f"the server at {self.base} sent a listing whose next page is one already read")
+
+        return self._run(call())
 
     # ------------------------------------------------------------ local-only operations
     def verify(self, progress=None):
@@ -286,6 +320,15 @@ class RemoteStore:
 
     def reindex(self):
         raise UsageError("reindex rebuilds a local index: run it on the server's machine, not with --remote")
+
+
+_NEXT_LINK = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?(?:\s*[;,]|\s*$)')
+
+
+def _next_target(link_header: str) -> str:
+    """The target of the rel="next" link in a Link header, exactly as sent (already percent-encoded), or ""."""
+    found = _NEXT_LINK.search(link_header)
+    return found.group(1) if found else ""
 
 
 def _with_retries(send, attempts: int):

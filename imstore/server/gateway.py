@@ -34,10 +34,11 @@ from aiohttp.web_protocol import RequestHandler
 from ..errors import BodyTooLarge, ClientTooSlow, ImstoreError, InvalidInput, Unavailable, UsageError
 from ..hashing import OBJECT_ID_LEN, hash_bytes
 from ..validate import parse_size  # re-exported: `serve --max-body` imports it from here
-from .auth import Authenticator, TokenStore
+from .auth import Authenticator, TokenStore, token_file_warning
 from .hot import HotObjects
 from .metrics import Metrics
 from .protocol import (
+    EXPAND_LIMIT,
     INTERNAL_HEADERS,
     PROBLEM_TYPE,
     SENDFILE_FILE,
@@ -49,8 +50,8 @@ from .protocol import (
     server_paths,
     without_paths,
 )
-from .supervisor import Supervisor, WorkerSlot
-from .upstream import PIECE, UpstreamError, UpstreamResponse
+from .supervisor import Supervisor, WorkerSlot, worker_timeout_from_env
+from .upstream import PIECE, NotConnected, UpstreamError, UpstreamResponse, WorkerBusy
 
 __all__ = ["GatewayConfig", "Gateway", "serve", "check_binding", "parse_size"]
 
@@ -70,6 +71,8 @@ OPENAPI = Path(__file__).with_name("openapi.json")
 # Content-Type, never guesses a page out of stored bytes (S8).
 PUBLIC_HEADERS = {"Server": "imstore", "X-Content-Type-Options": "nosniff"}
 _FULL_ID = re.compile(r"[0-9a-f]+")
+# Every 503 says when to come back (S3): the cause is passing (a busy or restarting worker, a store that is away).
+RETRY_AFTER = "1"
 # Request headers that make an object GET something other than "the whole object": a worker answers those.
 NOT_FROM_MEMORY = ("Range", "If-Range", "If-None-Match", "If-Match", "If-Modified-Since")
 
@@ -86,6 +89,9 @@ class GatewayConfig:
     client_timeout: float = 30.0  # idle time allowed while reading a request or writing a response
     shutdown_timeout: float = 10.0
     worker_env: dict[str, str] = field(default_factory=dict)  # added to the workers' environment (the read cache settings)
+    # A worker silent for a fifth of this gets no new requests; silent for all of it, it is restarted (D5).
+    worker_timeout: float = field(default_factory=worker_timeout_from_env)
+    token_file: str | None = None  # a --token-file given with serve: only checked (a warning if others can read it)
 
 
 class _LimitedRequestHandler(RequestHandler):
@@ -100,6 +106,8 @@ class _LimitedRequestHandler(RequestHandler):
         if status != 400:
             response = super().handle_error(request, status, exc, message)
             response.headers.update(PUBLIC_HEADERS)
+            if status == 503:
+                response.headers.setdefault("Retry-After", RETRY_AFTER)
             return response
         if isinstance(exc, LineTooLong):
             status = 431 if str(exc.args[1]) == str(MAX_FIELD) else 414
@@ -221,7 +229,7 @@ class Gateway:
         if request.method in WRITE_METHODS and scope != "write":
             return _problem(403, None, f"this token has the {scope} scope; {request.method} needs a write token")
         if route.name == "metrics":
-            text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"], self.objects.hits)
+            text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"], self.objects.hits, self.in_flight)
             return web.Response(body=text.encode(), headers={**PUBLIC_HEADERS, "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
         if route.name == "openapi":
             return web.Response(body=self.openapi, headers={**PUBLIC_HEADERS, "Content-Type": "application/json"})
@@ -256,6 +264,8 @@ class Gateway:
         headers = {name: value for name, value in request.headers.items() if name.lower() not in dropped}
         if request.method == "GET" and request.transport is not None and request.transport.get_extra_info("sslcontext") is None:
             headers[SENDFILE_OFFER] = "1"
+        if limit is not None and state["route"] == "import":
+            headers[EXPAND_LIMIT] = str(limit)  # a compressed import may not expand past the limit either (S1)
         body: object = None
         if request.method in WRITE_METHODS or request.body_exists:
             if request.headers.get("Expect", "").lower() == "100-continue":
@@ -269,7 +279,8 @@ class Gateway:
                 headers["Content-Length"] = str(length)
         retry = request.method in ("GET", "HEAD") or ("Idempotency-Key" in request.headers and not hasattr(body, "__aiter__"))
         failed: WorkerSlot | None = None
-        for attempt in range(2 if retry else 1):
+        failures = not_sent = 0
+        while True:  # at most 2 failed exchanges and one unreached try per worker: bounded
             slot = self.supervisor.pick(exclude=failed) or await self.supervisor.wait_for_any(2.0)
             if slot is None:
                 raise Unavailable("no worker is alive")
@@ -277,13 +288,24 @@ class Gateway:
             slot.requests += 1
             try:
                 return await self._exchange(request, slot, headers, body, state)
+            except _NotSent as failure:
+                # Nothing reached the worker (no connection): any request, a write too, may go to another.
+                if not failure.busy:
+                    self.supervisor.suspect(slot)
+                failed = slot
+                not_sent += 1
+                if not_sent < len(self.supervisor.slots) + (0 if failure.busy else 1):
+                    continue
+                if failure.busy:
+                    raise Unavailable(f"the server is busy ({failure}); retry it") from None
+                raise Unavailable(f"worker {slot.id} cannot be reached ({failure}); retry it") from None
             except _WorkerFailed as failure:
                 self.supervisor.suspect(slot)
                 failed = slot
-                if attempt == 0 and retry:
+                failures += 1
+                if retry and failures < 2:
                     continue
                 raise Unavailable(f"worker {slot.id} failed during the request ({failure}); retry it") from None
-        raise AssertionError("unreachable")
 
     async def _read_whole(self, request: web.BaseRequest, length: int) -> bytes:
         try:
@@ -322,7 +344,9 @@ class Gateway:
     async def _exchange(self, request: web.BaseRequest, slot: WorkerSlot, headers: dict, body, state: dict) -> web.StreamResponse:
         assert slot.pool is not None
         try:
-            upstream = await slot.pool.request(request.method, request.raw_path, headers, body)
+            upstream = await slot.pool.request(request.method, request.raw_path, headers, body, wanted=lambda: slot.alive)
+        except NotConnected as exc:
+            raise _NotSent(str(exc), busy=isinstance(exc, WorkerBusy)) from None
         except UpstreamError as exc:
             if "body_error" in state:
                 raise state["body_error"] from None  # the client's body failed, not the worker
@@ -332,6 +356,8 @@ class Gateway:
             out_headers = {name: value for name, value in upstream.headers if name.lower() not in HOP_BY_HOP}
             out_headers.update(PUBLIC_HEADERS)
             out_headers[WORKER_HEADER] = str(slot.id)
+            if upstream.status == 503:
+                out_headers.setdefault("Retry-After", RETRY_AFTER)
             sendfile = out_headers.pop(SENDFILE_FILE, None)
             if sendfile is not None:
                 return await self._sendfile(request, upstream.status, out_headers, sendfile, state)
@@ -434,17 +460,31 @@ def _needs_worker(request: web.BaseRequest) -> bool:
 
 
 class _WorkerFailed(Exception):
-    """The worker did not answer (connection refused, reset, or closed early)."""
+    """The worker did not answer (reset, or closed early) after the request had been sent to it."""
+
+
+class _NotSent(Exception):
+    """No connection to the worker was made; busy: its listen queue stayed full (back-pressure)."""
+
+    def __init__(self, message: str, busy: bool):
+        super().__init__(message)
+        self.busy = busy
 
 
 def _problem(status: int, error: ImstoreError | None, detail: str, headers: dict | None = None) -> web.Response:
+    extra = {"Retry-After": RETRY_AFTER} if status == 503 else {}
     return web.Response(
-        status=status, body=problem(error, status, detail), headers={**PUBLIC_HEADERS, **(headers or {}), "Content-Type": PROBLEM_TYPE}
+        status=status,
+        body=problem(error, status, detail),
+        headers={**PUBLIC_HEADERS, **extra, **(headers or {}), "Content-Type": PROBLEM_TYPE},
     )
 
 
 def _json(document, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(document).encode(), headers={**PUBLIC_HEADERS, "Content-Type": "application/json"})
+    extra = {"Retry-After": RETRY_AFTER} if status == 503 else {}
+    return web.Response(
+        status=status, body=json.dumps(document).encode(), headers={**PUBLIC_HEADERS, **extra, "Content-Type": "application/json"}
+    )
 
 
 # ============================================================ start-up and shutdown
@@ -483,10 +523,16 @@ def _ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
 
 async def serve(config: GatewayConfig, info, warn) -> None:
     """Run until SIGTERM/SIGINT: start workers, listen once they all answer, then drain and stop."""
-    authenticator = Authenticator(TokenStore(config.store_root))
+    tokens = TokenStore(config.store_root)
+    for path in (config.token_file, tokens.path):
+        problem_text = token_file_warning(path) if path is not None else None
+        if problem_text is not None:
+            warn(problem_text)
+    authenticator = Authenticator(tokens)
     check_binding(config, authenticator, warn)
     ssl_context = _ssl_context(config)
-    supervisor = Supervisor(config.store_root, config.workers, shutdown_timeout=config.shutdown_timeout, env=config.worker_env)
+    supervisor = Supervisor(config.store_root, config.workers, shutdown_timeout=config.shutdown_timeout, env=config.worker_env,
+                            worker_timeout=config.worker_timeout)  # fmt: skip
     try:
         await supervisor.start()
         gateway = Gateway(config, supervisor, authenticator)
@@ -505,7 +551,8 @@ async def serve(config: GatewayConfig, info, warn) -> None:
         site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context, backlog=1024)
         await site.start()
         scheme = "https" if ssl_context else "http"
-        info(f"imstore serve: listening on {scheme}://{_host_for_url(config.host)}:{config.port} with {config.workers} workers")
+        port = _bound_port(runner, config.port)  # --port 0: the port the system chose, which clients need
+        info(f"imstore serve: listening on {scheme}://{_host_for_url(config.host)}:{port} with {config.workers} workers")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -519,6 +566,14 @@ async def serve(config: GatewayConfig, info, warn) -> None:
         await runner.cleanup()
     finally:
         await supervisor.stop()
+
+
+def _bound_port(runner: web.BaseRunner, asked: int) -> int:
+    """The port the server listens on (the one asked for, or the one the system chose for 0)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2 and isinstance(address[1], int):
+            return address[1]
+    return asked
 
 
 def _host_for_url(host: str) -> str:

@@ -17,6 +17,17 @@ so two retries cannot both write. Rows expire after a day.
 
 Durability: rows are committed with synchronous=NORMAL (WAL): they survive a
 process crash (F10), not necessarily power loss at that instant.
+
+Only ever the store's own ledger (D4): before each use the store's `config` is read
+through a handle on the store directory and its store_id must be the one the worker
+started with. A directory that is not that store (an empty mount point, a store
+renamed away, another store) gets nothing created in it and nothing read from it:
+the request is 503 until the store is back. The ledger is created in the directory
+so checked (by its handle, not by path), opened by path only when it exists
+(`mode=rw`), and reopened when the path names another file than the one open. The
+ledger records the store_id it belongs to; one that belongs to another store (a copied
+file) has its rows dropped before use. Any SQLite failure is the store being
+unavailable, named by its cause (a full disk, an I/O error), never a side effect of it.
 """
 
 from __future__ import annotations
@@ -26,11 +37,13 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from .. import layout
-from ..errors import IdempotencyKeyReused, InvalidInput, RequestInProgress
+from ..errors import IdempotencyKeyReused, InvalidInput, RequestInProgress, Unavailable, from_os_error
 
 __all__ = ["IdempotencyLedger", "Claim", "validate_idempotency_key", "LEDGER_NAME"]
 
@@ -71,26 +84,103 @@ def owner_alive(lock_path: str | None) -> bool:
 
 
 class IdempotencyLedger:
-    """One connection to the ledger (use one per thread)."""
+    """One connection to the ledger of one store (use one per thread), checked before every use."""
 
-    def __init__(self, store_root: str | os.PathLike, owner_lock: str):
-        self.path = Path(store_root) / LEDGER_NAME
+    def __init__(self, store_root: str | os.PathLike, owner_lock: str, store_id: str):
+        self.root = Path(store_root)
+        self.path = self.root / LEDGER_NAME
         self.owner_lock = owner_lock
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(
+        self.store_id = store_id
+        self.db: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    # ------------------------------------------------------------ the store's own ledger, or none
+    def _open(self) -> sqlite3.Connection:
+        """The connection to this store's ledger, after checking the directory is still this store."""
+        try:
+            directory = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _away(self.root, exc.strerror or str(exc)) from None
+        try:
+            self._check_config(directory)
+            try:
+                status = os.stat(LEDGER_NAME, dir_fd=directory)
+            except FileNotFoundError:
+                # Made in the directory just checked, through its handle: by path it could be another by now.
+                os.close(os.open(LEDGER_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=directory))
+                status = os.stat(LEDGER_NAME, dir_fd=directory)
+        except OSError as exc:
+            raise from_os_error(exc, f"cannot write: the store's Idempotency-Key ledger {self.path}") from None
+        finally:
+            os.close(directory)
+        identity = (status.st_dev, status.st_ino)
+        if self.db is not None and identity == self._identity:
+            return self.db
+        self.close()
+        try:
+            # mode=rw: SQLite never creates the file (nor its -wal, -shm) where the path leads now.
+            db = sqlite3.connect(f"file:{quote(str(self.path))}?mode=rw", uri=True, timeout=30, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path) from None
+        try:
+            self._prepare(db)
+            if _identity(self.path) != identity:
+                raise _away(self.root, "it changed while its ledger was being opened")
+        except BaseException as exc:
+            db.close()
+            if isinstance(exc, sqlite3.Error):
+                raise _unavailable(exc, self.path) from None
+            raise
+        self.db, self._identity = db, identity
+        return db
+
+    def _check_config(self, directory: int) -> None:
+        try:
+            handle = os.open(layout.CONFIG, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
+        except (FileNotFoundError, NotADirectoryError):
+            raise _away(self.root, f"it holds no store now (no {layout.CONFIG}: unmounted or moved?)") from None
+        with os.fdopen(handle, "rb") as config_file:
+            raw = config_file.read()
+        found = layout.parse_config(raw, self.root / layout.CONFIG)["store_id"]
+        if found != self.store_id:
+            raise _away(self.root, f"it holds another store now (id {found}, not {self.store_id})")
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(
             "CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, method TEXT, key TEXT, owner TEXT,"
             " seq_before INTEGER, status INTEGER, answer TEXT, created REAL)"
         )
-
-    def close(self) -> None:
-        self.db.close()
-
-    def claim(self, request_id: str, method: str, key: str, seq_now: int) -> Claim:
-        db = self.db
+        db.execute("CREATE TABLE IF NOT EXISTS ledger (id INTEGER PRIMARY KEY CHECK (id = 1), store_id TEXT NOT NULL)")
+        row = db.execute("SELECT store_id FROM ledger WHERE id = 1").fetchone()
+        if row is not None and row[0] == self.store_id:
+            return
         db.execute("BEGIN IMMEDIATE")
         try:
+            row = db.execute("SELECT store_id FROM ledger WHERE id = 1").fetchone()
+            if row is None or row[0] != self.store_id:
+                if row is not None:  # another store's ledger: its requests are not this store's
+                    db.execute("DELETE FROM requests")
+                db.execute("INSERT OR REPLACE INTO ledger VALUES (1, ?)", (self.store_id,))
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+
+    # ------------------------------------------------------------ requests
+    def claim(self, request_id: str, method: str, key: str, seq_now: int | Callable[[], int]) -> Claim:
+        """Claim request_id; seq_now is the log's seq (a callable is asked only once the store is checked)."""
+        db = self._open()
+        if callable(seq_now):
+            seq_now = seq_now()
+        try:
+            db.execute("BEGIN IMMEDIATE")
             row = db.execute("SELECT method, key, owner, seq_before, status, answer FROM requests WHERE id = ?", (request_id,)).fetchone()
             if row is None:
                 db.execute(
@@ -110,19 +200,66 @@ class IdempotencyLedger:
                     db.execute("UPDATE requests SET owner = ? WHERE id = ?", (self.owner_lock, request_id))
                     claim = Claim("orphan", seq_before)
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as exc:
+            _rollback(db)  # SQLite may have rolled back already (a full disk does): the cause is exc, never the rollback
+            if isinstance(exc, sqlite3.Error):
+                raise _unavailable(exc, self.path) from None
             raise
         return claim
 
     def finish(self, request_id: str, status: int, answer: dict) -> None:
         """Remember the answer (and drop expired rows now and then)."""
-        self.db.execute(
-            "UPDATE requests SET status = ?, answer = ?, owner = NULL WHERE id = ?", (status, json.dumps(answer), request_id)
-        )
-        if os.urandom(1)[0] < 2:
-            self.db.execute("DELETE FROM requests WHERE created < ?", (time.time() - EXPIRY_SECONDS,))
+        db = self._open()
+        try:
+            db.execute("UPDATE requests SET status = ?, answer = ?, owner = NULL WHERE id = ?", (status, json.dumps(answer), request_id))
+            if os.urandom(1)[0] < 2:
+                db.execute("DELETE FROM requests WHERE created < ?", (time.time() - EXPIRY_SECONDS,))
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path) from None
 
     def release(self, request_id: str) -> None:
         """The request failed: a retry must look in the log (the record may or may not be there)."""
-        self.db.execute("UPDATE requests SET owner = NULL WHERE id = ? AND status IS NULL", (request_id,))
+        db = self._open()
+        try:
+            db.execute("UPDATE requests SET owner = NULL WHERE id = ? AND status IS NULL", (request_id,))
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path) from None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
+def _away(root: Path, why: str) -> Unavailable:
+    return Unavailable(f"cannot write: the store is unavailable: {root}: {why}")
+
+
+# What SQLite's result codes mean for the store: the cause a client should hear (D9).
+_CAUSES = {
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_READONLY": "the store is read-only",
+    "SQLITE_CANTOPEN": "the ledger cannot be opened",
+    "SQLITE_BUSY": "the ledger stayed locked by another process",
+    "SQLITE_LOCKED": "the ledger stayed locked",
+    "SQLITE_CORRUPT": "the ledger is damaged (remove it: it only remembers pending retries)",
+    "SQLITE_NOTADB": "the ledger is damaged (remove it: it only remembers pending retries)",
+}
+
+
+def _unavailable(error: sqlite3.Error, path: Path) -> Unavailable:
+    """The store's Unavailable for a failure of its ledger, by cause: a full disk says so."""
+    primary = "_".join((getattr(error, "sqlite_errorname", "") or "").split("_")[:2])  # SQLITE_IOERR_WRITE: SQLITE_IOERR
+    cause = _CAUSES.get(primary) or ("an I/O error" if primary == "SQLITE_IOERR" else "the ledger failed")
+    return Unavailable(f"cannot write: {cause} (the store's Idempotency-Key ledger {path}: {error})")

@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, quote, unquote_to_bytes
+from urllib.parse import parse_qs, quote, unquote_to_bytes, urlencode
 
 from .. import errors
 from ..errors import ImstoreError, InvalidInput, InvalidKey
@@ -34,6 +34,9 @@ __all__ = [
     "put_document",
     "put_result_from_document",
     "PROBLEM_TYPE",
+    "PAGE_DEFAULT",
+    "PAGE_MAX",
+    "next_link",
     "IMMUTABLE",
     "STALE_HEADER",
     "VERSION_HEADER",
@@ -55,7 +58,8 @@ TAR_TYPES = frozenset({
 # Internal, gateway <-> worker only (the gateway drops them from clients' requests and its answers):
 SENDFILE_OFFER = "X-Imstore-Sendfile"  # gateway → worker: "send me where the verified bytes are"
 SENDFILE_FILE = "X-Imstore-File"  # worker → gateway: "offset length path" of bytes it has just verified
-INTERNAL_HEADERS = frozenset({SENDFILE_OFFER.lower(), SENDFILE_FILE.lower()})
+EXPAND_LIMIT = "X-Imstore-Expand-Limit"  # gateway → worker: bytes an import body may expand to (its --max-body)
+INTERNAL_HEADERS = frozenset({SENDFILE_OFFER.lower(), SENDFILE_FILE.lower(), EXPAND_LIMIT.lower()})
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,10 @@ ROUTES: tuple[Route, ...] = (
     Route("openapi", "/openapi.json", ("GET",)),
 )
 WRITE_METHODS = frozenset({"PUT", "DELETE", "POST"})
+# GET /v1/keys and GET /v1/log answer in pages (S2): `limit` entries (default PAGE_DEFAULT, at most
+# PAGE_MAX; more is taken as PAGE_MAX), and `Link: <...>; rel="next"` while more follow.
+PAGE_DEFAULT = 1000
+PAGE_MAX = 10000
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,11 @@ def match_route(raw_target: str) -> RouteMatch | None:
         elif path == route.template:
             return RouteMatch(route, "", raw_query)
     return None
+
+
+def next_link(path: str, query: dict[str, str]) -> str:
+    """The Link header value for the next page of a listing at path (query: its parameters, the cursor included)."""
+    return f"<{path}?{urlencode(query, quote_via=quote, safe='')}>; rel=\"next\""
 
 
 def key_path(route_prefix: str, key: str) -> str:

@@ -1,8 +1,16 @@
-"""Starts N worker processes on unix sockets in a private 0700 directory and restarts any that dies.
+"""Starts N worker processes on unix sockets in a private 0700 directory and restarts any that dies or hangs.
 
 A worker's `id` (1..N) is its slot and survives restarts; its pid does not. The
 gateway asks `pick()` for the next live worker (round robin) and reports a worker
 that failed to answer with `suspect()`, which health-checks it at once.
+
+Hung workers (D5): every worker is asked for its health twice per `grace` (a fifth of
+the worker timeout, `IMSTORE_WORKER_TIMEOUT`, 10 s by default). The answer comes from
+its event loop, which stays free while store calls run in its threads, so a worker
+that cannot answer is stopped, stuck or swamped, not busy. One that has not answered
+for `grace` gets no new requests (and /healthz stops saying ok); one that has not
+answered for the whole timeout is killed, which ends its requests in flight (the
+gateway retries what it may), frees any lock it held, and the watcher starts a new one.
 """
 
 from __future__ import annotations
@@ -17,14 +25,30 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from ..errors import Unavailable
+from ..errors import Unavailable, UsageError
 from .upstream import UpstreamError, UpstreamPool
 from .worker import HEALTH_PATH
 
-__all__ = ["Supervisor", "WorkerSlot"]
+__all__ = ["Supervisor", "WorkerSlot", "worker_timeout_from_env", "WORKER_TIMEOUT_ENV", "DEFAULT_WORKER_TIMEOUT"]
 
 READY_TIMEOUT = 30.0
 MAX_BACKOFF = 2.0
+WORKER_TIMEOUT_ENV = "IMSTORE_WORKER_TIMEOUT"
+DEFAULT_WORKER_TIMEOUT = 10.0  # seconds a worker may go without answering before it is restarted
+
+
+def worker_timeout_from_env() -> float:
+    """IMSTORE_WORKER_TIMEOUT (seconds, > 0), else DEFAULT_WORKER_TIMEOUT."""
+    text = os.environ.get(WORKER_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_WORKER_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e6:
+        raise UsageError(f"{WORKER_TIMEOUT_ENV} is seconds, a number above 0, not {text!r:.40}")
+    return value
 
 
 @dataclass
@@ -39,6 +63,9 @@ class WorkerSlot:
     restarts: int = 0
     pool: UpstreamPool | None = None
     started: float = field(default=0.0)
+    ready: bool = False  # its process has answered once (the heartbeat leaves a starting worker alone)
+    answered: float = 0.0  # when it last answered a health check (monotonic)
+    silent: bool = False  # taken out of rotation by the heartbeat (said once in the log)
 
     @property
     def pid(self) -> int | None:
@@ -51,10 +78,13 @@ class WorkerSlot:
 class Supervisor:
     """Owns the worker processes of one serve."""
 
-    def __init__(self, store_root: str, count: int, *, shutdown_timeout: float = 10.0, env: dict[str, str] | None = None):
+    def __init__(self, store_root: str, count: int, *, shutdown_timeout: float = 10.0, env: dict[str, str] | None = None,
+                 worker_timeout: float = DEFAULT_WORKER_TIMEOUT):  # fmt: skip
         self.store_root = store_root
         self.env = {**os.environ, **env} if env else None  # None: the workers inherit serve's environment
         self.shutdown_timeout = shutdown_timeout
+        self.worker_timeout = worker_timeout
+        self.grace = worker_timeout / 5  # unanswered this long: out of rotation
         self.runtime_dir = tempfile.mkdtemp(prefix="imstore-serve-")  # 0700 by construction
         os.chmod(self.runtime_dir, 0o700)
         self.slots = [WorkerSlot(number, os.path.join(self.runtime_dir, f"w{number}.sock")) for number in range(1, count + 1)]
@@ -69,6 +99,7 @@ class Supervisor:
         await asyncio.gather(*(self._spawn(slot) for slot in self.slots))
         await asyncio.gather(*(self._wait_ready(slot, READY_TIMEOUT, first=True) for slot in self.slots))
         self._watchers = [asyncio.create_task(self._watch(slot)) for slot in self.slots]
+        self._watchers += [asyncio.create_task(self._heartbeat(slot)) for slot in self.slots]
 
     async def stop(self) -> None:
         """SIGTERM every worker (they finish in-flight requests), SIGKILL what is left after the timeout."""
@@ -95,7 +126,9 @@ class Supervisor:
     async def _spawn(self, slot: WorkerSlot) -> None:
         if slot.pool is not None:
             slot.pool.close()  # pooled connections to the old process are dead
-        slot.pool = UpstreamPool(slot.socket)
+        slot.pool = UpstreamPool(slot.socket, connect_wait=self.worker_timeout)
+        slot.ready = False
+        slot.silent = False
         slot.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -124,6 +157,7 @@ class Supervisor:
                     raise Unavailable(f"worker {slot.id} exited at start (code {slot.process.returncode}); see the messages above")
                 return False
             if await self.check(slot):
+                slot.ready = True
                 return True
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
@@ -131,19 +165,47 @@ class Supervisor:
             raise Unavailable(f"worker {slot.id} did not answer within {timeout:.0f} s")
         return False
 
-    async def check(self, slot: WorkerSlot) -> bool:
-        """Ask the worker whether it is there; mark it alive or not."""
+    async def check(self, slot: WorkerSlot, timeout: float = 2.0) -> bool:
+        """Ask the worker whether it is there (within timeout); mark it alive or not."""
         if slot.pool is None or slot.process is None or slot.process.returncode is not None:
             slot.alive = False
             return False
         try:
-            async with asyncio.timeout(2):
+            async with asyncio.timeout(timeout):
                 response = await slot.pool.request("GET", HEALTH_PATH, {})
                 payload = json.loads(await response.read())
             slot.alive = response.status == 200 and payload.get("pid") == slot.pid
         except (UpstreamError, TimeoutError, ValueError, OSError):
             slot.alive = False
+        if slot.alive:
+            slot.answered = time.monotonic()
         return slot.alive
+
+    async def _heartbeat(self, slot: WorkerSlot) -> None:
+        """Ask a ready worker for its health twice per grace; route around it, then restart it, when it is silent."""
+        while not self._stopping:
+            await asyncio.sleep(self.grace / 2)
+            process = slot.process
+            if process is None or process.returncode is not None or not slot.ready:
+                continue  # starting, or dead: the watcher has it
+            if await self.check(slot, timeout=self.grace):
+                if slot.silent:
+                    slot.silent = False
+                    print(f"imstore serve: worker {slot.id} (pid {slot.pid}) answers again", file=sys.stderr, flush=True)
+                continue
+            if process is not slot.process or process.returncode is not None:
+                continue
+            silent_for = time.monotonic() - slot.answered
+            if silent_for >= self.worker_timeout:
+                print(f"imstore serve: worker {slot.id} (pid {slot.pid}) has not answered for {silent_for:.1f} s"
+                      f" (worker timeout {self.worker_timeout:g} s); killing it to start a new one",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                slot.ready = False
+                process.kill()  # the watcher restarts it
+            elif not slot.silent:
+                slot.silent = True
+                print(f"imstore serve: worker {slot.id} (pid {slot.pid}) has not answered for {silent_for:.1f} s;"
+                      " no new requests go to it", file=sys.stderr, flush=True)  # fmt: skip
 
     async def _watch(self, slot: WorkerSlot) -> None:
         """Restart the worker whenever it dies (backing off if it keeps dying at once)."""
@@ -162,7 +224,10 @@ class Supervisor:
             slot.restarts += 1
             self.restarts += 1
             await self._spawn(slot)
-            await self._wait_ready(slot, READY_TIMEOUT)
+            if not await self._wait_ready(slot, READY_TIMEOUT) and slot.process.returncode is None:
+                print(f"imstore serve: worker {slot.id} (pid {slot.pid}) did not answer within {READY_TIMEOUT:.0f} s of its start;"
+                      " killing it to start a new one", file=sys.stderr, flush=True)  # fmt: skip
+                slot.process.kill()
 
     # ------------------------------------------------------------ routing
     def pick(self, exclude: WorkerSlot | None = None) -> WorkerSlot | None:
@@ -187,7 +252,7 @@ class Supervisor:
 
     async def _recheck(self, slot: WorkerSlot) -> None:
         process = slot.process
-        if process is not None and process.returncode is None and not await self._wait_ready(slot, 5.0):
+        if process is not None and process.returncode is None and not await self._wait_ready(slot, self.worker_timeout):
             if process is slot.process and process.returncode is None:
                 process.kill()  # alive but not answering: the watcher restarts it
 

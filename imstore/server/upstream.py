@@ -1,19 +1,22 @@
 """A lean HTTP/1.1 client for the gateway's hop to its workers over unix sockets.
 
-The workers are our own aiohttp servers, which always answer with a
-Content-Length (or no body), so a small client with a keep-alive pool does this
-hop at a fraction of aiohttp.ClientSession's cost per request (measured: about
-1.5x the requests/s of a trivial proxy). Any failure on a connection closes it,
-so a half-sent body can never look complete to a worker.
+The workers are our own aiohttp servers, which answer with a Content-Length (or
+no body), except a listing page, which streams out chunked; so a small client with
+a keep-alive pool does this hop at a fraction of aiohttp.ClientSession's cost per
+request (measured: about 1.5x the requests/s of a trivial proxy). Any failure on a
+connection closes it, so a half-sent body can never look complete to a worker, and
+a chunked answer that breaks off is an error, never a shorter answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
-__all__ = ["UpstreamPool", "UpstreamResponse", "UpstreamError"]
+__all__ = ["UpstreamPool", "UpstreamResponse", "UpstreamError", "NotConnected", "WorkerBusy"]
 
 HEAD_LIMIT = 256 << 10
 PIECE = 1 << 20
@@ -21,6 +24,14 @@ PIECE = 1 << 20
 
 class UpstreamError(Exception):
     """The worker could not be reached or broke the exchange off."""
+
+
+class NotConnected(UpstreamError):
+    """No connection was made: nothing of the request reached the worker, so any request may go to another."""
+
+
+class WorkerBusy(NotConnected):
+    """The worker's listen queue stayed full for the whole wait: back-pressure, not a failure."""
 
 
 class _Connection:
@@ -46,6 +57,7 @@ class UpstreamResponse:
         self._connection: _Connection | None = connection
         self._remaining = 0
         self._keep_alive = keep_alive
+        self.chunked = False  # Transfer-Encoding: chunked (content_length is None)
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()
@@ -54,6 +66,8 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         if self._connection is None:
             return b""
+        if self.chunked:
+            return b"".join([piece async for piece in self.pieces()])
         try:
             data = await self._connection.reader.readexactly(self._remaining)
         except (OSError, asyncio.IncompleteReadError) as exc:
@@ -64,6 +78,10 @@ class UpstreamResponse:
         return data
 
     async def pieces(self) -> AsyncIterator[bytes]:
+        if self.chunked:
+            async for piece in self._chunks():
+                yield piece
+            return
         while self._connection is not None and self._remaining > 0:
             try:
                 piece = await self._connection.reader.read(min(PIECE, self._remaining))
@@ -77,6 +95,35 @@ class UpstreamResponse:
             if self._remaining == 0:
                 self._done()
             yield piece
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        """The pieces of a chunked body; its end (the last chunk and the trailers) hands the connection back."""
+        for _ in range(1 << 40):  # bounded by the body: every round reads a chunk or ends
+            connection = self._connection
+            if connection is None:
+                return
+            reader = connection.reader
+            try:
+                size_line = await reader.readuntil(b"\r\n")
+                size = int(size_line.split(b";", 1)[0].strip(), 16)
+                if size < 0:
+                    raise ValueError("a negative chunk size")
+                if size == 0:
+                    while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, if any, up to the empty line
+                        pass
+                    self._done()
+                    return
+                while size > 0:
+                    piece = await reader.read(min(PIECE, size))
+                    if not piece:
+                        raise asyncio.IncompleteReadError(b"", size)
+                    size -= len(piece)
+                    yield piece
+                if await reader.readexactly(2) != b"\r\n":
+                    raise ValueError("a chunk does not end in CRLF")
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+                self.release()
+                raise UpstreamError(f"the worker broke off its answer: {type(exc).__name__}: {exc}") from None
 
     def _done(self) -> None:
         connection, self._connection = self._connection, None
@@ -96,9 +143,10 @@ class UpstreamResponse:
 class UpstreamPool:
     """Keep-alive connections to one worker's unix socket."""
 
-    def __init__(self, socket_path: str, idle_limit: int = 128):
+    def __init__(self, socket_path: str, idle_limit: int = 128, connect_wait: float = 10.0):
         self.socket_path = socket_path
         self.idle_limit = idle_limit
+        self.connect_wait = connect_wait  # how long a full listen queue is waited out before WorkerBusy
         self._idle: deque[_Connection] = deque()
 
     def close(self) -> None:
@@ -111,21 +159,39 @@ class UpstreamPool:
         else:
             connection.close()
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, wanted: Callable[[], bool] | None = None) -> _Connection:
+        """A pooled connection, or a new one. A full listen queue (EAGAIN: the worker is behind on
+        accepting) is back-pressure: wait for room, up to connect_wait, while wanted() says the worker
+        is still in rotation. Raises NotConnected (WorkerBusy after the wait): nothing was sent."""
         while self._idle:
             connection = self._idle.pop()
             if not connection.reader.at_eof() and not connection.writer.is_closing():
                 return connection
             connection.close()
-        try:
-            reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=HEAD_LIMIT)
-        except OSError as exc:
-            raise UpstreamError(f"cannot connect to the worker: {exc.strerror or exc}") from None
-        return _Connection(reader, writer)
+        deadline = None
+        delay = 0.001
+        for _ in range(100_000):  # bounded by the deadline long before this count
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=HEAD_LIMIT)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    raise NotConnected(f"cannot connect to the worker: {exc.strerror or exc}") from None
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + self.connect_wait
+                if now >= deadline or (wanted is not None and not wanted()):
+                    raise WorkerBusy(f"the worker's queue stayed full for {self.connect_wait:g} s") from None
+                await asyncio.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, 0.05)
+                continue
+            return _Connection(reader, writer)
+        raise WorkerBusy("the worker's queue stayed full")
 
-    async def request(self, method: str, target: str, headers: dict[str, str], body=None) -> UpstreamResponse:
-        """Send a request (body: None, bytes, or an async iterator of bytes) and read the answer's head."""
-        connection = await self._connect()
+    async def request(self, method: str, target: str, headers: dict[str, str], body=None,
+                      wanted: Callable[[], bool] | None = None) -> UpstreamResponse:  # fmt: skip
+        """Send a request (body: None, bytes, or an async iterator of bytes) and read the answer's head.
+
+        wanted: see _connect."""
+        connection = await self._connect(wanted)
         streamed = body is not None and not isinstance(body, bytes | bytearray)
         lines = [f"{method} {target} HTTP/1.1", "Host: worker"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
@@ -168,7 +234,7 @@ class UpstreamPool:
             sending.cancel()
             response = answer.result()
             response._keep_alive = False
-            if response._remaining == 0:  # _read_head handed a body-less answer's connection back: take it out again
+            if response._remaining == 0 and not response.chunked:  # _read_head handed a body-less answer's connection back
                 if connection in self._idle:
                     self._idle.remove(connection)
                 connection.close()
@@ -198,6 +264,7 @@ class UpstreamPool:
         headers: list[tuple[str, str]] = []
         length = None
         keep_alive = True
+        chunked = False
         for line in lines[1:]:
             if not line:
                 continue
@@ -209,14 +276,20 @@ class UpstreamPool:
             elif lowered == "connection" and value.lower() == "close":
                 keep_alive = False
             elif lowered == "transfer-encoding":
-                raise ValueError("workers answer with a Content-Length, not chunked")
+                if value.lower() != "chunked" or length is not None:
+                    raise ValueError(f"a worker answered with Transfer-Encoding {value!r}")
+                chunked = True
+                continue  # hop-by-hop: the gateway frames its own answer
             headers.append((name, value))
+        if chunked and length is not None:
+            raise ValueError("a worker answered with both Content-Length and Transfer-Encoding")
         if method == "HEAD" or status in (204, 304):
-            body_length = 0
+            body_length, chunked = 0, False
         else:
             body_length = length or 0
         response = UpstreamResponse(self, connection, status, headers, length, keep_alive)
         response._remaining = body_length
-        if body_length == 0:
+        response.chunked = chunked
+        if body_length == 0 and not chunked:
             response._done()
         return response

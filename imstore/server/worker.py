@@ -39,10 +39,13 @@ from .headers import etag_matches, idempotency_key, meta_header, non_negative, p
 from .hot import HotObjects
 from .idempotency import Claim, IdempotencyLedger
 from .protocol import (
+    EXPAND_LIMIT,
     IMMUTABLE,
     JSONL_TYPES,
     MESSAGE_HEADER,
     META_HEADER,
+    PAGE_DEFAULT,
+    PAGE_MAX,
     PROBLEM_TYPE,
     SENDFILE_FILE,
     SENDFILE_OFFER,
@@ -51,6 +54,7 @@ from .protocol import (
     VERSION_HEADER,
     RouteMatch,
     match_route,
+    next_link,
     problem,
     put_document,
     server_paths,
@@ -66,10 +70,14 @@ SMALL_BODY = 1 << 20  # request bodies up to this size are read whole before the
 BATCHED_BODY = 64 << 10  # PUTs up to this size (without an Idempotency-Key) are written in batches (putbatch.py)
 PRELOAD = 1 << 20  # objects up to this size are read (and verified) in the same pool call that finds them
 BODY_IDLE_TIMEOUT = float(os.environ.get("IMSTORE_BODY_TIMEOUT", "30"))
+# Connections the kernel queues for a worker that is behind on accepting them (capped by net.core.somaxconn).
+# Past it the gateway waits for room (back-pressure, S3); the variable is for tuning and tests.
+LISTEN_BACKLOG = int(os.environ.get("IMSTORE_WORKER_BACKLOG", "1024"))
 # Each pool thread's Store has its own read cache memo: keep them small (HotObjects holds the hottest).
 THREAD_MEMO_BYTES = 4 << 20
 # Stored html or svg opened in a browser runs in a sandbox: no scripts, no access to this origin (S8).
 SANDBOX = "sandbox"
+PAGE_SLICE = 500  # listing entries read per pool call while a page streams out
 # Answers that change (a latest version, a listing): any cache must ask again each time, and shared
 # caches must not keep them at all (they are behind a token) (S10).
 REVALIDATE = "private, no-cache"
@@ -88,6 +96,7 @@ class WorkerApp:
         self.hot = HotObjects()
         self.private_paths = server_paths(store_root, os.path.dirname(owner_lock))
         self.put_batcher = PutBatcher(self.call, self.store, self._flush_warnings)
+        self.store_id: str | None = None  # the store this worker serves, from its first open: its ledger must be that store's
 
     # ------------------------------------------------------------ per-thread resources
     def store(self) -> Store:
@@ -103,12 +112,16 @@ class WorkerApp:
                 store = self._local.store = fresh
             else:
                 fresh.close()  # keep the old one and what its cache memo holds
+        if self.store_id is None:
+            self.store_id = store.store_id
         return store
 
     def ledger(self) -> IdempotencyLedger:
         ledger = getattr(self._local, "ledger", None)
         if ledger is None:
-            ledger = self._local.ledger = IdempotencyLedger(self.store_root, self.owner_lock)
+            self.store()  # learns the store's id
+            assert self.store_id is not None
+            ledger = self._local.ledger = IdempotencyLedger(self.store_root, self.owner_lock, self.store_id)
         return ledger
 
     async def call(self, function, *args):
@@ -253,11 +266,17 @@ class WorkerApp:
         refused (422), never answered with the first request's result while its own is dropped."""
         if request_id is None:
             return work(None)
-        try:
-            ledger = self.ledger()
-            claim = ledger.claim(request_id, method, key, self.store().index.state().seq)
-        except sqlite3.Error as exc:  # the ledger lives in the store: the store is down (F11), or its disk failing
-            raise Unavailable(f"cannot write: the store is unavailable (its idempotency ledger: {exc})") from None
+        ledger = self.ledger()
+
+        def seq_now() -> int:
+            try:
+                return self.store().index.state().seq
+            except sqlite3.Error as exc:
+                raise Unavailable(f"cannot write: the store is unavailable (its index: {exc})") from None
+
+        # The ledger checks first that the directory still holds this store: nothing of the store is touched
+        # (nothing created) where it is not (D4). Its own failures (a full disk) are Unavailable, by cause (D9).
+        claim = ledger.claim(request_id, method, key, seq_now)
         if claim.state == "done":
             assert claim.answer is not None
             if same_request is not None and not same_request(claim.answer[1]):
@@ -266,10 +285,25 @@ class WorkerApp:
         try:
             status, document = work(claim)
         except BaseException:
-            ledger.release(request_id)
+            self._forget_claim(ledger, request_id)  # the work's own error is the answer, not the ledger's
             raise
-        ledger.finish(request_id, status, document)
+        try:
+            ledger.finish(request_id, status, document)
+        except ImstoreError as exc:
+            # The write is done and its answer known: give it. A retry finds the claim released (then the log
+            # answers it) or, if even that failed, held by this worker (409) until the worker goes.
+            print(f"imstore worker {os.getpid()}: warning: cannot remember the answer to Idempotency-Key {request_id!r}: {exc}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            self._forget_claim(ledger, request_id)
         return status, document
+
+    @staticmethod
+    def _forget_claim(ledger: IdempotencyLedger, request_id: str) -> None:
+        try:
+            ledger.release(request_id)
+        except ImstoreError as exc:
+            print(f"imstore worker {os.getpid()}: warning: cannot release Idempotency-Key {request_id!r}: {exc}",
+                  file=sys.stderr, flush=True)  # fmt: skip
 
     # ------------------------------------------------------------ import
     async def _import_post(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
@@ -288,6 +322,7 @@ class WorkerApp:
             "name": query.get("name") or "body",
             "message": text_header(request.headers.get(MESSAGE_HEADER)),
             "kind": _import_kind(request.headers.get("Content-Type")),
+            "max_expanded": non_negative(request.headers.get(EXPAND_LIMIT), EXPAND_LIMIT) if EXPAND_LIMIT in request.headers else None,
         }
         request_id = idempotency_key(request)
         if request.content_length is not None and request.content_length <= SMALL_BODY:
@@ -314,7 +349,8 @@ class WorkerApp:
                 pass
 
         try:
-            source = stream_source(stream, summary.skip, kind=options["kind"], name=options["name"], base_dir=None)
+            source = stream_source(stream, summary.skip, kind=options["kind"], name=options["name"], base_dir=None,
+                                   max_expanded=options["max_expanded"])  # fmt: skip
             import_items(
                 store, source, summary, prefix=options["prefix"], jobs=1, message=options["message"],
                 skip_errors=options["skip_errors"], close_stream=False, before_commit=drain,
@@ -333,14 +369,79 @@ class WorkerApp:
         query = matched.query()
         prefix = query.get("prefix", "")
         include_deleted = query.get("all", "") in ("1", "true", "yes")
-        limit = positive(query.get("limit"), "limit")
-        return await self._listing(request, lambda store: store.ls(prefix, include_deleted=include_deleted, limit=limit))
+        limit = _page_limit(query.get("limit"))
+        after = query.get("after") or None  # a key: the page starts after it
+
+        def end(store: Store):
+            return store.ls_page_end(prefix, include_deleted, after, limit)
+
+        def rows(store: Store, cursor, upto, count: int):
+            versions = store.ls_page(prefix, include_deleted, cursor, upto, count)
+            return versions, (versions[-1].key if versions else cursor)
+
+        return await self._page(request, "/v1/keys", query, limit, after, end, rows)
 
     async def _log_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         query = matched.query()
         after = non_negative(query.get("after"), "after")
-        limit = positive(query.get("limit"), "limit")
-        return await self._listing(request, lambda store: store.log_records(after, limit))
+        limit = _page_limit(query.get("limit"))
+
+        def end(store: Store):
+            return store.log_page_end(after, limit)
+
+        def rows(store: Store, cursor, upto, count: int):
+            versions = store.log_page(cursor, upto, count)
+            return versions, (versions[-1].seq if versions else cursor)
+
+        return await self._page(request, "/v1/log", query, limit, after, end, rows)
+
+    async def _page(self, request: web.BaseRequest, path: str, query: dict, limit: int, after, end, rows) -> web.StreamResponse:
+        """One page of a listing (S2), streamed slice by slice: memory stays flat whatever the page size.
+
+        The page's last entry is fixed first (end: the limit-th entry after the cursor, and whether
+        more follow), so the Link to the next page goes in the head; then the entries up to it are
+        read in slices, each its own pool call, each taking up where the last one stopped. A failure
+        after the head has gone cuts the connection: a client never takes a short page for a whole one.
+        """
+
+        def first():
+            store = self.store()
+            seq, chain = store.log_position()  # before the listing: the listing is at least this new
+            tag = listing_etag(seq, chain, request.raw_path)
+            if etag_matches(request.headers.get("If-None-Match"), tag):
+                return tag, None, None
+            upto, more = end(store)
+            return tag, (upto, more), rows(store, after, upto, min(PAGE_SLICE, limit))
+
+        tag, bound, first_slice = await self.call(first)
+        headers = {"ETag": f'"{tag}"', "Cache-Control": REVALIDATE}
+        if bound is None:
+            return web.Response(status=304, headers=headers)
+        upto, more = bound
+        if more:
+            headers["Link"] = next_link(path, {**query, "after": str(upto), "limit": str(limit)})
+        response = web.StreamResponse(status=200, headers={**headers, "Content-Type": "application/json"})
+        await response.prepare(request)
+        versions, cursor = first_slice
+        asked = min(PAGE_SLICE, limit)
+        await response.write(b"[" + _documents(versions))
+        sent = len(versions)
+        try:
+            while len(versions) == asked and sent < limit:  # a full slice: there may be more (each round sends one or stops)
+                asked = min(PAGE_SLICE, limit - sent)
+                versions, cursor = await self.call(lambda cursor=cursor, asked=asked: rows(self.store(), cursor, upto, asked))
+                if versions:
+                    await response.write(b", " + _documents(versions))
+                sent += len(versions)
+        except ImstoreError as exc:
+            print(f"imstore worker {os.getpid()}: {request.raw_path.partition('?')[0]}: {exc}; listing cut off",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionError("listing cut off") from None
+        await response.write(b"]")
+        await response.write_eof()
+        return response
 
     async def _listing(self, request: web.BaseRequest, versions) -> web.StreamResponse:
         """A listing as version documents, tagged with the log position it was read at (S10).
@@ -466,6 +567,17 @@ def _json(document, status: int = 200, headers: dict | None = None) -> web.Respo
         body=json.dumps(document, ensure_ascii=False).encode("utf-8"),
         headers={**(headers or {}), "Content-Type": "application/json"},
     )
+
+
+def _page_limit(text: str | None) -> int:
+    """A page's size: PAGE_DEFAULT when not given, PAGE_MAX at most."""
+    limit = positive(text, "limit")
+    return PAGE_DEFAULT if limit is None else min(limit, PAGE_MAX)
+
+
+def _documents(versions) -> bytes:
+    """Version documents, comma-separated, for the inside of a JSON array."""
+    return ", ".join(json.dumps(version_document(version), ensure_ascii=False) for version in versions).encode("utf-8")
 
 
 def listing_etag(seq: int, chain: str, target: str) -> str:
@@ -594,7 +706,7 @@ async def serve_worker(
     else:
         if os.path.exists(socket_path):
             os.unlink(socket_path)
-        site = web.UnixSite(runner, socket_path)
+        site = web.UnixSite(runner, socket_path, backlog=LISTEN_BACKLOG)
         await site.start()
         os.chmod(socket_path, 0o600)
     stop = asyncio.Event()

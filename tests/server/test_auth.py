@@ -174,3 +174,36 @@ def test_plain_http_on_a_lan_address_warns_and_tls_silences_it(store_path):
     check_binding(GatewayConfig(str(store_path), host="192.168.1.10", tls_cert="c", tls_key="k"), Authenticator(tokens), warnings.append)
     check_binding(GatewayConfig(str(store_path), host="127.0.0.1"), Authenticator(TokenStore(store_path / "none")), warnings.append)
     assert warnings == []
+
+
+def test_a_token_created_while_serving_works_from_its_first_request(shared_server):
+    """Tokens were reloaded at most once a second, so a new one was refused for up to ~1.2 s. Each new
+    token is used right after the request before it (which made the server look at the file)."""
+    tokens = TokenStore(shared_server.store)
+    for number in range(5):
+        assert shared_server.request("GET", "/v1/log?limit=1", token="read").status == 200
+        token = tokens.create(f"at-once-{number}", "read")
+        reply = shared_server.request("GET", "/v1/log?limit=1", headers={"Authorization": f"Bearer {token}"}, token=None)
+        assert reply.status == 200, (number, reply.body)
+        tokens.revoke(f"at-once-{number}")
+
+
+def test_an_authenticator_looks_at_the_file_again_on_a_miss_and_only_then(store_path, monkeypatch):
+    from imstore.server import auth
+
+    tokens = TokenStore(store_path)
+    known = tokens.create("known", "read")
+    authenticator = Authenticator(tokens)
+    loads = []
+    real_load = TokenStore.load
+    monkeypatch.setattr(TokenStore, "load", lambda self: loads.append(1) or real_load(self))
+    for _ in range(20):
+        assert authenticator.scope_for(f"Bearer {known}") == "read"
+        assert authenticator.scope_for("Bearer not-a-token") is None  # a miss: a stat, no reload (unchanged file)
+    assert loads == []
+    fresh = tokens.create("fresh", "write")
+    loads.clear()
+    assert authenticator.scope_for(f"Bearer {fresh}") == "write" and len(loads) == 1
+    assert auth.token_file_warning(tokens.path) is None  # created 0600
+    tokens.path.chmod(0o644)
+    assert "can be read by other users" in auth.token_file_warning(tokens.path)
