@@ -18,6 +18,7 @@ from typing import TypeVar
 from .errors import CorruptIndex, CorruptLog, ImstoreError, Unavailable
 from .fsio import crash_point
 from .index import Index, IndexState, is_corruption
+from .layout import CONFIG
 from .log import Log
 from .records import Frame, check_chain
 
@@ -68,6 +69,10 @@ class Indexer:
             self._index = None
 
     def _open(self) -> Index:
+        if not os.path.exists(self.path) and not os.path.exists(self.path.parent / CONFIG):
+            # An empty mount point (a NAS gone) or a store renamed away: never create anything in a
+            # directory that is not a store (HARDENING D4).
+            raise Unavailable(f"the store is unavailable: {self.path.parent} holds no store (no {CONFIG} file)")
         try:
             return Index(self.path)
         except sqlite3.Error as exc:

@@ -84,19 +84,26 @@ def serve(
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="TLS private key (PEM).", metavar="FILE")] = None,
     max_body: Annotated[
         str | None,
-        typer.Option("--max-body", help="Largest request body (a put, or a whole remote import), e.g. 100M (default: no limit).",
-                     metavar="SIZE"),  # fmt: skip
+        typer.Option("--max-body", help="Largest request body (a put, or a whole remote import, also what a compressed import"
+                     " expands to), e.g. 100M (default: no limit).", metavar="SIZE"),  # fmt: skip
     ] = None,
     client_timeout: Annotated[
         float, typer.Option("--client-timeout", min=0.1, help="Seconds a client may stay silent mid-request before it is cut off.")
     ] = 30.0,
+    worker_timeout: Annotated[
+        float | None,
+        typer.Option("--worker-timeout", min=0.1, envvar="IMSTORE_WORKER_TIMEOUT", metavar="SECONDS",
+                     help="Seconds a worker may go without answering its health check before it is killed and replaced;"
+                          " after a fifth of this it gets no new requests (default 10)."),  # fmt: skip
+    ] = None,
 ) -> None:
     """Serve the store over HTTP: an authenticated gateway round-robining over worker processes.
 
     Runs until SIGTERM or Ctrl-C, then finishes the requests in flight and exits 0.
     Every route but /healthz needs a token (imstore token create). Workers read through
     the read cache (--cache-dir, --cache-size, --no-cache), so cached reads go on while
-    the store is down; a latest version served so carries X-Imstore-Stale: 1.
+    the store is down; a latest version served so carries X-Imstore-Stale: 1. A hung
+    worker is routed around and replaced (--worker-timeout).
 
     Example: imstore serve --host 0.0.0.0 --port 8765 --workers 4 --max-body 1G
     """
@@ -120,6 +127,8 @@ def serve(
         max_body=parse_size(max_body) if max_body is not None else None,
         client_timeout=client_timeout,
         worker_env=_cache_env(),
+        token_file=str(settings.token_file) if settings.token_file else None,
+        **({"worker_timeout": worker_timeout} if worker_timeout is not None else {}),
     )
     run_event_loop(run_gateway(config, info=settings.out.info, warn=settings.out.warn))
 
@@ -143,15 +152,23 @@ token_app = typer.Typer(
 def token_create(
     name: Annotated[str, typer.Option("--name", help="A name to list and revoke it by.")],
     scope: Annotated[str, typer.Option("--scope", help="read (GET/HEAD) or write (everything).")] = "read",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the token to FILE (mode 0600) instead of stdout.", metavar="FILE")
+    ] = None,
 ) -> None:
     """Create an API token and print it once; only its hash is kept (STORE/tokens, mode 0600).
 
-    Example: imstore token create --scope write --name laptop > ~/.imstore-token
+    A running serve accepts it at once.
+
+    Example: imstore token create --scope write --name laptop --output ~/.imstore-token
     """
     with open_local_store("token create") as store:
         token = TokenStore(store.root).create(name, scope)
     out = settings.out
-    if out.json:
+    if output is not None:
+        _write_private(output, token + "\n")
+        out.info(f"token {name!r} ({scope}) created and written to {output} (mode 0600); it is shown nowhere else")
+    elif out.json:
         out.document({"token": token, "name": name, "scope": scope})
     else:
         out.line(token)
@@ -183,3 +200,16 @@ def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")])
         TokenStore(store.root).revoke(name)
     settings.out.info(f"token {name!r} revoked")
 
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a secret to path readable by its owner alone (0600 even if the file was there, never through a symlink)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, text.encode("utf-8"))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise UsageError(f"cannot write the token to {path}: {exc.strerror or exc}") from None

@@ -51,9 +51,15 @@ def remote_token() -> str | None:
     """The token for --remote: --token-file, else IMSTORE_TOKEN."""
     if settings.token_file is not None:
         try:
-            return settings.token_file.read_text("utf-8").strip()
+            token = settings.token_file.read_text("utf-8").strip()
         except OSError as exc:
             raise NotAuthorised(f"cannot read the token file {settings.token_file}: {exc.strerror}") from None
+        from ..server.auth import token_file_warning  # only --remote gets here: it loads the server package anyway
+
+        warning = token_file_warning(settings.token_file)
+        if warning is not None:
+            settings.out.warn(warning)
+        return token
     return os.environ.get("IMSTORE_TOKEN") or None
 
 

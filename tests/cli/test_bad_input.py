@@ -372,3 +372,17 @@ def test_out_of_range_counts_are_usage_errors_not_overflow(cli, args):
     assert cli("put", "k", stdin=b"x").code == 0
     result = cli(*args)
     assert result.code == 2 and "range" in result.stderr, (result.code, result.stderr)
+
+
+def test_token_create_output_writes_a_private_file_and_a_readable_token_file_is_warned_about(tmp_path):
+    store = tmp_path / "store"
+    assert run_cli_in_process(["--store", str(store), "init"]).code == 0
+    token_file = tmp_path / "token"
+    token_file.write_text("old")
+    os.chmod(token_file, 0o644)
+    created = run_cli_in_process(["--store", str(store), "token", "create", "--name", "a", "--output", str(token_file)])
+    assert created.code == 0 and created.stdout == b""
+    assert os.stat(token_file).st_mode & 0o777 == 0o600 and len(token_file.read_text().strip()) > 20
+    os.chmod(token_file, 0o644)
+    remote = run_cli_in_process(["--remote", "http://127.0.0.1:9", "--token-file", str(token_file), "ls"])
+    assert "can be read by other users" in remote.stderr

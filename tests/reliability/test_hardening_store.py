@@ -370,3 +370,19 @@ def test_damage_too_far_from_the_end_to_search_never_fails_a_committed_write(sto
         assert any("damaged" in warning for warning in store.warnings)
     with Store.open(store_path) as store:
         assert store.get("other") == b"committed"
+
+
+def test_d4_a_store_that_became_an_empty_mount_point_gets_no_index_created_in_it(store_path):
+    put_versions(store_path, 1)
+    with Store.open(store_path) as store:  # opened before the outage; its index not yet
+        moved = store_path.with_name("away")
+        os.rename(store_path, moved)
+        store_path.mkdir()  # the empty mount point
+        try:
+            with pytest.raises(Unavailable):
+                store.ls()
+            assert os.listdir(store_path) == []
+        finally:
+            store_path.rmdir()
+            os.rename(moved, store_path)
+        assert [v.key for v in store.ls()] == ["k"]  # the store is back: reads work again

@@ -174,6 +174,7 @@ def test_the_remote_cli_warns_about_a_stale_latest_and_exits_0(filled, store_pat
     server, expected = filled
     token_file = tmp_path / "token"
     token_file.write_text(server.read_token + "\n")
+    token_file.chmod(0o600)  # a token file others can read is warned about
     remote = ["--remote", server.url, "--token-file", str(token_file)]
     with outage("store-renamed", store_path):
         stale = run_cli_process([*remote, "get", "a"])

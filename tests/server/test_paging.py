@@ -93,6 +93,7 @@ def test_a_page_has_a_default_and_a_largest_size_and_streams_in_slices(start, st
     # The remote CLI follows the pages: everything, as a local ls and log give it.
     token = store_path.parent / "token"
     token.write_text(server.read_token)
+    token.chmod(0o600)  # a token file others can read is warned about
     remote = ["--remote", server.url, "--token-file", str(token)]
     listed = run_cli_in_process([*remote, "ls", "--json"])
     assert listed.code == 0, listed.stderr

@@ -21,6 +21,7 @@ def both(server, tmp_path):
     """(local, remote): run the CLI on the store directly, or through the server, with the write token."""
     token_file = tmp_path / "token"
     token_file.write_text(server.write_token + "\n")
+    token_file.chmod(0o600)  # a token file others can read is warned about
 
     def local(*args, stdin=b""):
         return run_cli_in_process(["--store", str(server.store), *args], stdin=stdin)

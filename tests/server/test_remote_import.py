@@ -29,6 +29,7 @@ def run(server, tmp_path):
     run.served(*args) directly on the server's store (to look at what the server committed)."""
     token_file = tmp_path / "token"
     token_file.write_text(server.write_token + "\n")
+    token_file.chmod(0o600)  # a token file others can read is warned about
     reference = tmp_path / "reference-store"
     Store.init(reference)[0].close()
 
@@ -448,6 +449,7 @@ def test_max_body_limits_a_whole_import(shared_server, tmp_path):
     """--max-body applies to the one request an import is: over it is exit 2 (HTTP 413) and nothing is committed."""
     token_file = tmp_path / "token"
     token_file.write_text(shared_server.write_token)
+    token_file.chmod(0o600)  # a token file others can read is warned about
     remote = ["--remote", shared_server.url, "--token-file", str(token_file)]
     source = tmp_path / "tree"
     source.mkdir()
@@ -529,6 +531,7 @@ def test_max_body_bounds_what_an_import_expands_to(shared_server, tmp_path):
     assert len(body) < 100_000
     token_file = tmp_path / "token"
     token_file.write_text(shared_server.write_token)
+    token_file.chmod(0o600)  # a token file others can read is warned about
     remote = ["--remote", shared_server.url, "--token-file", str(token_file)]
     before = len(json.loads(run_cli_in_process([*remote, "log", "--json"]).stdout))
     reply = shared_server.request("POST", "/v1/import?prefix=bomb/", body=body, headers={"Content-Type": "application/gzip"})
