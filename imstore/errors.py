@@ -206,6 +206,9 @@ class IdempotencyKeyReused(UsageError):
 # Errors that mean "the storage underneath failed", as opposed to a bug of ours.
 _UNAVAILABLE_ERRNOS = {
     errno.ENOSPC,
+    errno.EMFILE,  # out of file descriptors: the process cannot reach the store now (503, retry)
+    errno.ENFILE,
+    errno.ENOMEM,
     errno.EIO,
     errno.EROFS,
     errno.EFBIG,

@@ -186,3 +186,39 @@ def test_a_committed_pack_whose_index_was_lost_is_not_deleted_by_the_next_writer
     with Store.open(store_path) as writer:
         writer.put("other", b"v")  # the first write of a Store clears stale leftovers
     assert pack.exists()
+
+
+def test_many_packs_hold_no_file_descriptors_open(store):
+    """bench_soak: a worker (a PackSet per thread) ran out of descriptors with ~2,500 packs, one mmap each."""
+    for number in range(40):
+        _commit(store, {f"batch{number}/a": b"a%d" % number, f"batch{number}/b": b"b%d" % number})
+    readers = [Store.open(store.root) for _ in range(4)]
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for reader in readers:
+            assert reader.get("batch0/a") == b"a0" and reader.get("batch39/b") == b"b39"
+        assert len(os.listdir("/proc/self/fd")) - before < 4 * 4  # the index databases, not 4 x 40 packs
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+def test_a_pack_index_that_cannot_be_opened_for_now_is_not_taken_for_damaged(store, monkeypatch):
+    import errno
+
+    import imstore.packs as packs_module
+    from imstore.errors import Unavailable
+
+    _commit(store, {"packed": b"in a pack"})
+    real_init = packs_module.PackIndex.__init__
+
+    def out_of_descriptors(self, path):
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    with Store.open(store.root) as reader:
+        monkeypatch.setattr(packs_module.PackIndex, "__init__", out_of_descriptors)
+        with pytest.raises(Unavailable):
+            reader.get("packed")
+        monkeypatch.setattr(packs_module.PackIndex, "__init__", real_init)
+        assert reader.get("packed") == b"in a pack"  # the same Store: not a 404 until it restarts
+        assert reader.verify().ok
