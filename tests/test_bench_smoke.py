@@ -6,6 +6,7 @@ each script completes, measures its anchor and prints its ratio line.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -56,3 +57,16 @@ def test_run_all_help():
 def test_fsync_patterns_runs():
     out = run_bench("bench_fsync_patterns.py", "--batch", "2", "--rounds", "2", "--repeats", "1")
     assert "parallel / sequential =" in out and "one file" in out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_soak_runs():
+    """30 s of load on a real serve with one worker stopped and one killed: nothing lost or wrong (exit 0)."""
+    summary = json.loads(run_bench("bench_soak.py", "--minutes", "0.5", "--clients", "4", "--json"))
+    assert summary["lost"] == 0 and summary["wrong"] == 0
+    (minute,) = summary["per_minute"]
+    assert minute["completed"] > 0
+    assert any(fault.startswith("STOP w") for fault in minute["faults"])
+    assert any(fault.startswith("KILL w") and "back" in fault for fault in minute["faults"])
+    assert summary["verify_clean"]
