@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         serve = subprocess.Popen([*IMSTORE, "--store", str(store_path), "serve", "--port", str(gateway_port), "--workers", "2"],
                                  stdout=log, stderr=log)
         processes.append(serve)
-        single = subprocess.Popen([sys.executable, "-m", "imstore.server.worker", "--store", str(store_path), "--socket",
+        single = subprocess.Popen([sys.executable, "-m", "imstore.server.worker_process", "--store", str(store_path), "--socket",
                                    str(work / "unused.sock"), "--tcp-port", str(worker_port)], stderr=subprocess.DEVNULL)
         processes.append(single)
         for port in (nginx_port, gateway_port, worker_port):

@@ -28,7 +28,7 @@ from typer.exceptions import Abort, Exit
 
 from .. import __version__
 from ..errors import ImstoreError
-from ..output import Output
+from .output import Output
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 

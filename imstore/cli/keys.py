@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from ..output import history_json, log_json, ls_json, version_json
 from ..store import Store
 from ..validate import MAX_NUMBER, parse_time
 from . import settings
@@ -25,6 +24,7 @@ from .common import (
     refuse_remote,
     show_warnings,
 )
+from .output import history_json, log_json, ls_json, version_json
 
 
 def init(

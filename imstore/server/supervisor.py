@@ -132,7 +132,7 @@ class Supervisor:
         slot.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "imstore.server.worker",
+            "imstore.server.worker_process",
             "--store",
             self.store_root,
             "--socket",

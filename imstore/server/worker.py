@@ -10,13 +10,9 @@ never in a complete wrong answer).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import fcntl
 import io
-import json
 import os
-import signal
 import sqlite3
 import sys
 import threading
@@ -27,30 +23,38 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..cache import CacheSettings
-from ..errors import BodyIncomplete, IdempotencyKeyReused, ImstoreError, Unavailable, UnsupportedMediaType, UsageError
+from ..errors import IdempotencyKeyReused, ImstoreError, Unavailable, UsageError
 from ..fsio import CHUNK_SIZE
 from ..hashing import blake3
 from ..objects import ObjectReader
 from ..store import PutResult, Store
 from ..transfer import SMALL_OBJECT
 from ..validate import parse_time, validate_key
-from . import run_event_loop
+from .bodies import (
+    ChunkReader,
+    body_chunks,
+    documents,
+    file_slice,
+    import_kind,
+    json_response,
+    listing_etag,
+    page_limit,
+    put_answer,
+    read_small_body,
+    wants_whole_body,
+)
 from .headers import etag_matches, idempotency_key, meta_header, non_negative, parse_range, positive, preconditions, text_header
 from .hot import HotObjects
 from .idempotency import Claim, IdempotencyLedger
 from .protocol import (
     EXPAND_LIMIT,
     IMMUTABLE,
-    JSONL_TYPES,
     MESSAGE_HEADER,
     META_HEADER,
-    PAGE_DEFAULT,
-    PAGE_MAX,
     PROBLEM_TYPE,
     SENDFILE_FILE,
     SENDFILE_OFFER,
     STALE_HEADER,
-    TAR_TYPES,
     VERSION_HEADER,
     RouteMatch,
     match_route,
@@ -63,13 +67,12 @@ from .protocol import (
 )
 from .putbatch import PutBatcher
 
-__all__ = ["WorkerApp", "main", "HEALTH_PATH"]
+__all__ = ["WorkerApp", "HEALTH_PATH"]
 
 HEALTH_PATH = "/_worker/health"
 SMALL_BODY = 1 << 20  # request bodies up to this size are read whole before the store call
 BATCHED_BODY = 64 << 10  # PUTs up to this size (without an Idempotency-Key) are written in batches (putbatch.py)
 PRELOAD = 1 << 20  # objects up to this size are read (and verified) in the same pool call that finds them
-BODY_IDLE_TIMEOUT = float(os.environ.get("IMSTORE_BODY_TIMEOUT", "30"))
 # Connections the kernel queues for a worker that is behind on accepting them (capped by net.core.somaxconn).
 # Past it the gateway waits for room (back-pressure, S3); the variable is for tuning and tests.
 LISTEN_BACKLOG = int(os.environ.get("IMSTORE_WORKER_BACKLOG", "1024"))
@@ -169,7 +172,7 @@ class WorkerApp:
             raise UsageError("give version or at, not both")
         moment = parse_time(at) if at is not None else None
 
-        preload = _wants_whole_body(request)
+        preload = wants_whole_body(request)
 
         def resolve():
             store = self.store()
@@ -199,13 +202,13 @@ class WorkerApp:
         }
         request_id = idempotency_key(request)
         if request.content_length is not None and request.content_length <= SMALL_BODY:
-            data = await _read_small_body(request)
+            data = await read_small_body(request)
             if request_id is None and len(data) <= BATCHED_BODY:
                 result = await self.put_batcher.put(key, data, options)
-                return _put_answer(200 if result.unchanged else 201, put_document(result))
+                return put_answer(200 if result.unchanged else 201, put_document(result))
             chunks: object = [data]
         else:
-            chunks = _body_chunks(asyncio.get_running_loop(), request.content)
+            chunks = body_chunks(asyncio.get_running_loop(), request.content)
 
         def same_put(answer: dict) -> bool:
             """Is this retry the request that was answered? Same bytes, type and metadata."""
@@ -219,7 +222,7 @@ class WorkerApp:
         def put():
             return self._idempotent(request_id, "PUT", key, lambda claim: self._put(key, chunks, options, claim), same_put)
 
-        return _put_answer(*await self.call(put))
+        return put_answer(*await self.call(put))
 
     def _put(self, key: str, chunks, options: dict, claim: Claim | None) -> tuple[int, dict]:
         store = self.store()
@@ -244,7 +247,7 @@ class WorkerApp:
             return self._idempotent(request_id, "DELETE", key, lambda claim: self._delete(key, message, conditions, claim))
 
         status, document = await self.call(delete)
-        return _json(document, status, {VERSION_HEADER: str(document["version"])})
+        return json_response(document, status, {VERSION_HEADER: str(document["version"])})
 
     def _delete(self, key: str, message, conditions: dict, claim: Claim | None) -> tuple[int, dict]:
         if claim is not None and claim.state == "orphan":
@@ -321,20 +324,20 @@ class WorkerApp:
             "skip_errors": query.get("skip_errors", "") in ("1", "true", "yes"),
             "name": query.get("name") or "body",
             "message": text_header(request.headers.get(MESSAGE_HEADER)),
-            "kind": _import_kind(request.headers.get("Content-Type")),
+            "kind": import_kind(request.headers.get("Content-Type")),
             "max_expanded": non_negative(request.headers.get(EXPAND_LIMIT), EXPAND_LIMIT) if EXPAND_LIMIT in request.headers else None,
         }
         request_id = idempotency_key(request)
         if request.content_length is not None and request.content_length <= SMALL_BODY:
-            chunks: object = [await _read_small_body(request)]
+            chunks: object = [await read_small_body(request)]
         else:
-            chunks = _body_chunks(asyncio.get_running_loop(), request.content)
+            chunks = body_chunks(asyncio.get_running_loop(), request.content)
 
         def run():
             return self._idempotent(request_id, "POST", f"import?prefix={options['prefix']}", lambda claim: self._import(chunks, options))
 
         status, document = await self.call(run)
-        return _json(document, status)
+        return json_response(document, status)
 
     def _import(self, chunks, options: dict) -> tuple[int, dict]:
         from ..importer import ImportSummary, import_items
@@ -342,7 +345,7 @@ class WorkerApp:
 
         store = self.store()
         summary = ImportSummary()
-        stream = io.BufferedReader(_ChunkReader(iter(chunks)), CHUNK_SIZE)
+        stream = io.BufferedReader(ChunkReader(iter(chunks)), CHUNK_SIZE)
 
         def drain() -> None:  # the rest of the body (a tar's padding, a compressor's trailer) must arrive whole too
             while stream.read(CHUNK_SIZE):
@@ -369,7 +372,7 @@ class WorkerApp:
         query = matched.query()
         prefix = query.get("prefix", "")
         include_deleted = query.get("all", "") in ("1", "true", "yes")
-        limit = _page_limit(query.get("limit"))
+        limit = page_limit(query.get("limit"))
         after = query.get("after") or None  # a key: the page starts after it
 
         def end(store: Store):
@@ -384,7 +387,7 @@ class WorkerApp:
     async def _log_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         query = matched.query()
         after = non_negative(query.get("after"), "after")
-        limit = _page_limit(query.get("limit"))
+        limit = page_limit(query.get("limit"))
 
         def end(store: Store):
             return store.log_page_end(after, limit)
@@ -424,14 +427,14 @@ class WorkerApp:
         await response.prepare(request)
         versions, cursor = first_slice
         asked = min(PAGE_SLICE, limit)
-        await response.write(b"[" + _documents(versions))
+        await response.write(b"[" + documents(versions))
         sent = len(versions)
         try:
             while len(versions) == asked and sent < limit:  # a full slice: there may be more (each round sends one or stops)
                 asked = min(PAGE_SLICE, limit - sent)
                 versions, cursor = await self.call(lambda cursor=cursor, asked=asked: rows(self.store(), cursor, upto, asked))
                 if versions:
-                    await response.write(b", " + _documents(versions))
+                    await response.write(b", " + documents(versions))
                 sent += len(versions)
         except ImstoreError as exc:
             print(f"imstore worker {os.getpid()}: {request.raw_path.partition('?')[0]}: {exc}; listing cut off",
@@ -462,12 +465,12 @@ class WorkerApp:
         headers = {"ETag": f'"{tag}"', "Cache-Control": REVALIDATE}
         if documents is None:
             return web.Response(status=304, headers=headers)
-        return _json(documents, 200, headers)
+        return json_response(documents, 200, headers)
 
     # ------------------------------------------------------------ objects
     async def _object_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         wanted = matched.param()
-        preload = _wants_whole_body(request)
+        preload = wants_whole_body(request)
         hot = self.hot.get(wanted)
         if hot is not None:  # a full id whose bytes were verified earlier: no trip to the pool
             reader, data = hot
@@ -532,7 +535,7 @@ class WorkerApp:
         await response.prepare(request)
         if status == 206:
             await self.call(reader.verify)
-            chunks = _file_slice(reader, start, end - start)
+            chunks = file_slice(reader, start, end - start)
         else:
             chunks = reader.chunks()
         await self._stream_held_back(request, response, chunks)
@@ -561,115 +564,6 @@ def problem_response(status: int, error: ImstoreError | None, detail: str, heade
     return web.Response(status=status, body=problem(error, status, detail), headers={**(headers or {}), "Content-Type": PROBLEM_TYPE})
 
 
-def _json(document, status: int = 200, headers: dict | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        body=json.dumps(document, ensure_ascii=False).encode("utf-8"),
-        headers={**(headers or {}), "Content-Type": "application/json"},
-    )
-
-
-def _page_limit(text: str | None) -> int:
-    """A page's size: PAGE_DEFAULT when not given, PAGE_MAX at most."""
-    limit = positive(text, "limit")
-    return PAGE_DEFAULT if limit is None else min(limit, PAGE_MAX)
-
-
-def _documents(versions) -> bytes:
-    """Version documents, comma-separated, for the inside of a JSON array."""
-    return ", ".join(json.dumps(version_document(version), ensure_ascii=False) for version in versions).encode("utf-8")
-
-
-def listing_etag(seq: int, chain: str, target: str) -> str:
-    """The log position (seq and chain hash) a listing was read at, and which listing (its path and query)."""
-    return f"{seq}-{blake3(f'{chain} {target}'.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
-
-
-def _wants_whole_body(request: web.BaseRequest) -> bool:
-    """A plain GET: no HEAD, no conditional, no range (those may need no bytes, or other bytes)."""
-    headers = request.headers
-    return request.method == "GET" and "If-None-Match" not in headers and "Range" not in headers
-
-
-def _put_answer(status: int, document: dict) -> web.Response:
-    return _json(document, status, {"ETag": f'"{document["hash"]}"', VERSION_HEADER: str(document["version"])})
-
-
-async def _read_small_body(request: web.BaseRequest) -> bytes:
-    try:
-        data = await asyncio.wait_for(request.content.read(), BODY_IDLE_TIMEOUT)
-    except TimeoutError:
-        raise BodyIncomplete("the request body stopped arriving") from None
-    except Exception as exc:
-        raise BodyIncomplete(f"the request body broke off: {exc}") from None
-    if request.content_length is not None and len(data) != request.content_length:
-        raise BodyIncomplete(f"the request body has {len(data)} of its {request.content_length} bytes")
-    return data
-
-
-def _body_chunks(loop: asyncio.AbstractEventLoop, content) -> Iterator[bytes]:
-    """The request body as a blocking iterator for a pool thread; it raises if the body breaks off."""
-
-    async def next_chunk() -> bytes:
-        return await asyncio.wait_for(content.readany(), BODY_IDLE_TIMEOUT)
-
-    while True:
-        try:
-            chunk = asyncio.run_coroutine_threadsafe(next_chunk(), loop).result()
-        except TimeoutError:
-            raise BodyIncomplete("the request body stopped arriving") from None
-        except Exception as exc:
-            raise BodyIncomplete(f"the request body broke off: {exc}") from None
-        if not chunk:
-            return
-        yield chunk
-
-
-def _import_kind(content_type: str | None) -> str | None:
-    """"jsonl", "tar", or None (sniff) from an import body's Content-Type."""
-    if content_type is None:
-        return None
-    media = content_type.partition(";")[0].strip().lower()
-    if media in JSONL_TYPES:
-        return "jsonl"
-    if media in TAR_TYPES:
-        return "tar"
-    raise UnsupportedMediaType(f"an import body is a tar (application/x-tar) or JSON lines (application/x-ndjson), not {media!r}")
-
-
-class _ChunkReader(io.RawIOBase):
-    """A blocking raw stream over an iterator of chunks (a request body read from a pool thread)."""
-
-    def __init__(self, chunks: Iterator[bytes]):
-        self._chunks = chunks
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._pending = memoryview(chunk)
-        count = min(len(buffer), len(self._pending))
-        buffer[:count] = self._pending[:count]
-        self._pending = self._pending[count:]
-        return count
-
-
-def _file_slice(reader: ObjectReader, start: int, length: int) -> Iterator[bytes]:
-    location = reader.local_file()
-    with open(location.path, "rb", buffering=0) as handle:
-        handle.seek(location.offset + start)
-        while length > 0:
-            chunk = handle.read(min(CHUNK_SIZE, length))
-            if not chunk:
-                raise ConnectionError("object shorter than its index says")
-            length -= len(chunk)
-            yield chunk
-
 
 def _resolve_orphan_put(store_root: str, key: str, chunks, seq_before: int, options: dict) -> PutResult:
     """A retry of a put whose first attempt died: answer with its record if it committed, else write now."""
@@ -679,98 +573,3 @@ def _resolve_orphan_put(store_root: str, key: str, chunks, seq_before: int, opti
             if record.key == key and record.op == "put" and record.hash == object_id:
                 return PutResult(record, unchanged=False)
         return fresh.put_object(key, object_id, **options)
-
-
-# ============================================================ process
-def _hold_owner_lock(path: str) -> int:
-    """flock a file for this process's life: the ledger reads 'free' as 'this worker is dead'."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
-
-
-async def serve_worker(
-    store_root: str, socket_path: str, shutdown_timeout: float, tcp_port: int | None = None, parent: int | None = None
-) -> None:
-    owner_lock = f"{socket_path}.{os.getpid()}.lock"
-    _hold_owner_lock(owner_lock)
-    cache = CacheSettings.from_env()
-    app = WorkerApp(store_root, owner_lock, cache=cache._replace(memo_bytes=THREAD_MEMO_BYTES) if cache.enabled else None)
-    await app.call(app.store)  # fail early (and loudly) if the store cannot be opened
-    server = web.Server(app.handle, access_log=None)
-    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=shutdown_timeout)
-    await runner.setup()
-    if tcp_port is not None:  # benchmarks only: what a worker costs without the gateway (no auth!)
-        site: web.BaseSite = web.TCPSite(runner, "127.0.0.1", tcp_port, backlog=1024)
-        await site.start()
-    else:
-        if os.path.exists(socket_path):
-            os.unlink(socket_path)
-        site = web.UnixSite(runner, socket_path, backlog=LISTEN_BACKLOG)
-        await site.start()
-        os.chmod(socket_path, 0o600)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    orphan_watch = asyncio.create_task(_stop_when_orphaned(stop, parent))
-    await stop.wait()
-    orphan_watch.cancel()
-    await runner.cleanup()
-    for leftover in (owner_lock, socket_path if tcp_port is None else None):
-        try:
-            if leftover:
-                os.unlink(leftover)
-        except OSError:
-            pass
-    try:
-        os.rmdir(os.path.dirname(socket_path))  # the last worker out removes serve's private directory
-    except OSError:
-        pass
-
-
-def _die_with_parent(parent: int | None) -> None:
-    """A worker lives in its own session: make sure it does not outlive a serve that was killed."""
-    if parent is None:
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when serve dies
-    except (OSError, AttributeError):
-        pass  # not Linux: _stop_when_orphaned still notices within a second
-    if os.getppid() != parent:  # serve died before we got here
-        sys.exit(0)
-
-
-async def _stop_when_orphaned(stop: asyncio.Event, parent: int | None) -> None:
-    """Belt and braces for PR_SET_PDEATHSIG: stop when serve is no longer our parent."""
-    if parent is None:
-        return
-    while not stop.is_set():
-        if os.getppid() != parent:
-            print(f"imstore worker {os.getpid()}: serve is gone; stopping", file=sys.stderr, flush=True)
-            stop.set()
-            return
-        await asyncio.sleep(1.0)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="imstore-worker", description="An imstore serve worker (started by the supervisor).")
-    parser.add_argument("--store", required=True)
-    parser.add_argument("--socket", required=True)
-    parser.add_argument("--shutdown-timeout", type=float, default=10.0)
-    parser.add_argument("--parent", type=int, help="the supervisor's pid: the worker stops when it dies")
-    parser.add_argument("--tcp-port", type=int, help="benchmarks only: listen on 127.0.0.1:PORT (no auth) instead of the socket")
-    args = parser.parse_args(argv)
-    _die_with_parent(args.parent)
-    try:
-        run_event_loop(serve_worker(args.store, args.socket, args.shutdown_timeout, args.tcp_port, args.parent))
-    except ImstoreError as exc:
-        print(f"imstore worker: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

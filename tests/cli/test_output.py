@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from imstore.output import Output
+from imstore.cli.output import Output
 
 
 class FakeTerminal(io.StringIO):

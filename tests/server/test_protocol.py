@@ -44,7 +44,7 @@ def test_the_documents_have_exactly_the_fields_the_openapi_schema_names():
 
 
 def test_the_server_does_not_load_the_cli_output_module():
-    code = "import sys, imstore.server.worker, imstore.server.gateway; print('imstore.output' in sys.modules)"
+    code = "import sys, imstore.server.worker, imstore.server.gateway; print('imstore.cli.output' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout.strip()
     assert loaded == "False"
 

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import IO, Any
 
-from .store import PutResult, VerifyReport, Version
+from ..model import PutResult, VerifyReport, Version
 
 __all__ = ["Output", "put_json", "history_json", "ls_json", "log_json", "version_json"]
 

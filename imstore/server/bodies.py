@@ -1,0 +1,133 @@
+"""Request and response bodies of a worker: reading bodies (whole or streamed), answers for puts
+and listings, and slices of object files. worker.WorkerApp handles the routes with these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+from collections.abc import Iterator
+
+from aiohttp import web
+
+from ..errors import BodyIncomplete, UnsupportedMediaType
+from ..fsio import CHUNK_SIZE
+from ..hashing import blake3
+from ..objects import ObjectReader
+from .headers import positive
+from .protocol import JSONL_TYPES, PAGE_DEFAULT, PAGE_MAX, TAR_TYPES, VERSION_HEADER, version_document
+
+# Seconds a request body may stay silent before the worker gives up on it.
+BODY_IDLE_TIMEOUT = float(os.environ.get("IMSTORE_BODY_TIMEOUT", "30"))
+
+def json_response(document, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(document, ensure_ascii=False).encode("utf-8"),
+        headers={**(headers or {}), "Content-Type": "application/json"},
+    )
+
+
+def page_limit(text: str | None) -> int:
+    """A page's size: PAGE_DEFAULT when not given, PAGE_MAX at most."""
+    limit = positive(text, "limit")
+    return PAGE_DEFAULT if limit is None else min(limit, PAGE_MAX)
+
+
+def documents(versions) -> bytes:
+    """Version documents, comma-separated, for the inside of a JSON array."""
+    return ", ".join(json.dumps(version_document(version), ensure_ascii=False) for version in versions).encode("utf-8")
+
+
+def listing_etag(seq: int, chain: str, target: str) -> str:
+    """The log position (seq and chain hash) a listing was read at, and which listing (its path and query)."""
+    return f"{seq}-{blake3(f'{chain} {target}'.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
+
+
+def wants_whole_body(request: web.BaseRequest) -> bool:
+    """A plain GET: no HEAD, no conditional, no range (those may need no bytes, or other bytes)."""
+    headers = request.headers
+    return request.method == "GET" and "If-None-Match" not in headers and "Range" not in headers
+
+
+def put_answer(status: int, document: dict) -> web.Response:
+    return json_response(document, status, {"ETag": f'"{document["hash"]}"', VERSION_HEADER: str(document["version"])})
+
+
+async def read_small_body(request: web.BaseRequest) -> bytes:
+    try:
+        data = await asyncio.wait_for(request.content.read(), BODY_IDLE_TIMEOUT)
+    except TimeoutError:
+        raise BodyIncomplete("the request body stopped arriving") from None
+    except Exception as exc:
+        raise BodyIncomplete(f"the request body broke off: {exc}") from None
+    if request.content_length is not None and len(data) != request.content_length:
+        raise BodyIncomplete(f"the request body has {len(data)} of its {request.content_length} bytes")
+    return data
+
+
+def body_chunks(loop: asyncio.AbstractEventLoop, content) -> Iterator[bytes]:
+    """The request body as a blocking iterator for a pool thread; it raises if the body breaks off."""
+
+    async def next_chunk() -> bytes:
+        return await asyncio.wait_for(content.readany(), BODY_IDLE_TIMEOUT)
+
+    while True:
+        try:
+            chunk = asyncio.run_coroutine_threadsafe(next_chunk(), loop).result()
+        except TimeoutError:
+            raise BodyIncomplete("the request body stopped arriving") from None
+        except Exception as exc:
+            raise BodyIncomplete(f"the request body broke off: {exc}") from None
+        if not chunk:
+            return
+        yield chunk
+
+
+def import_kind(content_type: str | None) -> str | None:
+    """"jsonl", "tar", or None (sniff) from an import body's Content-Type."""
+    if content_type is None:
+        return None
+    media = content_type.partition(";")[0].strip().lower()
+    if media in JSONL_TYPES:
+        return "jsonl"
+    if media in TAR_TYPES:
+        return "tar"
+    raise UnsupportedMediaType(f"an import body is a tar (application/x-tar) or JSON lines (application/x-ndjson), not {media!r}")
+
+
+class ChunkReader(io.RawIOBase):
+    """A blocking raw stream over an iterator of chunks (a request body read from a pool thread)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = memoryview(chunk)
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+
+def file_slice(reader: ObjectReader, start: int, length: int) -> Iterator[bytes]:
+    location = reader.local_file()
+    with open(location.path, "rb", buffering=0) as handle:
+        handle.seek(location.offset + start)
+        while length > 0:
+            chunk = handle.read(min(CHUNK_SIZE, length))
+            if not chunk:
+                raise ConnectionError("object shorter than its index says")
+            length -= len(chunk)
+            yield chunk
+
