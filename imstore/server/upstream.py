@@ -243,6 +243,8 @@ class UpstreamPool:
             for task in (sending, answer):
                 if not task.done():
                     task.cancel()
+                elif not task.cancelled():
+                    task.exception()  # retrieved: a worker killed mid-request fails both; one error is enough (no traceback)
 
     @staticmethod
     async def _send_stream(writer: asyncio.StreamWriter, body: AsyncIterator[bytes], chunked: bool) -> None:

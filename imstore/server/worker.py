@@ -573,3 +573,9 @@ def _resolve_orphan_put(store_root: str, key: str, chunks, seq_before: int, opti
             if record.key == key and record.op == "put" and record.hash == object_id:
                 return PutResult(record, unchanged=False)
         return fresh.put_object(key, object_id, **options)
+
+
+if __name__ == "__main__":  # a serve started before the split runs its workers as this module
+    from .worker_process import main
+
+    sys.exit(main())
