@@ -15,6 +15,8 @@ from ..validate import parse_time
 from . import settings
 from .common import check_output_directory, check_output_file, open_local_store, open_store, show_warnings
 
+# Archive names a user may well type that export cannot write: refused rather than made a directory.
+ARCHIVE_SUFFIXES_WE_DO_NOT_WRITE = frozenset({".zip", ".7z", ".rar", ".gz", ".bz2", ".xz", ".zst", ".tzst", ".tbz2", ".txz"})
 
 def import_(
     source: Annotated[str, typer.Argument(help="A directory, a tar (any compression), a .jsonl/.ndjson file, or - for stdin.")],
@@ -99,6 +101,9 @@ def export(
     if dest == "-" and out.stdout_is_terminal:
         raise UsageError("refusing to write a tar to a terminal: redirect stdout or give a DEST")
     if dest != "-":
+        if tar_mode(dest) is None and Path(dest).suffix.lower() in ARCHIVE_SUFFIXES_WE_DO_NOT_WRITE:
+            raise UsageError(f"{dest}: export writes a directory or a tar (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz), not a"
+                             f" {Path(dest).suffix} archive")  # fmt: skip
         (check_output_file if tar_mode(dest) else check_output_directory)(Path(dest))
     with open_local_store("export") as store, out.progress("exporting") as bar:
         stdout = sys.stdout.buffer if dest == "-" else None

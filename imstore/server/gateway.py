@@ -549,7 +549,10 @@ async def serve(config: GatewayConfig, info, warn) -> None:
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
         await runner.setup()
         site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context, backlog=1024)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # a port in use or an address not ours: say which, not "unexpected OSError"
+            raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
         scheme = "https" if ssl_context else "http"
         port = _bound_port(runner, config.port)  # --port 0: the port the system chose, which clients need
         info(f"imstore serve: listening on {scheme}://{_host_for_url(config.host)}:{port} with {config.workers} workers")

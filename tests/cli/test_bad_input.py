@@ -386,3 +386,23 @@ def test_token_create_output_writes_a_private_file_and_a_readable_token_file_is_
     os.chmod(token_file, 0o644)
     remote = run_cli_in_process(["--remote", "http://127.0.0.1:9", "--token-file", str(token_file), "ls"])
     assert "can be read by other users" in remote.stderr
+
+
+@pytest.mark.parametrize("name", ["out.zip", "out.7z", "out.gz"])
+def test_export_to_an_archive_name_it_cannot_write_is_refused_not_made_a_directory(cli, tmp_path, name):
+    assert cli("put", "k", stdin=b"x").code == 0
+    result = cli("export", str(tmp_path / name))
+    assert result.code == 2 and "not a" in result.stderr and not (tmp_path / name).exists()
+
+
+def test_serve_on_a_port_in_use_says_so(store_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "imstore", "--store", str(store_path), "serve", "--port", str(port),
+                                 "--workers", "1"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
+    assert "unexpected" not in result.stderr
