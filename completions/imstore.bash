@@ -5,7 +5,7 @@ _imstore() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${COMP_WORDS[i]}"
         case "$word" in
-            --after|--at|--cache-dir|--cache-size|--client-timeout|--content-type|--host|--if-version|--jobs|--limit|--max-body|--max-size|--message|--meta|--name|--output|--port|--prefix|--remote|--scope|--store|--tls-cert|--tls-key|--token-file|--version|--worker-timeout|--workers|-V|-j|-m|-n|-o|-p|-t) ((i++)) ;;
+            --after|--at|--cacert|--cache-dir|--cache-size|--client-timeout|--content-type|--host|--if-version|--jobs|--limit|--max-body|--max-size|--message|--meta|--name|--output|--port|--prefix|--remote|--scope|--store|--tls-cert|--tls-key|--token-file|--version|--worker-timeout|--workers|-V|-j|-m|-n|-o|-p|-t) ((i++)) ;;
             -*) ;;
             *) case "$path" in
                    "") [[ " cache cat export get history import init log ls put reindex repack rm serve token verify " == *" $word "* ]] && path="${path:+$path }$word" ;;
@@ -16,10 +16,10 @@ _imstore() {
     done
     case "$prev" in
         --cache-dir|--output|--store|--tls-cert|--tls-key|--token-file|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-        --after|--at|--cache-size|--client-timeout|--content-type|--host|--if-version|--jobs|--limit|--max-body|--max-size|--message|--meta|--name|--port|--prefix|--remote|--scope|--version|--worker-timeout|--workers|-V|-j|-m|-n|-p|-t) return ;;
+        --after|--at|--cacert|--cache-size|--client-timeout|--content-type|--host|--if-version|--jobs|--limit|--max-body|--max-size|--message|--meta|--name|--port|--prefix|--remote|--scope|--version|--worker-timeout|--workers|-V|-j|-m|-n|-p|-t) return ;;
     esac
     case "$path" in
-        "") COMPREPLY=($(compgen -W "--store --json -q --quiet --no-color --debug --cache-dir --cache-size --no-cache --remote --token-file --version -h --help cache cat export get history import init log ls put reindex repack rm serve token verify" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "--store --json -q --quiet --no-color --debug --cache-dir --cache-size --no-cache --remote --token-file --cacert --version -h --help cache cat export get history import init log ls put reindex repack rm serve token verify" -- "$cur")) ;;
         "cache") COMPREPLY=($(compgen -W "-h --help clear stats" -- "$cur")) ;;
         "cache clear") COMPREPLY=($(compgen -W "--all -h --help" -- "$cur")) ;;
         "cache stats") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;

@@ -26,6 +26,7 @@ complete -c imstore -n '__fish_use_subcommand' -l cache-size -r -d 'Read cache s
 complete -c imstore -n '__fish_use_subcommand' -l no-cache -d 'Read and write without the read cache.'
 complete -c imstore -n '__fish_use_subcommand' -l remote -r -d 'Work against an imstore serve at this URL.'
 complete -c imstore -n '__fish_use_subcommand' -l token-file -r -F -d 'File holding the API token for --remote (or set IMSTORE_TOKEN).'
+complete -c imstore -n '__fish_use_subcommand' -l cacert -r -d 'Trust the certificates in FILE (PEM) for an https:// --remote (a self-signed serve --tls-cert).'
 complete -c imstore -n '__fish_use_subcommand' -l version -d 'Print the version and exit.'
 complete -c imstore -n '__fish_use_subcommand' -s h -l help -d 'Show this help and exit.'
 complete -c imstore -n '__fish_seen_subcommand_from cache; and not __fish_seen_subcommand_from clear stats' -a clear -d 'Empty the read cache of the store (the store itself is untouched).'

@@ -52,6 +52,7 @@ class Settings:
         self.no_cache = False
         self.remote: str | None = None
         self.token_file: Path | None = None
+        self.cacert: Path | None = None
 
 
 settings = Settings(out=Output())
@@ -136,6 +137,11 @@ def global_options(
         Path | None,
         typer.Option("--token-file", help="File holding the API token for --remote (or set IMSTORE_TOKEN).", metavar="FILE"),
     ] = None,
+    cacert: Annotated[
+        Path | None,
+        typer.Option("--cacert", envvar="IMSTORE_CACERT", metavar="FILE",
+                     help="Trust the certificates in FILE (PEM) for an https:// --remote (a self-signed serve --tls-cert)."),  # fmt: skip
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -148,6 +154,7 @@ def global_options(
     settings.cache_dir, settings.cache_size, settings.no_cache = cache_dir, cache_size, no_cache
     settings.remote = remote
     settings.token_file = token_file
+    settings.cacert = cacert
     set_output(json_output=json_output, quiet=quiet, no_color=no_color, debug=debug)
 
 

@@ -27,7 +27,7 @@ def open_store(*, write: bool = False):
     if settings.remote:
         from ..server.client import RemoteStore  # aiohttp: tens of ms that only --remote needs
 
-        return RemoteStore(settings.remote, remote_token())
+        return RemoteStore(settings.remote, remote_token(), cacert=settings.cacert)
     if settings.store is not None:
         store = Store.open(settings.store, cache=cache_settings())
     else:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import ssl
 import time
 import uuid
 from collections.abc import Iterator
@@ -92,9 +94,10 @@ class RemoteReader:
 class RemoteStore:
     """A store behind `imstore serve`, used like a local Store (a context manager)."""
 
-    def __init__(self, url: str, token: str | None):
+    def __init__(self, url: str, token: str | None, cacert: str | os.PathLike | None = None):
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"--remote takes an http:// or https:// URL, not {url!r}")
+        self._ssl = _trusting(cacert) if cacert is not None else None
         self.base = url.rstrip("/")
         self.token = token
         self.warnings: list[str] = []
@@ -132,6 +135,7 @@ class RemoteStore:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300),
                 skip_auto_headers=("Content-Type",),
                 auto_decompress=False,
+                connector=aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None,
             )
         query = {name: value for name, value in (query or {}).items() if value is not None}
         url = URL(self.base + path + ("?" + urlencode(query) if query else ""), encoded=True)
@@ -401,3 +405,11 @@ async def _body(source, max_size: int | None):
         if max_size is not None and sent > max_size:
             raise InvalidInput(f"content is larger than the limit of {max_size} bytes")
         yield chunk
+
+
+def _trusting(cacert: str | os.PathLike):
+    """An SSL context that trusts the system's authorities and the certificates in cacert (--cacert)."""
+    try:
+        return ssl.create_default_context(cafile=os.fspath(cacert))
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot use --cacert {cacert}: {getattr(exc, 'strerror', None) or exc}") from None

@@ -297,3 +297,33 @@ def test_a_bad_max_body_is_a_usage_error_naming_the_size(store_path):
         command = [*IMSTORE, "--store", str(store_path), "serve", "--max-body", bad]
         done = subprocess.run(command, capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and "not a size" in done.stderr and bad in done.stderr, (bad, done.returncode, done.stderr)
+
+
+def test_cacert_lets_the_remote_cli_trust_a_self_signed_server(start, tmp_path):
+    """HARDENING: --remote https:// with a self-signed certificate had no documented way to trust it."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import run_cli_in_process
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    server = start("--workers", "1", "--tls-cert", str(cert), "--tls-key", str(key), tls=True)
+    token = tmp_path / "token"
+    token.write_text(server.read_token)
+    token.chmod(0o600)
+    remote = ["--remote", f"https://127.0.0.1:{server.port}", "--token-file", str(token)]
+    untrusted = run_cli_in_process([*remote, "ls"])
+    assert untrusted.code == 6 and "certificate" in untrusted.stderr.lower(), untrusted.stderr
+    trusted = run_cli_in_process([*remote, "--cacert", str(cert), "ls"])
+    assert trusted.code == 0, trusted.stderr
+    from_env = run_cli_in_process([*remote, "ls"], env={"IMSTORE_CACERT": str(cert)})
+    assert from_env.code == 0, from_env.stderr
+    missing = run_cli_in_process([*remote, "--cacert", str(tmp_path / "nope.pem"), "ls"])
+    assert missing.code == 2 and "--cacert" in missing.stderr
