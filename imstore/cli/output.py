@@ -140,7 +140,9 @@ class Output:
             for header in headers:
                 table.add_column(header, overflow="fold")
             for row in rows:
-                table.add_row(*(_text(value) for value in row))
+                # A whole 64-digit hash wraps the table on most terminals: the first 16 digits name it
+                # (cat takes a prefix); piped output and --json always carry the full hash.
+                table.add_row(*(_short_hash(_text(value)) for value in row))
             Console(file=self.stdout, no_color=not self.color, highlight=False, soft_wrap=True).print(table)
             return
         for row in rows:
@@ -229,3 +231,10 @@ class Progress:
     def __exit__(self, *exc_info) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+def _short_hash(text: str) -> str:
+    """A full object hash shortened for a terminal table (16 hex digits and an ellipsis); other text as it is."""
+    if len(text) == 64 and all(char in "0123456789abcdef" for char in text):
+        return text[:16] + "…"
+    return text

@@ -35,3 +35,15 @@ def test_progress_draws_on_a_terminal_and_stays_silent_on_a_pipe_or_with_json():
 def test_no_color_environment_variable_turns_colour_off(monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     assert Output().color is False
+
+
+def test_a_table_on_a_terminal_shortens_hashes_so_rows_do_not_wrap_and_a_pipe_keeps_them_whole():
+    full = "0123456789abcdef" * 4
+    rows = [["notes/todo.txt", 3, full, 120, "2026-11-30T12:00:00.123456Z"]]
+    headers = ["key", "version", "hash", "size", "time"]
+    pipe, terminal = io.StringIO(), FakeTerminal()
+    Output(stdout=pipe).rows(headers, rows)
+    Output(stdout=terminal, color=False).rows(headers, rows)
+    assert full in pipe.getvalue()
+    assert full not in terminal.getvalue() and full[:16] + "…" in terminal.getvalue()
+    assert max(len(line) for line in terminal.getvalue().splitlines()) <= 100
