@@ -1,6 +1,6 @@
 """Start-up: one `imstore get` process for a small object vs `python -c "import typer"`.
 
-Goal (issue 2): imstore get <= 1.3x import typer, both in this venv's Python.
+Goal (issue 10; 1.3x in issue 2): imstore get <= 1.2x import typer, both in this venv's Python.
 
 The package is byte-compiled first (`python -m compileall -q imstore`), as
 `make install` does and a normal install would: this environment sets
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from _common import ROOT, imstore_command, interleaved, load_note, median, print_ratio, print_times, timed
 
-GOAL = 1.3
+GOAL = 1.2  # issue 10 (was 1.3, issue 2)
 
 
 def compile_package() -> None:
