@@ -17,7 +17,7 @@ from .validate import format_time
 if TYPE_CHECKING:
     from .records import Record
 
-__all__ = ["Version", "PutResult", "BatchItem", "BatchResult", "VerifyReport", "StoreAPI", "unpack_meta"]
+__all__ = ["Version", "PutResult", "BatchItem", "BatchResult", "VerifyReport", "StoreAPI", "unpack_meta", "version_fields"]
 
 
 class Version(NamedTuple):
@@ -127,6 +127,23 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+def version_fields(version: Version) -> dict:
+    """Everything about one version as JSON-ready fields: the one layout the CLI's --json and the
+    server's wire documents share (the server adds time_ns)."""
+    return {
+        "key": version.key,
+        "version": version.version,
+        "seq": version.seq,
+        "op": version.op,
+        "hash": version.hash,
+        "size": version.size,
+        "time": version.time,
+        "content_type": version.content_type,
+        "message": version.message,
+        "meta": version.meta,
+    }
 
 
 def unpack_meta(blob: bytes | None) -> dict:

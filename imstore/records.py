@@ -23,7 +23,7 @@ from .hashing import blake3, checksum16
 
 __all__ = [
     "HEADER", "HEADER_SIZE", "MAX_FRAME", "GENESIS", "Record", "Frame", "Chain",
-    "encode_record", "decode_payload", "decode_record", "frame_bytes", "batch_payload", "check_chain", "frame_size",
+    "encode_record", "decode_payload", "decode_record", "frame_bytes", "batch_payload", "check_chain",
     "make_frame", "payload_spans",
 ]  # fmt: skip
 
@@ -153,11 +153,6 @@ def encode_record(
 def frame_bytes(payload: bytes) -> bytes:
     """The whole frame (header and payload) as it is written to the log."""
     return HEADER.pack(len(payload), checksum16(payload)) + payload
-
-
-def frame_size(payload_length: int) -> int:
-    """Bytes a frame with a payload this long takes in the log."""
-    return HEADER_SIZE + payload_length
 
 
 def batch_payload(record_payloads: list[bytes]) -> bytes:

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import IO, Any
 
-from ..model import PutResult, VerifyReport, Version
+from ..model import PutResult, VerifyReport, Version, version_fields
 
 __all__ = ["Output", "put_json", "history_json", "ls_json", "log_json", "version_json"]
 
@@ -50,19 +50,8 @@ def log_json(version: Version) -> dict:
 
 
 def version_json(version: Version) -> dict:
-    """Everything about one version (rm, and the server's metadata answers)."""
-    return {
-        "key": version.key,
-        "version": version.version,
-        "seq": version.seq,
-        "op": version.op,
-        "hash": version.hash,
-        "size": version.size,
-        "time": version.time,
-        "content_type": version.content_type,
-        "message": version.message,
-        "meta": version.meta,
-    }
+    """Everything about one version (rm)."""
+    return version_fields(version)
 
 
 def _text(value: Any) -> str:

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, quote, unquote_to_bytes, urlencode
 
 from .. import errors
 from ..errors import ImstoreError, InvalidInput, InvalidKey
-from ..store import PutResult, Version
+from ..model import PutResult, Version, version_fields
 
 __all__ = [
     "Route",
@@ -144,19 +144,7 @@ def key_path(route_prefix: str, key: str) -> str:
 
 def version_document(version: Version) -> dict:
     """Everything about a version (the OpenAPI `Version` schema); time_ns lets a client rebuild it exactly."""
-    return {
-        "key": version.key,
-        "version": version.version,
-        "seq": version.seq,
-        "op": version.op,
-        "hash": version.hash,
-        "size": version.size,
-        "time": version.time,
-        "content_type": version.content_type,
-        "message": version.message,
-        "meta": version.meta,
-        "time_ns": version.time_ns,
-    }
+    return {**version_fields(version), "time_ns": version.time_ns}
 
 
 def version_from_document(document: dict) -> Version:
