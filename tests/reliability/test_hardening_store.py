@@ -87,6 +87,13 @@ def _read_only_mount_works() -> bool:
         shutil.rmtree(probe, ignore_errors=True)
 
 
+def read_on_a_read_only_mount(store_path: Path) -> subprocess.CompletedProcess:
+    """READ_SCRIPT run on store_path bind-mounted read-only in a mount namespace of its own."""
+    command = f"mount --bind -o ro {store_path} {store_path} && exec {sys.executable} -c \"$0\" {store_path}"
+    return subprocess.run(["unshare", "-r", "-m", "sh", "-c", command, READ_SCRIPT], capture_output=True, text=True,
+                          env={**os.environ, "IMSTORE_NO_CACHE": "1"}, timeout=60)  # fmt: skip
+
+
 @pytest.mark.skipif(not shutil.which("unshare") or not _read_only_mount_works(), reason="needs unshare -r -m (a read-only bind mount)")
 @pytest.mark.parametrize("index_state", ["current", "behind", "missing"])
 def test_d2_a_store_on_a_read_only_mount_serves_every_read(index_state, store_path, tmp_path):
@@ -108,9 +115,7 @@ def test_d2_a_store_on_a_read_only_mount_serves_every_read(index_state, store_pa
         for path in store_path.glob("index.sqlite*"):
             path.unlink()
     listing_before = sorted(os.listdir(store_path))
-    command = f"mount --bind -o ro {store_path} {store_path} && exec {sys.executable} -c \"$0\" {store_path}"
-    completed = subprocess.run(["unshare", "-r", "-m", "sh", "-c", command, READ_SCRIPT], capture_output=True, text=True,
-                               env={**os.environ, "IMSTORE_NO_CACHE": "1"}, timeout=60)  # fmt: skip
+    completed = read_on_a_read_only_mount(store_path)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split()[-1] == "6"  # a write: unavailable, not a crash
     assert sorted(os.listdir(store_path)) == listing_before  # nothing deleted or created
@@ -267,31 +272,6 @@ def test_d3_a_committed_put_is_answered_even_if_the_store_is_renamed_away_right_
         assert store.get("k") == b"committed" and store.verify().ok
 
 
-def test_d3_a_write_that_may_have_committed_says_so(store_path, monkeypatch):
-    import errno
-
-    from imstore.errors import OutcomeUnknown
-
-    put_versions(store_path, 1)
-    with Store.open(store_path) as store:
-        log_inode = os.stat(store.log.path).st_ino
-        real_fsync = os.fsync
-
-        def fsync(fd):
-            if os.fstat(fd).st_ino == log_inode:
-                raise OSError(errno.EIO, os.strerror(errno.EIO))
-            return real_fsync(fd)
-
-        def ftruncate(fd, length):
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-        monkeypatch.setattr(os, "fsync", fsync)
-        monkeypatch.setattr(os, "ftruncate", ftruncate)
-        with pytest.raises(OutcomeUnknown, match="may have been committed"):
-            store.put("k", b"new")
-    assert OutcomeUnknown.exit_code == 6 and OutcomeUnknown.http_status == 503
-
-
 # ---------------------------------------------------------------- temp files of killed writers
 def test_leftover_temp_files_are_noted_with_their_size_and_repack_clears_them(store_path):
     put_versions(store_path, 1)
@@ -316,9 +296,7 @@ def test_d2_a_read_only_store_with_a_damaged_index_still_serves_reads(store_path
     for path in store_path.glob("index.sqlite-*"):
         path.unlink()
     (store_path / "index.sqlite").write_bytes(b"not a database" * 500)
-    command = f"mount --bind -o ro {store_path} {store_path} && exec {sys.executable} -c \"$0\" {store_path}"
-    completed = subprocess.run(["unshare", "-r", "-m", "sh", "-c", command, READ_SCRIPT], capture_output=True, text=True,
-                               env={**os.environ, "IMSTORE_NO_CACHE": "1"}, timeout=60)  # fmt: skip
+    completed = read_on_a_read_only_mount(store_path)
     assert completed.returncode == 0, completed.stderr
     assert (store_path / "index.sqlite").read_bytes() == b"not a database" * 500
 

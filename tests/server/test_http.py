@@ -222,20 +222,27 @@ def raw_exchange(server, data: bytes, timeout: float = 10) -> bytes:
 
 
 @pytest.mark.timeout(120)
-def test_tls_serves_https_with_the_given_certificate(start, tmp_path):
+def self_signed_certificate(tmp_path, *extra: str):
+    """(cert.pem, key.pem) for CN=127.0.0.1 made by openssl (the test skips without it); extra: more openssl req options."""
     import shutil
-    import ssl
     import subprocess
-    import urllib.request
 
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", *extra,
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True, timeout=60,
-    )
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_serves_https_with_the_given_certificate(start, tmp_path):
+    import ssl
+    import urllib.request
+
+    cert, key = self_signed_certificate(tmp_path)
     server = start("--workers", "1", "--tls-cert", str(cert), "--tls-key", str(key), tls=True)
     context = ssl.create_default_context(cafile=str(cert))
     context.check_hostname = False
@@ -301,19 +308,10 @@ def test_a_bad_max_body_is_a_usage_error_naming_the_size(store_path):
 
 def test_cacert_lets_the_remote_cli_trust_a_self_signed_server(start, tmp_path):
     """HARDENING: --remote https:// with a self-signed certificate had no documented way to trust it."""
-    import shutil
-    import subprocess
 
     from tests.conftest import run_cli_in_process
 
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    cert, key = self_signed_certificate(tmp_path, "-addext", "subjectAltName=IP:127.0.0.1")
     server = start("--workers", "1", "--tls-cert", str(cert), "--tls-key", str(key), tls=True)
     token = tmp_path / "token"
     token.write_text(server.read_token)
