@@ -21,6 +21,7 @@ from .index import Index, IndexState, is_corruption
 from .layout import CONFIG
 from .log import Log
 from .records import Frame, check_chain
+from .treestore import TreeTable
 
 __all__ = ["Indexer", "index_query"]
 
@@ -38,6 +39,7 @@ class Indexer:
         self.warnings = warnings  # the Store's list: what the user should hear (a rebuild, a cut tail)
         self._index: Index | None = None
         self._seen_log_size = -1  # log size at the last catch-up: a change means another writer appended
+        self._tree: TreeTable | None = None
 
     @property
     def index(self) -> Index:
@@ -62,6 +64,12 @@ class Indexer:
         if self.log.size() != self._seen_log_size:
             self.catch_up()
         return index
+
+    def tree(self, index: Index) -> TreeTable:
+        """The Merkle tree kept in this index's database (merkle proofs; treestore.py): derived like the index."""
+        if self._tree is None or self._tree.db is not index.db:
+            self._tree = TreeTable(index.db, self.log)
+        return self._tree
 
     def close(self) -> None:
         if self._index is not None:
@@ -165,6 +173,7 @@ class Indexer:
                 prev, seq = first.prev, first.seq - 1
             prev, seq = check_chain(frame, prev, seq)
             index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
+            self.tree(index).add_frame(frame)
         for damage in scan.damaged[noted:]:
             index.note_damage(*damage)
         return scan
@@ -279,6 +288,7 @@ class Indexer:
                 scrubbed = index.scrub_offset()
             if index.begin().log_end == frame.offset:
                 index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
+                self.tree(index).add_frame(frame)
             if damaged_at is not None:
                 try:
                     scrubbed = self._note_damage_at(index, damaged_at, frame.offset)
