@@ -31,7 +31,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from .errors import CorruptStore, InvalidInput, ProofFailed, from_os_error
 from .fsio import atomic_write
 
-__all__ = ["Checkpoint", "Signer", "Verifier", "checkpoint_body", "sign_note", "open_checkpoint", "store_origin", "b64", "unb64"]
+__all__ = [
+    "Checkpoint", "Signer", "Verifier", "checkpoint_body", "sign_note", "open_checkpoint", "note_size", "store_origin", "b64", "unb64",
+]  # fmt: skip
 
 ALG_ED25519 = 0x01
 SIGNATURE_DASH = "\u2014 "  # an em dash and a space start each signature line
@@ -217,6 +219,14 @@ def _verified_text(note: str, verifier: Verifier) -> str:
     if not found_ours:
         raise ProofFailed(f"the checkpoint is not signed by the key {verifier.name}+{verifier.key_id.hex()}")
     return text
+
+
+def note_size(note: str) -> int:
+    """The tree size a checkpoint note claims, read without checking it (to ask for a proof that will check it)."""
+    lines = note.split("\n")
+    if len(lines) < 3 or not lines[1].isdigit() or not lines[1].isascii():
+        raise ProofFailed("the checkpoint has no tree size on its second line")
+    return int(lines[1])
 
 
 def store_origin(store_id: str) -> str:

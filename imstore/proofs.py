@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from .store import Store
     from .treestore import TreeTable
 
-__all__ = ["Proven", "signer", "checkpoint", "prove", "prove_since", "verify_since", "check_document", "render", "parse"]
+__all__ = [
+    "Proven", "signer", "checkpoint", "prove", "consistency_from", "prove_since", "verify_since", "check_document", "render", "parse",
+]  # fmt: skip
 
 INCLUSION_FIELDS = ("checkpoint", "seq", "leaf", "inclusion")
 CONSISTENCY_FIELDS = ("checkpoint", "old", "consistency")
@@ -128,31 +130,42 @@ def _record_payload(store: Store, key: str, version: int, seq: int) -> bytes:
     return payload
 
 
+def consistency_from(store: Store, old_size: int) -> dict:
+    """A signed checkpoint now and the consistency proof from the tree of old_size records to it (GET /v1/proofs/consistency).
+
+    ProofFailed when the log now holds fewer records than old_size (cut or rolled back).
+    """
+    with _tree(store) as tree:
+        size = index_query(tree.size)
+        if old_size > size:
+            raise ProofFailed(f"the store's log holds {size} records, fewer than the {old_size} of the old checkpoint:"
+                              " history was cut or rolled back")  # fmt: skip
+        path = index_query(lambda: merkle.consistency_proof(tree, old_size, size))
+        root = index_query(lambda: merkle.root(tree, size))
+    return {"checkpoint": _signed(store, size, root), "from": old_size, "consistency": [b64(h) for h in path]}
+
+
 def prove_since(store: Store, old_note: str, verifier: Verifier | None = None) -> dict:
     """The consistency proof document from an old checkpoint (checked with verifier, else the store's key) to now.
 
-    ProofFailed when the store's log does not extend the old checkpoint (cut, rolled back or rewritten).
+    ProofFailed when the store's log does not extend the old checkpoint (cut, rolled back or rewritten):
+    the proof is checked before it is handed out.
     """
-    own = signer(store)
-    old = open_checkpoint(old_note, verifier or own.verifier)
+    verifier = verifier or signer(store).verifier
+    old = open_checkpoint(old_note, verifier)
     origin = store_origin(store.store_id)
     if old.origin != origin:
         raise ProofFailed(f"the old checkpoint is of another log ({old.origin}, this store is {origin})")
-    with _tree(store) as tree:
-        size = index_query(tree.size)
-        if old.size > size:
-            raise ProofFailed(
-                f"the store's log holds {size} records, fewer than the {old.size} of the old checkpoint: history was cut or rolled back"
-            )
-        path = index_query(lambda: merkle.consistency_proof(tree, old.size, size))
-        root = index_query(lambda: merkle.root(tree, size))
-    merkle.verify_consistency(old.size, size, old.root, root, path)  # a rewritten log fails here, before anything is signed
-    return {"checkpoint": _signed(store, size, root), "old": old_note, "consistency": [b64(h) for h in path]}
+    answer = consistency_from(store, old.size)
+    document = {"checkpoint": answer["checkpoint"], "old": old_note, "consistency": answer["consistency"]}
+    check_document(render(document), verifier)
+    return document
 
 
 def verify_since(store: Store, old_note: str, verifier: Verifier | None = None) -> Proven:
     """Does the store's log still extend the old checkpoint? ProofFailed if not."""
-    return check_document(render(prove_since(store, old_note, verifier)), verifier or signer(store).verifier)
+    verifier = verifier or signer(store).verifier
+    return check_document(render(prove_since(store, old_note, verifier)), verifier)
 
 
 # ================================================================ documents

@@ -69,7 +69,8 @@ def prove(
 
     Example: imstore prove --since monday.checkpoint -o week.proof
     """
-    from ..proofs import render
+    from ..checkpoint import Verifier
+    from ..proofs import check_document, render
 
     if (key is None) == (since is None):
         raise UsageError("give a KEY to prove, or --since FILE, not both")
@@ -81,6 +82,8 @@ def prove(
     moment = parse_time(at) if at is not None else None
     with open_store() as store:
         document = store.prove_since(old) if old is not None else store.prove(key, version, moment)
+        if settings.remote:  # a server's proof is checked with the pinned key before it is passed on
+            check_document(render(document), Verifier.parse(store.verifier_key()))
         show_warnings(store)
     text = render(document)
     if output is not None and str(output) != "-":
