@@ -54,8 +54,9 @@ class TreeTable:
         return row[0]
 
     # ------------------------------------------------------------ writing (inside the index's transaction)
-    def append(self, leaf_hashes: list[bytes]) -> None:
-        rows = merkle.new_nodes(self, self.size(), leaf_hashes)
+    def append(self, leaf_hashes: list[bytes], size: int | None = None) -> None:
+        """Add leaves after the tree's last (size: the tree's size, if the caller just read it)."""
+        rows = merkle.new_nodes(self, self.size() if size is None else size, leaf_hashes)
         self.db.executemany("INSERT INTO merkle VALUES (?, ?)", [((level << _LEVEL_SHIFT) | index, hash_) for level, index, hash_ in rows])
 
     def clear(self) -> None:
@@ -79,10 +80,12 @@ class TreeTable:
             self._ready = False  # look for the table again next time (a statement failed alone: the index's rows stand)
 
     def _add_after(self, seq: int, frame: Frame) -> None:
-        if self.size() != seq:
+        size = self.size()
+        if size != seq:
             self.catch_up(seq)
-        if self.size() == seq:
-            self.append(frame_leaf_hashes(self.log, frame))
+            size = self.size()
+        if size == seq:
+            self.append(frame_leaf_hashes(self.log, frame), size)
 
     def catch_up(self, seq: int) -> None:
         """Make the tree hold the records up to seq, from the log (inside a write transaction).
