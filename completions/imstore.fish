@@ -42,12 +42,14 @@ complete -c imstore -n '__fish_seen_subcommand_from cache; and __fish_seen_subco
 complete -c imstore -n '__fish_seen_subcommand_from cat' -s o -l output -r -F -d 'Write to this file instead of stdout.'
 complete -c imstore -n '__fish_seen_subcommand_from cat' -s h -l help -d 'Show this help and exit.'
 complete -c imstore -n '__fish_seen_subcommand_from check-proof' -l key -r -d 'The store\'s verifier key, as `imstore key` prints it (NAME+ID+KEY).'
+complete -c imstore -n '__fish_seen_subcommand_from check-proof' -l content -r -d 'Also check that this file holds the proven version\'s bytes.'
 complete -c imstore -n '__fish_seen_subcommand_from check-proof' -s h -l help -d 'Show this help and exit.'
 complete -c imstore -n '__fish_seen_subcommand_from check-proof' -F
 complete -c imstore -n '__fish_seen_subcommand_from checkpoint' -s h -l help -d 'Show this help and exit.'
 complete -c imstore -n '__fish_seen_subcommand_from export' -l prefix -s p -r -d 'Only keys starting with this text.'
 complete -c imstore -n '__fish_seen_subcommand_from export' -l at -r -d 'Versions current at TIME (ISO 8601; no offset = UTC).'
 complete -c imstore -n '__fish_seen_subcommand_from export' -l strict -d 'Exit 1 when a key cannot be exported as a path.'
+complete -c imstore -n '__fish_seen_subcommand_from export' -l proofs -d 'Also write a proof of each file, the checkpoint and the verifier key in DEST/.imstore-proofs.'
 complete -c imstore -n '__fish_seen_subcommand_from export' -s h -l help -d 'Show this help and exit.'
 complete -c imstore -n '__fish_seen_subcommand_from export' -F
 complete -c imstore -n '__fish_seen_subcommand_from get' -l version -s V -r -d 'Version number to read (default: latest).'

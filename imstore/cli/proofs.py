@@ -13,6 +13,7 @@ from . import settings
 from .common import open_store, show_warnings
 
 KEY_HELP = "The store's verifier key, as `imstore key` prints it (NAME+ID+KEY)."
+PROOFS_DIR = ".imstore-proofs"  # inside a directory export: checkpoint, key, and <key>.proof for each file
 
 
 def key() -> None:
@@ -93,23 +94,110 @@ def prove(
 
 
 def check_proof(
-    file: Annotated[str, typer.Argument(help="The proof document, or - for stdin.", metavar="FILE")],
+    file: Annotated[str, typer.Argument(help="The proof document, - for stdin, or a directory made by export --proofs.", metavar="FILE")],
     key: Annotated[str, typer.Option("--key", help=KEY_HELP, metavar="VKEY")],
+    content: Annotated[
+        Path | None, typer.Option("--content", help="Also check that this file holds the proven version's bytes.", metavar="PATH")
+    ] = None,
 ) -> None:
     """Check a proof document offline: no store and no network are used.
 
     The checkpoint's signature is checked first, then the proof against its root.
     For an inclusion proof it prints what the proven record says: key, version,
-    hash and time. Any failure is exit 5 and says what failed.
+    hash and time; --content also checks a file's bytes against that hash. Given
+    a directory exported with --proofs, it checks every file in it against its
+    proof. Any failure is exit 5 and says what failed.
 
-    Example: imstore check-proof todo.proof --key "$(cat store.vkey)"
+    Example: imstore check-proof todo.proof --key "$(cat store.vkey)" --content todo.txt
+
+    Example: imstore check-proof ./handover --key "$(cat store.vkey)"
     """
     from ..checkpoint import Verifier
     from ..proofs import check_document
 
     verifier = Verifier.parse(key)
+    if file != "-" and Path(file).is_dir():
+        if content is not None:
+            raise UsageError("--content goes with one proof file; a directory's proofs name their files")
+        return check_bundle(Path(file), verifier)
     proven = check_document(sys.stdin.read() if file == "-" else read_text(Path(file)), verifier)
+    if content is not None:
+        check_content(proven.record, content)
     show_proven(proven)
+
+
+def check_content(record, path: Path) -> None:
+    """The file at path must hold the proven version's bytes (BLAKE3 and size)."""
+    from ..errors import ProofFailed
+    from ..hashing import blake3
+
+    if record is None:
+        raise UsageError("--content goes with an inclusion proof")
+    if record.op != "put":
+        raise ProofFailed(f"the proven version of {record.key!r} is a deletion: it has no content to compare")
+    hasher, size = blake3(), 0
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                hasher.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    if (hasher.hexdigest(), size) != (record.hash, record.size):
+        raise ProofFailed(f"{path} does not hold the proven version of {record.key!r} (its BLAKE3 is {hasher.hexdigest()},"
+                          f" the proof names {record.hash})")  # fmt: skip
+
+
+def check_bundle(directory: Path, verifier) -> None:
+    """Every `<key>.proof` under directory/PROOFS_DIR checked, its file against the proven hash, and no file without one."""
+    from ..errors import ProofFailed
+    from ..proofs import check_document
+
+    proofs_root = directory / PROOFS_DIR
+    documents = sorted(proofs_root.rglob("*.proof")) if proofs_root.is_dir() else []
+    if not documents:
+        raise InvalidInput(f"{directory} holds no {PROOFS_DIR}/ with proofs (export with --proofs makes them)")
+    checked = []
+    for document in documents:
+        proven = check_document(read_text(document), verifier)
+        if proven.record is None:
+            raise UsageError(f"{document} is not an inclusion proof")
+        check_content(proven.record, directory / proven.record.key)
+        checked.append(proven.record)
+    proven_files = {directory / record.key for record in checked}
+    files = (path for path in sorted(directory.rglob("*")) if path.is_file() and proofs_root not in path.parents)
+    unproven = [path for path in files if path not in proven_files]
+    if unproven:
+        raise ProofFailed(f"{len(unproven)} files in {directory} have no proof, e.g. {unproven[0].relative_to(directory)}")
+    out = settings.out
+    if out.json:
+        out.document({"ok": True, "checked": [{"key": r.key, "version": r.version, "hash": r.hash} for r in checked]})
+    else:
+        for record in checked:
+            out.line(record.key, record.version, record.hash, format_time(record.time_ns))
+        out.info(f"proven: all {len(checked)} files in {directory} are the versions their proofs name")
+
+
+def write_export_proofs(store, directory: Path, versions) -> list[str]:
+    """export --proofs: a proof of each exported version, the checkpoint and the verifier key, in directory/PROOFS_DIR."""
+    from ..proofs import render
+
+    root = directory / PROOFS_DIR
+    warnings = []
+    try:
+        root.mkdir(exist_ok=True)
+        (root / "key").write_text(store.verifier_key() + "\n", "ascii")
+        (root / "checkpoint").write_text(store.checkpoint(), "utf-8")
+        for version in versions:
+            if version.key == PROOFS_DIR or version.key.startswith(PROOFS_DIR + "/"):
+                warnings.append(f"key {version.key!r} lies where the proofs go ({PROOFS_DIR}/): no proof written for it")
+                continue
+            target = root / (version.key + ".proof")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(render(store.prove(version.key, version.version)), "ascii")
+    except OSError as exc:
+        raise InvalidInput(f"cannot write the proofs in {root}: {exc.strerror or exc}") from None
+    return warnings
 
 
 def verify_since(since: Path, key: str | None) -> None:

@@ -86,3 +86,32 @@ def test_usage_errors_are_exit_2(cli, tmp_path):
     assert cli("prove", "doc0", "--version", "1", "--at", "2020-01-01").code == 2
     assert cli("verify", "--key", "x+y+z").code == 2
     assert run_cli_in_process(["check-proof", "-", "--key", "not a key"], stdin=b"{}").code == 2
+
+
+def test_export_with_proofs_is_checked_offline_file_by_file(cli, tmp_path):
+    fill(cli)
+    assert cli("put", "deep/er/file", stdin=b"nested").code == 0
+    out = tmp_path / "handover"
+    assert cli("export", str(out), "--proofs").code == 0
+    verifier = (out / ".imstore-proofs" / "key").read_text().strip()
+    assert verifier == cli("key").out.strip()
+    offline = {"IMSTORE_DIR": str(tmp_path / "no-store-here")}
+    checked = run_cli_in_process(["check-proof", str(out), "--key", verifier, "--json"], env=offline)
+    assert checked.code == 0, checked.stderr
+    assert sorted(item["key"] for item in json.loads(checked.out)["checked"]) == ["deep/er/file", "doc0", "doc1"]
+    one = run_cli_in_process(["check-proof", str(out / ".imstore-proofs" / "doc1.proof"), "--key", verifier, "--content",
+                              str(out / "doc1")])  # fmt: skip
+    assert one.code == 0, one.stderr
+    (out / "doc1").write_text("not what was exported")
+    tampered = run_cli_in_process(["check-proof", str(out), "--key", verifier])
+    assert tampered.code == 5 and "does not hold the proven version of 'doc1'" in tampered.stderr
+    (out / "doc1").unlink()
+    (out / ".imstore-proofs" / "doc1.proof").unlink()
+    (out / "smuggled").write_text("never in the store")
+    smuggled = run_cli_in_process(["check-proof", str(out), "--key", verifier])
+    assert smuggled.code == 5 and "have no proof, e.g. smuggled" in smuggled.stderr
+
+
+def test_export_proofs_needs_a_directory(cli, tmp_path):
+    fill(cli, 1)
+    assert cli("export", str(tmp_path / "out.tar"), "--proofs").code == 2
