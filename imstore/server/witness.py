@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..checkpoint import Verifier, open_checkpoint
-from ..errors import ImstoreError, InvalidInput, ProofFailed, Unavailable, from_os_error
+from ..errors import Forbidden, ImstoreError, InvalidInput, NotAuthorised, ProofFailed, from_os_error
 from ..fsio import atomic_write
 from ..paths import user_state_path
 from ..proofs import check_document, render
@@ -61,11 +61,11 @@ def check_history(remote: RemoteStore) -> None:
     """Check that the server's log extends the last checkpoint we saw from it; then remember its checkpoint now.
 
     The first contact pins the server's key (trust on first use). A server that cannot
-    answer now (503) only earns a warning: the command goes on, unchecked.
+    answer now (503, or damage on its side) only earns a warning: the command goes on, unchecked.
     """
     path = state_file(remote.base)
+    saved = _load(path)  # a damaged state file is an error of its own, never a reason to skip the check
     try:
-        saved = _load(path)
         if saved is None:
             served = remote._json("GET", "/v1/checkpoint")
             verifier = Verifier.parse(served["key"])
@@ -78,8 +78,6 @@ def check_history(remote: RemoteStore) -> None:
         proven = check_document(render(document), verifier)
         if proven.checkpoint.size > old.size:
             _save(path, remote.base, saved["key"], proven.checkpoint.note)
-    except Unavailable as exc:
-        remote.warnings.append(f"the server's history was not checked this time: {exc}")
     except ProofFailed as exc:
         raise ProofFailed(
             f"the server at {remote.base} does not extend the history it showed before: {exc}."
@@ -87,3 +85,7 @@ def check_history(remote: RemoteStore) -> None:
         ) from None
     except (KeyError, TypeError, InvalidInput) as exc:
         raise ProofFailed(f"the server at {remote.base} answered something that is not a checkpoint or a proof ({exc})") from None
+    except (NotAuthorised, Forbidden):
+        raise  # the command itself would fail the same way
+    except ImstoreError as exc:  # down (503) or damaged: the command may still be answered (a cached read); say so
+        remote.warnings.append(f"the server's history was not checked this time: {exc}")

@@ -121,3 +121,27 @@ def test_a_server_rolled_back_to_an_older_copy_is_caught(start, store_path, tmp_
     result = remote_cli(server, tmp_path)("ls")  # the same URL, so the same remembered checkpoint
     assert result.code == 5, result.stderr
     assert "fewer than the 7" in result.stderr
+
+
+def test_a_server_that_signs_with_another_key_is_caught(start, store_path, tmp_path):
+    server = start("--workers", "1")
+    fill(server, 2)
+    remote = remote_cli(server, tmp_path)
+    assert remote("ls").code == 0
+    port = server.port
+    server.stop()
+    (store_path / "checkpoint.key").unlink()  # a new key is made on the next checkpoint
+    server = start("--workers", "1", port=port)
+    result = remote("ls")
+    assert result.code == 5 and "not signed by the key" in result.stderr
+
+
+def test_a_damaged_state_file_is_an_error_not_a_skipped_check(server, tmp_path):
+    from imstore.server.witness import state_file
+
+    fill(server, 1)
+    remote = remote_cli(server, tmp_path)
+    assert remote("ls").code == 0
+    state_file(server.url).write_text("{not json")
+    result = remote("ls")
+    assert result.code == 1 and "remove it to start trusting the server afresh" in result.stderr
