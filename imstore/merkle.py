@@ -231,5 +231,7 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
     if fr != old_root:
         raise ProofFailed("the consistency proof does not lead to the old checkpoint's root: the log was rewritten")
     if sr != new_root:
-        raise ProofFailed("the consistency proof does not lead to the new checkpoint's root: the new log does not extend the old"
-                          " one (history was rewritten, or the proof is forged)")
+        raise ProofFailed(
+            "the consistency proof does not lead to the new checkpoint's root: the new log does not extend the old"
+            " one (history was rewritten, or the proof is forged)"
+        )
