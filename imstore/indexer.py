@@ -1,4 +1,4 @@
-"""Keeps the derived views up with the log: today the SQLite index.
+"""Keeps the derived views up with the log: the SQLite index, and the Merkle tree in it (treestore.py).
 
 The index is derived: it remembers how far it has applied the log (offset, seq,
 chain hash, and the checksum of the last frame it applied), and every use
@@ -13,7 +13,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from .errors import CorruptIndex, CorruptLog, ImstoreError, Unavailable
 from .fsio import crash_point
@@ -21,7 +21,9 @@ from .index import Index, IndexState, is_corruption
 from .layout import CONFIG
 from .log import Log
 from .records import Frame, check_chain
-from .treestore import TreeTable
+
+if TYPE_CHECKING:
+    from .treestore import TreeTable
 
 __all__ = ["Indexer", "index_query"]
 
@@ -68,6 +70,8 @@ class Indexer:
     def tree(self, index: Index) -> TreeTable:
         """The Merkle tree kept in this index's database (merkle proofs; treestore.py): derived like the index."""
         if self._tree is None or self._tree.db is not index.db:
+            from .treestore import TreeTable  # only when a frame is applied or proven: a plain read never needs it
+
             self._tree = TreeTable(index.db, self.log)
         return self._tree
 
