@@ -187,3 +187,15 @@ def test_documents_are_compact_json_with_the_contracts_fields(filled):
     document = proofs.render(proofs.prove(filled, "key2"))
     assert list(json.loads(document)) == ["checkpoint", "seq", "leaf", "inclusion"]
     assert document.isascii() and document.endswith("}\n") and ": " not in document
+
+
+def test_frames_another_process_appended_reach_the_tree_on_the_next_open(store_path):
+    """A writer that died between its log fsync and its index update: readers catch index and tree up together."""
+    with Store.open(store_path) as writer:
+        writer.put("before", b"1")
+        writer.indexer.applied = lambda frame: None  # the index (and so the tree) never hears of these frames
+        writer.put("lost to the index", b"2")
+        add_batch(writer, "batch", 3)
+    with Store.open(store_path) as reader:
+        assert store_root(reader) == (5, ref_mth(log_payloads(reader)))
+        proofs.check_document(proofs.render(proofs.prove(reader, "batch/2")), proofs.signer(reader).verifier)
