@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
+import os
 from pathlib import Path
 from typing import NamedTuple
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import CorruptStore, InvalidInput, ProofFailed, from_os_error
 from .fsio import atomic_write
@@ -69,6 +66,8 @@ def _valid_name(name: str) -> bool:
 
 
 def _key_id(name: str, public: bytes) -> bytes:
+    import hashlib  # with `cryptography`, only where a key is made or checked: a cached checkpoint needs neither
+
     return hashlib.sha256(name.encode() + b"\n" + bytes([ALG_ED25519]) + public).digest()[:4]
 
 
@@ -104,6 +103,9 @@ class Verifier:
         return f"{self.name}+{self.key_id.hex()}+{b64(bytes([ALG_ED25519]) + self.public)}"
 
     def check(self, text: bytes, signature: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         try:
             Ed25519PublicKey.from_public_bytes(self.public).verify(signature, text)
         except InvalidSignature:
@@ -116,6 +118,8 @@ class Signer:
 
     def __init__(self, name: str, seed: bytes):
         self.name = name
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         self._private = Ed25519PrivateKey.from_private_bytes(seed)
         public = self._private.public_key().public_bytes_raw()
         self.verifier = Verifier(name, public)
@@ -127,7 +131,7 @@ class Signer:
             try:
                 text = path.read_text("ascii")
             except FileNotFoundError:
-                seed = Ed25519PrivateKey.generate().private_bytes_raw()
+                seed = os.urandom(32)  # an Ed25519 private key is 32 random bytes (RFC 8032 section 5.1.5)
                 atomic_write(path, cls(name, seed).private_text().encode("ascii"), 0o600, create_only=True)
                 text = path.read_text("ascii")
         except OSError as exc:
@@ -161,6 +165,23 @@ class Signer:
 
     def sign(self, text: bytes) -> bytes:
         return self._private.sign(text)
+
+
+def private_key_id(text: str) -> str | None:
+    """The key id hex a private key file names (read, not checked: for matching a cached note to the key)."""
+    parts = text.strip()[len(PRIVATE_PREFIX) :].split("+", 2) if text.startswith(PRIVATE_PREFIX) else []
+    return parts[1] if len(parts) == 3 else None
+
+
+def signature_key_id(note: str) -> str | None:
+    """The key id hex of a note's last signature line (read, not checked)."""
+    line = note.rstrip("\n").rpartition("\n")[2]
+    if not line.startswith(SIGNATURE_DASH):
+        return None
+    try:
+        return base64.b64decode(line.rpartition(" ")[2], validate=True)[:4].hex()
+    except (binascii.Error, ValueError):
+        return None
 
 
 def checkpoint_body(origin: str, size: int, root: bytes) -> str:

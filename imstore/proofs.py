@@ -20,8 +20,22 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import layout, merkle
-from .checkpoint import Checkpoint, Signer, Verifier, b64, checkpoint_body, open_checkpoint, sign_note, store_origin, unb64
+from .checkpoint import (
+    Checkpoint,
+    Signer,
+    Verifier,
+    b64,
+    checkpoint_body,
+    open_checkpoint,
+    private_key_id,
+    sign_note,
+    signature_key_id,
+    store_origin,
+    unb64,
+)
 from .errors import CorruptIndex, CorruptLog, ProofFailed
+from .fsio import atomic_write
+from .hashing import blake3
 from .indexer import index_query
 from .records import Record, decode_record
 
@@ -80,7 +94,31 @@ def _tree(store: Store) -> Iterator[TreeTable]:
 
 
 def _signed(store: Store, size: int, root: bytes) -> str:
-    return sign_note(checkpoint_body(store_origin(store.store_id), size, root), signer(store))
+    """The signed checkpoint of (size, root): the one signed last if it is that tree's, else signed now (P9)."""
+    body = checkpoint_body(store_origin(store.store_id), size, root)
+    cached = _cached_note(store, body)
+    if cached is not None:
+        return cached
+    note = sign_note(body, signer(store))
+    try:
+        atomic_write(store.root / layout.CHECKPOINT_CACHE, f"{blake3(note.encode()).hexdigest()}\n{note}".encode(), 0o644, durable=False)
+    except OSError:
+        pass  # a cache: a read-only store signs every time
+    return note
+
+
+def _cached_note(store: Store, body: str) -> str | None:
+    """The note signed last, if it is of this very tree and by the current key (Ed25519 is deterministic:
+    signing again would give the same bytes). Saves loading the key and `cryptography` in every `prove`."""
+    try:
+        checksum, _, note = (store.root / layout.CHECKPOINT_CACHE).read_text("utf-8").partition("\n")
+        key_text = (store.root / layout.SIGNING_KEY).read_text("ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not note.startswith(body + "\n") or blake3(note.encode()).hexdigest() != checksum:
+        return None
+    key_id = private_key_id(key_text)
+    return note if key_id is not None and signature_key_id(note) == key_id else None
 
 
 def checkpoint(store: Store) -> str:

@@ -199,3 +199,19 @@ def test_frames_another_process_appended_reach_the_tree_on_the_next_open(store_p
     with Store.open(store_path) as reader:
         assert store_root(reader) == (5, ref_mth(log_payloads(reader)))
         proofs.check_document(proofs.render(proofs.prove(reader, "batch/2")), proofs.signer(reader).verifier)
+
+
+def test_the_last_checkpoint_is_reused_only_for_the_same_tree_and_key(filled):
+    cache = filled.root / "checkpoint.latest"
+    first = proofs.checkpoint(filled)
+    assert cache.read_text().endswith(first)
+    cache.write_text(cache.read_text().replace(first, first.replace("\u2014 ", "\u2014 x")))  # rot: the checksum fails
+    again = proofs.checkpoint(filled)
+    assert again == first  # signed afresh: Ed25519 gives the same bytes
+    (filled.root / "checkpoint.key").unlink()  # a new key: the cached note is not its
+    renewed = proofs.checkpoint(filled)
+    assert renewed != first
+    proofs.check_document(proofs.render(proofs.prove(filled, "key0")), proofs.signer(filled).verifier)
+    filled.put("grown", b"x")
+    grown = proofs.checkpoint(filled)
+    assert grown.split("\n")[1] == "35" and cache.read_text().endswith(grown)
