@@ -28,6 +28,7 @@ __all__ = [
     "CorruptObject",
     "CorruptStore",
     "CorruptIndex",
+    "ProofFailed",
     "Unavailable",
     "NoStore",
     "OutcomeUnknown",
@@ -135,6 +136,12 @@ class CorruptStore(IntegrityError):
     """A file of the store's own (its config) is damaged."""
 
     title = "corrupt store"
+
+
+class ProofFailed(IntegrityError):
+    """A Merkle proof, a checkpoint or its signature does not check out: the log differs from what was proven."""
+
+    title = "proof failed"
 
 
 class Unavailable(ImstoreError):

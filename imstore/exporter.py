@@ -34,6 +34,7 @@ class ExportSummary:
     skipped: int = 0
     bytes: int = 0
     warnings: list[str] = field(default_factory=list)
+    versions: list[Version] = field(default_factory=list)  # what was exported (export --proofs proves these)
 
     def to_json(self) -> dict:
         return {"exported": self.exported, "skipped": self.skipped, "bytes": self.bytes, "warnings": self.warnings}
@@ -121,6 +122,7 @@ def _write_tar(store: Store, versions: list[Version], archive: tarfile.TarFile, 
                 reader.verify()  # a tar cannot take bytes back: check first, then stream (checked again)
                 archive.addfile(info, _ChunkFile(reader.chunks()))
             summary.exported += 1
+            summary.versions.append(version)
             summary.bytes += reader.size
             if progress:
                 progress(number, len(versions))
@@ -161,6 +163,7 @@ def _export_directory(store: Store, versions: list[Version], dest: str, summary:
                 summary.skipped += 1
             else:
                 summary.exported += 1
+                summary.versions.append(version)
                 summary.bytes += version.size
             if progress:
                 progress(number, len(versions))

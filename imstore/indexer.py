@@ -1,4 +1,4 @@
-"""Keeps the derived views up with the log: today the SQLite index.
+"""Keeps the derived views up with the log: the SQLite index, and the Merkle tree in it (treestore.py).
 
 The index is derived: it remembers how far it has applied the log (offset, seq,
 chain hash, and the checksum of the last frame it applied), and every use
@@ -13,7 +13,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from .errors import CorruptIndex, CorruptLog, ImstoreError, Unavailable
 from .fsio import crash_point
@@ -21,6 +21,9 @@ from .index import Index, IndexState, is_corruption
 from .layout import CONFIG
 from .log import Log
 from .records import Frame, check_chain
+
+if TYPE_CHECKING:
+    from .treestore import TreeTable
 
 __all__ = ["Indexer", "index_query"]
 
@@ -38,6 +41,7 @@ class Indexer:
         self.warnings = warnings  # the Store's list: what the user should hear (a rebuild, a cut tail)
         self._index: Index | None = None
         self._seen_log_size = -1  # log size at the last catch-up: a change means another writer appended
+        self._tree: TreeTable | None = None
 
     @property
     def index(self) -> Index:
@@ -62,6 +66,14 @@ class Indexer:
         if self.log.size() != self._seen_log_size:
             self.catch_up()
         return index
+
+    def tree(self, index: Index) -> TreeTable:
+        """The Merkle tree kept in this index's database (merkle proofs; treestore.py): derived like the index."""
+        if self._tree is None or self._tree.db is not index.db:
+            from .treestore import TreeTable  # only when a frame is applied or proven: a plain read never needs it
+
+            self._tree = TreeTable(index.db, self.log)
+        return self._tree
 
     def close(self) -> None:
         if self._index is not None:
@@ -165,6 +177,7 @@ class Indexer:
                 prev, seq = first.prev, first.seq - 1
             prev, seq = check_chain(frame, prev, seq)
             index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
+            self.tree(index).add_frame(frame)
         for damage in scan.damaged[noted:]:
             index.note_damage(*damage)
         return scan
@@ -279,6 +292,7 @@ class Indexer:
                 scrubbed = index.scrub_offset()
             if index.begin().log_end == frame.offset:
                 index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
+                self.tree(index).add_frame(frame)
             if damaged_at is not None:
                 try:
                     scrubbed = self._note_damage_at(index, damaged_at, frame.offset)

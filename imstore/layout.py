@@ -12,6 +12,8 @@ is derived from it or belongs to one server, and is rebuilt or forgotten.
     import-cache/        stat caches of imported trees (disposable)
     idempotency.sqlite   the server's Idempotency-Key ledger
     tokens               the server's access tokens (JSON, 0600)
+    checkpoint.key       this node's checkpoint signing key (Ed25519, Go note form, 0600)
+    checkpoint.latest    the checkpoint signed last, with its BLAKE3 (a cache: disposable)
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from .fsio import atomic_write, fsync_dir, require_directory
 from .log import LOCK_NAME, SEGMENT_NAME
 
 __all__ = [
-    "FORMAT", "CONFIG", "OBJECTS", "PACKS", "LOG", "INDEX", "IMPORT_CACHE", "LEDGER", "TOKENS", "REPLICATED", "NODE_LOCAL",
+    "FORMAT", "CONFIG", "OBJECTS", "PACKS", "LOG", "INDEX", "IMPORT_CACHE", "LEDGER", "TOKENS", "SIGNING_KEY",
+    "CHECKPOINT_CACHE", "REPLICATED", "NODE_LOCAL",
     "is_store_entry", "create_store", "parse_config", "check_writable",
 ]  # fmt: skip
 
@@ -44,9 +47,11 @@ INDEX = "index.sqlite"
 IMPORT_CACHE = "import-cache"
 LEDGER = "idempotency.sqlite"
 TOKENS = "tokens"
+SIGNING_KEY = "checkpoint.key"
+CHECKPOINT_CACHE = "checkpoint.latest"
 
 REPLICATED = (CONFIG, OBJECTS, LOG)  # the truth: a standby copies it byte for byte
-NODE_LOCAL = (INDEX, IMPORT_CACHE, LEDGER)  # derived or per server: rebuilt or forgotten
+NODE_LOCAL = (INDEX, IMPORT_CACHE, LEDGER, SIGNING_KEY, CHECKPOINT_CACHE)  # derived or per server (a node signs with its own key)
 # TOKENS is the deployment's state: whether a standby copies it is decided with replication.
 
 # What a half-made store may hold while another process is creating it.

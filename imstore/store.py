@@ -487,6 +487,32 @@ class Store:
         return [Version.from_row(row) for row in index_query(lambda: index.log_page(after, upto, limit))]
 
     # ================================================================ checking
+    # ================================================================ proofs (docs/DESIGN.md P1-P6)
+    # proofs.py loads `cryptography` (~20 ms): only the commands that sign or check pay for it.
+    def verifier_key(self) -> str:
+        """The note verifier key of this store's checkpoint signing key (made on first use)."""
+        from . import proofs
+
+        return str(proofs.signer(self).verifier)
+
+    def checkpoint(self) -> str:
+        """A signed checkpoint (C2SP tlog-checkpoint in a signed note) of the log as it is now."""
+        from . import proofs
+
+        return proofs.checkpoint(self)
+
+    def prove(self, key: str, version: int | str | None = None, at: int | None = None) -> dict:
+        """The inclusion proof document of key's version (latest, a number, or the one current at `at`)."""
+        from . import proofs
+
+        return proofs.prove(self, key, version, at)
+
+    def prove_since(self, old_checkpoint: str) -> dict:
+        """The consistency proof document from old_checkpoint to now; ProofFailed if the log does not extend it."""
+        from . import proofs
+
+        return proofs.prove_since(self, old_checkpoint)
+
     def verify(self, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
         """Check the chain, every record, every object's hash and the index against the log."""
         return verify(self.log, self.objects, self.indexer, progress)

@@ -18,9 +18,10 @@ IMSTORE = [sys.executable, "-m", "imstore"]
 
 @pytest.fixture(autouse=True)
 def private_cache_dir(tmp_path: Path, monkeypatch) -> Path:
-    """Each test gets its own read cache folder (never the user's ~/.cache), children included."""
+    """Each test gets its own read cache folder and remote CLI state (never the user's), children included."""
     path = tmp_path / "imstore-cache"
     monkeypatch.setenv("IMSTORE_CACHE_DIR", str(path))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # the remote CLI's checkpoints, never the user's
     monkeypatch.delenv("IMSTORE_NO_CACHE", raising=False)
     return path
 

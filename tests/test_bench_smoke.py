@@ -18,9 +18,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 def run_bench(script: str, *args: str) -> str:
-    completed = subprocess.run(
-        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=240, cwd=BENCH.parent
-    )
+    completed = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=240, cwd=BENCH.parent)
     assert completed.returncode == 0, completed.stderr
     return completed.stdout
 
@@ -70,3 +68,11 @@ def test_soak_runs():
     assert any(fault.startswith("STOP w") for fault in minute["faults"])
     assert any(fault.startswith("KILL w") and "back" in fault for fault in minute["faults"])
     assert summary["verify_clean"]
+
+
+@pytest.mark.timeout(300)
+def test_proofs_runs():
+    out = run_bench("bench_proofs.py", "--sizes", "100", "2000", "--rounds", "5", "--records", "300", "--runs", "1", "--puts", "5",
+                    "--put-rounds", "1")  # fmt: skip
+    assert "prove inclusion at 2,000" in out
+    assert "prove / get" in out and "with / without the tree" in out

@@ -2,8 +2,9 @@
 
 Each command parses its options, makes one library call and hands the result to
 `Output`. The commands live by topic: keys.py (init, put, get, cat, history, ls,
-rm, log, verify, reindex), batch.py (import, export, repack) and admin.py (cache,
-serve, token); common.py holds what they share. COMMANDS, next to run(), names
+rm, log, verify, reindex), proofs.py (key, checkpoint, prove, check-proof),
+batch.py (import, export, repack) and admin.py (cache, serve, token); common.py
+holds what they share. COMMANDS, next to run(), names
 the module of each, and a run imports only the module of its command.
 Exceptions become exit codes in exactly one place, `exit_code_for()`.
 """
@@ -180,6 +181,10 @@ COMMANDS: dict[str, CommandInfo] = {
     "log": CommandInfo("keys", "log"),
     "verify": CommandInfo("keys", "verify"),
     "reindex": CommandInfo("keys", "reindex"),
+    "key": CommandInfo("proofs", "key"),
+    "checkpoint": CommandInfo("proofs", "checkpoint"),
+    "prove": CommandInfo("proofs", "prove"),
+    "check-proof": CommandInfo("proofs", "check_proof"),
     "import": CommandInfo("batch", "import_"),
     "export": CommandInfo("batch", "export"),
     "repack": CommandInfo("batch", "repack"),

@@ -14,9 +14,11 @@ from ..importer import import_source
 from ..validate import parse_time
 from . import settings
 from .common import check_output_directory, check_output_file, open_local_store, open_store, show_warnings
+from .proofs import PROOFS_DIR, write_export_proofs
 
 # Archive names a user may well type that export cannot write: refused rather than made a directory.
 ARCHIVE_SUFFIXES_WE_DO_NOT_WRITE = frozenset({".zip", ".7z", ".rar", ".gz", ".bz2", ".xz", ".zst", ".tzst", ".tbz2", ".txz"})
+
 
 def import_(
     source: Annotated[str, typer.Argument(help="A directory, a tar (any compression), a .jsonl/.ndjson file, or - for stdin.")],
@@ -85,6 +87,9 @@ def export(
     prefix: Annotated[str, typer.Option("--prefix", "-p", help="Only keys starting with this text.")] = "",
     at: Annotated[str | None, typer.Option("--at", help="Versions current at TIME (ISO 8601; no offset = UTC).", metavar="TIME")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when a key cannot be exported as a path.")] = False,
+    proofs: Annotated[
+        bool, typer.Option("--proofs", help=f"Also write a proof of each file, the checkpoint and the verifier key in DEST/{PROOFS_DIR}.")
+    ] = False,
 ) -> None:
     """Write the latest (or --at TIME) version of each live key to a directory or a tar.
 
@@ -95,6 +100,8 @@ def export(
     Example: imstore export backup.tar.gz --prefix photos/
 
     Example: imstore export - --at 2026-11-01 | tar -tv
+
+    Example: imstore export ./handover --prefix contracts/ --proofs
     """
     moment = parse_time(at) if at is not None else None
     out = settings.out
@@ -105,9 +112,13 @@ def export(
             raise UsageError(f"{dest}: export writes a directory or a tar (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz), not a"
                              f" {Path(dest).suffix} archive")  # fmt: skip
         (check_output_file if tar_mode(dest) else check_output_directory)(Path(dest))
+    if proofs and (dest == "-" or tar_mode(dest) is not None):
+        raise UsageError("--proofs writes its files beside a directory export: give a directory as DEST")
     with open_local_store("export") as store, out.progress("exporting") as bar:
         stdout = sys.stdout.buffer if dest == "-" else None
         summary = export_keys(store, dest, prefix=prefix, at=moment, stdout=stdout, progress=bar.update if bar.live else None)
+        if proofs:
+            summary.warnings.extend(write_export_proofs(store, Path(dest), summary.versions))
         show_warnings(store)
     for warning in summary.warnings:
         out.warn(warning)
@@ -135,4 +146,3 @@ def repack() -> None:
         out.document({**document, "pack": result.pack.name if result.pack else None, "problems": list(result.problems)})
     elif not out.quiet:
         out.info(f"merged {result.packs_merged} packs into {result.pack.name}" if result.pack else "nothing to repack")
-

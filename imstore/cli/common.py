@@ -22,12 +22,20 @@ def default_store_path() -> Path:
 def open_store(*, write: bool = False):
     """The store named by --store / IMSTORE_DIR, or the default one (created on first write).
 
-    With --remote it is a RemoteStore: the same methods over HTTP, so commands need not care.
+    With --remote it is a RemoteStore: the same methods over HTTP, so commands need not care;
+    the server's history is checked against the last checkpoint seen from it first.
     """
     if settings.remote:
         from ..server.client import RemoteStore  # aiohttp: tens of ms that only --remote needs
+        from ..server.witness import check_history
 
-        return RemoteStore(settings.remote, remote_token(), cacert=settings.cacert)
+        remote = RemoteStore(settings.remote, remote_token(), cacert=settings.cacert)
+        try:
+            check_history(remote)  # a server that rewrote its history is caught here (DESIGN P7)
+        except BaseException:
+            remote.close()
+            raise
+        return remote
     if settings.store is not None:
         store = Store.open(settings.store, cache=cache_settings())
     else:

@@ -221,13 +221,28 @@ def log(
     )
 
 
-def verify() -> None:
+def verify(
+    since: Annotated[
+        Path | None, typer.Option("--since", help="Only prove that the log extends this old checkpoint.", metavar="FILE")
+    ] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Check --since's checkpoints with this verifier key.", metavar="VKEY")] = None,
+) -> None:
     """Check the hash chain, every record, every object's hash, and the index against the log.
 
     Exit 5 names each problem; temp files and unreferenced objects are notes.
+    With --since FILE, check instead that the log still extends the checkpoint
+    in FILE (nothing cut, rolled back or rewritten since): exit 5 if not.
 
     Example: imstore verify --json
+
+    Example: imstore verify --since monday.checkpoint
     """
+    if since is not None:
+        from .proofs import verify_since
+
+        return verify_since(since, key)
+    if key is not None:
+        raise UsageError("--key goes with --since")
     with open_store() as store, settings.out.progress("verifying objects") as progress:
         report = store.verify(progress=progress.update)
         show_warnings(store)

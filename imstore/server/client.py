@@ -325,6 +325,31 @@ class RemoteStore:
     def reindex(self):
         raise UsageError("reindex rebuilds a local index: run it on the server's machine, not with --remote")
 
+    # ------------------------------------------------------------ proofs: nothing here is trusted until checked
+    # (proofs.check_document with the pinned key; server/witness.py checks history before each command)
+    def verifier_key(self) -> str:
+        """The verifier key pinned for this server on first use (the one it sends now if none is pinned yet)."""
+        from .witness import pinned_key
+
+        return pinned_key(self.base) or self._json("GET", "/v1/checkpoint")["key"]
+
+    def checkpoint(self) -> str:
+        return self._json("GET", "/v1/checkpoint")["checkpoint"]
+
+    def prove(self, key: str, version: int | str | None = None, at: int | None = None) -> dict:
+        query = {"key": key, "version": version, "at": _iso(at) if at is not None else None}
+        return self._json("GET", "/v1/proofs/inclusion", query=query)
+
+    def prove_since(self, old_checkpoint: str) -> dict:
+        from ..checkpoint import note_size
+
+        answer = self.consistency_from(note_size(old_checkpoint))
+        return {"checkpoint": answer["checkpoint"], "old": old_checkpoint, "consistency": answer["consistency"]}
+
+    def consistency_from(self, size: int) -> dict:
+        """The server's checkpoint now and its consistency proof from a tree of size records (GET /v1/proofs/consistency)."""
+        return self._json("GET", "/v1/proofs/consistency", query={"from": size})
+
 
 _NEXT_LINK = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?(?:\s*[;,]|\s*$)')
 

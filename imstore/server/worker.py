@@ -46,6 +46,7 @@ from .bodies import (
 from .headers import etag_matches, idempotency_key, meta_header, non_negative, parse_range, positive, preconditions, text_header
 from .hot import HotObjects
 from .idempotency import Claim, IdempotencyLedger
+from .proofroutes import proof_document
 from .protocol import (
     EXPAND_LIMIT,
     IMMUTABLE,
@@ -466,6 +467,13 @@ class WorkerApp:
         if documents is None:
             return web.Response(status=304, headers=headers)
         return json_response(documents, 200, headers)
+
+    # ------------------------------------------------------------ proofs (server/proofroutes.py)
+    async def _proof_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
+        document = await self.call(lambda: proof_document(self.store(), matched.route.name, matched.query()))
+        return json_response(document, 200, {"Cache-Control": REVALIDATE})
+
+    _checkpoint_get = _inclusion_get = _consistency_get = _proof_get
 
     # ------------------------------------------------------------ objects
     async def _object_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:

@@ -127,13 +127,14 @@ def start_server(
     tokens: tuple[str, str] | None = None,
     tls: bool = False,
     global_args: tuple[str, ...] = (),
+    port: int | None = None,
 ) -> Server:
     if tokens is None:
         tokens_store = TokenStore(store)
         names = {info.name for info in tokens_store.list()}
         suffix = len(names)
         tokens = (tokens_store.create(f"w{suffix}", "write"), tokens_store.create(f"r{suffix}", "read"))
-    port = free_port()
+    port = port or free_port()
     log = open(log_path, "ab")
     process = subprocess.Popen(
         [*IMSTORE, "--store", str(store), *global_args, "serve", "--port", str(port), *args],
@@ -154,15 +155,16 @@ def start_server(
 
 @pytest.fixture
 def start(store_path: Path, tmp_path: Path):
-    """start(*serve_args, env=..., cache_args=(global options such as --cache-dir)) -> Server;
+    """start(*serve_args, env=..., cache_args=(global options such as --cache-dir), port=...) -> Server;
     every server is stopped at the end of the test."""
     servers: list[Server] = []
 
     def launch(
-        *args: str, env: dict | None = None, store: Path | None = None, tls: bool = False, cache_args: tuple[str, ...] = ()
+        *args: str, env: dict | None = None, store: Path | None = None, tls: bool = False, cache_args: tuple[str, ...] = (),
+        port: int | None = None,
     ) -> Server:
         server = start_server(
-            store or store_path, tmp_path / f"serve-{len(servers)}.log", *args, env=env, tls=tls, global_args=cache_args
+            store or store_path, tmp_path / f"serve-{len(servers)}.log", *args, env=env, tls=tls, global_args=cache_args, port=port
         )
         servers.append(server)
         return server

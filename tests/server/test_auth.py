@@ -26,6 +26,9 @@ SAMPLE_PATHS = {
     "healthz": "/healthz",
     "metrics": "/metrics",
     "openapi": "/openapi.json",
+    "checkpoint": "/v1/checkpoint",
+    "inclusion": "/v1/proofs/inclusion?key=auth-probe",
+    "consistency": "/v1/proofs/consistency?from=0",
 }
 CASES = [(route.name, method) for route in ROUTES for method in route.methods]
 WRITES = ("PUT", "DELETE", "POST")
