@@ -8,7 +8,7 @@ _imstore() {
             --after|--at|--cacert|--cache-dir|--cache-size|--client-timeout|--content-type|--host|--if-version|--jobs|--limit|--max-body|--max-size|--message|--meta|--name|--output|--port|--prefix|--remote|--scope|--store|--tls-cert|--tls-key|--token-file|--version|--worker-timeout|--workers|-V|-j|-m|-n|-o|-p|-t) ((i++)) ;;
             -*) ;;
             *) case "$path" in
-                   "") [[ " cache cat export get history import init log ls put reindex repack rm serve token verify " == *" $word "* ]] && path="${path:+$path }$word" ;;
+                   "") [[ " cache cat clone export get history import init log ls pull put reindex repack rm serve token verify " == *" $word "* ]] && path="${path:+$path }$word" ;;
                    "cache") [[ " clear stats " == *" $word "* ]] && path="${path:+$path }$word" ;;
                    "token") [[ " create list revoke " == *" $word "* ]] && path="${path:+$path }$word" ;;
                esac ;;
@@ -19,11 +19,12 @@ _imstore() {
         --after|--at|--cacert|--cache-size|--client-timeout|--content-type|--host|--if-version|--jobs|--limit|--max-body|--max-size|--message|--meta|--name|--port|--prefix|--remote|--scope|--version|--worker-timeout|--workers|-V|-j|-m|-n|-p|-t) return ;;
     esac
     case "$path" in
-        "") COMPREPLY=($(compgen -W "--store --json -q --quiet --no-color --debug --cache-dir --cache-size --no-cache --remote --token-file --cacert --version -h --help cache cat export get history import init log ls put reindex repack rm serve token verify" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "--store --json -q --quiet --no-color --debug --cache-dir --cache-size --no-cache --remote --token-file --cacert --version -h --help cache cat clone export get history import init log ls pull put reindex repack rm serve token verify" -- "$cur")) ;;
         "cache") COMPREPLY=($(compgen -W "-h --help clear stats" -- "$cur")) ;;
         "cache clear") COMPREPLY=($(compgen -W "--all -h --help" -- "$cur")) ;;
         "cache stats") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
         "cat") COMPREPLY=($(compgen -W "-o --output -h --help" -- "$cur")) ;;
+        "clone") COMPREPLY=($(compgen -W "-h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
         "export") COMPREPLY=($(compgen -W "--prefix -p --at --strict -h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
         "get") COMPREPLY=($(compgen -W "--version -V --at -o --output -h --help" -- "$cur")) ;;
         "history") COMPREPLY=($(compgen -W "--limit -n -h --help" -- "$cur")) ;;
@@ -31,6 +32,7 @@ _imstore() {
         "init") COMPREPLY=($(compgen -W "-h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
         "log") COMPREPLY=($(compgen -W "--after --limit -n -h --help" -- "$cur")) ;;
         "ls") COMPREPLY=($(compgen -W "--all -a --limit -n -h --help" -- "$cur")) ;;
+        "pull") COMPREPLY=($(compgen -W "-h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
         "put") COMPREPLY=($(compgen -W "--content-type -t --meta -m --message --if-version --if-absent --max-size -h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
         "reindex") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
         "repack") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;

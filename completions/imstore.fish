@@ -2,6 +2,7 @@
 complete -c imstore -f
 complete -c imstore -n '__fish_use_subcommand' -a cache -d 'The read cache: what it holds, and emptying it.'
 complete -c imstore -n '__fish_use_subcommand' -a cat -d 'Write the bytes of an object, by hash or unique hash prefix.'
+complete -c imstore -n '__fish_use_subcommand' -a clone -d 'Copy a store: the same store id and a log byte for byte the source\'s; every object checked.'
 complete -c imstore -n '__fish_use_subcommand' -a export -d 'Write the latest (or --at TIME) version of each live key to a directory or a tar.'
 complete -c imstore -n '__fish_use_subcommand' -a get -d 'Write the bytes of KEY (latest, --version N, or --at TIME) to stdout or -o FILE.'
 complete -c imstore -n '__fish_use_subcommand' -a history -d 'Every version of KEY, oldest first: version, time, op, hash, size, type, message.'
@@ -9,6 +10,7 @@ complete -c imstore -n '__fish_use_subcommand' -a import -d 'Import a tree, a ta
 complete -c imstore -n '__fish_use_subcommand' -a init -d 'Create a store. Refuses a non-empty directory that is not a store.'
 complete -c imstore -n '__fish_use_subcommand' -a log -d 'The global log of every put and delete in commit order: seq, op, key, version, hash, size, time.'
 complete -c imstore -n '__fish_use_subcommand' -a ls -d 'Keys with their latest version: key, version, hash, size, time.'
+complete -c imstore -n '__fish_use_subcommand' -a pull -d 'Catch the store up with its source: the frames after its head, byte for byte, each checked first.'
 complete -c imstore -n '__fish_use_subcommand' -a put -d 'Store a new version of KEY from FILE or stdin (streamed).'
 complete -c imstore -n '__fish_use_subcommand' -a reindex -d 'Rebuild the index from the log (the log is the truth; the index is derived).'
 complete -c imstore -n '__fish_use_subcommand' -a repack -d 'Merge small packs into one (atomically; no object is ever dropped).'
@@ -37,6 +39,8 @@ complete -c imstore -n '__fish_seen_subcommand_from cache; and __fish_seen_subco
 complete -c imstore -n '__fish_seen_subcommand_from cache; and __fish_seen_subcommand_from stats' -s h -l help -d 'Show this help and exit.'
 complete -c imstore -n '__fish_seen_subcommand_from cat' -s o -l output -r -F -d 'Write to this file instead of stdout.'
 complete -c imstore -n '__fish_seen_subcommand_from cat' -s h -l help -d 'Show this help and exit.'
+complete -c imstore -n '__fish_seen_subcommand_from clone' -s h -l help -d 'Show this help and exit.'
+complete -c imstore -n '__fish_seen_subcommand_from clone' -F
 complete -c imstore -n '__fish_seen_subcommand_from export' -l prefix -s p -r -d 'Only keys starting with this text.'
 complete -c imstore -n '__fish_seen_subcommand_from export' -l at -r -d 'Versions current at TIME (ISO 8601; no offset = UTC).'
 complete -c imstore -n '__fish_seen_subcommand_from export' -l strict -d 'Exit 1 when a key cannot be exported as a path.'
@@ -63,6 +67,8 @@ complete -c imstore -n '__fish_seen_subcommand_from log' -s h -l help -d 'Show t
 complete -c imstore -n '__fish_seen_subcommand_from ls' -l all -s a -d 'Include deleted keys.'
 complete -c imstore -n '__fish_seen_subcommand_from ls' -l limit -s n -r -d 'At most N keys.'
 complete -c imstore -n '__fish_seen_subcommand_from ls' -s h -l help -d 'Show this help and exit.'
+complete -c imstore -n '__fish_seen_subcommand_from pull' -s h -l help -d 'Show this help and exit.'
+complete -c imstore -n '__fish_seen_subcommand_from pull' -F
 complete -c imstore -n '__fish_seen_subcommand_from put' -l content-type -s t -r -d 'Media type to record, e.g. text/plain.'
 complete -c imstore -n '__fish_seen_subcommand_from put' -l meta -r -d 'Metadata NAME=VALUE (repeatable).'
 complete -c imstore -n '__fish_seen_subcommand_from put' -s m -l message -r -d 'A message for this version.'

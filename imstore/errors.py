@@ -28,6 +28,8 @@ __all__ = [
     "CorruptObject",
     "CorruptStore",
     "CorruptIndex",
+    "Diverged",
+    "BadUpstream",
     "Unavailable",
     "NoStore",
     "OutcomeUnknown",
@@ -135,6 +137,20 @@ class CorruptStore(IntegrityError):
     """A file of the store's own (its config) is damaged."""
 
     title = "corrupt store"
+
+
+class Diverged(IntegrityError):
+    """A replication source whose history does not contain this store's head: nothing is taken from it."""
+
+    http_status = 409
+    title = "diverged"
+
+
+class BadUpstream(IntegrityError):
+    """A replication source sent frames or objects that fail their checks (a gap, a broken chain, wrong bytes)."""
+
+    http_status = 502
+    title = "bad upstream"
 
 
 class Unavailable(ImstoreError):

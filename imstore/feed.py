@@ -1,0 +1,266 @@
+"""What a replication source serves, and the two ways to reach one: a store path or `imstore serve`.
+
+A source offers four things (the `Source` protocol): a description (its store id,
+its exact `config` bytes, its log's end and its token file), raw log frames from
+an offset (whole valid frames only, byte for byte: `Log.raw`), and the objects
+named by the records of a stretch of its log, as one stream:
+
+    per object: 32-byte raw id | u64 big-endian length | the bytes
+
+Nothing a source sends is trusted: replica.py checks every frame and hashes
+every object before any of it is written. The server's routes (server/feed_routes.py)
+are thin over the functions here, so a path and a URL serve the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import struct
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlencode
+
+from . import errors, layout
+from .errors import BadUpstream, Diverged, ImstoreError, NoStore, Unavailable, from_os_error
+from .fsio import CHUNK_SIZE
+from .log import Log
+from .objects import ObjectStore
+from .packs import PackSet
+
+__all__ = ["Source", "PathSource", "HttpSource", "NoFrameThere", "open_source", "describe", "object_stream", "named_objects",
+           "OBJECT_ENTRY", "LOG_END_HEADER", "MAX_WAIT"]  # fmt: skip
+
+OBJECT_ENTRY = struct.Struct(">32sQ")
+LOG_END_HEADER = "X-Imstore-Log-End"
+MAX_WAIT = 30.0  # seconds a long poll for new frames may wait
+_POLL = 0.02  # how often a path source's long poll looks at the log's size
+_STREAM_PIECE = 1 << 20  # the object stream is written in pieces of about this size
+
+
+class NoFrameThere(Diverged):
+    """The source's log has no frame starting at the offset asked for (it is shorter, or other bytes are there)."""
+
+    def __init__(self, log_end: int):
+        super().__init__(f"the source's log has no frame there (it ends at offset {log_end}): it has diverged from this copy")
+        self.log_end = log_end
+
+
+class Source(Protocol):
+    location: str
+
+    def describe(self) -> dict: ...  # {"store_id", "config": bytes, "log_end", "tokens": bytes | None}
+    def frames(self, start: int, max_bytes: int, wait: float = 0.0) -> tuple[bytes, int]: ...  # (raw frames, log end)
+    def objects(self, start: int, end: int) -> Iterator[tuple[str, int, Iterator[bytes]]]: ...  # (id, size, chunks)
+    def close(self) -> None: ...
+
+
+# ============================================================ the serving side (a path source and the server share it)
+def describe(root: Path) -> dict:
+    """A store's description for a replica: its config bytes, store id, log end and token file."""
+    try:
+        config = (root / layout.CONFIG).read_bytes()
+    except FileNotFoundError:
+        raise NoStore(f"no store at {root} (no config file)") from None
+    except OSError as exc:
+        raise from_os_error(exc, f"reading the store at {root}") from None
+    store_id = layout.parse_config(config, root / layout.CONFIG)["store_id"]
+    try:
+        tokens = (root / layout.TOKENS).read_bytes()
+    except FileNotFoundError:
+        tokens = None
+    except OSError as exc:
+        raise from_os_error(exc, "reading the token file") from None
+    return {"store_id": store_id, "config": config, "log_end": Log(root / layout.LOG).end(), "tokens": tokens}
+
+
+def read_frames(log: Log, start: int, max_bytes: int) -> bytes:
+    """Whole frames from start (NoFrameThere unless a valid frame starts there or start is the end)."""
+    end = log.end()
+    if start == end:
+        return b""
+    if start > end or log.read_frame_at(start) is None:
+        raise NoFrameThere(end)
+    return log.raw(start, max_bytes)
+
+
+def named_objects(log: Log, start: int, end: int) -> Iterator[tuple[str, int]]:
+    """(id, size) of each object the records in [start, end) name, first mention first, each once."""
+    seen: set[str] = set()
+    for frame in log.scan(start, end):
+        for record in frame.records:
+            if record.op == "put" and record.hash not in seen:
+                seen.add(record.hash)
+                yield record.hash, record.size
+
+
+def object_stream(log: Log, objects: ObjectStore, start: int, end: int) -> Iterator[bytes]:
+    """The object stream (module docstring) of the objects named in [start, end), in pieces of about 1 MiB.
+
+    Each object is read through its verified reader: a damaged one raises after its
+    last chunk, so the stream is cut and the receiver refuses it (it checks too).
+    """
+    if start > end or end > log.end():
+        raise NoFrameThere(log.end())
+    buffer = bytearray()
+    for object_id, _size in named_objects(log, start, end):
+        reader = objects.open(object_id)
+        buffer += OBJECT_ENTRY.pack(bytes.fromhex(object_id), reader.size)
+        for chunk in reader.chunks():
+            buffer += chunk
+            if len(buffer) >= _STREAM_PIECE:
+                yield bytes(buffer)
+                buffer.clear()
+    if buffer:
+        yield bytes(buffer)
+
+
+def open_local(root: Path) -> tuple[Log, ObjectStore]:
+    """The log and objects of the store at root, read without its index (a read-only backup disk works)."""
+    return Log(root / layout.LOG), ObjectStore(root / layout.OBJECTS, packs=PackSet(root / layout.PACKS))
+
+
+# ============================================================ sources
+class PathSource:
+    """A store directory as a source (a second disk, a USB disk): read with no lock and no index."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().absolute()
+        self.location = str(self.root)
+        if not (self.root / layout.CONFIG).exists():
+            raise NoStore(f"no store at {self.root} to copy from")
+        self.log, self.store_objects = open_local(self.root)
+
+    def describe(self) -> dict:
+        return describe(self.root)
+
+    def frames(self, start: int, max_bytes: int, wait: float = 0.0) -> tuple[bytes, int]:
+        deadline = time.monotonic() + min(wait, MAX_WAIT)
+        while self.log.end() <= start and time.monotonic() < deadline:
+            time.sleep(_POLL)  # a file has nothing to wait on; the size is the condition
+        return read_frames(self.log, start, max_bytes), self.log.end()
+
+    def objects(self, start: int, end: int) -> Iterator[tuple[str, int, Iterator[bytes]]]:
+        self.store_objects.refresh()
+        for object_id, _size in named_objects(self.log, start, end):
+            reader = self.store_objects.open(object_id)
+            yield object_id, reader.size, reader.chunks()
+
+    def close(self) -> None:
+        if self.store_objects.packs is not None:
+            self.store_objects.packs.close()
+
+
+class HttpSource:
+    """An `imstore serve` as a source, over its replication routes (GET /v1/replication...)."""
+
+    def __init__(self, url: str, token: str | None, cacert: str | os.PathLike | None = None):
+        self.base = url.rstrip("/")
+        self.location = self.base
+        self.token = token
+        self._context = ssl.create_default_context(cafile=os.fspath(cacert)) if cacert is not None else None
+
+    def _open(self, path: str, query: dict | None = None, timeout: float = 60.0):
+        url = self.base + path + ("?" + urlencode(query) if query else "")
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"} if self.token else {})
+        try:
+            return urllib.request.urlopen(request, timeout=timeout, context=self._context)  # noqa: S310 -- http(s) only
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+            if exc.code == 416 and exc.headers.get(LOG_END_HEADER, "").isdigit():
+                raise NoFrameThere(int(exc.headers[LOG_END_HEADER])) from None
+            raise _error_from_answer(exc.code, body, self.base) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise Unavailable(f"cannot reach {self.base}: {getattr(reason, 'strerror', None) or reason}") from None
+
+    def describe(self) -> dict:
+        with self._open("/v1/replication") as response:
+            document = json.loads(response.read())
+        try:
+            tokens = document.get("tokens")
+            return {
+                "store_id": str(document["store_id"]),
+                "config": base64.b64decode(document["config"]),
+                "log_end": int(document["log_end"]),
+                "tokens": base64.b64decode(tokens) if tokens is not None else None,
+            }
+        except (KeyError, TypeError, ValueError):
+            raise BadUpstream(f"{self.base} sent a replication description that cannot be read") from None
+
+    def frames(self, start: int, max_bytes: int, wait: float = 0.0) -> tuple[bytes, int]:
+        query = {"from": start, "max_bytes": max_bytes}
+        if wait > 0:
+            query["wait"] = str(round(min(wait, MAX_WAIT) + 0.499))  # whole seconds
+        with self._open("/v1/replication/log", query, timeout=60.0 + wait) as response:
+            try:
+                data = response.read()
+            except OSError as exc:
+                raise Unavailable(f"the frames from {self.base} broke off: {exc}") from None
+            end = response.headers.get(LOG_END_HEADER, "")
+        if not end.isdigit():
+            raise BadUpstream(f"{self.base} sent frames without saying where its log ends")
+        return data, int(end)
+
+    def objects(self, start: int, end: int) -> Iterator[tuple[str, int, Iterator[bytes]]]:
+        with self._open("/v1/replication/objects", {"from": start, "to": end}) as response:
+            yield from read_object_stream(response, self.base)
+
+    def close(self) -> None:
+        pass
+
+
+def read_object_stream(response, where: str) -> Iterator[tuple[str, int, Iterator[bytes]]]:
+    """Parse the object stream; each object's chunks must be read before the next is asked for."""
+
+    def exactly(count: int) -> bytes:
+        try:
+            data = response.read(count)
+        except OSError as exc:
+            raise Unavailable(f"the objects from {where} broke off: {exc}") from None
+        return data
+
+    while True:
+        head = exactly(OBJECT_ENTRY.size)
+        if not head:
+            return
+        if len(head) < OBJECT_ENTRY.size:
+            raise BadUpstream(f"the object stream from {where} ends inside an entry")
+        raw_id, size = OBJECT_ENTRY.unpack(head)
+
+        def chunks(remaining: int = size) -> Iterator[bytes]:
+            while remaining > 0:
+                chunk = exactly(min(CHUNK_SIZE, remaining))
+                if not chunk:
+                    raise BadUpstream(f"the object stream from {where} ends inside an object")
+                remaining -= len(chunk)
+                yield chunk
+
+        yield raw_id.hex(), size, chunks()
+
+
+def _error_from_answer(status: int, body: bytes, where: str) -> ImstoreError:
+    """The error a server's problem document names (the core cannot use server/protocol.py: no server imports here)."""
+    try:
+        document = json.loads(body)
+        name, detail = document.get("error"), document.get("detail") or document.get("title")
+    except (ValueError, AttributeError):
+        name, detail = None, None
+    cls = getattr(errors, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, ImstoreError)):
+        known = {401: errors.NotAuthorised, 403: errors.Forbidden, 404: errors.NotFound}
+        cls = known.get(status, Unavailable if status >= 500 else ImstoreError)
+    return cls(f"{where}: {detail or f'HTTP {status}'}")
+
+
+def open_source(location: str, token: str | None = None, cacert: str | os.PathLike | None = None) -> Source:
+    """A source from what the user typed: an http(s) URL or a store path."""
+    if location.startswith(("http://", "https://")):
+        return HttpSource(location, token, cacert)
+    return PathSource(location)

@@ -1,0 +1,95 @@
+"""A worker's replication routes: a store's description, its raw log frames (with a long poll), its objects.
+
+Thin over feed.py, which a path source uses too, so a URL and a path serve the
+same bytes. They read the log and object files only (no index): a stream that
+spans several pool calls never touches another thread's SQLite connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import sys
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from ..feed import LOG_END_HEADER, MAX_WAIT, NoFrameThere, describe, object_stream, open_local, read_frames
+from ..records import MAX_FRAME
+from .bodies import json_response
+from .headers import non_negative
+from .protocol import RouteMatch
+
+__all__ = ["FeedRoutes"]
+
+DEFAULT_ROUND = 8 << 20  # bytes of frames per answer unless max_bytes asks for fewer
+_GROWTH_POLL = 0.01  # how often a long poll looks at the log's size (a stat: cheap)
+
+
+class FeedRoutes:
+    """Mixed into WorkerApp: handlers for GET /v1/replication, /v1/replication/log and /v1/replication/objects."""
+
+    store_root: str
+
+    async def call(self, function, *args): ...  # WorkerApp's: run in the pool
+
+    def _feed(self):
+        feed = getattr(self, "_feed_parts", None)
+        if feed is None:
+            feed = self._feed_parts = open_local(Path(self.store_root))
+        return feed
+
+    async def _replication_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
+        described = await self.call(describe, Path(self.store_root))
+        tokens = described["tokens"]
+        return json_response({
+            "store_id": described["store_id"],
+            "config": base64.b64encode(described["config"]).decode("ascii"),
+            "log_end": described["log_end"],
+            "tokens": base64.b64encode(tokens).decode("ascii") if tokens is not None else None,
+        }, headers={"Cache-Control": "no-store"})  # fmt: skip
+
+    async def _replication_log_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
+        query = matched.query()
+        start = non_negative(query.get("from", "0"), "from")
+        max_bytes = min(non_negative(query.get("max_bytes", str(DEFAULT_ROUND)), "max_bytes") or 1, MAX_FRAME)
+        wait = min(float(non_negative(query.get("wait", "0"), "wait")), MAX_WAIT)
+        log, _objects = self._feed()
+        deadline = time.monotonic() + wait
+        # The long poll: a standby waits here for the next frame instead of asking again and again.
+        while log.end() <= start and time.monotonic() < deadline:
+            await asyncio.sleep(_GROWTH_POLL)
+        try:
+            data = await self.call(read_frames, log, start, max_bytes)
+        except NoFrameThere as exc:
+            return web.Response(status=416, text=str(exc), headers={LOG_END_HEADER: str(exc.log_end)})
+        end = start + len(data) if data else log.end()
+        return web.Response(body=data, headers={"Content-Type": "application/octet-stream", LOG_END_HEADER: str(max(end, log.end())),
+                                                "Cache-Control": "no-store"})  # fmt: skip
+
+    async def _replication_objects_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
+        query = matched.query()
+        start, end = non_negative(query.get("from", "0"), "from"), non_negative(query.get("to", "0"), "to")
+        log, objects = self._feed()
+        await self.call(objects.refresh)
+        pieces = object_stream(log, objects, start, end)
+        try:
+            first = await self.call(next, pieces, None)
+        except NoFrameThere as exc:
+            return web.Response(status=416, text=str(exc), headers={LOG_END_HEADER: str(exc.log_end)})
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Cache-Control": "no-store"})
+        await response.prepare(request)
+        piece = first
+        try:
+            while piece is not None:
+                await response.write(piece)
+                piece = await self.call(next, pieces, None)
+        except Exception as exc:  # a damaged or vanished object: cut the stream, the receiver refuses what it got
+            print(f"imstore worker: object stream cut off: {exc}", file=sys.stderr, flush=True)
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionError("object stream cut off") from None
+        await response.write_eof()
+        return response
+
