@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import urlencode
 
 from . import errors, layout
@@ -34,11 +34,12 @@ from .log import Log
 from .objects import ObjectStore
 from .packs import PackSet
 
-__all__ = ["Source", "PathSource", "HttpSource", "NoFrameThere", "open_source", "describe", "object_stream", "named_objects",
+__all__ = ["Source", "Frames", "PathSource", "HttpSource", "NoFrameThere", "open_source", "describe", "object_stream", "named_objects",
            "OBJECT_ENTRY", "LOG_END_HEADER", "MAX_WAIT"]  # fmt: skip
 
 OBJECT_ENTRY = struct.Struct(">32sQ")
 LOG_END_HEADER = "X-Imstore-Log-End"
+HEAD_SEQ_HEADER = "X-Imstore-Head-Seq"
 MAX_WAIT = 30.0  # seconds a long poll for new frames may wait
 _POLL = 0.02  # how often a path source's long poll looks at the log's size
 _STREAM_PIECE = 1 << 20  # the object stream is written in pieces of about this size
@@ -52,11 +53,19 @@ class NoFrameThere(Diverged):
         self.log_end = log_end
 
 
+class Frames(NamedTuple):
+    """An answer for frames: the raw bytes, where the source's log ends, and its last seq (None: not known)."""
+
+    data: bytes
+    log_end: int
+    seq: int | None = None
+
+
 class Source(Protocol):
     location: str
 
     def describe(self) -> dict: ...  # {"store_id", "config": bytes, "log_end", "tokens": bytes | None}
-    def frames(self, start: int, max_bytes: int, wait: float = 0.0) -> tuple[bytes, int]: ...  # (raw frames, log end)
+    def frames(self, start: int, max_bytes: int, wait: float = 0.0) -> Frames: ...
     def objects(self, start: int, end: int) -> Iterator[tuple[str, int, Iterator[bytes]]]: ...  # (id, size, chunks)
     def close(self) -> None: ...
 
@@ -140,11 +149,11 @@ class PathSource:
     def describe(self) -> dict:
         return describe(self.root)
 
-    def frames(self, start: int, max_bytes: int, wait: float = 0.0) -> tuple[bytes, int]:
+    def frames(self, start: int, max_bytes: int, wait: float = 0.0) -> Frames:
         deadline = time.monotonic() + min(wait, MAX_WAIT)
         while self.log.end() <= start and time.monotonic() < deadline:
             time.sleep(_POLL)  # a file has nothing to wait on; the size is the condition
-        return read_frames(self.log, start, max_bytes), self.log.end()
+        return Frames(read_frames(self.log, start, max_bytes), self.log.end())
 
     def objects(self, start: int, end: int) -> Iterator[tuple[str, int, Iterator[bytes]]]:
         self.store_objects.refresh()
@@ -194,7 +203,7 @@ class HttpSource:
         except (KeyError, TypeError, ValueError):
             raise BadUpstream(f"{self.base} sent a replication description that cannot be read") from None
 
-    def frames(self, start: int, max_bytes: int, wait: float = 0.0) -> tuple[bytes, int]:
+    def frames(self, start: int, max_bytes: int, wait: float = 0.0) -> Frames:
         query = {"from": start, "max_bytes": max_bytes}
         if wait > 0:
             query["wait"] = str(round(min(wait, MAX_WAIT) + 0.499))  # whole seconds
@@ -203,10 +212,10 @@ class HttpSource:
                 data = response.read()
             except OSError as exc:
                 raise Unavailable(f"the frames from {self.base} broke off: {exc}") from None
-            end = response.headers.get(LOG_END_HEADER, "")
+            end, seq = response.headers.get(LOG_END_HEADER, ""), response.headers.get(HEAD_SEQ_HEADER, "")
         if not end.isdigit():
             raise BadUpstream(f"{self.base} sent frames without saying where its log ends")
-        return data, int(end)
+        return Frames(data, int(end), int(seq) if seq.isdigit() else None)
 
     def objects(self, start: int, end: int) -> Iterator[tuple[str, int, Iterator[bytes]]]:
         with self._open("/v1/replication/objects", {"from": start, "to": end}) as response:

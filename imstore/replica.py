@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import layout
 from .errors import BadUpstream, CorruptLog, Diverged, InvalidInput, from_os_error
-from .feed import NoFrameThere, Source
+from .feed import Frames, NoFrameThere, Source
 from .fsio import atomic_write, crash_point
 from .hashing import blake3, checksum16
 from .records import HEADER, HEADER_SIZE, MAX_FRAME, Frame, check_chain, decode_payload, make_frame
@@ -91,12 +91,17 @@ def check_frames(data: bytes, start: int, prev: bytes, seq: int) -> list[Frame]:
 
 
 # ============================================================ pull and clone
-def pull(store: Store, source: Source, *, progress: Callable[[int, int], None] | None = None,
-         round_bytes: int = ROUND_BYTES) -> PullResult:  # fmt: skip
-    """Catch store up with source (see the module docstring); returns what was done."""
+def pull(store: Store, source: Source, *, progress: Callable[[int, int], None] | None = None, round_bytes: int = ROUND_BYTES,
+         wait: float = 0.0, on_answer: Callable[[Frames], None] | None = None) -> PullResult:  # fmt: skip
+    """Catch store up with source (see the module docstring); returns what was done.
+
+    wait: seconds the first request for frames may wait for the source's log to grow
+    (a standby's long poll); on_answer sees each answer (the source's end and seq: the lag).
+    """
     described = source.describe()
     if described["store_id"] != store.store_id:
         raise InvalidInput(f"{source.location} holds store {described['store_id']}, not this store ({store.store_id})")
+    _take_tokens(store.root, described["tokens"])  # first: they do not wait for the frames (a standby's round is long)
     totals = {"frames": 0, "records": 0, "objects": 0, "object_bytes": 0, "log_bytes": 0}
     state = store.indexer.current().state()
     _check_not_diverged(store, source, state)
@@ -104,7 +109,10 @@ def pull(store: Store, source: Source, *, progress: Callable[[int, int], None] |
     target = described["log_end"]
     while True:
         state = store.indexer.current().state()
-        data, target = source.frames(state.log_end, round_bytes)
+        answer = source.frames(state.log_end, round_bytes, wait)
+        data, target, wait = answer.data, answer.log_end, 0.0  # only the first request waits
+        if on_answer is not None:
+            on_answer(answer)
         if not data:
             break
         frames = check_frames(data, state.log_end, state.last_hash, state.seq)
@@ -117,7 +125,6 @@ def pull(store: Store, source: Source, *, progress: Callable[[int, int], None] |
             totals[name] += amount
         if progress is not None:
             progress(state.log_end + len(data) - started, max(target - started, 1))
-    _take_tokens(store.root, described["tokens"])
     state = store.indexer.current().state()
     return PullResult(source.location, seq=state.seq, head=state.last_hash.hex() if state.seq else "", log_end=state.log_end,
                       **totals)  # fmt: skip
@@ -162,7 +169,7 @@ def _check_not_diverged(store: Store, source: Source, state) -> None:
         return
     ours = store.log.raw(state.frame_offset, 1)
     try:
-        theirs, _end = source.frames(state.frame_offset, 1)
+        theirs = source.frames(state.frame_offset, 1).data
     except NoFrameThere:
         theirs = b""
     if theirs[: len(ours)] == ours and len(theirs) >= len(ours):
@@ -179,7 +186,7 @@ def _last_common(store: Store, source: Source) -> str:
     while True:
         ours = store.log.raw(offset, ROUND_BYTES)
         try:
-            theirs, _end = source.frames(offset, ROUND_BYTES)
+            theirs = source.frames(offset, ROUND_BYTES).data
         except NoFrameThere:
             theirs = b""
         frames = list(_frames_of(ours, offset))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..feed import LOG_END_HEADER, MAX_WAIT, NoFrameThere, describe, object_stream, open_local, read_frames
+from ..feed import HEAD_SEQ_HEADER, LOG_END_HEADER, MAX_WAIT, NoFrameThere, describe, object_stream, open_local, read_frames
 from ..records import MAX_FRAME
 from .bodies import json_response
 from .headers import non_negative
@@ -33,6 +33,8 @@ class FeedRoutes:
     store_root: str
 
     async def call(self, function, *args): ...  # WorkerApp's: run in the pool
+
+    def store(self): ...  # WorkerApp's: this pool thread's Store
 
     def _feed(self):
         feed = getattr(self, "_feed_parts", None)
@@ -64,9 +66,14 @@ class FeedRoutes:
             data = await self.call(read_frames, log, start, max_bytes)
         except NoFrameThere as exc:
             return web.Response(status=416, text=str(exc), headers={LOG_END_HEADER: str(exc.log_end)})
+        seq = await self.call(self._head_seq)
         end = start + len(data) if data else log.end()
         return web.Response(body=data, headers={"Content-Type": "application/octet-stream", LOG_END_HEADER: str(max(end, log.end())),
-                                                "Cache-Control": "no-store"})  # fmt: skip
+                                                HEAD_SEQ_HEADER: str(seq), "Cache-Control": "no-store"})  # fmt: skip
+
+    def _head_seq(self) -> int:
+        """The last record's seq (the index, caught up): a standby's lag in records is the difference."""
+        return self.store().indexer.current().state().seq
 
     async def _replication_objects_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         query = matched.query()

@@ -37,6 +37,7 @@ from ..validate import parse_size  # re-exported: `serve --max-body` imports it 
 from .auth import Authenticator, TokenStore, token_file_warning
 from .hot import HotObjects
 from .metrics import Metrics
+from .node import Node
 from .protocol import (
     EXPAND_LIMIT,
     INTERNAL_HEADERS,
@@ -91,7 +92,10 @@ class GatewayConfig:
     worker_env: dict[str, str] = field(default_factory=dict)  # added to the workers' environment (the read cache settings)
     # A worker silent for a fifth of this gets no new requests; silent for all of it, it is restarted (D5).
     worker_timeout: float = field(default_factory=worker_timeout_from_env)
-    token_file: str | None = None  # a --token-file given with serve: only checked (a warning if others can read it)
+    token_file: str | None = None  # a --token-file given with serve: checked (a warning if others can read it)
+    follow: str | None = None  # a standby: the primary's URL (--follow), its token, and --cacert to trust it
+    follow_token: str | None = None
+    cacert: str | None = None
 
 
 class _LimitedRequestHandler(RequestHandler):
@@ -143,8 +147,9 @@ class _GatewayServer(web.Server):
 class Gateway:
     """The request handler of the gateway process."""
 
-    def __init__(self, config: GatewayConfig, supervisor: Supervisor, authenticator: Authenticator):
+    def __init__(self, config: GatewayConfig, supervisor: Supervisor, authenticator: Authenticator, node: Node | None = None):
         self.config = config
+        self.node = node or Node(config.store_root)
         self.supervisor = supervisor
         self.auth = authenticator
         self.metrics = Metrics()
@@ -215,11 +220,8 @@ class Gateway:
         state["route"] = route.name
         if request.method not in route.methods:
             return _problem(405, None, f"{request.method} is not allowed on {route.template}", {"Allow": ", ".join(route.methods)})
-        if route.name == "healthz":
-            health = self.supervisor.health()
-            status = 503 if health["status"] == "down" else 200
-            if not self._has_token(request):  # a load balancer needs the status; PIDs and counts are for token holders
-                health = {"status": health["status"]}
+        if route.public:  # the health routes: a load balancer needs no token; PIDs and counts are for token holders
+            status, health = await self.node.health(route.name, matched.query(), self.supervisor.health(), self._has_token(request))
             return _json(health, status)
         scope = self.auth.scope_for(request.headers.get("Authorization"))
         if scope is None:
@@ -228,8 +230,11 @@ class Gateway:
             )
         if request.method in WRITE_METHODS and scope != "write":
             return _problem(403, None, f"this token has the {scope} scope; {request.method} needs a write token")
+        if request.method in WRITE_METHODS and (refusal := self.node.write_refusal()) is not None:
+            raise refusal  # a standby: 503 naming the primary
         if route.name == "metrics":
             text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"], self.objects.hits, self.in_flight)
+            text += self.node.metrics()
             return web.Response(body=text.encode(), headers={**PUBLIC_HEADERS, "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
         if route.name == "openapi":
             return web.Response(body=self.openapi, headers={**PUBLIC_HEADERS, "Content-Type": "application/json"})
@@ -533,9 +538,11 @@ async def serve(config: GatewayConfig, info, warn) -> None:
     ssl_context = _ssl_context(config)
     supervisor = Supervisor(config.store_root, config.workers, shutdown_timeout=config.shutdown_timeout, env=config.worker_env,
                             worker_timeout=config.worker_timeout)  # fmt: skip
+    node = Node(config.store_root, config.follow, config.follow_token, config.cacert, log=lambda line: _write_stderr(line + "\n"))
     try:
         await supervisor.start()
-        gateway = Gateway(config, supervisor, authenticator)
+        node.start()
+        gateway = Gateway(config, supervisor, authenticator, node)
         server = _GatewayServer(
             gateway.handle,
             access_log=None,
@@ -568,6 +575,7 @@ async def serve(config: GatewayConfig, info, warn) -> None:
         await gateway.drain(config.shutdown_timeout)
         await runner.cleanup()
     finally:
+        node.stop()
         await supervisor.stop()
 
 

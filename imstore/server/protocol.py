@@ -91,6 +91,8 @@ ROUTES: tuple[Route, ...] = (
     Route("replication_log", "/v1/replication/log", ("GET",)),
     Route("replication_objects", "/v1/replication/objects", ("GET",)),
     Route("healthz", "/healthz", ("GET",), public=True),
+    Route("healthz_writable", "/healthz/writable", ("GET",), public=True),
+    Route("healthz_readable", "/healthz/readable", ("GET",), public=True),
     Route("metrics", "/metrics", ("GET",)),
     Route("openapi", "/openapi.json", ("GET",)),
 )

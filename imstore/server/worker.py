@@ -142,7 +142,7 @@ class WorkerApp(FeedRoutes):
         if request.raw_path == HEALTH_PATH:
             return web.json_response({"pid": os.getpid(), "handled": self.handled})
         matched = match_route(request.raw_path)
-        if matched is None or matched.route.name in ("healthz", "metrics", "openapi"):
+        if matched is None or matched.route.public or matched.route.name in ("metrics", "openapi"):
             return problem_response(404, None, f"no route for {request.raw_path.partition('?')[0]!r}")
         if request.method not in matched.route.methods:
             return problem_response(405, None, f"{request.method} is not allowed here", {"Allow": ", ".join(matched.route.methods)})
