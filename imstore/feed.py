@@ -22,17 +22,19 @@ import struct
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple, Protocol
 from urllib.parse import urlencode
 
 from . import errors, layout
-from .errors import BadUpstream, Diverged, ImstoreError, NoStore, Unavailable, from_os_error
+from .errors import BadUpstream, CorruptObject, Diverged, ImstoreError, NoStore, Unavailable, from_os_error
 from .fsio import CHUNK_SIZE
+from .hashing import blake3
 from .log import Log
 from .objects import ObjectStore
 from .packs import PackSet
+from .records import HEADER_SIZE, MAX_FRAME
 
 __all__ = ["Source", "Frames", "PathSource", "HttpSource", "NoFrameThere", "open_source", "describe", "object_stream", "named_objects",
            "OBJECT_ENTRY", "LOG_END_HEADER", "MAX_WAIT"]  # fmt: skip
@@ -42,7 +44,8 @@ LOG_END_HEADER = "X-Imstore-Log-End"
 HEAD_SEQ_HEADER = "X-Imstore-Head-Seq"
 MAX_WAIT = 30.0  # seconds a long poll for new frames may wait
 _POLL = 0.02  # how often a path source's long poll looks at the log's size
-_STREAM_PIECE = 1 << 20  # the object stream is written in pieces of about this size
+_STREAM_PIECE = 1 << 20
+_WRITE_WAIT = 0.05  # seconds to wait for a frame whose header is there but not yet all of it  # the object stream is written in pieces of about this size
 
 
 class NoFrameThere(Diverged):
@@ -90,11 +93,22 @@ def describe(root: Path) -> dict:
 
 
 def read_frames(log: Log, start: int, max_bytes: int) -> bytes:
-    """Whole frames from start (NoFrameThere unless a valid frame starts there or start is the end)."""
+    """Whole frames from start: NoFrameThere unless a frame starts there (checked by its checksum alone).
+
+    Nothing (b"") at the end of the log. A frame still being written there is waited for
+    (its one write() takes microseconds); past _WRITE_WAIT it is a torn tail or no frame at all.
+    """
     end = log.end()
     if start == end:
         return b""
-    if start > end or log.read_frame_at(start) is None:
+    first = log.frame_end_at(start)
+    deadline = time.monotonic() + _WRITE_WAIT
+    while start < end and (first is None or first[0] > end) and time.monotonic() < deadline:
+        time.sleep(0.002)
+        end, first = log.end(), log.frame_end_at(start)
+    if start > end or first is None or not start + HEADER_SIZE < first[0] <= min(end, start + HEADER_SIZE + MAX_FRAME):
+        raise NoFrameThere(end)
+    if log.check_frames(start, 1, end)[1] is not None:
         raise NoFrameThere(end)
     return log.raw(start, max_bytes)
 
@@ -109,6 +123,35 @@ def named_objects(log: Log, start: int, end: int) -> Iterator[tuple[str, int]]:
                 yield record.hash, record.size
 
 
+def verified_objects(objects: ObjectStore, wanted: Iterable[tuple[str, int]]) -> Iterator[tuple[str, int, Iterator[bytes]]]:
+    """(id, size, chunks) of each wanted object, hashed against its id before it is handed on.
+
+    Objects in a pack are read with one pread each from a pack file kept open (a reader per
+    object would open the pack 10,000 times for a clone); big and loose ones through their reader.
+    """
+    handles: dict[Path, int] = {}
+    packs = objects.packs
+    try:
+        for object_id, _size in wanted:
+            location = packs.locate(object_id) if packs is not None else None
+            if location is None or location.length >= _STREAM_PIECE * 8:
+                reader = objects.open(object_id)
+                yield object_id, reader.size, reader.chunks()
+                continue
+            fd = handles.get(location.path)
+            if fd is None:
+                fd = handles[location.path] = os.open(location.path, os.O_RDONLY | os.O_CLOEXEC)
+            data = os.pread(fd, location.length, location.offset)
+            if len(data) != location.length or blake3(data).hexdigest() != object_id:
+                raise CorruptObject(f"object {object_id} is damaged: its bytes do not hash to its name ({location.path})")
+            yield object_id, len(data), iter((data,))
+    except OSError as exc:
+        raise from_os_error(exc, "reading objects to send") from None
+    finally:
+        for fd in handles.values():
+            os.close(fd)
+
+
 def object_stream(log: Log, objects: ObjectStore, start: int, end: int) -> Iterator[bytes]:
     """The object stream (module docstring) of the objects named in [start, end), in pieces of about 1 MiB.
 
@@ -118,10 +161,9 @@ def object_stream(log: Log, objects: ObjectStore, start: int, end: int) -> Itera
     if start > end or end > log.end():
         raise NoFrameThere(log.end())
     buffer = bytearray()
-    for object_id, _size in named_objects(log, start, end):
-        reader = objects.open(object_id)
-        buffer += OBJECT_ENTRY.pack(bytes.fromhex(object_id), reader.size)
-        for chunk in reader.chunks():
+    for object_id, size, chunks in verified_objects(objects, named_objects(log, start, end)):
+        buffer += OBJECT_ENTRY.pack(bytes.fromhex(object_id), size)
+        for chunk in chunks:
             buffer += chunk
             if len(buffer) >= _STREAM_PIECE:
                 yield bytes(buffer)
@@ -157,9 +199,7 @@ class PathSource:
 
     def objects(self, start: int, end: int) -> Iterator[tuple[str, int, Iterator[bytes]]]:
         self.store_objects.refresh()
-        for object_id, _size in named_objects(self.log, start, end):
-            reader = self.store_objects.open(object_id)
-            yield object_id, reader.size, reader.chunks()
+        yield from verified_objects(self.store_objects, named_objects(self.log, start, end))
 
     def close(self) -> None:
         if self.store_objects.packs is not None:

@@ -230,50 +230,47 @@ def _store_objects(store: Store, source: Source, frames: list[Frame], start: int
     missing = {object_id for object_id in named if not objects.exists(object_id)}
     if not missing:
         return 0, 0
-    small: list[tuple[str, bytes]] = []
+    # Many objects go into one pack as they arrive (one fsync; visible only once finished); a few are
+    # kept in memory and written loose at the end (a standby's rounds: no pack per put).
+    pack = objects.new_pack() if len(missing) >= PACK_MIN else None
+    few: list[bytes] = []
     fetched = fetched_bytes = 0
-    for object_id, size, chunks in source.objects(start, end):
-        if object_id not in named:
-            raise BadUpstream(f"the source sent object {object_id}, which its frames do not name; nothing was appended")
-        if size != named[object_id]:
-            raise BadUpstream(f"the source sent {size} bytes for object {object_id}, whose record says {named[object_id]}")
-        if object_id not in missing:
-            for _chunk in chunks:
-                pass
-            continue
-        if size >= LOOSE_MIN:
-            objects.write_stream(_hash_checked(chunks, object_id, size))  # the check raises before the file is kept
-        else:
-            data = b"".join(chunks)
-            _check_bytes(data, object_id, size)
-            small.append((object_id, data))
-        missing.discard(object_id)
-        fetched += 1
-        fetched_bytes += size
-    if missing:
-        raise BadUpstream(f"the source did not send {len(missing)} object(s) its frames name (e.g. {min(missing)}); nothing was appended")
-    _write_small(store, small)
-    return fetched, fetched_bytes
-
-
-def _write_small(store: Store, small: list[tuple[str, bytes]]) -> None:
-    """Make the round's small objects durable: one pack for many, loose files (parallel fsyncs) for a few."""
-    if not small:
-        return
-    if len(small) < PACK_MIN:
-        for answer in store.objects.write_many([data for _id, data in small]):
-            if not isinstance(answer, tuple):
-                raise answer
-        return
-    pack = store.objects.new_pack()
     try:
-        for object_id, data in small:
-            pack.add(object_id, data)
-        pack.finish()
+        for object_id, size, chunks in source.objects(start, end):
+            if object_id not in named:
+                raise BadUpstream(f"the source sent object {object_id}, which its frames do not name; nothing was appended")
+            if size != named[object_id]:
+                raise BadUpstream(f"the source sent {size} bytes for object {object_id}, whose record says {named[object_id]}")
+            if object_id not in missing:
+                for _chunk in chunks:
+                    pass
+                continue
+            if size >= LOOSE_MIN:
+                objects.write_stream(_hash_checked(chunks, object_id, size))  # the check raises before the file is kept
+            else:
+                data = b"".join(chunks)
+                _check_bytes(data, object_id, size)
+                if pack is not None:
+                    pack.add(object_id, data)
+                else:
+                    few.append(data)
+            missing.discard(object_id)
+            fetched += 1
+            fetched_bytes += size
+        if missing:
+            raise BadUpstream(f"the source did not send {len(missing)} object(s) its frames name (e.g. {min(missing)});"
+                              " nothing was appended")  # fmt: skip
+        if pack is not None:
+            pack.finish()
+            objects.refresh()
     except BaseException:
-        pack.abort()
+        if pack is not None:
+            pack.abort()
         raise
-    store.objects.refresh()
+    for answer in objects.write_many(few) if few else ():
+        if not isinstance(answer, tuple):
+            raise answer
+    return fetched, fetched_bytes
 
 
 def _check_bytes(data: bytes, object_id: str, size: int) -> None:
