@@ -44,8 +44,8 @@ LOG_END_HEADER = "X-Imstore-Log-End"
 HEAD_SEQ_HEADER = "X-Imstore-Head-Seq"
 MAX_WAIT = 30.0  # seconds a long poll for new frames may wait
 _POLL = 0.02  # how often a path source's long poll looks at the log's size
-_STREAM_PIECE = 1 << 20
-_WRITE_WAIT = 0.05  # seconds to wait for a frame whose header is there but not yet all of it  # the object stream is written in pieces of about this size
+_STREAM_PIECE = 1 << 20  # the object stream is written in pieces of about this size
+_WRITE_WAIT = 0.05  # seconds to wait for a frame whose header is there but not yet all of it
 
 
 class NoFrameThere(Diverged):
