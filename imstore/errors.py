@@ -33,6 +33,7 @@ __all__ = [
     "Unavailable",
     "NoStore",
     "OutcomeUnknown",
+    "NotReplicated",
     "NotAuthorised",
     "Forbidden",
     "BodyTooLarge",
@@ -165,6 +166,15 @@ class OutcomeUnknown(Unavailable):
     """A write failed at a point where it may or may not have been committed: the caller must look."""
 
     title = "outcome unknown"
+
+
+class NotReplicated(Unavailable):
+    """Sync mode: the write is committed on the primary but not confirmed durable on enough standbys in time.
+
+    The record stays (the log is append-only); a retry with the same Idempotency-Key
+    answers with the same version once it is replicated."""
+
+    title = "committed, not confirmed replicated"
 
 
 class NoStore(ImstoreError):

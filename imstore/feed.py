@@ -42,6 +42,7 @@ __all__ = ["Source", "Frames", "PathSource", "HttpSource", "NoFrameThere", "open
 OBJECT_ENTRY = struct.Struct(">32sQ")
 LOG_END_HEADER = "X-Imstore-Log-End"
 HEAD_SEQ_HEADER = "X-Imstore-Head-Seq"
+NODE_HEADER = "X-Imstore-Node"
 MAX_WAIT = 30.0  # seconds a long poll for new frames may wait
 _POLL = 0.02  # how often a path source's long poll looks at the log's size
 _STREAM_PIECE = 1 << 20  # the object stream is written in pieces of about this size
@@ -209,15 +210,21 @@ class PathSource:
 class HttpSource:
     """An `imstore serve` as a source, over its replication routes (GET /v1/replication...)."""
 
-    def __init__(self, url: str, token: str | None, cacert: str | os.PathLike | None = None):
+    def __init__(self, url: str, token: str | None, cacert: str | os.PathLike | None = None, node: str | None = None):
         self.base = url.rstrip("/")
         self.location = self.base
         self.token = token
+        # A standby names itself: with a replicate token, each request for frames from an offset tells the
+        # primary that everything before it is durable here (sync mode counts these acknowledgements).
+        self.node = node
         self._context = ssl.create_default_context(cafile=os.fspath(cacert)) if cacert is not None else None
 
     def _open(self, path: str, query: dict | None = None, timeout: float = 60.0):
         url = self.base + path + ("?" + urlencode(query) if query else "")
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"} if self.token else {})
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        if self.node is not None:
+            headers[NODE_HEADER] = self.node
+        request = urllib.request.Request(url, headers=headers)
         try:
             return urllib.request.urlopen(request, timeout=timeout, context=self._context)  # noqa: S310 -- http(s) only
         except urllib.error.HTTPError as exc:

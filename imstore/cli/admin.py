@@ -102,6 +102,14 @@ def serve(
                      " clone first if there is no store yet), serve reads, refuse writes naming it. Its token: --token-file"
                      " or IMSTORE_TOKEN."),  # fmt: skip
     ] = None,
+    sync_standbys: Annotated[
+        int, typer.Option("--sync-standbys", min=0, metavar="N", help="Sync mode: answer a write only once N standbys (serve"
+                          " --follow with a replicate token) hold it durably.")  # fmt: skip
+    ] = 0,
+    sync_timeout: Annotated[
+        float, typer.Option("--sync-timeout", min=0.01, metavar="SECONDS", help="Sync mode: past this, a write is answered 503"
+                            " (committed here, not confirmed replicated) rather than waited for.")  # fmt: skip
+    ] = 5.0,
 ) -> None:
     """Serve the store over HTTP: an authenticated gateway round-robining over worker processes.
 
@@ -114,6 +122,8 @@ def serve(
     Example: imstore serve --host 0.0.0.0 --port 8765 --workers 4 --max-body 1G
 
     Example: imstore --store /srv/standby --token-file tok serve --follow http://primary:8765
+
+    Example: imstore serve --sync-standbys 1 --sync-timeout 2
     """
     # aiohttp and the server: a quarter of a second that only serve needs.
     from ..server import run_event_loop
@@ -141,6 +151,8 @@ def serve(
         worker_env=_cache_env(),
         token_file=str(settings.token_file) if settings.token_file else None,
         follow=follow,
+        sync_standbys=sync_standbys,
+        sync_timeout=sync_timeout,
         follow_token=follow_token,
         cacert=str(settings.cacert) if settings.cacert else None,
         **({"worker_timeout": worker_timeout} if worker_timeout is not None else {}),
@@ -179,7 +191,9 @@ token_app = typer.Typer(
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Option("--name", help="A name to list and revoke it by.")],
-    scope: Annotated[str, typer.Option("--scope", help="read (GET/HEAD) or write (everything).")] = "read",
+    scope: Annotated[
+        str, typer.Option("--scope", help="read (GET/HEAD), write (everything) or replicate (read, and acknowledge frames as a standby).")
+    ] = "read",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the token to FILE (mode 0600) instead of stdout.", metavar="FILE")
     ] = None,

@@ -10,24 +10,31 @@ primary), and the replication lines of /metrics. A standby's Follower
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..errors import ImstoreError, Unavailable
+from .. import layout
+from ..errors import ImstoreError, NotReplicated, Unavailable
 from ..feed import HttpSource
 from ..standby import Follower
 from ..store import Store
 from .headers import non_negative
 
-__all__ = ["Node"]
+__all__ = ["Node", "SyncGate"]
 
 
 class Node:
     """The role of one serve: `primary` (takes writes) or `standby` (follows `follow`, refuses writes)."""
 
-    def __init__(self, store_root: str, follow: str | None = None, token: str | None = None, cacert: str | None = None, log=None):
+    def __init__(self, store_root: str, follow: str | None = None, token: str | None = None, cacert: str | None = None, log=None,
+                 sync_standbys: int = 0, sync_timeout: float = 5.0):  # fmt: skip
         self.store_root = store_root
-        self.follower = Follower(store_root, HttpSource(follow, token, cacert), log) if follow else None
+        node_name = f"{socket.gethostname()}:{Path(store_root).absolute()}"  # stable across restarts: one standby, one entry
+        self.follower = Follower(store_root, HttpSource(follow, token, cacert, node=node_name), log) if follow else None
+        self.sync = SyncGate(Path(store_root) / layout.LOG_SEGMENT, sync_standbys, sync_timeout) if sync_standbys else None
         self._heads = ThreadPoolExecutor(1, thread_name_prefix="imstore-head")  # one Store, one SQLite connection
         self._store: Store | None = None
 
@@ -101,3 +108,52 @@ class Node:
         ):
             lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {value if value is not None else 'NaN'}"]
         return "\n".join(lines) + "\n"
+
+
+class SyncGate:
+    """Sync mode on a primary: a write is answered only once `standbys` standbys hold the log up to it durably.
+
+    A standby acknowledges with each request for frames (with a replicate token): asking
+    from offset X says everything before X is durable there. The gateway records the
+    highest offset per standby (in memory: a restarted primary starts with none, and waits
+    for the next request of each). A write answered 2xx by a worker waits until enough
+    standbys acknowledged the log's end as it was then (its frame is inside), at most
+    `timeout` seconds; then NotReplicated (503): committed here, not confirmed replicated.
+    """
+
+    def __init__(self, segment: Path, standbys: int, timeout: float):
+        self.segment = segment
+        self.standbys = standbys
+        self.timeout = timeout
+        self.acks: dict[str, tuple[int, float]] = {}  # standby -> (durable offset, when it said so)
+        self._changed: asyncio.Condition | None = None
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def ack(self, node: str, offset: int) -> None:
+        held = self.acks.get(node, (0, 0.0))[0]
+        self.acks[node] = (max(held, offset), time.monotonic())
+        async with self._condition():
+            self._condition().notify_all()
+
+    def holding(self, target: int) -> int:
+        return sum(1 for offset, _when in self.acks.values() if offset >= target)
+
+    async def wait(self) -> None:
+        """Return once enough standbys hold the log as it ends now; NotReplicated at the timeout (never a hang)."""
+        try:
+            target = os.stat(self.segment).st_size
+        except OSError as exc:
+            raise Unavailable(f"cannot read the log's end to wait for standbys: {exc.strerror}") from None
+        condition = self._condition()
+        async with condition:
+            try:
+                await asyncio.wait_for(condition.wait_for(lambda: self.holding(target) >= self.standbys), self.timeout)
+            except TimeoutError:
+                raise NotReplicated(
+                    f"the write is committed on this primary but {self.holding(target)} of the {self.standbys} standby(s) it"
+                    f" needs confirmed it within {self.timeout:g} s; retry with the same Idempotency-Key to learn when it is"
+                ) from None
