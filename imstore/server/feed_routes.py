@@ -15,7 +15,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .. import layout
 from ..feed import HEAD_SEQ_HEADER, LOG_END_HEADER, MAX_WAIT, NoFrameThere, describe, object_stream, open_local, read_frames
+from ..log import Log
 from ..records import MAX_FRAME
 from .bodies import json_response
 from .headers import non_negative
@@ -36,11 +38,11 @@ class FeedRoutes:
 
     def store(self): ...  # WorkerApp's: this pool thread's Store
 
-    def _feed(self):
-        feed = getattr(self, "_feed_parts", None)
-        if feed is None:
-            feed = self._feed_parts = open_local(Path(self.store_root))
-        return feed
+    def _log(self) -> Log:
+        log = getattr(self, "_feed_log", None)
+        if log is None:
+            log = self._feed_log = Log(Path(self.store_root) / layout.LOG)  # stateless reads: one for every thread
+        return log
 
     async def _replication_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         described = await self.call(describe, Path(self.store_root))
@@ -57,7 +59,7 @@ class FeedRoutes:
         start = non_negative(query.get("from", "0"), "from")
         max_bytes = min(non_negative(query.get("max_bytes", str(DEFAULT_ROUND)), "max_bytes") or 1, MAX_FRAME)
         wait = min(float(non_negative(query.get("wait", "0"), "wait")), MAX_WAIT)
-        log, _objects = self._feed()
+        log = self._log()
         deadline = time.monotonic() + wait
         # The long poll: a standby waits here for the next frame instead of asking again and again.
         while log.end() <= start and time.monotonic() < deadline:
@@ -78,16 +80,21 @@ class FeedRoutes:
     async def _replication_objects_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         query = matched.query()
         start, end = non_negative(query.get("from", "0"), "from"), non_negative(query.get("to", "0"), "to")
-        log, objects = self._feed()
-        await self.call(objects.refresh)
-        pieces = object_stream(log, objects, start, end)
+        # Its own object store: the stream moves between pool threads, and a PackSet is not shared across threads.
+        log, objects = await self.call(open_local, Path(self.store_root))
         try:
-            first = await self.call(next, pieces, None)
+            return await self._send_objects(request, object_stream(log, objects, start, end))
+        finally:
+            if objects.packs is not None:
+                objects.packs.close()
+
+    async def _send_objects(self, request: web.BaseRequest, pieces) -> web.StreamResponse:
+        try:
+            piece = await self.call(next, pieces, None)
         except NoFrameThere as exc:
             return web.Response(status=416, text=str(exc), headers={LOG_END_HEADER: str(exc.log_end)})
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Cache-Control": "no-store"})
         await response.prepare(request)
-        piece = first
         try:
             while piece is not None:
                 await response.write(piece)
