@@ -70,3 +70,11 @@ def test_soak_runs():
     assert any(fault.startswith("STOP w") for fault in minute["faults"])
     assert any(fault.startswith("KILL w") and "back" in fault for fault in minute["faults"])
     assert summary["verify_clean"]
+
+
+@pytest.mark.timeout(300)
+def test_clone_runs():
+    if shutil.which("rsync") is None:
+        pytest.skip("rsync is not installed (the anchor of bench_clone.py)")
+    out = run_bench("bench_clone.py", "--objects", "100", "--size-kib", "2", "--rounds", "1")
+    assert "imstore clone URL / (rsync + sync)" in out and "imstore clone path / (rsync + sync)" in out
