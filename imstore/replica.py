@@ -92,19 +92,24 @@ def check_frames(data: bytes, start: int, prev: bytes, seq: int) -> list[Frame]:
 
 # ============================================================ pull and clone
 def pull(store: Store, source: Source, *, progress: Callable[[int, int], None] | None = None, round_bytes: int = ROUND_BYTES,
-         wait: float = 0.0, on_answer: Callable[[Frames], None] | None = None) -> PullResult:  # fmt: skip
+         wait: float = 0.0, on_answer: Callable[[Frames], None] | None = None, described: dict | None = None,
+         check_divergence: bool = True) -> PullResult:  # fmt: skip
     """Catch store up with source (see the module docstring); returns what was done.
 
     wait: seconds the first request for frames may wait for the source's log to grow
     (a standby's long poll); on_answer sees each answer (the source's end and seq: the lag).
+    A follower that just pulled from this source may pass the description it has and skip
+    the divergence probe: its head came from the source (and a chain that does not
+    continue is still refused by check_frames).
     """
-    described = source.describe()
+    described = described if described is not None else source.describe()
     if described["store_id"] != store.store_id:
         raise InvalidInput(f"{source.location} holds store {described['store_id']}, not this store ({store.store_id})")
     _take_tokens(store.root, described["tokens"])  # first: they do not wait for the frames (a standby's round is long)
     totals = {"frames": 0, "records": 0, "objects": 0, "object_bytes": 0, "log_bytes": 0}
     state = store.indexer.current().state()
-    _check_not_diverged(store, source, state)
+    if check_divergence:
+        _check_not_diverged(store, source, state)
     started = state.log_end
     target = described["log_end"]
     while True:

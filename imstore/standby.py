@@ -68,12 +68,21 @@ class Follower:
 
     def _run(self) -> None:
         store = None
+        described, described_at = None, 0.0
         while not self._stop.is_set():
             try:
                 if store is None:
                     store = Store.open(self.root)
                     self._note_local(store)
-                result = pull(store, self.source, wait=LONG_POLL, on_answer=self._note_primary)
+                    described = None  # after a failure or at start: the full checks, divergence first
+                if described is None or time.monotonic() - described_at >= LONG_POLL:
+                    described_at = time.monotonic()  # the tokens: taken again at least this often
+                    fresh = self.source.describe()
+                else:
+                    fresh = described
+                result = pull(store, self.source, wait=LONG_POLL, on_answer=self._note_primary, described=fresh,
+                              check_divergence=described is None, progress=self._progress_of(store))  # fmt: skip
+                described = fresh
                 self._note_local(store)
                 with self._lock:
                     self._state["rounds"] += 1
@@ -93,6 +102,10 @@ class Follower:
                 self._stop.wait(RETRY_REFUSED)
         if store is not None:
             store.close()
+
+    def _progress_of(self, store: Store):
+        """After each round of a pull: the head moves in /healthz as frames arrive, not only when the pull ends."""
+        return lambda _done, _total: self._note_local(store)
 
     def _failed(self, exc: BaseException) -> None:
         message = str(exc) or type(exc).__name__

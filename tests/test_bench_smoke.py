@@ -78,3 +78,9 @@ def test_clone_runs():
         pytest.skip("rsync is not installed (the anchor of bench_clone.py)")
     out = run_bench("bench_clone.py", "--objects", "100", "--size-kib", "2", "--rounds", "1")
     assert "imstore clone URL / (rsync + sync)" in out and "imstore clone path / (rsync + sync)" in out
+
+
+@pytest.mark.timeout(300)
+def test_replication_runs():
+    out = run_bench("bench_replication.py", "--rate", "20", "--seconds", "1", "--clients", "2", "--put-seconds", "1")
+    assert "p99" in out and "sync / async =" in out
