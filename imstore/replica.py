@@ -109,7 +109,7 @@ def pull(store: Store, source: Source, *, progress: Callable[[int, int], None] |
     totals = {"frames": 0, "records": 0, "objects": 0, "object_bytes": 0, "log_bytes": 0}
     state = store.indexer.current().state()
     if check_divergence:
-        _check_not_diverged(store, source, state)
+        _check_not_diverged(store, source, state, described["log_end"])
     started = state.log_end
     target = described["log_end"]
     while True:
@@ -165,7 +165,7 @@ def read_upstream(root: Path) -> str | None:
 
 
 # ============================================================ divergence
-def _check_not_diverged(store: Store, source: Source, state) -> None:
+def _check_not_diverged(store: Store, source: Source, state, source_end: int) -> None:
     """The source's log must hold this store's last frame, byte for byte, where this log has it.
 
     The chain makes that enough: the last record's hash covers every record before it.
@@ -179,30 +179,30 @@ def _check_not_diverged(store: Store, source: Source, state) -> None:
         theirs = b""
     if theirs[: len(ours)] == ours and len(theirs) >= len(ours):
         return
-    raise Diverged(
-        f"{source.location} has diverged from this store: its log does not hold this store's record seq {state.seq}"
-        f" ({state.last_hash.hex()[:16]}); {_last_common(store, source)}. Nothing was written"
-    )
+    common = _last_common(store, source)
+    if common is not None and common.end == source_end:
+        why = f"it is behind this store (its log ends at record seq {common.records[-1].seq}, which this store holds too)"
+    else:
+        why = f"its log does not hold this store's record seq {state.seq} ({state.last_hash.hex()[:16]}); {_describe_common(common)}"
+    raise Diverged(f"{source.location} has diverged from this store: {why}. Nothing was written")
 
 
-def _last_common(store: Store, source: Source) -> str:
-    """Name the last record both logs hold, by walking them frame by frame from the start."""
+def _last_common(store: Store, source: Source) -> Frame | None:
+    """The last frame both logs hold, byte for byte, found by walking them from the start."""
     offset, last = 0, None
     while True:
         ours = store.log.raw(offset, ROUND_BYTES)
+        if not ours:
+            return last
         try:
-            theirs = source.frames(offset, ROUND_BYTES).data
+            theirs = source.frames(offset, len(ours)).data  # equal logs cut equal frames: the same bytes come back
         except NoFrameThere:
-            theirs = b""
-        frames = list(_frames_of(ours, offset))
-        if not frames:
-            break
-        for frame, (start, end) in frames:
+            return last
+        for frame, (start, end) in _frames_of(ours, offset):
             if theirs[start - offset : end - offset] != ours[start - offset : end - offset]:
-                return _describe_common(last)
+                return last
             last = frame
-        offset = frames[-1][1][1]
-    return _describe_common(last)
+        offset += len(ours)
 
 
 def _frames_of(data: bytes, offset: int) -> Iterator[tuple[Frame, tuple[int, int]]]:

@@ -95,6 +95,18 @@ def test_a_diverged_source_is_exit_5_naming_the_last_common_record_and_nothing_i
     assert log_bytes(destination) == before and object_files(destination) == objects_before
 
 
+def test_a_source_behind_the_copy_is_refused_as_diverged_saying_it_is_behind(source: Path, tmp_path: Path):
+    stale = tmp_path / "stale"
+    assert run_cli_in_process(["clone", str(source), str(stale)]).code == 0
+    fill(source, 2, prefix="newer")
+    copy = tmp_path / "copy"
+    assert run_cli_in_process(["clone", str(source), str(copy)]).code == 0
+    before = log_bytes(copy)
+    result = run_cli_in_process(["--store", str(copy), "pull", str(stale)])
+    assert result.code == 5 and "diverged" in result.stderr and "behind this store" in result.stderr
+    assert "seq 85" in result.stderr and log_bytes(copy) == before
+
+
 def test_a_source_of_another_store_is_refused(source: Path, tmp_path: Path):
     other = tmp_path / "other"
     Store.init(other)[0].close()
