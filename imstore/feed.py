@@ -15,6 +15,7 @@ are thin over the functions here, so a path and a URL serve the same bytes.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import ssl
@@ -232,7 +233,7 @@ class HttpSource:
             if exc.code == 416 and exc.headers.get(LOG_END_HEADER, "").isdigit():
                 raise NoFrameThere(int(exc.headers[LOG_END_HEADER])) from None
             raise _error_from_answer(exc.code, body, self.base) from None
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             raise Unavailable(f"cannot reach {self.base}: {getattr(reason, 'strerror', None) or reason}") from None
 
@@ -257,7 +258,7 @@ class HttpSource:
         with self._open("/v1/replication/log", query, timeout=60.0 + wait) as response:
             try:
                 data = response.read()
-            except OSError as exc:
+            except (OSError, http.client.HTTPException) as exc:
                 raise Unavailable(f"the frames from {self.base} broke off: {exc}") from None
             end, seq = response.headers.get(LOG_END_HEADER, ""), response.headers.get(HEAD_SEQ_HEADER, "")
         if not end.isdigit():
@@ -276,11 +277,18 @@ def read_object_stream(response, where: str) -> Iterator[tuple[str, int, Iterato
     """Parse the object stream; each object's chunks must be read before the next is asked for."""
 
     def exactly(count: int) -> bytes:
+        """count bytes, or fewer only at the end of the stream."""
+        parts: list[bytes] = []
         try:
-            data = response.read(count)
-        except OSError as exc:
+            while count > 0:
+                part = response.read(count)
+                if not part:
+                    break
+                parts.append(part)
+                count -= len(part)
+        except (OSError, http.client.HTTPException) as exc:
             raise Unavailable(f"the objects from {where} broke off: {exc}") from None
-        return data
+        return b"".join(parts)
 
     while True:
         head = exactly(OBJECT_ENTRY.size)
