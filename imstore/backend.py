@@ -128,6 +128,11 @@ class LogBackend(Protocol):
         (offset, end), durable on return. A failed append leaves no frame (or a torn tail a writer cuts)."""
         ...
 
+    def append_raw(self, data: bytes, expected_size: int) -> tuple[int, int]:
+        """Compare-and-append whole frames already encoded (a standby's copy of its upstream's, checked by
+        the caller): as append, all of them durable on return; a cut-short write leaves whole frames and a torn tail."""
+        ...
+
     def scan(self, start: int = 0, end: int | None = None, *, skip_damage: bool = False) -> Scan:
         """Frames from start up to EOF or a torn tail (Scan.torn_at); CorruptLog for damage anywhere else,
         or with skip_damage, damaged frames stepped over and listed in Scan.damaged."""

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from .errors import ImstoreError, InvalidInput, KeyDeleted, KeyNotFound, PreconditionFailed
+from .errors import ImstoreError, InvalidInput, KeyDeleted, KeyNotFound, PreconditionFailed, Unavailable
 from .index import Index
 from .indexer import Indexer
 from .log import Log
@@ -62,13 +62,37 @@ class Committer:
         state = index.state()
         return Chain(state.seq, state.last_hash)
 
-    def _append(self, chain: Chain) -> Frame:
-        """Append the chain's records as one frame and apply them to the index. Caller holds the lock."""
+    def _append(self, chain: Chain | None = None, *, shipped: bytes | None = None) -> Frame | None:
+        """The only appender (the fencing check for replication goes here). Caller holds the lock.
+
+        chain: new records, appended as one frame and applied to the index (the frame returned).
+        shipped: whole frames of an upstream log, byte for byte, already checked by the caller
+        against this log's tail (replica.check_frames) and whose objects are durable.
+        """
+        expected = self.indexer.index.state().log_end
+        if shipped is not None:
+            self.log.append_raw(shipped, expected)
+            self.indexer.catch_up()
+            return None
+        assert chain is not None
         payload = chain.payload()
-        offset, end = self.log.append(payload, self.indexer.index.state().log_end)
+        offset, end = self.log.append(payload, expected)
         frame = make_frame(offset, payload, tuple(chain.records))
         self.indexer.applied(frame)
         return frame
+
+    def append_shipped(self, data: bytes, head: tuple[int, int, bytes]) -> None:
+        """Append an upstream's frames (checked against head = (log end, seq, chain hash)) under the lock.
+
+        The head is checked again under the lock: a store that changed meanwhile (a local write,
+        another pull) is not appended to, since the frames were checked against the old tail.
+        """
+        self.writable()
+        with self.writing() as index:
+            state = index.state()
+            if (state.log_end, state.seq, state.last_hash) != head:
+                raise Unavailable("the store changed while frames were being pulled (another pull or a local write); pull again")
+            self._append(shipped=data)
 
     # ------------------------------------------------------------ puts
     def check_put(self, key: str, content_type: str | None, meta: dict | None, message: str | None, if_version, if_absent: bool):

@@ -29,9 +29,12 @@ __all__ = [
     "CorruptStore",
     "CorruptIndex",
     "ProofFailed",
+    "Diverged",
+    "BadUpstream",
     "Unavailable",
     "NoStore",
     "OutcomeUnknown",
+    "NotReplicated",
     "NotAuthorised",
     "Forbidden",
     "BodyTooLarge",
@@ -142,6 +145,18 @@ class ProofFailed(IntegrityError):
     """A Merkle proof, a checkpoint or its signature does not check out: the log differs from what was proven."""
 
     title = "proof failed"
+class Diverged(IntegrityError):
+    """A replication source whose history does not contain this store's head: nothing is taken from it."""
+
+    http_status = 409
+    title = "diverged"
+
+
+class BadUpstream(IntegrityError):
+    """A replication source sent frames or objects that fail their checks (a gap, a broken chain, wrong bytes)."""
+
+    http_status = 502
+    title = "bad upstream"
 
 
 class Unavailable(ImstoreError):
@@ -156,6 +171,15 @@ class OutcomeUnknown(Unavailable):
     """A write failed at a point where it may or may not have been committed: the caller must look."""
 
     title = "outcome unknown"
+
+
+class NotReplicated(Unavailable):
+    """Sync mode: the write is committed on the primary but not confirmed durable on enough standbys in time.
+
+    The record stays (the log is append-only); a retry with the same Idempotency-Key
+    answers with the same version once it is replicated."""
+
+    title = "committed, not confirmed replicated"
 
 
 class NoStore(ImstoreError):

@@ -11,9 +11,10 @@ is derived from it or belongs to one server, and is rebuilt or forgotten.
     index.sqlite         derived from the log; rebuilt when missing or wrong
     import-cache/        stat caches of imported trees (disposable)
     idempotency.sqlite   the server's Idempotency-Key ledger
-    tokens               the server's access tokens (JSON, 0600)
+    tokens               the server's access tokens (JSON, 0600): shipped whole to standbys
     checkpoint.key       this node's checkpoint signing key (Ed25519, Go note form, 0600)
     checkpoint.latest    the checkpoint signed last, with its BLAKE3 (a cache: disposable)
+    upstream             where this copy pulls from (imstore clone/pull): node-local
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .log import LOCK_NAME, SEGMENT_NAME
 
 __all__ = [
     "FORMAT", "CONFIG", "OBJECTS", "PACKS", "LOG", "INDEX", "IMPORT_CACHE", "LEDGER", "TOKENS", "SIGNING_KEY",
-    "CHECKPOINT_CACHE", "REPLICATED", "NODE_LOCAL",
+    "CHECKPOINT_CACHE", "UPSTREAM", "REPLICATED", "NODE_LOCAL", "SHIPPED",
     "is_store_entry", "create_store", "parse_config", "check_writable",
 ]  # fmt: skip
 
@@ -49,10 +50,13 @@ LEDGER = "idempotency.sqlite"
 TOKENS = "tokens"
 SIGNING_KEY = "checkpoint.key"
 CHECKPOINT_CACHE = "checkpoint.latest"
+UPSTREAM = "upstream"
 
 REPLICATED = (CONFIG, OBJECTS, LOG)  # the truth: a standby copies it byte for byte
-NODE_LOCAL = (INDEX, IMPORT_CACHE, LEDGER, SIGNING_KEY, CHECKPOINT_CACHE)  # derived or per server (a node signs with its own key)
-# TOKENS is the deployment's state: whether a standby copies it is decided with replication.
+# Derived or per server: rebuilt or forgotten (a node signs checkpoints with its own key).
+NODE_LOCAL = (INDEX, IMPORT_CACHE, LEDGER, SIGNING_KEY, CHECKPOINT_CACHE, UPSTREAM)
+# The deployment's state, not history: a standby takes the latest copy whole (one token works on every node).
+SHIPPED = (TOKENS,)
 
 # What a half-made store may hold while another process is creating it.
 _CREATION_ENTRIES = {OBJECTS, LOG, CONFIG}
@@ -63,8 +67,10 @@ def is_store_entry(name: str) -> bool:
     return name in _CREATION_ENTRIES or name.startswith(".tmp-" + CONFIG)
 
 
-def create_store(root: Path) -> bool:
+def create_store(root: Path, config: bytes | None = None) -> bool:
     """Lay out a new store at root; True if this call created it, False if another process did first.
+
+    config: the exact bytes of another store's config (a clone: the same store id), else a new one.
 
     The layout is made durable first and `config` is linked into place last, so a
     directory with a config is always a complete store. Two processes creating
@@ -83,8 +89,10 @@ def create_store(root: Path) -> bool:
         (root / LOG_LOCK).touch()
         for directory in (PACKS, OBJECTS, LOG):
             fsync_dir(root / directory)
-        config = {"format": FORMAT, "store_id": str(uuid.uuid4()), "hash": "blake3", "created": time.time_ns()}
-        created = atomic_write(root / CONFIG, msgpack.packb(config, use_bin_type=True), 0o444, create_only=True)
+        if config is None:
+            fields = {"format": FORMAT, "store_id": str(uuid.uuid4()), "hash": "blake3", "created": time.time_ns()}
+            config = msgpack.packb(fields, use_bin_type=True)
+        created = atomic_write(root / CONFIG, config, 0o444, create_only=True)
         fsync_dir(root)
         fsync_dir(root.parent)
     except OSError as exc:

@@ -199,9 +199,23 @@ class Log:
     def raw(self, start: int, max_bytes: int) -> bytes:
         """Whole, valid frames from start, byte for byte, at most max_bytes of them (at least one frame if any).
 
-        What a standby copies: the bytes are checked frame by frame as they are read,
-        and a torn tail is never included.
+        What a standby copies. Each frame's checksum is checked as it is read (its records are
+        not decoded: the receiver does that); a torn tail is never included, and damage where
+        the frames start is CorruptLog, as for scan.
         """
+        end = self.size()
+        data = self._read_span(start, min(end, start + max_bytes)) if start < end else b""
+        whole = _whole_frames(data)
+        if whole == 0 and data:
+            first = self.frame_end_at(start)
+            if first is not None and start + len(data) < first[0] <= end:  # one frame bigger than max_bytes
+                data = self._read_span(start, first[0])
+                whole = _whole_frames(data)
+        if whole == 0 and data:
+            return self._raw_scanned(start, max_bytes)  # damage raises CorruptLog; a torn tail is nothing
+        return data[:whole]
+
+    def _raw_scanned(self, start: int, max_bytes: int) -> bytes:
         chunks: list[bytes] = []
         total = 0
         for frame in self.scan(start):
@@ -381,7 +395,14 @@ class Log:
         expected_size is where the caller believes the log ends; anything else
         means someone wrote without the lock, which we refuse to build on.
         """
-        data = frame_bytes(payload)
+        return self.append_raw(frame_bytes(payload), expected_size)
+
+    def append_raw(self, data: bytes, expected_size: int) -> tuple[int, int]:
+        """Append whole frames already encoded (a standby's copy of its primary's, checked by the caller).
+
+        One write() and one fsync for all of them: a crash mid-write leaves whole frames
+        and at most one torn frame, which the next writer cuts like any torn tail.
+        """
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
@@ -412,6 +433,20 @@ class Log:
             return start, start + len(data)
         finally:
             os.close(fd)
+
+
+def _whole_frames(data: bytes) -> int:
+    """How many leading bytes of data are whole frames whose checksums match."""
+    position = 0
+    while position + HEADER_SIZE <= len(data):
+        length, checksum = HEADER.unpack_from(data, position)
+        payload_end = position + HEADER_SIZE + length
+        if length == 0 or length > MAX_FRAME or payload_end > len(data):
+            break
+        if checksum16(data[position + HEADER_SIZE : payload_end]) != checksum:
+            break
+        position = payload_end
+    return position
 
 
 def lock_timeout_from_env() -> float:

@@ -76,3 +76,14 @@ def test_proofs_runs():
                     "--put-rounds", "1")  # fmt: skip
     assert "prove inclusion at 2,000" in out
     assert "prove / get" in out and "with / without the tree" in out
+def test_clone_runs():
+    if shutil.which("rsync") is None:
+        pytest.skip("rsync is not installed (the anchor of bench_clone.py)")
+    out = run_bench("bench_clone.py", "--objects", "100", "--size-kib", "2", "--rounds", "1")
+    assert "imstore clone URL / (rsync + sync)" in out and "imstore clone path / (rsync + sync)" in out
+
+
+@pytest.mark.timeout(300)
+def test_replication_runs():
+    out = run_bench("bench_replication.py", "--rate", "20", "--seconds", "1", "--clients", "2", "--put-seconds", "1")
+    assert "p99" in out and "sync / async =" in out

@@ -12,7 +12,7 @@ from ..errors import UsageError
 from ..server.auth import TokenStore
 from ..store import Store
 from . import settings
-from .common import cache_settings, default_store_path, open_local_store, refuse_remote
+from .common import cache_settings, default_store_path, open_local_store, refuse_remote, remote_token
 
 # ============================================================ cache commands
 cache_app = typer.Typer(name="cache", help="The read cache: what it holds, and emptying it.", no_args_is_help=True, add_completion=False)
@@ -96,6 +96,20 @@ def serve(
                      help="Seconds a worker may go without answering its health check before it is killed and replaced;"
                           " after a fifth of this it gets no new requests (default 10)."),  # fmt: skip
     ] = None,
+    follow: Annotated[
+        str | None,
+        typer.Option("--follow", metavar="URL", help="Be a standby of the imstore serve at URL: pull from it continuously (a"
+                     " clone first if there is no store yet), serve reads, refuse writes naming it. Its token: --token-file"
+                     " or IMSTORE_TOKEN."),  # fmt: skip
+    ] = None,
+    sync_standbys: Annotated[
+        int, typer.Option("--sync-standbys", min=0, metavar="N", help="Sync mode: answer a write only once N standbys (serve"
+                          " --follow with a replicate token) hold it durably.")  # fmt: skip
+    ] = 0,
+    sync_timeout: Annotated[
+        float, typer.Option("--sync-timeout", min=0.01, metavar="SECONDS", help="Sync mode: past this, a write is answered 503"
+                            " (committed here, not confirmed replicated) rather than waited for.")  # fmt: skip
+    ] = 5.0,
 ) -> None:
     """Serve the store over HTTP: an authenticated gateway round-robining over worker processes.
 
@@ -106,6 +120,10 @@ def serve(
     worker is routed around and replaced (--worker-timeout).
 
     Example: imstore serve --host 0.0.0.0 --port 8765 --workers 4 --max-body 1G
+
+    Example: imstore --store /srv/standby --token-file tok serve --follow http://primary:8765
+
+    Example: imstore serve --sync-standbys 1 --sync-timeout 2
     """
     # aiohttp and the server: a quarter of a second that only serve needs.
     from ..server import run_event_loop
@@ -115,6 +133,10 @@ def serve(
 
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("give --tls-cert and --tls-key together")
+    follow_token = None
+    if follow is not None:
+        follow_token = remote_token()
+        _clone_for_standby(follow, follow_token)
     with open_local_store("serve") as store:
         root = str(store.root)
     config = GatewayConfig(
@@ -128,9 +150,27 @@ def serve(
         client_timeout=client_timeout,
         worker_env=_cache_env(),
         token_file=str(settings.token_file) if settings.token_file else None,
+        follow=follow,
+        sync_standbys=sync_standbys,
+        sync_timeout=sync_timeout,
+        follow_token=follow_token,
+        cacert=str(settings.cacert) if settings.cacert else None,
         **({"worker_timeout": worker_timeout} if worker_timeout is not None else {}),
     )
     run_event_loop(run_gateway(config, info=settings.out.info, warn=settings.out.warn))
+
+
+def _clone_for_standby(primary: str, token: str | None) -> None:
+    """A standby with no store yet starts as a clone of its primary (then follows it)."""
+    from ..feed import HttpSource
+    from ..layout import CONFIG
+    from ..replica import clone
+
+    root = (settings.store or default_store_path()).expanduser().absolute()
+    if (root / CONFIG).exists():
+        return
+    settings.out.info(f"imstore serve: no store at {root} yet: cloning {primary} first")
+    clone(HttpSource(primary, token, settings.cacert), root)
 
 
 def _cache_env() -> dict[str, str]:
@@ -151,7 +191,9 @@ token_app = typer.Typer(
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Option("--name", help="A name to list and revoke it by.")],
-    scope: Annotated[str, typer.Option("--scope", help="read (GET/HEAD) or write (everything).")] = "read",
+    scope: Annotated[
+        str, typer.Option("--scope", help="read (GET/HEAD), write (everything) or replicate (read, and acknowledge frames as a standby).")
+    ] = "read",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the token to FILE (mode 0600) instead of stdout.", metavar="FILE")
     ] = None,

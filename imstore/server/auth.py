@@ -26,7 +26,7 @@ from ..validate import format_time
 __all__ = ["TokenStore", "TokenInfo", "Authenticator", "SCOPES", "TOKENS_NAME", "token_file_warning"]
 
 TOKENS_NAME = layout.TOKENS
-SCOPES = ("read", "write")
+SCOPES = ("read", "write", "replicate")  # replicate: read, and acknowledge frames as a standby (sync mode)
 TOKEN_PREFIX = "imst_"
 STORE_CONFIG = layout.CONFIG  # a store directory that has it is there (not renamed away, not unmounted)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -81,7 +81,7 @@ class TokenStore:
     def create(self, name: str, scope: str) -> str:
         """Make a new token, store its hash, and return the token (the only time it is seen)."""
         if scope not in SCOPES:
-            raise InvalidInput(f"a token's scope is read or write, not {scope!r}")
+            raise InvalidInput(f"a token's scope is read, write or replicate, not {scope!r}")
         if not _NAME.match(name):
             raise InvalidInput("a token name is 1-64 characters: letters, digits, . _ @ - (not first)")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)

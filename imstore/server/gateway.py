@@ -16,12 +16,10 @@ header, sends it to a worker as usual.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import os
 import re
 import signal
-import ssl
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,11 +30,15 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from ..errors import BodyTooLarge, ClientTooSlow, ImstoreError, InvalidInput, Unavailable, UsageError
+from ..feed import NODE_HEADER
 from ..hashing import OBJECT_ID_LEN, hash_bytes
 from ..validate import parse_size  # re-exported: `serve --max-body` imports it from here
 from .auth import Authenticator, TokenStore, token_file_warning
+from .binding import check_binding, is_loopback, server_ssl_context  # check_binding, is_loopback: re-exported
+from .headers import non_negative
 from .hot import HotObjects
 from .metrics import Metrics
+from .node import Node
 from .protocol import (
     EXPAND_LIMIT,
     INTERNAL_HEADERS,
@@ -53,7 +55,7 @@ from .protocol import (
 from .supervisor import Supervisor, WorkerSlot, worker_timeout_from_env
 from .upstream import PIECE, NotConnected, UpstreamError, UpstreamResponse, WorkerBusy
 
-__all__ = ["GatewayConfig", "Gateway", "serve", "check_binding", "parse_size"]
+__all__ = ["GatewayConfig", "Gateway", "serve", "check_binding", "is_loopback", "parse_size"]
 
 MAX_LINE = 8190  # request line: longer is 414
 MAX_FIELD = 8192  # one header: longer is 431 (the two limits differ so the error tells them apart)
@@ -91,7 +93,12 @@ class GatewayConfig:
     worker_env: dict[str, str] = field(default_factory=dict)  # added to the workers' environment (the read cache settings)
     # A worker silent for a fifth of this gets no new requests; silent for all of it, it is restarted (D5).
     worker_timeout: float = field(default_factory=worker_timeout_from_env)
-    token_file: str | None = None  # a --token-file given with serve: only checked (a warning if others can read it)
+    token_file: str | None = None  # a --token-file given with serve: checked (a warning if others can read it)
+    follow: str | None = None  # a standby: the primary's URL (--follow), its token, and --cacert to trust it
+    follow_token: str | None = None
+    cacert: str | None = None
+    sync_standbys: int = 0  # sync mode: a write is answered once this many standbys hold it (--sync-standbys)
+    sync_timeout: float = 5.0
 
 
 class _LimitedRequestHandler(RequestHandler):
@@ -143,8 +150,9 @@ class _GatewayServer(web.Server):
 class Gateway:
     """The request handler of the gateway process."""
 
-    def __init__(self, config: GatewayConfig, supervisor: Supervisor, authenticator: Authenticator):
+    def __init__(self, config: GatewayConfig, supervisor: Supervisor, authenticator: Authenticator, node: Node | None = None):
         self.config = config
+        self.node = node or Node(config.store_root)
         self.supervisor = supervisor
         self.auth = authenticator
         self.metrics = Metrics()
@@ -215,11 +223,8 @@ class Gateway:
         state["route"] = route.name
         if request.method not in route.methods:
             return _problem(405, None, f"{request.method} is not allowed on {route.template}", {"Allow": ", ".join(route.methods)})
-        if route.name == "healthz":
-            health = self.supervisor.health()
-            status = 503 if health["status"] == "down" else 200
-            if not self._has_token(request):  # a load balancer needs the status; PIDs and counts are for token holders
-                health = {"status": health["status"]}
+        if route.public:  # the health routes: a load balancer needs no token; PIDs and counts are for token holders
+            status, health = await self.node.health(route.name, matched.query(), self.supervisor.health(), self._has_token(request))
             return _json(health, status)
         scope = self.auth.scope_for(request.headers.get("Authorization"))
         if scope is None:
@@ -228,8 +233,13 @@ class Gateway:
             )
         if request.method in WRITE_METHODS and scope != "write":
             return _problem(403, None, f"this token has the {scope} scope; {request.method} needs a write token")
+        if request.method in WRITE_METHODS and (refusal := self.node.write_refusal()) is not None:
+            raise refusal  # a standby: 503 naming the primary
+        if route.name == "replication_log" and scope == "replicate" and self.node.sync is not None:  # a standby's acknowledgement
+            await self.node.sync.ack(request.headers.get(NODE_HEADER, "-"), non_negative(matched.query().get("from"), "from"))
         if route.name == "metrics":
             text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"], self.objects.hits, self.in_flight)
+            text += self.node.metrics()
             return web.Response(body=text.encode(), headers={**PUBLIC_HEADERS, "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
         if route.name == "openapi":
             return web.Response(body=self.openapi, headers={**PUBLIC_HEADERS, "Content-Type": "application/json"})
@@ -243,7 +253,10 @@ class Gateway:
                         state["worker"] = "memory"
                         headers, data = hit
                         return web.Response(body=data, headers=headers)
-        return await self._forward(request, state)
+        response = await self._forward(request, state)
+        if self.node.sync is not None and request.method in WRITE_METHODS and 200 <= response.status < 300:
+            await self.node.sync.wait()  # sync mode: answered once enough standbys hold it (or 503 NotReplicated)
+        return response
 
     def _has_token(self, request: web.BaseRequest) -> bool:
         authorization = request.headers.get("Authorization")
@@ -488,39 +501,6 @@ def _json(document, status: int = 200) -> web.Response:
 
 
 # ============================================================ start-up and shutdown
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_binding(config: GatewayConfig, authenticator: Authenticator, warn) -> None:
-    """Refuse a LAN address with no token; warn about plain HTTP on one."""
-    if is_loopback(config.host):
-        return
-    if not authenticator.has_tokens:
-        raise UsageError(
-            f"refusing to listen on {config.host} with no API token: anyone on the network could write."
-            " Create one first: imstore token create --scope write --name NAME"
-        )
-    if not config.tls_cert:
-        warn(f"serving plain HTTP on {config.host}: tokens and data cross the network in clear (use --tls-cert and --tls-key)")
-
-
-def _ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
-    if not config.tls_cert:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(config.tls_cert, config.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise InvalidInput(f"cannot load the TLS certificate and key: {exc}") from None
-    return context
-
-
 async def serve(config: GatewayConfig, info, warn) -> None:
     """Run until SIGTERM/SIGINT: start workers, listen once they all answer, then drain and stop."""
     tokens = TokenStore(config.store_root)
@@ -530,12 +510,15 @@ async def serve(config: GatewayConfig, info, warn) -> None:
             warn(problem_text)
     authenticator = Authenticator(tokens)
     check_binding(config, authenticator, warn)
-    ssl_context = _ssl_context(config)
+    ssl_context = server_ssl_context(config)
     supervisor = Supervisor(config.store_root, config.workers, shutdown_timeout=config.shutdown_timeout, env=config.worker_env,
                             worker_timeout=config.worker_timeout)  # fmt: skip
+    node = Node(config.store_root, config.follow, config.follow_token, config.cacert, log=lambda line: _write_stderr(line + "\n"),
+                sync_standbys=config.sync_standbys, sync_timeout=config.sync_timeout)  # fmt: skip
     try:
         await supervisor.start()
-        gateway = Gateway(config, supervisor, authenticator)
+        node.start()
+        gateway = Gateway(config, supervisor, authenticator, node)
         server = _GatewayServer(
             gateway.handle,
             access_log=None,
@@ -568,6 +551,7 @@ async def serve(config: GatewayConfig, info, warn) -> None:
         await gateway.drain(config.shutdown_timeout)
         await runner.cleanup()
     finally:
+        node.stop()
         await supervisor.stop()
 
 

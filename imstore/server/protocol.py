@@ -90,7 +90,12 @@ ROUTES: tuple[Route, ...] = (
     Route("checkpoint", "/v1/checkpoint", ("GET",)),
     Route("inclusion", "/v1/proofs/inclusion", ("GET",)),
     Route("consistency", "/v1/proofs/consistency", ("GET",)),
+    Route("replication", "/v1/replication", ("GET",)),
+    Route("replication_log", "/v1/replication/log", ("GET",)),
+    Route("replication_objects", "/v1/replication/objects", ("GET",)),
     Route("healthz", "/healthz", ("GET",), public=True),
+    Route("healthz_writable", "/healthz/writable", ("GET",), public=True),
+    Route("healthz_readable", "/healthz/readable", ("GET",), public=True),
     Route("metrics", "/metrics", ("GET",)),
     Route("openapi", "/openapi.json", ("GET",)),
 )

@@ -43,6 +43,7 @@ from .bodies import (
     read_small_body,
     wants_whole_body,
 )
+from .feed_routes import FeedRoutes
 from .headers import etag_matches, idempotency_key, meta_header, non_negative, parse_range, positive, preconditions, text_header
 from .hot import HotObjects
 from .idempotency import Claim, IdempotencyLedger
@@ -87,8 +88,8 @@ PAGE_SLICE = 500  # listing entries read per pool call while a page streams out
 REVALIDATE = "private, no-cache"
 
 
-class WorkerApp:
-    """The request handler of one worker process."""
+class WorkerApp(FeedRoutes):
+    """The request handler of one worker process (the replication routes come from FeedRoutes)."""
 
     def __init__(self, store_root: str, owner_lock: str, threads: int = 8, cache: CacheSettings | None = None):
         self.store_root = store_root
@@ -142,7 +143,7 @@ class WorkerApp:
         if request.raw_path == HEALTH_PATH:
             return web.json_response({"pid": os.getpid(), "handled": self.handled})
         matched = match_route(request.raw_path)
-        if matched is None or matched.route.name in ("healthz", "metrics", "openapi"):
+        if matched is None or matched.route.public or matched.route.name in ("metrics", "openapi"):
             return problem_response(404, None, f"no route for {request.raw_path.partition('?')[0]!r}")
         if request.method not in matched.route.methods:
             return problem_response(405, None, f"{request.method} is not allowed here", {"Allow": ", ".join(matched.route.methods)})

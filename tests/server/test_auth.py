@@ -23,7 +23,12 @@ SAMPLE_PATHS = {
     "log": "/v1/log?after=0",
     "object": "/v1/objects/" + "0" * 64,
     "import": "/v1/import?prefix=auth-probe/",
+    "replication": "/v1/replication",
+    "replication_log": "/v1/replication/log?from=0",
+    "replication_objects": "/v1/replication/objects?from=0&to=0",
     "healthz": "/healthz",
+    "healthz_writable": "/healthz/writable",
+    "healthz_readable": "/healthz/readable",
     "metrics": "/metrics",
     "openapi": "/openapi.json",
     "checkpoint": "/v1/checkpoint",
@@ -36,7 +41,7 @@ WRITES = ("PUT", "DELETE", "POST")
 
 def probe_body(method: str) -> bytes | None:
     return b"x" if method in ("PUT", "POST") else None
-PROTECTED = [(route, method) for route, method in CASES if route != "healthz"]
+PROTECTED = [(route.name, method) for route in ROUTES for method in route.methods if not route.public]
 
 
 def bad_authorizations(server) -> dict:

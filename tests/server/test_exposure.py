@@ -51,11 +51,13 @@ def test_a_store_that_has_gone_is_reported_without_its_path(start, store_path):
             assert_no_server_paths(server, reply.body)
 
 
-def test_public_healthz_says_only_ok_and_details_need_a_token(shared_server):
+def test_public_healthz_says_status_and_role_and_details_need_a_token(shared_server):
+    # A load balancer needs the status and the node's role and head (issue 12); PIDs and counts need a token.
     public = shared_server.request("GET", "/healthz", token=None)
-    assert public.status == 200 and public.json() == {"status": "ok"}
+    assert public.status == 200 and set(public.json()) == {"status", "role", "epoch", "head"}
+    assert public.json()["status"] == "ok" and public.json()["role"] == "primary"
     wrong = shared_server.request("GET", "/healthz", headers={"Authorization": "Bearer nope"}, token=None)
-    assert wrong.status == 200 and wrong.json() == {"status": "ok"}
+    assert wrong.status == 200 and wrong.json() == public.json()
     detailed = shared_server.request("GET", "/healthz", token="read").json()
     assert detailed["status"] == "ok" and all(worker["pid"] for worker in detailed["workers"])
 

@@ -1,0 +1,90 @@
+"""Replication commands: clone and pull (a copy of a store, from a path or an imstore serve)."""
+
+# No `from __future__ import annotations` (see __init__.py): typer would eval the strings on each start.
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import UsageError
+from . import settings
+from .common import default_store_path, refuse_remote, remote_token, show_warnings
+
+
+def _source(location: str):
+    from ..feed import open_source
+
+    token = remote_token() if location.startswith(("http://", "https://")) else None
+    return open_source(location, token, settings.cacert)
+
+
+def _report(verb: str, result) -> None:
+    out = settings.out
+    if out.json:
+        out.document(result.to_json())
+    elif result.up_to_date:
+        out.info(f"already up to date with {result.source} (seq {result.seq})")
+    else:
+        out.info(f"{verb} {result.records} records in {result.frames} frames and {result.objects} objects"
+                 f" ({result.object_bytes} bytes) from {result.source}; now at seq {result.seq}")  # fmt: skip
+
+
+def clone(
+    source: Annotated[str, typer.Argument(help="A store directory, or the URL of an imstore serve.")],
+    destination: Annotated[Path, typer.Argument(help="Where the copy goes (a new or empty directory).")],
+) -> None:
+    """Copy a store: the same store id and a log byte for byte the source's; every object checked.
+
+    Every frame is checked (checksum, seq, prev) and every object hashed against
+    its id and made durable before the records that name it are appended.
+    SOURCE is remembered as the copy's upstream for imstore pull. A URL takes a
+    token with --token-file or IMSTORE_TOKEN (read scope).
+
+    Example: imstore clone /srv/imstore /mnt/usb/imstore
+
+    Example: imstore --token-file tok clone http://primary:8765 /srv/standby
+    """
+    from ..replica import clone as clone_store
+
+    refuse_remote("clone")
+    source_handle = _source(source)
+    try:
+        with settings.out.progress("cloning", unit_bytes=True) as bar:
+            result = clone_store(source_handle, destination, progress=bar.update)
+    finally:
+        source_handle.close()
+    _report("copied", result)
+
+
+def pull(
+    source: Annotated[str | None, typer.Argument(help="A store directory or a URL (default: the store's upstream).")] = None,
+) -> None:
+    """Catch the store up with its source: the frames after its head, byte for byte, each checked first.
+
+    A source whose history does not contain this store's head has diverged:
+    exit 5, nothing written. Nothing new: says so and exits 0.
+
+    Example: imstore --store /mnt/usb/imstore pull
+
+    Example: imstore --store /srv/standby --token-file tok pull http://primary:8765
+    """
+    from ..replica import pull as pull_store
+    from ..replica import read_upstream, remember_upstream
+    from ..store import Store
+
+    refuse_remote("pull")
+    root = (settings.store or default_store_path()).expanduser().absolute()
+    with Store.open(root) as store:
+        location = source or read_upstream(store.root)
+        if location is None:
+            raise UsageError(f"{root} has no upstream: give SOURCE (imstore pull SOURCE)")
+        source_handle = _source(location)
+        try:
+            with settings.out.progress("pulling", unit_bytes=True) as bar:
+                result = pull_store(store, source_handle, progress=bar.update)
+        finally:
+            source_handle.close()
+            show_warnings(store)
+        if source is not None and read_upstream(store.root) is None:
+            remember_upstream(store.root, source_handle.location)
+    _report("pulled", result)

@@ -1,0 +1,109 @@
+"""A worker's replication routes: a store's description, its raw log frames (with a long poll), its objects.
+
+Thin over feed.py, which a path source uses too, so a URL and a path serve the
+same bytes. They read the log and object files only (no index): a stream that
+spans several pool calls never touches another thread's SQLite connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import sys
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from .. import layout
+from ..feed import HEAD_SEQ_HEADER, LOG_END_HEADER, MAX_WAIT, NoFrameThere, describe, object_stream, open_local, read_frames
+from ..log import Log
+from ..records import MAX_FRAME
+from .bodies import json_response
+from .headers import non_negative
+from .protocol import RouteMatch
+
+__all__ = ["FeedRoutes"]
+
+DEFAULT_ROUND = 8 << 20  # bytes of frames per answer unless max_bytes asks for fewer
+_GROWTH_POLL = 0.01  # how often a long poll looks at the log's size (a stat: cheap)
+
+
+class FeedRoutes:
+    """Mixed into WorkerApp: handlers for GET /v1/replication, /v1/replication/log and /v1/replication/objects."""
+
+    store_root: str
+
+    async def call(self, function, *args): ...  # WorkerApp's: run in the pool
+
+    def store(self): ...  # WorkerApp's: this pool thread's Store
+
+    def _log(self) -> Log:
+        log = getattr(self, "_feed_log", None)
+        if log is None:
+            log = self._feed_log = Log(Path(self.store_root) / layout.LOG)  # stateless reads: one for every thread
+        return log
+
+    async def _replication_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
+        described = await self.call(describe, Path(self.store_root))
+        tokens = described["tokens"]
+        return json_response({
+            "store_id": described["store_id"],
+            "config": base64.b64encode(described["config"]).decode("ascii"),
+            "log_end": described["log_end"],
+            "tokens": base64.b64encode(tokens).decode("ascii") if tokens is not None else None,
+        }, headers={"Cache-Control": "no-store"})  # fmt: skip
+
+    async def _replication_log_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
+        query = matched.query()
+        start = non_negative(query.get("from", "0"), "from")
+        max_bytes = min(non_negative(query.get("max_bytes", str(DEFAULT_ROUND)), "max_bytes") or 1, MAX_FRAME)
+        wait = min(float(non_negative(query.get("wait", "0"), "wait")), MAX_WAIT)
+        log = self._log()
+        deadline = time.monotonic() + wait
+        # The long poll: a standby waits here for the next frame instead of asking again and again.
+        while log.end() <= start and time.monotonic() < deadline:
+            await asyncio.sleep(_GROWTH_POLL)
+        try:
+            data = await self.call(read_frames, log, start, max_bytes)
+        except NoFrameThere as exc:
+            return web.Response(status=416, text=str(exc), headers={LOG_END_HEADER: str(exc.log_end)})
+        seq = await self.call(self._head_seq)
+        end = start + len(data) if data else log.end()
+        return web.Response(body=data, headers={"Content-Type": "application/octet-stream", LOG_END_HEADER: str(max(end, log.end())),
+                                                HEAD_SEQ_HEADER: str(seq), "Cache-Control": "no-store"})  # fmt: skip
+
+    def _head_seq(self) -> int:
+        """The last record's seq (the index, caught up): a standby's lag in records is the difference."""
+        return self.store().indexer.current().state().seq
+
+    async def _replication_objects_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
+        query = matched.query()
+        start, end = non_negative(query.get("from", "0"), "from"), non_negative(query.get("to", "0"), "to")
+        # Its own object store: the stream moves between pool threads, and a PackSet is not shared across threads.
+        log, objects = await self.call(open_local, Path(self.store_root))
+        try:
+            return await self._send_objects(request, object_stream(log, objects, start, end))
+        finally:
+            if objects.packs is not None:
+                objects.packs.close()
+
+    async def _send_objects(self, request: web.BaseRequest, pieces) -> web.StreamResponse:
+        try:
+            piece = await self.call(next, pieces, None)
+        except NoFrameThere as exc:
+            return web.Response(status=416, text=str(exc), headers={LOG_END_HEADER: str(exc.log_end)})
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Cache-Control": "no-store"})
+        await response.prepare(request)
+        try:
+            while piece is not None:
+                await response.write(piece)
+                piece = await self.call(next, pieces, None)
+        except Exception as exc:  # a damaged or vanished object: cut the stream, the receiver refuses what it got
+            print(f"imstore worker: object stream cut off: {exc}", file=sys.stderr, flush=True)
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionError("object stream cut off") from None
+        await response.write_eof()
+        return response
+
