@@ -38,6 +38,7 @@ from .protocol import (
     VERSION_HEADER,
     error_from_problem,
     key_path,
+    object_id_of_etag,
     put_result_from_document,
     version_from_document,
 )
@@ -259,7 +260,7 @@ class RemoteStore:
     def open_version(self, key: str, version: int | str | None = None, at: int | None = None) -> tuple[Version, RemoteReader]:
         query = {"version": str(version) if version is not None else None, "at": _iso(at) if at is not None else None}
         response = self._run(self._request("GET", key_path("/v1/keys/", key), query=query))
-        object_id = response.headers.get("ETag", "").strip('"')
+        object_id = object_id_of_etag(response.headers.get("ETag", ""))  # "v7-<id>" (H1)
         number = int(response.headers.get(VERSION_HEADER, "0"))
         size = response.content_length or 0
         found = Version(key, number, 0, "put", object_id, size, 0, response.headers.get("Content-Type"))
