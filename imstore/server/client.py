@@ -32,6 +32,7 @@ from ..store import PutResult, Version
 from ..validate import MAX_NUMBER, format_time, parse_version
 from .headers import encode_text
 from .protocol import (
+    DAMAGED_HEADER,
     MESSAGE_HEADER,
     META_HEADER,
     STALE_HEADER,
@@ -47,6 +48,7 @@ __all__ = ["RemoteStore", "RemoteReader"]
 
 RETRIES = 3
 STALE_WARNING = "the server's store is unavailable: this latest version comes from its cache and may be stale"
+DAMAGED_WARNING = "the server's log is damaged after this version: a newer version may have been lost there (verify on the server names it)"
 
 
 class RemoteReader:
@@ -155,6 +157,8 @@ class RemoteStore:
             raise error_from_problem(response.status, body)
         if response.headers.get(STALE_HEADER) == "1":
             self.warnings.append(STALE_WARNING)
+        if response.headers.get(DAMAGED_HEADER) == "1":
+            self.warnings.append(DAMAGED_WARNING)
         return response
 
     def _json(self, method: str, path: str, **options):

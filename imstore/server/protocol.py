@@ -41,6 +41,7 @@ __all__ = [
     "next_link",
     "IMMUTABLE",
     "STALE_HEADER",
+    "DAMAGED_HEADER",
     "VERSION_HEADER",
 ]
 
@@ -48,6 +49,7 @@ PROBLEM_TYPE = "application/problem+json"
 IMMUTABLE = "private, max-age=31536000, immutable"
 VERSION_HEADER = "X-Imstore-Version"
 STALE_HEADER = "X-Imstore-Stale"
+DAMAGED_HEADER = "X-Imstore-Damaged"  # 1: the log is damaged after this answer's version, a newer one may be lost (H2)
 MESSAGE_HEADER = "X-Imstore-Message"
 META_HEADER = "X-Imstore-Meta"
 WORKER_HEADER = "X-Imstore-Worker"

@@ -23,7 +23,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..cache import CacheSettings
-from ..errors import ImstoreError, Unavailable, UsageError
+from ..errors import ImstoreError, NotFound, Unavailable, UsageError
 from ..fsio import CHUNK_SIZE
 from ..objects import ObjectReader
 from ..store import PutResult, Store
@@ -47,6 +47,7 @@ from .headers import etag_matches, idempotency_key, meta_header, non_negative, p
 from .hot import HotObjects
 from .idempotency import Claim, IdempotencyLedger, run_once
 from .protocol import (
+    DAMAGED_HEADER,
     EXPAND_LIMIT,
     IMMUTABLE,
     MESSAGE_HEADER,
@@ -157,7 +158,7 @@ class WorkerApp:
             if public != detail:  # the operator still learns which file
                 print(f"imstore worker {os.getpid()}: {request.method} {request.raw_path.partition('?')[0]}: {detail}",
                       file=sys.stderr, flush=True)  # fmt: skip
-            return problem_response(exc.http_status, exc, public)
+            return problem_response(exc.http_status, exc, public, getattr(exc, "http_headers", None))
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as exc:  # a bug of ours: 500, and the traceback on stderr
@@ -181,11 +182,18 @@ class WorkerApp:
             store = self.store()
             try:
                 found, reader = store.open_version(key, version, moment)
+            except NotFound as exc:
+                if store.read_caveat is not None:  # its detail says why it may be wrong (H2)
+                    exc.http_headers = {DAMAGED_HEADER: "1"}
+                raise
             finally:
+                if store.read_caveat in store.warnings:  # the client is told (DAMAGED_HEADER); writes tell the operator
+                    store.warnings.remove(store.read_caveat)
                 self._flush_warnings(store)
-            return found, reader, (reader.read() if preload and reader.size <= PRELOAD else None)
+            data = reader.read() if preload and reader.size <= PRELOAD else None
+            return found, reader, data, store.read_caveat is not None
 
-        found, reader, data = await self.call(resolve)
+        found, reader, data, damaged = await self.call(resolve)
         headers = {
             VERSION_HEADER: str(found.version),
             "Cache-Control": IMMUTABLE if version is not None else REVALIDATE,
@@ -193,6 +201,8 @@ class WorkerApp:
         }
         if found.stale:  # a latest version the cache answered while the store's log could not be read
             headers[STALE_HEADER] = "1"
+        if damaged:  # a newer version may have been lost to damage in the log (H2)
+            headers[DAMAGED_HEADER] = "1"
         return await self.send_object(request, reader, headers, data, key_etag(found.version, reader.object_id))
 
     async def _key_put(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
