@@ -68,16 +68,35 @@ def ledger_rows(store) -> list[tuple]:
         return db.execute("SELECT id, status, body FROM requests").fetchall()
 
 
+def wait_replaced(server, pids: list[int], timeout: float = 30) -> None:
+    """Until the workers with these pids are dead and replaced, and the server is ok (polled, bounded)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (server.health()["status"] == "ok" and not set(pids) & set(server.worker_pids())):
+        assert time.monotonic() < deadline, "the killed worker was not replaced"
+        time.sleep(0.02)
+
+
+def rows_so_far(store) -> list[tuple]:
+    """The ledger's rows, none while a worker is still creating it."""
+    try:
+        return ledger_rows(store)
+    except sqlite3.OperationalError:  # no file yet, or its table not yet made
+        return []
+
+
 def test_a_worker_killed_before_its_commit_leaves_the_body_recorded_and_a_changed_retry_is_422(start, store_path):
     """The first attempt's worker dies (SIGKILL at a crash point) after the body arrived and before the
     commit: no answer was stored, yet the retry with another body is told it is another request."""
     server = start("--workers", "1", env={"IMSTORE_CRASH_AT": "object-fsynced"})
     request_id = uuid.uuid4().hex
     body = os.urandom(3000)
+    pids = server.worker_pids()
     first = server.request("PUT", key_url("fp/killed"), body=body, headers={"Idempotency-Key": request_id})
     assert first.status in DIED, first.body
     assert ledger_rows(store_path) == [(request_id, None, hash_bytes(body))]  # recorded before the commit
-    server.wait_healthy()
+    wait_replaced(server, pids)
     changed = server.request("PUT", key_url("fp/killed"), body=b"another body", headers={"Idempotency-Key": request_id})
     assert changed.status == 422, changed.body
     assert server.request("GET", key_url("fp/killed"), token="read").status == 404  # nothing committed
@@ -89,9 +108,10 @@ def test_an_import_whose_worker_died_after_its_commit_is_answered_with_a_warning
     server = start("--workers", "1", env={"IMSTORE_CRASH_AT": "log-fsynced"})
     request_id = uuid.uuid4().hex
     body = jsonl(("fp/i1", "first"), ("fp/i2", "second"))
+    pids = server.worker_pids()
     retried = import_body(server, body, request_id)  # the gateway retries a buffered body with a key itself
     if retried.status in DIED:  # ... unless the restarted worker was not ready yet: then the client does
-        server.wait_healthy()
+        wait_replaced(server, pids)
         retried = import_body(server, body, request_id)
     assert retried.status == 200, retried.body
     assert "exited with -9" in server.log()  # the first attempt's worker was killed after its commit
@@ -125,3 +145,32 @@ def test_a_ledger_from_before_fingerprints_gets_the_columns_and_keeps_its_rows(t
     ledger.release("new")
     with pytest.raises(IdempotencyKeyReused):
         ledger.claim("new", "PUT", "k", 0, "fingerprint-b")
+
+
+def test_a_worker_killed_mid_body_committed_nothing_so_the_retry_runs(start, store_path):
+    """kill -9 of the worker while the body streams in: no body hash was recorded, so nothing can have
+    committed, and the retry (here with the whole body, as a client resending would) simply runs."""
+    import signal
+    import socket
+    import time
+
+    server = start("--workers", "1")
+    request_id = uuid.uuid4().hex
+    size = 4 << 20
+    head = (f"PUT {key_url('fp/mid-body')} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.write_token}\r\n"
+            f"Idempotency-Key: {request_id}\r\nContent-Length: {size}\r\n\r\n").encode()  # fmt: skip
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head + b"a" * (1 << 20))
+        deadline = time.monotonic() + 30
+        while not rows_so_far(store_path):  # polled: the claim
+            assert time.monotonic() < deadline, "the request never claimed its key"
+            time.sleep(0.02)
+        assert ledger_rows(store_path) == [(request_id, None, None)]  # claimed; the body has not arrived whole
+        victim = server.worker_pids()
+        os.kill(victim[0], signal.SIGKILL)
+    wait_replaced(server, victim)
+    body = os.urandom(size)
+    retried = server.request("PUT", key_url("fp/mid-body"), body=body, headers={"Idempotency-Key": request_id})
+    assert retried.status == 201 and retried.json()["version"] == 1, retried.body
+    assert server.request("GET", key_url("fp/mid-body"), token="read").body == body
+    assert ledger_rows(store_path) == [(request_id, 201, hash_bytes(body))]
