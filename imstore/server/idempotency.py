@@ -284,13 +284,15 @@ def run_once(ledger: IdempotencyLedger, request_id: str, method: str, target: st
             ledger.record_body(request_id, digest)  # before the commit: a retry after a crash can tell its request
 
     body = hashed_body(() if chunks is None else chunks, body_ended)
-    if claim.state == "done" or chunks is None:
+    if claim.state == "done":
         for _chunk in body:  # the retry's bytes decide whether it is the request that was answered
             pass
-    if claim.state == "done":
         assert claim.answer is not None
         return claim.answer
     try:
+        if chunks is None:  # no body: its (empty) hash is recorded before the work, like any body's
+            for _chunk in body:
+                pass
         status, document = work(claim, body)
     except BaseException:
         _forget(ledger, request_id, warn)  # the work's own error is the answer, not the ledger's
