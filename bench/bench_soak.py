@@ -63,7 +63,7 @@ from imstore import Store
 from imstore.errors import ImstoreError
 from imstore.hashing import hash_bytes
 from imstore.server.auth import TokenStore
-from imstore.server.protocol import key_path
+from imstore.server.protocol import key_path, object_id_of_etag
 
 KEYS = 256  # shared by all clients, so their writes to one key interleave
 OPS = {"put": 36, "get_version": 26, "get_latest": 14, "history": 12, "get_object": 8, "import": 4}  # relative weights
@@ -301,7 +301,7 @@ class Soak:
             self.counts[f"read answered {reply.status}"] += 1
         elif hash_bytes(reply.body) != write.hash:
             self.wrong(f"{what} gave {len(reply.body)} B hashing to {hash_bytes(reply.body)[:12]}, not {write.hash[:12]}")
-            if reply.headers.get("ETag", "").strip('"') != write.hash:
+            if object_id_of_etag(reply.headers.get("ETag", "")) != write.hash:
                 self.lose(write, f"{what} names other bytes (ETag {reply.headers.get('ETag')})")
 
     async def op_get_latest(self, rng: random.Random, number: int) -> None:
@@ -321,7 +321,7 @@ class Soak:
         version = int(reply.headers.get("X-Imstore-Version", "0"))
         digest = hash_bytes(reply.body)
         expected = self.acked.get((key, version))
-        wanted = expected.hash if expected is not None else reply.headers.get("ETag", "").strip('"')
+        wanted = expected.hash if expected is not None else object_id_of_etag(reply.headers.get("ETag", ""))
         if not wanted:
             self.counts["latest reads without an ETag"] += 1
         elif digest != wanted:

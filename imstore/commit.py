@@ -116,16 +116,16 @@ class Committer:
         """Stream chunks into an object, then commit its record (shared with concurrent puts of this process)."""
         meta, if_version = self.check_put(key, content_type, meta, message, if_version, if_absent)
         object_id, size = self.objects.write_stream(chunks, max_size=max_size)
-        pending = pending_put(key, object_id, size, content_type, meta, message, if_version, if_absent)
-        self.group_commit([pending])
-        return pending.outcome()
+        return self._commit_one(pending_put(key, object_id, size, content_type, meta, message, if_version, if_absent))
 
     def put_object(self, key: str, object_id: str, *, content_type: str | None = None, meta: dict | None = None,
                    message: str | None = None, if_version: int | str | None = None, if_absent: bool = False) -> PutResult:  # fmt: skip
         """Commit a new version of key naming an object already stored (ObjectNotFound if it is not)."""
         meta, if_version = self.check_put(key, content_type, meta, message, if_version, if_absent)
         size = self.objects.open(object_id).size
-        pending = pending_put(key, object_id, size, content_type, meta, message, if_version, if_absent)
+        return self._commit_one(pending_put(key, object_id, size, content_type, meta, message, if_version, if_absent))
+
+    def _commit_one(self, pending: PendingPut) -> PutResult:
         self.group_commit([pending])
         return pending.outcome()
 

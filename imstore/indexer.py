@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from .backend import Scan
 from .errors import CorruptIndex, CorruptLog, ImstoreError, Unavailable
 from .fsio import crash_point
 from .index import Index, IndexState, is_corruption
@@ -25,7 +26,7 @@ from .records import Frame, check_chain
 if TYPE_CHECKING:
     from .treestore import TreeTable
 
-__all__ = ["Indexer", "index_query"]
+__all__ = ["Indexer", "index_query", "chained_frames"]
 
 T = TypeVar("T")
 
@@ -162,24 +163,14 @@ class Indexer:
 
     def _apply_from(self, index: Index, state: IndexState):
         """Apply every good frame after state; a damaged frame is noted and the chain picked up after it."""
-        prev, seq = state.last_hash, state.seq
         scan = self.log.scan(state.log_end, skip_damage=True)
-        noted = 0
-        for frame in scan:
-            if len(scan.damaged) > noted:
-                for damage in scan.damaged[noted:]:
-                    index.note_damage(*damage)
-                noted = len(scan.damaged)
-                # The records in the damaged frame are unknown: take the chain up again at this frame.
-                first = frame.records[0]
-                if first.seq <= seq:
-                    raise CorruptLog(f"the log's record at offset {frame.offset} (seq {first.seq}) goes back after damage (seq {seq})")
-                prev, seq = first.prev, first.seq - 1
-            prev, seq = check_chain(frame, prev, seq)
+
+        def goes_back(message: str) -> None:
+            raise CorruptLog(message)
+
+        for frame in chained_frames(scan, state.last_hash, state.seq, lambda damage: index.note_damage(*damage), goes_back):
             index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
             self.tree(index).add_frame(frame)
-        for damage in scan.damaged[noted:]:
-            index.note_damage(*damage)
         return scan
 
     def _describe_mismatch(self, state: IndexState) -> str:
@@ -313,6 +304,29 @@ class Indexer:
             if note is not None and note not in self.warnings:
                 self.warnings.append(note)
         crash_point("index-updated")
+
+
+def chained_frames(scan: Scan, prev: bytes, seq: int, damaged: Callable[[tuple[int, int, str]], None],
+                   goes_back: Callable[[str], None]) -> Iterator[Frame]:  # fmt: skip
+    """The good frames of a scan, each checked to continue the chain from (prev, seq) (check_chain).
+
+    Each damaged stretch the scan steps over is handed to damaged(); the records in it are unknown,
+    so the chain is taken up again at the next good frame, whose first record must come later than
+    the last one before the damage (else goes_back(message), and the chain goes on from there)."""
+    noted = 0
+    for frame in scan:
+        if len(scan.damaged) > noted:
+            for damage in scan.damaged[noted:]:
+                damaged(damage)
+            noted = len(scan.damaged)
+            first = frame.records[0]
+            if first.seq <= seq:
+                goes_back(f"the log's record at offset {frame.offset} (seq {first.seq}) goes back after damage (seq {seq})")
+            prev, seq = first.prev, first.seq - 1
+        prev, seq = check_chain(frame, prev, seq)
+        yield frame
+    for damage in scan.damaged[noted:]:
+        damaged(damage)
 
 
 def index_query(query: Callable[[], T]) -> T:

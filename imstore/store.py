@@ -68,6 +68,8 @@ class Store:
         self.log = Log(root / layout.LOG)
         self.index_path = root / layout.INDEX
         self.warnings: list[str] = []
+        # Why the last resolve's answer may not be the newest (H2): damage in the log after it, else None.
+        self.read_caveat: str | None = None
         self.cache = cache
         # Set when the store itself could not be opened and only its cache answers (reads only).
         self.offline_reason = offline_reason
@@ -301,6 +303,45 @@ class Store:
         read is it taken from the cache, marked `stale` with a warning.
         """
         validate_key(key)
+        self.read_caveat = None
+        try:
+            found = self._resolve(key, version, at)
+        except (KeyNotFound, KeyDeleted, VersionNotFound) as exc:
+            numbered_deletion = version is not None and isinstance(exc, KeyDeleted)
+            caveat = None if numbered_deletion or self.offline_reason else self._newer_may_be_lost(key, None)
+            if caveat is None:
+                raise
+            self.read_caveat = caveat
+            raise type(exc)(f"{exc}; {caveat}") from None
+        if version is None and not found.stale:  # a latest or --at answer: is anything after it lost?
+            self.read_caveat = self._newer_may_be_lost(key, found.version)
+            if self.read_caveat is not None:
+                self.warnings.append(self.read_caveat)
+        return found
+
+    def _newer_may_be_lost(self, key: str, number: int | None) -> str | None:
+        """H2: the log's damage after version `number` of key (None: after its latest intact record), described.
+
+        A record lost to damage after a key's newest intact version may have been a newer version of it
+        (or its first, for a key with none): such an answer is given, never without saying so."""
+        damaged = self.indexer.damaged()  # one query of a table that is empty in a healthy store
+        if not damaged:
+            return None
+        index = self._current_index()
+        if number is None:
+            latest = index_query(lambda: index.latest_version(key))
+            number = latest[0] if latest is not None else None
+        if number is not None:
+            span = index_query(lambda: index.record_span(key, number))
+            damaged = [stretch for stretch in damaged if span is None or stretch[0] > span[0]]
+            if not damaged:
+                return None
+        places = ", ".join(str(offset) for offset, _end, _reason in damaged[:5])
+        after = f"after version {number} of {key!r}" if number is not None else f"and holds no version of {key!r}"
+        return (f"the log is damaged at offset(s) {places} {after}: a newer version may have been lost there"
+                " (imstore verify names the damage)")  # fmt: skip
+
+    def _resolve(self, key: str, version: int | str | None, at: int | None) -> Version:
         if version is not None:
             number = parse_version(version)
             found = self._cached_version(key, number)

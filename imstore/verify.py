@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .errors import CorruptLog, ImstoreError
-from .indexer import Indexer, index_query
+from .indexer import Indexer, chained_frames, index_query
 from .log import Log
 from .model import VerifyReport, Version
 from .objects import ObjectStore
-from .records import GENESIS, check_chain
+from .records import GENESIS
 
 __all__ = ["verify"]
 
@@ -21,18 +21,8 @@ def verify(log: Log, objects: ObjectStore, indexer: Indexer, progress: Callable[
     latest_version: dict[str, int] = {}
     log_versions: list[Version] = []
     try:
-        prev, seq = GENESIS, 0
         scan = log.scan(0, skip_damage=True)
-        reported = 0
-        for frame in scan:
-            if len(scan.damaged) > reported:
-                report.problems.extend(message for _offset, _end, message in scan.damaged[reported:])
-                reported = len(scan.damaged)
-                if frame.records[0].seq <= seq:
-                    report.problems.append(f"the log's record at offset {frame.offset} (seq {frame.records[0].seq}) goes back"
-                                           f" after damage (seq {seq})")  # fmt: skip
-                prev, seq = frame.records[0].prev, frame.records[0].seq - 1  # the chain goes on after the damage
-            prev, seq = check_chain(frame, prev, seq)
+        for frame in chained_frames(scan, GENESIS, 0, lambda damage: report.problems.append(damage[2]), report.problems.append):
             for record in frame.records:
                 expected = latest_version.get(record.key, 0) + 1
                 if record.version != expected:
@@ -41,7 +31,6 @@ def verify(log: Log, objects: ObjectStore, indexer: Indexer, progress: Callable[
                 if record.hash:
                     referenced.setdefault(record.hash, f"{record.key!r} version {record.version}")
                 log_versions.append(Version.from_record(record))
-        report.problems.extend(message for _offset, _end, message in scan.damaged[reported:])
         if scan.torn_at is not None:
             report.warnings.append(f"the log ends in a torn record at offset {scan.torn_at}; the next write cuts it off")
     except CorruptLog as exc:

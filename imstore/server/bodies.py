@@ -17,7 +17,7 @@ from ..fsio import CHUNK_SIZE
 from ..hashing import blake3
 from ..objects import ObjectReader
 from .headers import positive
-from .protocol import JSONL_TYPES, PAGE_DEFAULT, PAGE_MAX, TAR_TYPES, VERSION_HEADER, version_document
+from .protocol import JSONL_TYPES, PAGE_DEFAULT, PAGE_MAX, TAR_TYPES, VERSION_HEADER, key_etag, version_document
 
 # Seconds a request body may stay silent before the worker gives up on it.
 BODY_IDLE_TIMEOUT = float(os.environ.get("IMSTORE_BODY_TIMEOUT", "30"))
@@ -53,7 +53,9 @@ def wants_whole_body(request: web.BaseRequest) -> bool:
 
 
 def put_answer(status: int, document: dict) -> web.Response:
-    return json_response(document, status, {"ETag": f'"{document["hash"]}"', VERSION_HEADER: str(document["version"])})
+    """A put's answer; its ETag is the key's new one (H1), for an If-Match on the next write."""
+    etag = key_etag(document["version"], document["hash"])
+    return json_response(document, status, {"ETag": f'"{etag}"', VERSION_HEADER: str(document["version"])})
 
 
 async def read_small_body(request: web.BaseRequest) -> bytes:

@@ -32,12 +32,14 @@ from ..store import PutResult, Version
 from ..validate import MAX_NUMBER, format_time, parse_version
 from .headers import encode_text
 from .protocol import (
+    DAMAGED_HEADER,
     MESSAGE_HEADER,
     META_HEADER,
     STALE_HEADER,
     VERSION_HEADER,
     error_from_problem,
     key_path,
+    object_id_of_etag,
     put_result_from_document,
     version_from_document,
 )
@@ -46,6 +48,7 @@ __all__ = ["RemoteStore", "RemoteReader"]
 
 RETRIES = 3
 STALE_WARNING = "the server's store is unavailable: this latest version comes from its cache and may be stale"
+DAMAGED_WARNING = "the server's log is damaged after this version: a newer version may have been lost there (verify on the server names it)"
 
 
 class RemoteReader:
@@ -154,6 +157,8 @@ class RemoteStore:
             raise error_from_problem(response.status, body)
         if response.headers.get(STALE_HEADER) == "1":
             self.warnings.append(STALE_WARNING)
+        if response.headers.get(DAMAGED_HEADER) == "1":
+            self.warnings.append(DAMAGED_WARNING)
         return response
 
     def _json(self, method: str, path: str, **options):
@@ -259,7 +264,7 @@ class RemoteStore:
     def open_version(self, key: str, version: int | str | None = None, at: int | None = None) -> tuple[Version, RemoteReader]:
         query = {"version": str(version) if version is not None else None, "at": _iso(at) if at is not None else None}
         response = self._run(self._request("GET", key_path("/v1/keys/", key), query=query))
-        object_id = response.headers.get("ETag", "").strip('"')
+        object_id = object_id_of_etag(response.headers.get("ETag", ""))  # "v7-<id>" (H1)
         number = int(response.headers.get(VERSION_HEADER, "0"))
         size = response.content_length or 0
         found = Version(key, number, 0, "put", object_id, size, 0, response.headers.get("Content-Type"))

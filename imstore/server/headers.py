@@ -7,9 +7,11 @@ travels percent-encoded: `encode_text` and `text_header` are the two sides.
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import quote, unquote
 
 from ..errors import InvalidInput, InvalidVersion, UsageError
+from ..hashing import OBJECT_ID_LEN
 from ..validate import MAX_NUMBER
 from .idempotency import validate_idempotency_key
 from .protocol import META_HEADER
@@ -25,6 +27,8 @@ __all__ = [
     "etag_matches",
     "parse_range",
 ]
+
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 def encode_text(text: str) -> str:
@@ -60,21 +64,42 @@ def non_negative(text: str | None, name: str) -> int:
 
 
 def preconditions(headers) -> dict:
-    """If-Match: "vN" → if_version N (v0: no versions yet); If-None-Match: * → if_absent."""
+    """A write's conditions (H1): If-Match "vN" → if_version N (v0: no versions yet); If-Match * or
+    ETags a key read gave → if_match ("*" or the tags, checked by conditions.py); If-None-Match: * → if_absent."""
     conditions: dict = {}
     if_match = headers.get("If-Match")
     if if_match is not None:
         text = if_match.strip()
         number = _number(text[2:-1]) if text.startswith('"v') and text.endswith('"') else None
-        if number is None:
-            raise InvalidVersion(f'If-Match takes a version as "vN" (N up to {MAX_NUMBER}), not {if_match!r:.60}')
-        conditions["if_version"] = number
+        if number is not None:
+            conditions["if_version"] = number
+        elif text == "*":
+            conditions["if_match"] = "*"
+        else:
+            conditions["if_match"] = _entity_tags(if_match)
     if_none_match = headers.get("If-None-Match")
     if if_none_match is not None:
         if if_none_match.strip() != "*":
             raise UsageError("on a write, If-None-Match only takes *")
         conditions["if_absent"] = True
     return conditions
+
+
+def _entity_tags(header: str) -> tuple[tuple[int, str], ...]:
+    """(version, object id) of each strong tag of an If-Match list; a weak tag never matches a write (RFC 9110)."""
+    tags = []
+    for item in header.split(","):
+        item = item.strip()
+        weak = item.startswith("W/")
+        quoted = item[2:] if weak else item
+        version, dash, object_id = quoted[1:-1].partition("-")
+        quoted_right = len(quoted) > 2 and quoted[0] == quoted[-1] == '"'
+        number = _number(version[1:]) if quoted_right and version.startswith("v") else None
+        if number is None or not dash or len(object_id) != OBJECT_ID_LEN or not _HEX.fullmatch(object_id):
+            raise InvalidVersion(f'If-Match takes "vN", * or the ETags a key read gave ("vN-<hash>"), not {header!r:.60}')
+        if not weak:
+            tags.append((number, object_id))
+    return tuple(tags)
 
 
 def idempotency_key(request) -> str | None:

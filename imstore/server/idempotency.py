@@ -15,6 +15,16 @@ and (for a put) the same content, and answers with it if it is there; only if it
 is not does it write. The claim is a compare-and-set in one SQLite transaction,
 so two retries cannot both write. Rows expire after a day.
 
+What makes a retry the same request (S4): the claim records a fingerprint of the
+request's method, target and the headers or query that change its result
+(`fingerprint`), and, once its body has arrived whole and before anything
+commits, the BLAKE3 of the body. A retry with another fingerprint or another
+body is refused (422), whether the first attempt was answered or its worker
+died. A dead attempt with no body hash never reached its commit: the retry
+simply runs. One with a body hash may have committed: the retry answers from
+the log when it can find the record (puts, deletes) and says so when it cannot
+(an import runs again, and what the first attempt stored counts as unchanged).
+
 Durability: rows are committed with synchronous=NORMAL (WAL): they survive a
 process crash (F10), not necessarily power loss at that instant.
 
@@ -37,15 +47,16 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from .. import layout
-from ..errors import IdempotencyKeyReused, InvalidInput, RequestInProgress, Unavailable, from_os_error
+from ..errors import IdempotencyKeyReused, ImstoreError, InvalidInput, RequestInProgress, Unavailable, from_os_error
+from ..hashing import blake3
 
-__all__ = ["IdempotencyLedger", "Claim", "validate_idempotency_key", "LEDGER_NAME"]
+__all__ = ["IdempotencyLedger", "Claim", "validate_idempotency_key", "LEDGER_NAME", "fingerprint", "run_once"]
 
 LEDGER_NAME = layout.LEDGER
 EXPIRY_SECONDS = 24 * 3600
@@ -58,6 +69,7 @@ class Claim:
     state: str
     seq_before: int
     answer: tuple[int, dict] | None = None
+    body: str | None = None  # the BLAKE3 of the first attempt's body, once it had arrived whole (before any commit)
 
 
 def validate_idempotency_key(value: str) -> str:
@@ -155,8 +167,10 @@ class IdempotencyLedger:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(
             "CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, method TEXT, key TEXT, owner TEXT,"
-            " seq_before INTEGER, status INTEGER, answer TEXT, created REAL)"
+            " seq_before INTEGER, status INTEGER, answer TEXT, created REAL, request TEXT, body TEXT)"
         )
+        if "body" not in {column[1] for column in db.execute("PRAGMA table_info(requests)")}:
+            _add_fingerprint_columns(db)
         db.execute("CREATE TABLE IF NOT EXISTS ledger (id INTEGER PRIMARY KEY CHECK (id = 1), store_id TEXT NOT NULL)")
         row = db.execute("SELECT store_id FROM ledger WHERE id = 1").fetchone()
         if row is not None and row[0] == self.store_id:
@@ -174,31 +188,37 @@ class IdempotencyLedger:
             raise
 
     # ------------------------------------------------------------ requests
-    def claim(self, request_id: str, method: str, key: str, seq_now: int | Callable[[], int]) -> Claim:
-        """Claim request_id; seq_now is the log's seq (a callable is asked only once the store is checked)."""
+    def claim(self, request_id: str, method: str, key: str, seq_now: int | Callable[[], int], request: str | None = None) -> Claim:
+        """Claim request_id; seq_now is the log's seq (a callable is asked only once the store is checked).
+
+        request is the request's fingerprint: a row with another one is another request (422)."""
         db = self._open()
         if callable(seq_now):
             seq_now = seq_now()
         try:
             db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT method, key, owner, seq_before, status, answer FROM requests WHERE id = ?", (request_id,)).fetchone()
+            row = db.execute(
+                "SELECT method, key, owner, seq_before, status, answer, request, body FROM requests WHERE id = ?", (request_id,)
+            ).fetchone()
             if row is None:
                 db.execute(
-                    "INSERT INTO requests (id, method, key, owner, seq_before, created) VALUES (?, ?, ?, ?, ?, ?)",
-                    (request_id, method, key, self.owner_lock, seq_now, time.time()),
+                    "INSERT INTO requests (id, method, key, owner, seq_before, created, request) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (request_id, method, key, self.owner_lock, seq_now, time.time(), request),
                 )
                 claim = Claim("new", seq_now)
             else:
-                old_method, old_key, owner, seq_before, status, answer = row
+                old_method, old_key, owner, seq_before, status, answer, old_request, body = row
                 if (old_method, old_key) != (method, key):
                     raise IdempotencyKeyReused(f"Idempotency-Key {request_id!r} was used for {old_method} of another key")
+                if None not in (old_request, request) and old_request != request:
+                    raise IdempotencyKeyReused(f"Idempotency-Key {request_id!r} was used for {method} of {key!r} with other headers")
                 if status is not None:
-                    claim = Claim("done", seq_before, (status, json.loads(answer)))
+                    claim = Claim("done", seq_before, (status, json.loads(answer)), body)
                 elif owner_alive(owner):
                     raise RequestInProgress(f"a request with Idempotency-Key {request_id!r} is still in progress; retry later")
                 else:
                     db.execute("UPDATE requests SET owner = ? WHERE id = ?", (self.owner_lock, request_id))
-                    claim = Claim("orphan", seq_before)
+                    claim = Claim("orphan", seq_before, None, body)
             db.execute("COMMIT")
         except BaseException as exc:
             _rollback(db)  # SQLite may have rolled back already (a full disk does): the cause is exc, never the rollback
@@ -217,6 +237,14 @@ class IdempotencyLedger:
         except sqlite3.Error as exc:
             raise _unavailable(exc, self.path) from None
 
+    def record_body(self, request_id: str, digest: str) -> None:
+        """The request's body has arrived whole: remember its hash before anything commits (see above)."""
+        db = self._open()
+        try:
+            db.execute("UPDATE requests SET body = ? WHERE id = ? AND body IS NULL AND status IS NULL", (digest, request_id))
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path) from None
+
     def release(self, request_id: str) -> None:
         """The request failed: a retry must look in the log (the record may or may not be there)."""
         db = self._open()
@@ -224,6 +252,79 @@ class IdempotencyLedger:
             db.execute("UPDATE requests SET owner = NULL WHERE id = ? AND status IS NULL", (request_id,))
         except sqlite3.Error as exc:
             raise _unavailable(exc, self.path) from None
+
+
+def fingerprint(method: str, target: str, fields: dict) -> str:
+    """What makes two requests one (S4): method, target, and the headers or query that change the result."""
+    text = json.dumps([method, target, fields], sort_keys=True, ensure_ascii=False, default=str)
+    return blake3(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def hashed_body(chunks: Iterable[bytes], ended: Callable[[str], None]) -> Iterator[bytes]:
+    """The chunks, passed on; once the last has been taken, ended(the BLAKE3 of them all) (before their reader goes on)."""
+    hasher = blake3()
+    for chunk in chunks:
+        hasher.update(chunk)
+        yield chunk
+    ended(hasher.hexdigest())
+
+
+def run_once(ledger: IdempotencyLedger, request_id: str, method: str, target: str, fields: dict,
+             chunks: Iterable[bytes] | None, seq_now: Callable[[], int], work, warn: Callable[[str], None]):  # fmt: skip
+    """work(claim, body) once per Idempotency-Key: a retry of the same request gets the first answer back.
+
+    chunks is the request body (None: it has none); work must read body to its end before it commits,
+    so the body's hash is in the ledger first. Another request under the same key is refused (422)."""
+    claim = ledger.claim(request_id, method, target, seq_now, fingerprint(method, target, fields))
+
+    def body_ended(digest: str) -> None:
+        if claim.body is not None and claim.body != digest:
+            raise IdempotencyKeyReused(f"Idempotency-Key {request_id!r} was used for {method} of {target!r} with another body")
+        if claim.body is None and claim.state != "done":
+            ledger.record_body(request_id, digest)  # before the commit: a retry after a crash can tell its request
+
+    body = hashed_body(() if chunks is None else chunks, body_ended)
+    if claim.state == "done":
+        for _chunk in body:  # the retry's bytes decide whether it is the request that was answered
+            pass
+        assert claim.answer is not None
+        return claim.answer
+    try:
+        if chunks is None:  # no body: its (empty) hash is recorded before the work, like any body's
+            for _chunk in body:
+                pass
+        status, document = work(claim, body)
+    except BaseException:
+        _forget(ledger, request_id, warn)  # the work's own error is the answer, not the ledger's
+        raise
+    try:
+        ledger.finish(request_id, status, document)
+    except ImstoreError as exc:
+        # The write is done and its answer known: give it. A retry finds the claim released (then the log
+        # answers it) or, if even that failed, held by this worker (409) until the worker goes.
+        warn(f"cannot remember the answer to Idempotency-Key {request_id!r}: {exc}")
+        _forget(ledger, request_id, warn)
+    return status, document
+
+
+def _forget(ledger: IdempotencyLedger, request_id: str, warn: Callable[[str], None]) -> None:
+    try:
+        ledger.release(request_id)
+    except ImstoreError as exc:
+        warn(f"cannot release Idempotency-Key {request_id!r}: {exc}")
+
+
+def _add_fingerprint_columns(db: sqlite3.Connection) -> None:
+    """A ledger from before S4's fingerprints: add the columns (its rows keep NULL: only their key is compared)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if "body" not in {column[1] for column in db.execute("PRAGMA table_info(requests)")}:
+            db.execute("ALTER TABLE requests ADD COLUMN request TEXT")
+            db.execute("ALTER TABLE requests ADD COLUMN body TEXT")
+        db.execute("COMMIT")
+    except BaseException:
+        _rollback(db)
+        raise
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -33,12 +33,15 @@ __all__ = [
     "version_from_document",
     "put_document",
     "put_result_from_document",
+    "key_etag",
+    "object_id_of_etag",
     "PROBLEM_TYPE",
     "PAGE_DEFAULT",
     "PAGE_MAX",
     "next_link",
     "IMMUTABLE",
     "STALE_HEADER",
+    "DAMAGED_HEADER",
     "VERSION_HEADER",
 ]
 
@@ -46,6 +49,7 @@ PROBLEM_TYPE = "application/problem+json"
 IMMUTABLE = "private, max-age=31536000, immutable"
 VERSION_HEADER = "X-Imstore-Version"
 STALE_HEADER = "X-Imstore-Stale"
+DAMAGED_HEADER = "X-Imstore-Damaged"  # 1: the log is damaged after this answer's version, a newer one may be lost (H2)
 MESSAGE_HEADER = "X-Imstore-Message"
 META_HEADER = "X-Imstore-Meta"
 WORKER_HEADER = "X-Imstore-Worker"
@@ -178,6 +182,20 @@ def put_document(result: PutResult) -> dict:
 
 def put_result_from_document(document: dict) -> PutResult:
     return PutResult(version_from_document(document), bool(document.get("unchanged")))
+
+
+def key_etag(version: int, object_id: str) -> str:
+    """The ETag of a key's answer (H1): its version and its object, `v7-<object id>` (quoted on the wire).
+
+    The version names the representation whole (bytes, content type, metadata never change within one),
+    so a new version that only changes the type gets a new tag; the object id keeps the client's hash
+    check (and tags from another store at the same address cannot pass for this one's)."""
+    return f"v{version}-{object_id}"
+
+
+def object_id_of_etag(etag: str) -> str:
+    """The object id in a key answer's ETag: `"v7-<id>"` (H1), or `"<id>"` from a server before H1."""
+    return etag.strip().removeprefix("W/").strip('"').rpartition("-")[2]
 
 
 def problem(error: ImstoreError | None, status: int, detail: str) -> bytes:

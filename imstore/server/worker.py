@@ -23,9 +23,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..cache import CacheSettings
-from ..errors import IdempotencyKeyReused, ImstoreError, Unavailable, UsageError
+from ..errors import ImstoreError, NotFound, Unavailable, UsageError
 from ..fsio import CHUNK_SIZE
-from ..hashing import blake3
 from ..objects import ObjectReader
 from ..store import PutResult, Store
 from ..transfer import SMALL_OBJECT
@@ -43,12 +42,14 @@ from .bodies import (
     read_small_body,
     wants_whole_body,
 )
+from .conditions import check_if_match, conditional_write
 from .feed_routes import FeedRoutes
 from .headers import etag_matches, idempotency_key, meta_header, non_negative, parse_range, positive, preconditions, text_header
 from .hot import HotObjects
-from .idempotency import Claim, IdempotencyLedger
+from .idempotency import Claim, IdempotencyLedger, run_once
 from .proofroutes import proof_document
 from .protocol import (
+    DAMAGED_HEADER,
     EXPAND_LIMIT,
     IMMUTABLE,
     MESSAGE_HEADER,
@@ -59,6 +60,7 @@ from .protocol import (
     STALE_HEADER,
     VERSION_HEADER,
     RouteMatch,
+    key_etag,
     match_route,
     next_link,
     problem,
@@ -86,6 +88,8 @@ PAGE_SLICE = 500  # listing entries read per pool call while a page streams out
 # Answers that change (a latest version, a listing): any cache must ask again each time, and shared
 # caches must not keep them at all (they are behind a token) (S10).
 REVALIDATE = "private, no-cache"
+INTERRUPTED_IMPORT = ("an earlier attempt of this import (same Idempotency-Key) was cut off after its body had arrived, and"
+                      " may have committed: what it stored counts as unchanged here")  # fmt: skip
 
 
 class WorkerApp(FeedRoutes):
@@ -156,7 +160,7 @@ class WorkerApp(FeedRoutes):
             if public != detail:  # the operator still learns which file
                 print(f"imstore worker {os.getpid()}: {request.method} {request.raw_path.partition('?')[0]}: {detail}",
                       file=sys.stderr, flush=True)  # fmt: skip
-            return problem_response(exc.http_status, exc, public)
+            return problem_response(exc.http_status, exc, public, getattr(exc, "http_headers", None))
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as exc:  # a bug of ours: 500, and the traceback on stderr
@@ -180,11 +184,18 @@ class WorkerApp(FeedRoutes):
             store = self.store()
             try:
                 found, reader = store.open_version(key, version, moment)
+            except NotFound as exc:
+                if store.read_caveat is not None:  # its detail says why it may be wrong (H2)
+                    exc.http_headers = {DAMAGED_HEADER: "1"}
+                raise
             finally:
+                if store.read_caveat in store.warnings:  # the client is told (DAMAGED_HEADER); writes tell the operator
+                    store.warnings.remove(store.read_caveat)
                 self._flush_warnings(store)
-            return found, reader, (reader.read() if preload and reader.size <= PRELOAD else None)
+            data = reader.read() if preload and reader.size <= PRELOAD else None
+            return found, reader, data, store.read_caveat is not None
 
-        found, reader, data = await self.call(resolve)
+        found, reader, data, damaged = await self.call(resolve)
         headers = {
             VERSION_HEADER: str(found.version),
             "Cache-Control": IMMUTABLE if version is not None else REVALIDATE,
@@ -192,7 +203,9 @@ class WorkerApp(FeedRoutes):
         }
         if found.stale:  # a latest version the cache answered while the store's log could not be read
             headers[STALE_HEADER] = "1"
-        return await self.send_object(request, reader, headers, data)
+        if damaged:  # a newer version may have been lost to damage in the log (H2)
+            headers[DAMAGED_HEADER] = "1"
+        return await self.send_object(request, reader, headers, data, key_etag(found.version, reader.object_id))
 
     async def _key_put(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         key = validate_key(matched.param())
@@ -205,32 +218,27 @@ class WorkerApp(FeedRoutes):
         request_id = idempotency_key(request)
         if request.content_length is not None and request.content_length <= SMALL_BODY:
             data = await read_small_body(request)
-            if request_id is None and len(data) <= BATCHED_BODY:
+            if request_id is None and len(data) <= BATCHED_BODY and "if_match" not in options:
                 result = await self.put_batcher.put(key, data, options)
                 return put_answer(200 if result.unchanged else 201, put_document(result))
             chunks: object = [data]
         else:
             chunks = body_chunks(asyncio.get_running_loop(), request.content)
 
-        def same_put(answer: dict) -> bool:
-            """Is this retry the request that was answered? Same bytes, type and metadata."""
-            if (answer.get("content_type"), answer.get("meta") or {}) != (options["content_type"], options["meta"] or {}):
-                return False
-            hasher = blake3()
-            for chunk in chunks:  # a streamed body is read to its end: its bytes decide
-                hasher.update(chunk)
-            return hasher.hexdigest() == answer.get("hash")
-
         def put():
-            return self._idempotent(request_id, "PUT", key, lambda claim: self._put(key, chunks, options, claim), same_put)
+            return self._once(request_id, "PUT", key, options, chunks, lambda claim, body: self._put(key, body, options, claim))
 
         return put_answer(*await self.call(put))
 
     def _put(self, key: str, chunks, options: dict, claim: Claim | None) -> tuple[int, dict]:
         store = self.store()
         try:
-            if claim is not None and claim.state == "orphan":
+            if claim is not None and claim.state == "orphan" and claim.body is not None:
                 result = _resolve_orphan_put(self.store_root, key, chunks, claim.seq_before, options)
+            elif "if_match" in options:
+                check_if_match(store, key, options["if_match"])  # fail fast: a refused put stores no object
+                object_id, _size = store.write_object(chunks)
+                result = _put_object(store, key, object_id, options)
             else:
                 result = store.put_stream(key, chunks, **options)
         finally:
@@ -246,32 +254,29 @@ class WorkerApp(FeedRoutes):
         request_id = idempotency_key(request)
 
         def delete():
-            return self._idempotent(request_id, "DELETE", key, lambda claim: self._delete(key, message, conditions, claim))
+            work = lambda claim, body: self._delete(key, message, conditions, claim)  # noqa: E731
+            return self._once(request_id, "DELETE", key, {"message": message, **conditions}, None, work)
 
         status, document = await self.call(delete)
         return json_response(document, status, {VERSION_HEADER: str(document["version"])})
 
     def _delete(self, key: str, message, conditions: dict, claim: Claim | None) -> tuple[int, dict]:
-        if claim is not None and claim.state == "orphan":
+        if claim is not None and claim.state == "orphan" and claim.body is not None:
             with Store.open(self.store_root) as fresh:  # a fresh Store catches its index up with the log
                 for record in fresh.log_records(after=claim.seq_before):
                     if record.key == key and record.op == "delete":
                         return 200, version_document(record)
         store = self.store()
         try:
-            tombstone = store.delete(key, message=message, if_version=conditions.get("if_version"))
+            tombstone = conditional_write(store, key, conditions, lambda number: store.delete(key, message=message, if_version=number))
         finally:
             self._flush_warnings(store)
         return 200, version_document(tombstone)
 
-    def _idempotent(self, request_id: str | None, method: str, key: str, work, same_request=None) -> tuple[int, dict]:
-        """Run work once per Idempotency-Key (see idempotency.py); without a key just run it.
-
-        same_request(answer) tells a retry from another request under the same key: that one is
-        refused (422), never answered with the first request's result while its own is dropped."""
+    def _once(self, request_id: str | None, method: str, target: str, fields: dict, chunks, work) -> tuple[int, dict]:
+        """work(claim, body) once per Idempotency-Key (idempotency.run_once); without a key just run it."""
         if request_id is None:
-            return work(None)
-        ledger = self.ledger()
+            return work(None, chunks)
 
         def seq_now() -> int:
             try:
@@ -279,36 +284,12 @@ class WorkerApp(FeedRoutes):
             except sqlite3.Error as exc:
                 raise Unavailable(f"cannot write: the store is unavailable (its index: {exc})") from None
 
+        def warn(text: str) -> None:
+            print(f"imstore worker {os.getpid()}: warning: {text}", file=sys.stderr, flush=True)
+
         # The ledger checks first that the directory still holds this store: nothing of the store is touched
         # (nothing created) where it is not (D4). Its own failures (a full disk) are Unavailable, by cause (D9).
-        claim = ledger.claim(request_id, method, key, seq_now)
-        if claim.state == "done":
-            assert claim.answer is not None
-            if same_request is not None and not same_request(claim.answer[1]):
-                raise IdempotencyKeyReused(f"Idempotency-Key {request_id!r} was used for {method} of {key!r} with other content")
-            return claim.answer
-        try:
-            status, document = work(claim)
-        except BaseException:
-            self._forget_claim(ledger, request_id)  # the work's own error is the answer, not the ledger's
-            raise
-        try:
-            ledger.finish(request_id, status, document)
-        except ImstoreError as exc:
-            # The write is done and its answer known: give it. A retry finds the claim released (then the log
-            # answers it) or, if even that failed, held by this worker (409) until the worker goes.
-            print(f"imstore worker {os.getpid()}: warning: cannot remember the answer to Idempotency-Key {request_id!r}: {exc}",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            self._forget_claim(ledger, request_id)
-        return status, document
-
-    @staticmethod
-    def _forget_claim(ledger: IdempotencyLedger, request_id: str) -> None:
-        try:
-            ledger.release(request_id)
-        except ImstoreError as exc:
-            print(f"imstore worker {os.getpid()}: warning: cannot release Idempotency-Key {request_id!r}: {exc}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+        return run_once(self.ledger(), request_id, method, target, fields, chunks, seq_now, work, warn)
 
     # ------------------------------------------------------------ import
     async def _import_post(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
@@ -318,7 +299,7 @@ class WorkerApp(FeedRoutes):
         arrives; it is read to its very end before anything commits, so a body that breaks off (a client
         hang-up) commits nothing. A retry with the same Idempotency-Key gets the first answer back; a
         retry after the first attempt's worker died imports again, which adds nothing for content that
-        did commit (unchanged items add no version).
+        did commit (unchanged items add no version), and says so when that attempt may have committed.
         """
         query = matched.query()
         options = {
@@ -334,14 +315,16 @@ class WorkerApp(FeedRoutes):
             chunks: object = [await read_small_body(request)]
         else:
             chunks = body_chunks(asyncio.get_running_loop(), request.content)
+        fields = {name: value for name, value in options.items() if name != "max_expanded"}  # the server's limit, not the request
 
         def run():
-            return self._idempotent(request_id, "POST", f"import?prefix={options['prefix']}", lambda claim: self._import(chunks, options))
+            target = f"import?prefix={options['prefix']}"
+            return self._once(request_id, "POST", target, fields, chunks, lambda claim, body: self._import(body, options, claim))
 
         status, document = await self.call(run)
         return json_response(document, status)
 
-    def _import(self, chunks, options: dict) -> tuple[int, dict]:
+    def _import(self, chunks, options: dict, claim: Claim | None = None) -> tuple[int, dict]:
         from ..importer import ImportSummary, import_items
         from ..sources import stream_source
 
@@ -362,6 +345,8 @@ class WorkerApp(FeedRoutes):
             )  # fmt: skip
         finally:
             self._flush_warnings(store)
+        if claim is not None and claim.state == "orphan" and claim.body is not None:
+            summary.warnings.append(INTERRUPTED_IMPORT)
         return (201 if summary.added else 200), summary.to_json()
 
     # ------------------------------------------------------------ listings
@@ -500,20 +485,22 @@ class WorkerApp(FeedRoutes):
         return await self.send_object(request, reader, headers, data)
 
     async def send_object(
-        self, request: web.BaseRequest, reader: ObjectReader, headers: dict, data: bytes | None = None
+        self, request: web.BaseRequest, reader: ObjectReader, headers: dict, data: bytes | None = None, etag: str | None = None
     ) -> web.StreamResponse:
         """The object's bytes (or a range), verified, with ETag / 304 / 206 / 416 handling.
 
-        data, when given, is the whole object already read and verified."""
-        headers["ETag"] = f'"{reader.object_id}"'
+        data, when given, is the whole object already read and verified; etag is the answer's tag
+        (a key's names its version, H1), the object id when not given."""
+        etag = etag or reader.object_id
+        headers["ETag"] = f'"{etag}"'
         headers["Accept-Ranges"] = "bytes"
         headers["Content-Security-Policy"] = SANDBOX
         size = reader.size
-        if etag_matches(request.headers.get("If-None-Match"), reader.object_id):
+        if etag_matches(request.headers.get("If-None-Match"), etag):
             return web.Response(status=304, headers=headers)
         start, end, status = 0, size, 200
         range_header = request.headers.get("Range")
-        if range_header and etag_matches(request.headers.get("If-Range", headers["ETag"]), reader.object_id):
+        if range_header and etag_matches(request.headers.get("If-Range", headers["ETag"]), etag):
             wanted = parse_range(range_header, size)
             if wanted == "unsatisfiable":
                 headers["Content-Range"] = f"bytes */{size}"
@@ -575,13 +562,20 @@ def problem_response(status: int, error: ImstoreError | None, detail: str, heade
 
 
 def _resolve_orphan_put(store_root: str, key: str, chunks, seq_before: int, options: dict) -> PutResult:
-    """A retry of a put whose first attempt died: answer with its record if it committed, else write now."""
+    """A retry of a put whose first attempt died after its body had arrived: its record if it committed, else write now."""
     with Store.open(store_root) as fresh:  # a fresh Store catches its index up with the log
         object_id, _size = fresh.write_object(chunks)
         for record in fresh.log_records(after=seq_before):
-            if record.key == key and record.op == "put" and record.hash == object_id:
+            same = (record.hash, record.content_type, record.meta) == (object_id, options["content_type"], options["meta"] or {})
+            if record.key == key and record.op == "put" and same:
                 return PutResult(record, unchanged=False)
-        return fresh.put_object(key, object_id, **options)
+        return _put_object(fresh, key, object_id, options)
+
+
+def _put_object(store: Store, key: str, object_id: str, options: dict) -> PutResult:
+    """Commit object_id under key with the request's options; If-Match decided atomically (conditions.py)."""
+    fields = {name: value for name, value in options.items() if name not in ("if_match", "if_version")}
+    return conditional_write(store, key, options, lambda if_version: store.put_object(key, object_id, if_version=if_version, **fields))
 
 
 if __name__ == "__main__":  # a serve started before the split runs its workers as this module

@@ -98,7 +98,7 @@ def test_every_answer_says_nosniff(shared_server):
 def every_kind_of_answer(server, big_id: str) -> dict[str, tuple[int, dict]]:
     """(status, lower-cased headers) of each way the gateway makes an answer."""
     small_url = key_url("exposure/small")
-    small_id = server.request("GET", small_url, token="read").headers["ETag"].strip('"')
+    small_id = server.request("GET", small_url, token="read").headers["ETag"].strip('"').partition("-")[2]
     answers = {}
     for label, method, path, headers, token in [
         ("key", "GET", small_url, {}, "read"),

@@ -69,7 +69,7 @@ def _check_reads_during_outage(server: Server, expected: dict, kind: str) -> Non
     for (key, version), data in expected.items():
         reply = server.request("GET", f"{key_url(key)}?version={version}", token="read")
         assert reply.status == 200 and reply.body == data, (key, version, reply.status, reply.body[:300])
-        assert reply.headers["ETag"] == f'"{hash_bytes(data)}"' and STALE not in reply.headers
+        assert reply.headers["ETag"] == f'"v{version}-{hash_bytes(data)}"' and STALE not in reply.headers
         digest = hash_bytes(data)
         for wanted in (digest, digest[:12]):
             by_hash = server.request("GET", f"/v1/objects/{wanted}", token="read")

@@ -53,6 +53,17 @@ def test_preconditions():
         preconditions({"If-None-Match": '"abc"'})
 
 
+def test_if_match_takes_star_and_the_etags_of_key_reads():
+    object_id = "ab" * 32
+    assert preconditions({"If-Match": " * "}) == {"if_match": "*"}
+    assert preconditions({"If-Match": f'"v7-{object_id}"'}) == {"if_match": ((7, object_id),)}
+    both = preconditions({"If-Match": f'"v7-{object_id}", W/"v8-{object_id}", "v9-{object_id}"'})
+    assert both == {"if_match": ((7, object_id), (9, object_id))}  # a weak tag never matches a write
+    for bad in (f'"v7-{object_id[:-1]}"', f"v7-{object_id}", f'"v7-{object_id.upper()}"', f'"v-{object_id}"', f'"7-{object_id}"', '""'):
+        with pytest.raises(InvalidVersion):
+            preconditions({"If-Match": bad})
+
+
 def test_text_travels_percent_encoded_both_ways():
     text = "première ligne\tet un ☃"
     assert text_header(encode_text(text)) == text

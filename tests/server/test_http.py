@@ -31,7 +31,7 @@ def test_put_then_get_carries_etag_version_and_no_cache(shared_server):
     reply = shared_server.request("GET", key_url("sem/a"), token="read")
     assert reply.status == 200 and reply.body == b"two"
     raw = str(reply.headers)
-    assert f'ETag: "{hash_bytes(b"two")}"' in raw, raw  # canonical spelling on the wire
+    assert f'ETag: "v2-{hash_bytes(b"two")}"' in raw, raw  # canonical spelling on the wire; names the version (H1)
     assert "X-Imstore-Version: 2" in raw
     assert reply.headers["Cache-Control"] == "private, no-cache"
     old = shared_server.request("GET", key_url("sem/a") + "?version=1", token="read")
@@ -55,10 +55,11 @@ def test_header_names_reach_clients_in_their_canonical_spelling(shared_server):
 
 def test_if_none_match_gives_304_on_keys_and_objects(shared_server):
     put(shared_server, "sem/etag", b"cached bytes")
-    etag = f'"{hash_bytes(b"cached bytes")}"'
+    etag = f'"v1-{hash_bytes(b"cached bytes")}"'
     reply = shared_server.request("GET", key_url("sem/etag"), headers={"If-None-Match": etag}, token="read")
     assert reply.status == 304 and reply.body == b"" and reply.headers["ETag"] == etag
-    obj = shared_server.request("GET", f"/v1/objects/{etag.strip(chr(34))}", headers={"If-None-Match": etag}, token="read")
+    object_tag = f'"{hash_bytes(b"cached bytes")}"'
+    obj = shared_server.request("GET", f"/v1/objects/{object_tag.strip(chr(34))}", headers={"If-None-Match": object_tag}, token="read")
     assert obj.status == 304
     other = shared_server.request("GET", key_url("sem/etag"), headers={"If-None-Match": '"abc"'}, token="read")
     assert other.status == 200 and other.body == b"cached bytes"
