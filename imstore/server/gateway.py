@@ -9,7 +9,8 @@ requests until it answers its health check again.
 Small objects asked for by full id are immutable, so the gateway keeps the ones
 it has relayed (after hashing them itself) and answers repeat GETs from memory,
 as a caching proxy would: the hop to a worker costs more than the rest of such a
-request. `Cache-Control: no-cache` on a request, or any conditional or Range
+request. Latest versions by key are kept the same way while the log is unchanged
+(latest.py). `Cache-Control: no-cache` on a request, or any conditional or Range
 header, sends it to a worker as usual.
 """
 
@@ -36,6 +37,7 @@ from ..hashing import OBJECT_ID_LEN, hash_bytes
 from ..validate import parse_size  # re-exported: `serve --max-body` imports it from here
 from .auth import Authenticator, TokenStore, token_file_warning
 from .hot import HotObjects
+from .latest import LatestAnswers
 from .metrics import Metrics
 from .protocol import (
     EXPAND_LIMIT,
@@ -151,6 +153,7 @@ class Gateway:
         self.openapi = OPENAPI.read_bytes()
         self.in_flight = 0
         self.objects: HotObjects[tuple] = HotObjects()
+        self.latest = LatestAnswers(config.store_root)
         self.private_paths = server_paths(config.store_root, supervisor.runtime_dir)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -229,7 +232,8 @@ class Gateway:
         if request.method in WRITE_METHODS and scope != "write":
             return _problem(403, None, f"this token has the {scope} scope; {request.method} needs a write token")
         if route.name == "metrics":
-            text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"], self.objects.hits, self.in_flight)
+            text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"], self.objects.hits, self.in_flight,
+                                       self.latest.hits)
             return web.Response(body=text.encode(), headers={**PUBLIC_HEADERS, "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
         if route.name == "openapi":
             return web.Response(body=self.openapi, headers={**PUBLIC_HEADERS, "Content-Type": "application/json"})
@@ -243,6 +247,12 @@ class Gateway:
                         state["worker"] = "memory"
                         headers, data = hit
                         return web.Response(body=data, headers=headers)
+        if route.name == "key" and request.method == "GET" and "?" not in request.raw_path and not _needs_worker(request):
+            state["latest"] = stamp = self.latest.stamp()  # before forwarding: see latest.py
+            hit = self.latest.get(request.raw_path, stamp)
+            if hit is not None:
+                state["worker"] = "memory"
+                return web.Response(body=hit[1], headers=hit[0])
         return await self._forward(request, state)
 
     def _has_token(self, request: web.BaseRequest) -> bool:
@@ -376,6 +386,9 @@ class Gateway:
                     raise _WorkerFailed(str(exc)) from None
                 if upstream.status == 200 and "fill" in state:
                     self._keep_object(state["fill"], out_headers, data)
+                elif upstream.status == 200 and "latest" in state:
+                    kept = {name: value for name, value in out_headers.items() if name != WORKER_HEADER}
+                    self.latest.keep(request.raw_path, state["latest"], kept, data)
                 return web.Response(status=upstream.status, body=data, headers=out_headers)
             return await self._relay(request, upstream, out_headers, state)
         finally:
