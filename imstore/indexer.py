@@ -122,9 +122,11 @@ class Indexer:
         try:
             # Fast path, no write transaction: the index already ends where the log ends.
             state = index.state()
-            if state.log_end == self.log.size() and self._matches_log(state):
+            size = self.log.size()
+            if state.log_end == size and self._matches_log(state):
+                self._seen_log_size = size  # current() skips this check until the log's size changes
                 return
-            self._seen_log_size = self.log.size()
+            self._seen_log_size = size
             state = index.begin()
             try:
                 if not self._matches_log(state):
@@ -198,13 +200,15 @@ class Indexer:
         self.catch_up(writer=True)
         return self._index.count()
 
-    def confirm(self, row: tuple) -> None:
+    def confirm(self, row: tuple, span: tuple[int, int, int] | None | bool = False) -> None:
         """Check an index row against its record in the log (one read at the offset the index gives).
 
         An edited or damaged index can then never make a read serve another version's bytes.
+        span: the row's record_span when the caller read it with the row (False: look it up).
         """
         key, version, seq, op, object_hash, size = row[:6]
-        span = index_query(lambda: self.index.record_span(key, version))
+        if span is False:
+            span = index_query(lambda: self.index.record_span(key, version))
         if span is None:
             raise CorruptIndex(f"the index has no place in the log for {key!r} version {version}: run imstore reindex")
         frame_offset, offset, length = span
