@@ -27,7 +27,6 @@ from collections.abc import Iterable, Iterator
 from typing import BinaryIO, NamedTuple
 
 from .errors import AmbiguousPrefix, KeyDeleted, NotFound, UsageError
-from .model import version_fields
 
 __all__ = ["Answer", "answer_get", "answer_cat", "write_answer", "serve_lines", "parse_get_line", "WHOLE"]
 
@@ -36,15 +35,16 @@ OK, MISSING, DELETED, AMBIGUOUS = "ok", "missing", "deleted", "ambiguous"
 
 
 class Answer(NamedTuple):
-    """The answer to one line: status OK with the version (get) or object (cat), or why not."""
+    """The answer to one line: status OK with what was found, or why not."""
 
     query: str
     status: str
-    version: object | None = None  # a Version (get)
+    number: int = 0  # the version number (get)
     object_id: str = ""
     size: int = 0
+    content_type: str | None = None
     data: bytes | None = None  # the verified bytes, when read whole
-    reader: object | None = None  # an ObjectReader, for an object streamed after its header
+    reader: object | None = None  # a reader (chunks()) of bytes verified once, streamed after the header
 
 
 def parse_get_line(line: str) -> tuple[str, str | None]:
@@ -61,7 +61,7 @@ def answer_get(store, line: str, *, with_bytes: bool) -> Answer:
         return Answer(key, DELETED)
     except (NotFound, UsageError):  # no such key or version, or one that cannot exist
         return Answer(key, MISSING)
-    return _with_bytes(Answer(key, OK, found, found.hash, found.size, None, reader), with_bytes)
+    return _with_bytes(Answer(key, OK, found.version, found.hash, found.size, found.content_type, None, reader), with_bytes)
 
 
 def answer_cat(store, line: str, *, with_bytes: bool) -> Answer:
@@ -71,7 +71,7 @@ def answer_cat(store, line: str, *, with_bytes: bool) -> Answer:
         return Answer(line, AMBIGUOUS)
     except (NotFound, UsageError):
         return Answer(line, MISSING)
-    return _with_bytes(Answer(line, OK, None, reader.object_id, reader.size, None, reader), with_bytes)
+    return _with_bytes(Answer(line, OK, 0, reader.object_id, reader.size, None, None, reader), with_bytes)
 
 
 def _with_bytes(answer: Answer, with_bytes: bool) -> Answer:
@@ -91,21 +91,23 @@ def header(answer: Answer, kind: str) -> bytes:
     if answer.status != OK:
         text = f"{answer.query}\t{answer.status}"
     elif kind == "get":
-        text = f"{answer.query}\t{answer.version.version}\t{answer.object_id}\t{answer.size}"
+        text = f"{answer.query}\t{answer.number}\t{answer.object_id}\t{answer.size}"
     else:
         text = f"{answer.object_id}\t{answer.size}"
     return text.encode("utf-8", "surrogateescape") + b"\n"
 
 
 def json_line(answer: Answer, kind: str) -> bytes:
+    """The same facts as the header line, as JSON (and, for get, the Content-Type a reader gets)."""
     name = "key" if kind == "get" else "query"
-    if answer.status != OK:
-        document = {name: answer.query, "status": answer.status}
-    elif kind == "get":
-        document = {"status": OK, **version_fields(answer.version)}
-        document["key"] = answer.query  # as asked (the same key; keeps a surrogate-escaped query intact)
-    else:
-        document = {"query": answer.query, "status": OK, "hash": answer.object_id, "size": answer.size}
+    document: dict = {name: answer.query, "status": answer.status}
+    if answer.status == OK:
+        if kind == "get":
+            # The type a reader gets, as over HTTP: application/octet-stream when none was recorded.
+            content_type = answer.content_type or "application/octet-stream"
+            document.update(version=answer.number, hash=answer.object_id, size=answer.size, content_type=content_type)
+        else:
+            document.update(hash=answer.object_id, size=answer.size)
     return json.dumps(document, ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n"
 
 

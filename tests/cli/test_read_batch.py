@@ -77,9 +77,10 @@ def test_batch_check_json_lines_describe_without_bytes(cli, store):
     result = cli("--json", "get", "--batch-check", stdin=b"k\nnope\n")
     assert result.code == 0, result.stderr
     documents = [json.loads(line) for line in result.stdout.splitlines()]
-    assert documents[0]["status"] == "ok" and documents[0]["key"] == "k" and documents[0]["version"] == 1
-    assert documents[0]["hash"] == hash_bytes(b"hello") and documents[0]["content_type"] == "text/plain"
-    assert documents[1] == {"key": "nope", "status": "missing"}
+    assert documents == [
+        {"key": "k", "status": "ok", "version": 1, "hash": hash_bytes(b"hello"), "size": 5, "content_type": "text/plain"},
+        {"key": "nope", "status": "missing"},
+    ]
 
 
 def test_cat_batch_by_hash_and_prefix(cli, store):
