@@ -362,7 +362,7 @@ class Store:
         self.indexer.confirm(row, span)
         found = Version.from_row(row)
         if self.cache is not None:
-            self.cache.note_latest(found.to_row(), index_query(lambda: index.state().seq))
+            self.cache.note_latest(found.to_row(), lambda: index_query(lambda: index.state().seq))
         return found
 
     def _stale_latest(self, key: str, unavailable: Unavailable) -> Version:
