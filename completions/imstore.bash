@@ -23,9 +23,9 @@ _imstore() {
         "cache") COMPREPLY=($(compgen -W "-h --help clear stats" -- "$cur")) ;;
         "cache clear") COMPREPLY=($(compgen -W "--all -h --help" -- "$cur")) ;;
         "cache stats") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
-        "cat") COMPREPLY=($(compgen -W "-o --output -h --help" -- "$cur")) ;;
+        "cat") COMPREPLY=($(compgen -W "-o --output --batch --batch-check -h --help" -- "$cur")) ;;
         "export") COMPREPLY=($(compgen -W "--prefix -p --at --strict -h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
-        "get") COMPREPLY=($(compgen -W "--version -V --at -o --output -h --help" -- "$cur")) ;;
+        "get") COMPREPLY=($(compgen -W "--version -V --at -o --output --batch --batch-check -h --help" -- "$cur")) ;;
         "history") COMPREPLY=($(compgen -W "--limit -n -h --help" -- "$cur")) ;;
         "import") COMPREPLY=($(compgen -W "--prefix -p --jobs -j -m --message --skip-errors --follow-symlinks -h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
         "init") COMPREPLY=($(compgen -W "-h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
