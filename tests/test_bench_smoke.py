@@ -70,3 +70,12 @@ def test_soak_runs():
     assert any(fault.startswith("STOP w") for fault in minute["faults"])
     assert any(fault.startswith("KILL w") and "back" in fault for fault in minute["faults"])
     assert summary["verify_clean"]
+
+
+@pytest.mark.timeout(300)
+def test_batch_runs():
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    out = run_bench("bench_batch.py", "--count", "40", "--sample", "3", "--rounds", "1", "--remote")
+    assert "one process each / get --batch" in out and "get --batch / git cat-file --batch" in out
+    assert "--remote get --batch / local get --batch" in out

@@ -160,3 +160,21 @@ def test_a_key_written_by_another_process_is_seen_by_the_next_line(store_path: P
             process.wait()
         process.stdout.close()
         process.stderr.close()
+
+
+def test_objects_past_whole_are_verified_then_streamed(cli, store, store_path, monkeypatch):
+    from imstore import readbatch
+
+    monkeypatch.setattr(readbatch, "WHOLE", 100)  # every object here takes the large-object path
+    big = os.urandom(5000)
+    store.put("big", big)
+    store.put("small", b"s")
+    result = cli("--no-cache", "get", "--batch", stdin=b"big\nsmall\n")
+    assert result.code == 0, result.stderr
+    assert frames(result.stdout) == [(["big", "1", hash_bytes(big), "5000"], big), (["small", "1", hash_bytes(b"s"), "1"], b"s")]
+    path = store_path / "objects" / hash_bytes(big)[:2] / hash_bytes(big)[2:]
+    os.chmod(path, 0o644)
+    path.write_bytes(big[:-1] + bytes([big[-1] ^ 1]))  # the last byte: the damage shows only at the end
+    result = cli("--no-cache", "get", "--batch", stdin=b"small\nbig\n")
+    assert result.code == 5
+    assert result.stdout == f"small\t1\t{hash_bytes(b's')}\t1\n".encode() + b"s\n"  # no header for the damaged one

@@ -138,3 +138,21 @@ def test_remote_batch_sees_another_process_write_and_outlives_the_servers_idle_t
             process.wait()
         process.stdout.close()
         process.stderr.close()
+
+
+def test_large_remote_bodies_are_spooled_verified_and_streamed(shared_server, tmp_path, monkeypatch):
+    from imstore.server import pipeline
+    from tests.conftest import run_cli_in_process
+
+    monkeypatch.setattr(pipeline, "WHOLE", 100)  # every body here is spooled to a temp file
+    big = os.urandom(300_000)  # past the gateway's buffered size too: relayed or sent with sendfile
+    with Store.open(shared_server.store) as store:
+        store.put("remote/big", big)
+    token = tmp_path / "token"
+    token.write_text(shared_server.read_token)
+    token.chmod(0o600)
+    result = run_cli_in_process(["--remote", shared_server.url, "--token-file", str(token), "get", "--batch"],
+                                stdin=b"remote/big\nremote/big\n")  # fmt: skip
+    assert result.code == 0, result.stderr
+    frame = f"remote/big\t1\t{hash_bytes(big)}\t{len(big)}\n".encode() + big + b"\n"
+    assert result.stdout == frame * 2
