@@ -22,7 +22,9 @@ script can write a line and wait for its answer.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO, NamedTuple
 
@@ -128,14 +130,29 @@ def write_answer(answer: Answer, kind: str, mode: str, out: BinaryIO) -> None:
 
 
 def read_lines(source: BinaryIO) -> Iterator[str]:
-    """stdin's lines, without their newline, as soon as each arrives (not block-buffered)."""
-    while True:
-        raw = source.readline()
-        if not raw:
-            return
-        if raw.endswith(b"\n"):
-            raw = raw[:-1]
-        yield raw.decode("utf-8", "surrogateescape")  # a key that is not UTF-8 is answered missing
+    """The source's lines, without their newline, as soon as each arrives.
+
+    A real file descriptor is read with os.read: no buffered reader's lock is held while
+    waiting, so a thread blocked here (a remote batch's input) never stalls the exit."""
+    try:
+        fd = source.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        fd = None
+    if fd is None:
+        while raw := source.readline():
+            yield _decode(raw[:-1] if raw.endswith(b"\n") else raw)
+        return
+    pending = b""
+    while chunk := os.read(fd, 1 << 16):
+        *complete, pending = (pending + chunk).split(b"\n")
+        for raw in complete:
+            yield _decode(raw)
+    if pending:
+        yield _decode(pending)
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")  # a key that is not UTF-8 is answered missing, echoed as it came
 
 
 def serve_lines(store, lines: Iterable[str], kind: str, mode: str, out: BinaryIO, after_each=None) -> int:

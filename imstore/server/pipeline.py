@@ -19,7 +19,7 @@ import queue
 import ssl
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from urllib.parse import quote, urlsplit
 
 from ..errors import AmbiguousPrefix, CorruptObject, ImstoreError, KeyDeleted, NotFound, Unavailable, UsageError
@@ -31,6 +31,7 @@ from .protocol import STALE_HEADER, VERSION_HEADER, error_from_problem, key_path
 __all__ = ["pipelined_answers"]
 
 RETRIES = 3
+IN_FLIGHT = 256  # lines read ahead, and GETs sent but not yet answered: memory stays bounded on endless input
 PIECE = 1 << 16
 _END = object()
 
@@ -69,6 +70,7 @@ class _Pipeline:
         self.asked: collections.deque[_Ask] = collections.deque()  # sent (or answered here), not yet handed on
         self.lock = asyncio.Lock()  # a reconnect and its resends go out before any new request
         self.more = asyncio.Event()
+        self.room = asyncio.Event()  # set when an answer leaves self.asked
         self.all_sent = False
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -99,6 +101,9 @@ class _Pipeline:
             raise Unavailable(f"cannot reach the server at {self.host}:{self.port}: {exc}") from None
 
     async def send(self, item: _Ask) -> None:
+        while len(self.asked) >= IN_FLIGHT:
+            self.room.clear()
+            await self.room.wait()
         async with self.lock:
             self.asked.append(item)
             if item.request is not None:
@@ -132,12 +137,14 @@ class _Pipeline:
                 failures = 0
                 item.answer = self.answer(item.query, status, headers, body)
                 if headers.get("connection", "").lower() == "close":
-                    self.asked.popleft()
-                    out.put(item.answer)
+                    self.hand_on(out)
                     await self.resend()
                     continue
-            self.asked.popleft()
-            out.put(item.answer)
+            self.hand_on(out)
+
+    def hand_on(self, out: queue.Queue) -> None:
+        out.put(self.asked.popleft().answer)  # blocks while the caller's queue is full: stdout sets the pace
+        self.room.set()
 
     async def resend(self) -> None:
         async with self.lock:
@@ -222,13 +229,33 @@ def _verified(answer: Answer, data: bytes | None, spool) -> Answer:
     return answer._replace(reader=_Spooled(spool, answer.size))
 
 
-async def _run(pipeline: _Pipeline, next_line: Callable[[], str | None], out: queue.Queue) -> None:
+async def _run(pipeline: _Pipeline, source: Iterator[str], out: queue.Queue) -> None:
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue = asyncio.Queue(maxsize=IN_FLIGHT)
+
+    def read() -> None:
+        """stdin blocks: read it on a daemon thread that nobody joins (a failed batch must not wait for input)."""
+        try:
+            for line in source:
+                asyncio.run_coroutine_threadsafe(lines.put(line), loop).result()
+            asyncio.run_coroutine_threadsafe(lines.put(None), loop).result()
+        except BaseException as exc:  # the loop is gone (the batch ended), or stdin failed
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(lines.put_nowait, exc)
+
     await pipeline.connect()
     receiver = asyncio.create_task(pipeline.receive(out))
-    loop = asyncio.get_running_loop()
+    threading.Thread(target=read, name="imstore-batch-input", daemon=True).start()
     try:
-        while not receiver.done():
-            line = await loop.run_in_executor(None, next_line)  # stdin: read in a thread, never blocking the loop
+        while True:
+            getter = asyncio.ensure_future(lines.get())
+            await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():  # the receiver stopped first: its error ends the batch now
+                getter.cancel()
+                break
+            line = getter.result()
+            if isinstance(line, BaseException):
+                raise line
             if line is None:
                 break
             await pipeline.send(pipeline.ask(line))
@@ -250,7 +277,7 @@ def pipelined_answers(base: str, token: str | None, context: ssl.SSLContext | No
 
     def work() -> None:
         try:
-            asyncio.run(_run(pipeline, lambda: next(source, None), out))
+            asyncio.run(_run(pipeline, source, out))
             out.put(_END)
         except BaseException as exc:  # handed to the caller's thread, which raises it
             out.put(exc)

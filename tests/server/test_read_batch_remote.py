@@ -156,3 +156,29 @@ def test_large_remote_bodies_are_spooled_verified_and_streamed(shared_server, tm
     assert result.code == 0, result.stderr
     frame = f"remote/big\t1\t{hash_bytes(big)}\t{len(big)}\n".encode() + big + b"\n"
     assert result.stdout == frame * 2
+
+
+def test_a_remote_batch_that_fails_exits_without_waiting_for_more_input(shared_server, tmp_path):
+    body = os.urandom(5000)
+    with Store.open(shared_server.store) as store:
+        store.put("remote/damaged-now", body)
+    object_id = hash_bytes(body)
+    path = Path(shared_server.store) / "objects" / object_id[:2] / object_id[2:]
+    path.chmod(0o644)
+    path.write_bytes(body[:-1] + bytes([body[-1] ^ 1]))
+    token = tmp_path / "token"
+    token.write_text(shared_server.read_token)
+    token.chmod(0o600)
+    process = subprocess.Popen([*IMSTORE, "--remote", shared_server.url, "--token-file", str(token), "get", "--batch"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        process.stdin.write(b"remote/damaged-now\n")
+        process.stdin.flush()  # stdin stays open: the script is waiting for this answer
+        assert process.wait(30) == 5
+        assert process.stdout.read() == b""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            stream.close()
