@@ -59,14 +59,15 @@ class _Spooled:
 
 
 class _Pipeline:
-    def __init__(self, base: str, token: str | None, context: ssl.SSLContext | None, kind: str, with_bytes: bool, warn):
+    def __init__(self, base: str, token: str | None, context: ssl.SSLContext | None, kind: str, with_bytes: bool):
         parts = urlsplit(base)
         self.host, self.secure = parts.hostname or "127.0.0.1", parts.scheme == "https"
         self.port = parts.port or (443 if self.secure else 80)
         self.prefix = parts.path.rstrip("/")
         self.context = (context or ssl.create_default_context()) if self.secure else None
         self.head = f"Host: {parts.netloc}\r\n" + (f"Authorization: Bearer {token}\r\n" if token else "")
-        self.kind, self.with_bytes, self.warn = kind, with_bytes, warn
+        self.kind, self.with_bytes = kind, with_bytes
+        self.warnings: collections.deque[str] = collections.deque()  # handed to the caller's thread with the answers
         self.asked: collections.deque[_Ask] = collections.deque()  # sent (or answered here), not yet handed on
         self.lock = asyncio.Lock()  # a reconnect and its resends go out before any new request
         self.more = asyncio.Event()
@@ -203,7 +204,7 @@ class _Pipeline:
                 return Answer(key, MISSING)
             raise error
         if headers.get(STALE_HEADER.lower()) == "1":
-            self.warn("the server's store is unavailable: a latest version comes from its cache and may be stale")
+            self.warnings.append(f"the server's store is unavailable: {key!r} comes from its cache and may be stale")
         object_id = headers.get("etag", "").strip('"')
         size = int(headers.get("content-length", "0"))
         answer = Answer(key, OK, int(headers.get(VERSION_HEADER.lower(), "0")), object_id, size, headers.get("content-type"))
@@ -273,7 +274,7 @@ def pipelined_answers(base: str, token: str | None, context: ssl.SSLContext | No
     """The answers to lines, in order, from the server at base over one pipelined connection."""
     out: queue.Queue = queue.Queue(maxsize=64)  # bounded: a slow stdout slows the reading, not memory
     source = iter(lines)
-    pipeline = _Pipeline(base, token, context, kind, with_bytes, warn)
+    pipeline = _Pipeline(base, token, context, kind, with_bytes)
 
     def work() -> None:
         try:
@@ -288,6 +289,8 @@ def pipelined_answers(base: str, token: str | None, context: ssl.SSLContext | No
         item = out.get()
         if item is _END:
             break
+        while pipeline.warnings:
+            warn(pipeline.warnings.popleft())
         if isinstance(item, BaseException):
             raise item if isinstance(item, ImstoreError) else Unavailable(f"the batch connection failed: {item}")
         yield item
