@@ -37,7 +37,8 @@ class Indexer:
         self.path = path
         self.warnings = warnings  # the Store's list: what the user should hear (a rebuild, a cut tail)
         self._index: Index | None = None
-        self._seen_log_size = -1  # log size at the last catch-up: a change means another writer appended
+        # The log's stamp (size, inode, mtime) at the last check: while it is unchanged, so is the log (RP2).
+        self._seen_log_stamp: tuple[int, int, int] | None = None
 
     @property
     def index(self) -> Index:
@@ -59,7 +60,7 @@ class Indexer:
         processes, including one that died between its log fsync and its index update.
         """
         index = self.index
-        if self.log.size() != self._seen_log_size:
+        if self.log.stamp() != self._seen_log_stamp:
             self.catch_up()
         return index
 
@@ -122,11 +123,11 @@ class Indexer:
         try:
             # Fast path, no write transaction: the index already ends where the log ends.
             state = index.state()
-            size = self.log.size()
-            if state.log_end == size and self._matches_log(state):
-                self._seen_log_size = size  # current() skips this check until the log's size changes
+            stamp = self.log.stamp()
+            if state.log_end == stamp[0] and self._matches_log(state):
+                self._seen_log_stamp = stamp  # current() skips this check until the log changes
                 return
-            self._seen_log_size = size
+            self._seen_log_stamp = stamp
             state = index.begin()
             try:
                 if not self._matches_log(state):
@@ -291,8 +292,7 @@ class Indexer:
                     scrubbed = 0
             index.set_scrub_offset(scrubbed)
             index.commit()
-            if self._seen_log_size == frame.offset:
-                self._seen_log_size = frame.end  # our own record: no catch-up needed on the next read
+            self._seen_log_stamp = None  # our own record changed the log: the next read checks it (cheaply)
         except sqlite3.Error:
             index.rollback()
         except BaseException:
