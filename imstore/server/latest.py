@@ -26,6 +26,7 @@ from .protocol import STALE_HEADER
 __all__ = ["LatestAnswers", "log_stamp"]
 
 Stamp = tuple[int, int, int]
+ENTRY_OVERHEAD = 1024  # bytes counted per kept answer for its headers and target (an empty object still costs memory)
 
 
 def log_stamp(store_root: str) -> Stamp | None:
@@ -44,7 +45,7 @@ class LatestAnswers:
 
     def __init__(self, store_root: str, max_bytes: int = MAX_BYTES) -> None:
         self.store_root = store_root
-        self._answers: HotObjects[dict] = HotObjects(max_bytes)
+        self._answers: HotObjects[dict] = HotObjects(max_bytes, entry_overhead=ENTRY_OVERHEAD)
         self._stamp: Stamp | None = None
 
     @property

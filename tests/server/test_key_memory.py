@@ -119,3 +119,14 @@ def test_an_answer_relayed_while_the_log_moved_is_not_kept(tmp_path):
     assert answers.get("/v1/keys/k", answers.stamp()) is None
     answers.keep("/v1/keys/k", answers.stamp(), headers, body)
     assert answers.get("/v1/keys/k", answers.stamp()) == (headers, body)
+
+
+def test_many_empty_answers_still_fill_the_memory_bound(tmp_path):
+    Store.init(tmp_path / "s")[0].close()
+    answers = LatestAnswers(str(tmp_path / "s"), max_bytes=10 * 1024)
+    headers = {"ETag": f'"{hash_bytes(b"")}"'}
+    stamp = answers.stamp()
+    for number in range(100):
+        answers.keep(f"/v1/keys/empty{number}", stamp, headers, b"")
+    kept = [number for number in range(100) if answers.get(f"/v1/keys/empty{number}", stamp) is not None]
+    assert kept == list(range(90, 100))  # ENTRY_OVERHEAD each: the newest ten fit
