@@ -98,7 +98,7 @@ def put(
 
 
 def get(
-    key: Annotated[str | None, typer.Argument(help="The key (none with --batch).", show_default=False)] = None,
+    key: Annotated[str | None, typer.Argument(metavar="KEY", help="The key (none with --batch).", show_default=False)] = None,
     version: Annotated[str | None, typer.Option("--version", "-V", help="Version number to read (default: latest).", metavar="N")] = None,
     at: Annotated[
         str | None, typer.Option("--at", help="The version current at this ISO 8601 time (no offset = UTC).", metavar="TIME")
@@ -121,7 +121,7 @@ def get(
 
     Example: imstore get notes/todo.txt --version 1 -o old.txt
 
-    Example: printf 'notes/todo.txt\nnotes/old.txt\t1\n' | imstore get --batch
+    Example: printf 'notes/todo.txt\\nnotes/old.txt\\t1\\n' | imstore get --batch
     """
     if batch or batch_check:
         if key is not None or version is not None or at is not None or output is not None:
