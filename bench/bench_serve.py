@@ -1,7 +1,8 @@
 """imstore serve against nginx on loopback: 4 KiB GETs, a 1 GiB streamed GET, durable 4 KiB PUTs.
 
 Goals (issue 5): 4 KiB object GETs through the gateway with 2 workers >= 0.13x nginx's
-requests/s (nginx serving the same object file from objects/); a 1 GiB GET >= 0.5x
+requests/s (nginx serving the same object file from objects/); (issue 15) the same GETs by
+key >= 0.15x nginx; a 1 GiB GET >= 0.5x
 nginx's throughput with the gateway's memory flat; durable 4 KiB PUTs from 32
 concurrent clients >= 2,000/s, beside the disk's fsync rate measured here.
 nginx and wrk come from Debian's packages; without them the benchmark says so and exits 0.
@@ -200,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             "gateway + 2 workers": (f"{gateway_url}/v1/objects/{small}", token, ()),
             "gateway, no-cache": (f"{gateway_url}/v1/objects/{small}", token, ("Cache-Control: no-cache",)),
             "1 worker, no gateway": (f"http://127.0.0.1:{worker_port}/v1/objects/{small}", None, ()),
+            # By key (issue 15): the gateway answers from its memory while the log is unchanged (one stat).
+            "gateway by key": (f"{gateway_url}/v1/keys/small", token, ()),
+            "gateway by key, no-cache": (f"{gateway_url}/v1/keys/small", token, ("Cache-Control: no-cache",)),
         }
         parts = set(args.parts.split(","))
         # ---------------------------------------------------------------- 4 KiB GETs
@@ -243,6 +247,9 @@ def get_benchmark(urls: dict, args) -> None:
     print(f"  gateway / nginx = {ratio:.3f}x (goal >= 0.13x: {'met' if ratio >= 0.13 else 'MISSED'})")
     print(f"  gateway with every request sent to a worker (no-cache) / nginx = {medians['gateway, no-cache'] / medians['nginx']:.3f}x")
     print(f"  1 worker without the gateway / nginx = {medians['1 worker, no gateway'] / medians['nginx']:.3f}x")
+    by_key = medians["gateway by key"] / medians["nginx"]
+    print(f"  gateway by key / nginx = {by_key:.3f}x (goal >= 0.15x: {'met' if by_key >= 0.15 else 'MISSED'})")
+    print(f"  gateway by key, every request to a worker (no-cache) / nginx = {medians['gateway by key, no-cache'] / medians['nginx']:.3f}x")
 
 
 def big_benchmark(store, work, serve, nginx_port, gateway_url, token, args) -> None:

@@ -23,12 +23,12 @@ _imstore() {
         "cache") COMPREPLY=($(compgen -W "-h --help clear stats" -- "$cur")) ;;
         "cache clear") COMPREPLY=($(compgen -W "--all -h --help" -- "$cur")) ;;
         "cache stats") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
-        "cat") COMPREPLY=($(compgen -W "-o --output -h --help" -- "$cur")) ;;
+        "cat") COMPREPLY=($(compgen -W "-o --output --batch --batch-check -h --help" -- "$cur")) ;;
         "check-proof") COMPREPLY=($(compgen -W "--key --content -h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
         "checkpoint") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
         "clone") COMPREPLY=($(compgen -W "-h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
         "export") COMPREPLY=($(compgen -W "--prefix -p --at --strict --proofs -h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
-        "get") COMPREPLY=($(compgen -W "--version -V --at -o --output -h --help" -- "$cur")) ;;
+        "get") COMPREPLY=($(compgen -W "--version -V --at -o --output --batch --batch-check -h --help" -- "$cur")) ;;
         "history") COMPREPLY=($(compgen -W "--limit -n -h --help" -- "$cur")) ;;
         "import") COMPREPLY=($(compgen -W "--prefix -p --jobs -j -m --message --skip-errors --follow-symlinks -h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;
         "init") COMPREPLY=($(compgen -W "-h --help" -- "$cur")); [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur")) ;;

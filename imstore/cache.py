@@ -29,7 +29,7 @@ import os
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from .cachedisk import (  # re-exported: these lived here
@@ -284,12 +284,14 @@ class StoreCache:
             self._store(name, _encode_record(list(row)))
             self._remember_record(name, tuple(row))
 
-    def note_latest(self, row: tuple, seq: int) -> None:
-        """Remember row as the latest version of its key, as of log position seq."""
+    def note_latest(self, row: tuple, seq: int | Callable[[], int]) -> None:
+        """Remember row as the latest version of its key, as of log position seq (a callable: asked only if written)."""
         name = f"l:{row[0]}"
         known = self._memo_records.get(name) or self._record_quietly(name)
         if known is not None and len(known) == 2 and _is_row_of(tuple(known[0]), row[0]) and known[0][1] >= row[1]:
             return  # this version (or a newer one, seen by another process) is already cached: no write
+        if callable(seq):
+            seq = seq()
         entry = (tuple(row), seq)
         self._store(name, _encode_record([list(row), seq]))
         self._remember_record(name, entry)

@@ -223,6 +223,18 @@ class Index:
         row = self.db.execute("SELECT version, op FROM latest WHERE key = ?", (key,)).fetchone()
         return (row[0], row[1]) if row else None
 
+    def latest_row(self, key: str) -> tuple[tuple, tuple[int, int, int] | None] | None:
+        """(the latest version's row, its record_span) of key in one query; None if the index has no such row."""
+        row = self.db.execute(
+            "SELECT v.key, v.version, v.seq, v.op, v.hash, v.size, v.time_ns, v.content_type, v.message, v.meta,"
+            " v.frame_offset, v.log_offset, v.log_length FROM latest AS l JOIN versions AS v"
+            " ON v.key = l.key AND v.version = l.version WHERE l.key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        return row[:10], ((row[10], row[11], row[12]) if row[11] is not None else None)
+
     def version(self, key: str, version: int) -> tuple | None:
         return self.db.execute(f"SELECT {_COLUMNS} FROM versions WHERE key = ? AND version = ?", (key, version)).fetchone()
 

@@ -41,7 +41,8 @@ class Indexer:
         self.path = path
         self.warnings = warnings  # the Store's list: what the user should hear (a rebuild, a cut tail)
         self._index: Index | None = None
-        self._seen_log_size = -1  # log size at the last catch-up: a change means another writer appended
+        # The log's stamp (size, inode, mtime) at the last check: while it is unchanged, so is the log (RP2).
+        self._seen_log_stamp: tuple[int, int, int] | None = None
         self._tree: TreeTable | None = None
 
     @property
@@ -64,7 +65,7 @@ class Indexer:
         processes, including one that died between its log fsync and its index update.
         """
         index = self.index
-        if self.log.size() != self._seen_log_size:
+        if self.log.stamp() != self._seen_log_stamp:
             self.catch_up()
         return index
 
@@ -135,9 +136,11 @@ class Indexer:
         try:
             # Fast path, no write transaction: the index already ends where the log ends.
             state = index.state()
-            if state.log_end == self.log.size() and self._matches_log(state):
+            stamp = self.log.stamp()
+            if state.log_end == stamp[0] and self._matches_log(state):
+                self._seen_log_stamp = stamp  # current() skips this check until the log changes
                 return
-            self._seen_log_size = self.log.size()
+            self._seen_log_stamp = stamp
             state = index.begin()
             try:
                 if not self._matches_log(state):
@@ -202,13 +205,15 @@ class Indexer:
         self.catch_up(writer=True)
         return self._index.count()
 
-    def confirm(self, row: tuple) -> None:
+    def confirm(self, row: tuple, span: tuple[int, int, int] | None | bool = False) -> None:
         """Check an index row against its record in the log (one read at the offset the index gives).
 
         An edited or damaged index can then never make a read serve another version's bytes.
+        span: the row's record_span when the caller read it with the row (False: look it up).
         """
         key, version, seq, op, object_hash, size = row[:6]
-        span = index_query(lambda: self.index.record_span(key, version))
+        if span is False:
+            span = index_query(lambda: self.index.record_span(key, version))
         if span is None:
             raise CorruptIndex(f"the index has no place in the log for {key!r} version {version}: run imstore reindex")
         frame_offset, offset, length = span
@@ -292,8 +297,7 @@ class Indexer:
                     scrubbed = 0
             index.set_scrub_offset(scrubbed)
             index.commit()
-            if self._seen_log_size == frame.offset:
-                self._seen_log_size = frame.end  # our own record: no catch-up needed on the next read
+            self._seen_log_stamp = None  # our own record changed the log: the next read checks it (cheaply)
         except sqlite3.Error:
             index.rollback()
         except BaseException:

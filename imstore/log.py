@@ -85,6 +85,17 @@ class Log:
         """Where the log ends (the offset the next frame is appended at, torn bytes included)."""
         return self.size()
 
+    def stamp(self) -> tuple[int, int, int]:
+        """(size, inode, mtime ns): changes when the log is appended to, cut or replaced (one stat)."""
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            self._check_directory()
+            return (0, 0, 0)
+        except OSError as exc:
+            raise from_os_error(exc, "reading the log") from None
+        return (status.st_size, status.st_ino, status.st_mtime_ns)
+
     def size(self) -> int:
         try:
             return os.stat(self.path).st_size

@@ -394,14 +394,16 @@ class Store:
 
     def _latest_from_index(self, key: str) -> Version:
         index = self._current_index()
-        latest = index_query(lambda: index.latest_version(key))
-        if latest is None:
-            raise KeyNotFound(f"no key {key!r}")
-        row = index_query(lambda: index.version(key, latest[0]))
-        self.indexer.confirm(row)
+        found_row = index_query(lambda: index.latest_row(key))  # the row and its place in the log: one query
+        if found_row is None:
+            if index_query(lambda: index.latest_version(key)) is None:
+                raise KeyNotFound(f"no key {key!r}")
+            raise CorruptIndex(f"the index names a latest version of {key!r} it does not hold: run imstore reindex")
+        row, span = found_row
+        self.indexer.confirm(row, span)
         found = Version.from_row(row)
         if self.cache is not None:
-            self.cache.note_latest(found.to_row(), index_query(lambda: index.state().seq))
+            self.cache.note_latest(found.to_row(), lambda: index_query(lambda: index.state().seq))
         return found
 
     def _stale_latest(self, key: str, unavailable: Unavailable) -> Version:

@@ -76,6 +76,8 @@ def test_proofs_runs():
                     "--put-rounds", "1")  # fmt: skip
     assert "prove inclusion at 2,000" in out
     assert "prove / get" in out and "with / without the tree" in out
+
+
 def test_clone_runs():
     if shutil.which("rsync") is None:
         pytest.skip("rsync is not installed (the anchor of bench_clone.py)")
@@ -87,3 +89,11 @@ def test_clone_runs():
 def test_replication_runs():
     out = run_bench("bench_replication.py", "--rate", "20", "--seconds", "1", "--clients", "2", "--put-seconds", "1")
     assert "p99" in out and "sync / async =" in out
+
+
+def test_batch_runs():
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    out = run_bench("bench_batch.py", "--count", "40", "--sample", "3", "--rounds", "1", "--remote")
+    assert "one process each / get --batch" in out and "get --batch / git cat-file --batch" in out
+    assert "--remote get --batch / local get --batch" in out

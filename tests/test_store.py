@@ -458,3 +458,27 @@ def test_a_version_can_be_copied_and_pickled_as_it_could_as_a_frozen_dataclass(s
         assert clone == version and clone.meta == {"a": "1"} and clone.stale is False
     stale = pickle.loads(pickle.dumps(version.as_stale()))
     assert stale.stale is True
+
+
+def test_a_long_lived_store_checks_the_log_only_when_it_changed_and_then_sees_a_rewrite(store_path, monkeypatch):
+    from imstore.indexer import Indexer
+
+    with Store.open(store_path) as store:
+        store.put("k", b"one")
+        assert store.get("k") == b"one"
+        checks = []
+        real_catch_up = Indexer.catch_up
+        monkeypatch.setattr(Indexer, "catch_up", lambda self, **options: checks.append(1) or real_catch_up(self, **options))
+        for _ in range(5):
+            assert store.get("k") == b"one"
+        assert checks == []  # the log's stamp did not change: no index query, no pread of its end
+        # The only frame's checksum rewritten in place: same size and inode, a later mtime.
+        path = store.log.path
+        raw = bytearray(path.read_bytes())
+        raw[5] ^= 0x01
+        status = os.stat(path)
+        path.write_bytes(bytes(raw))
+        os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000_000))
+        with pytest.raises(CorruptLog):
+            store.get("k")
+        assert checks

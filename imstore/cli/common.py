@@ -169,6 +169,24 @@ def check_output_directory(path: Path) -> None:
         raise InvalidInput(f"cannot make the directory {path}: {existing} is not a directory")
 
 
+def run_batch(kind: str, check_only: bool) -> None:
+    """get/cat --batch: answer stdin's lines with one store (or one connection to a server), flushed one by one."""
+    from ..readbatch import read_lines, serve_lines
+
+    if settings.out.json and not check_only:
+        raise UsageError("--json describes objects, it cannot carry their bytes: use it with --batch-check")
+    mode = "json" if settings.out.json else ("check" if check_only else "batch")
+    with open_store() as store:
+        try:
+            serve_lines(store, read_lines(sys.stdin.buffer), kind, mode, sys.stdout.buffer, lambda: show_warnings(store))
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # stdout on a full disk, /dev/full
+            raise ImstoreError(f"cannot write the output: {exc.strerror or exc}") from None
+        finally:
+            show_warnings(store)
+
+
 def emit_object(reader, output: Path | None) -> None:
     if output is None or str(output) == "-":
         try:

@@ -22,6 +22,7 @@ from .common import (
     parse_meta,
     parse_size,
     refuse_remote,
+    run_batch,
     show_warnings,
 )
 from .output import history_json, log_json, ls_json, version_json
@@ -97,20 +98,38 @@ def put(
 
 
 def get(
-    key: Annotated[str, typer.Argument(help="The key.")],
+    key: Annotated[str | None, typer.Argument(metavar="KEY", help="The key (none with --batch).", show_default=False)] = None,
     version: Annotated[str | None, typer.Option("--version", "-V", help="Version number to read (default: latest).", metavar="N")] = None,
     at: Annotated[
         str | None, typer.Option("--at", help="The version current at this ISO 8601 time (no offset = UTC).", metavar="TIME")
     ] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file (atomically) instead of stdout.")] = None,
+    batch: Annotated[
+        bool, typer.Option("--batch", help="Read KEY or KEY<TAB>VERSION lines on stdin; answer each: a header line, the bytes, a newline.")
+    ] = False,
+    batch_check: Annotated[bool, typer.Option("--batch-check", help="Like --batch, header lines only (with --json: JSON lines).")] = False,
 ) -> None:
     """Write the bytes of KEY (latest, --version N, or --at TIME) to stdout or -o FILE.
 
     Bytes are checked against their hash before they are written; a damaged
     object is exit 5 and nothing reaches stdout.
 
+    With --batch, one store serves many reads: each stdin line is KEY or
+    KEY<TAB>VERSION, each answer is `KEY<TAB>VERSION<TAB>HASH<TAB>SIZE`, then
+    SIZE bytes and a newline (as git cat-file --batch), or `KEY<TAB>missing` /
+    `KEY<TAB>deleted`. Answers are flushed one by one.
+
     Example: imstore get notes/todo.txt --version 1 -o old.txt
+
+    Example: printf 'notes/todo.txt\\nnotes/old.txt\\t1\\n' | imstore get --batch
     """
+    if batch or batch_check:
+        if key is not None or version is not None or at is not None or output is not None:
+            raise UsageError("--batch reads its requests from stdin: give no KEY, --version, --at or -o")
+        run_batch("get", batch_check)
+        return
+    if key is None:
+        raise UsageError("give a KEY (or --batch to read keys from stdin)")
     if version is not None and at is not None:
         raise UsageError("give --version or --at, not both")
     moment = parse_time(at) if at is not None else None
@@ -123,13 +142,30 @@ def get(
 
 
 def cat(
-    object_hash: Annotated[str, typer.Argument(metavar="HASH", help="Full hash or a unique prefix of 8+ hex digits.")],
+    object_hash: Annotated[
+        str | None, typer.Argument(metavar="HASH", help="Full hash or a unique prefix of 8+ hex digits (none with --batch).")
+    ] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file instead of stdout.")] = None,
+    batch: Annotated[
+        bool, typer.Option("--batch", help="Read a hash or prefix a line on stdin; answer each: a header line, the bytes, a newline.")
+    ] = False,
+    batch_check: Annotated[bool, typer.Option("--batch-check", help="Like --batch, header lines only (with --json: JSON lines).")] = False,
 ) -> None:
     """Write the bytes of an object, by hash or unique hash prefix.
 
+    With --batch, each stdin line is a hash or prefix, each answer is
+    `HASH<TAB>SIZE`, then SIZE bytes and a newline, or `QUERY<TAB>missing` /
+    `QUERY<TAB>ambiguous`.
+
     Example: imstore cat 1f9a3b2c
     """
+    if batch or batch_check:
+        if object_hash is not None or output is not None:
+            raise UsageError("--batch reads its requests from stdin: give no HASH or -o")
+        run_batch("cat", batch_check)
+        return
+    if object_hash is None:
+        raise UsageError("give a HASH (or --batch to read hashes from stdin)")
     if output is not None and str(output) != "-":
         check_output_file(output)
     with open_store() as store:

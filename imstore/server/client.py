@@ -278,6 +278,12 @@ class RemoteStore:
         self._readers.append(reader)
         return reader
 
+    def answer_lines(self, lines, kind: str, *, with_bytes: bool):
+        """get/cat --batch: the answers to lines over one pipelined connection (readbatch.serve_lines)."""
+        from .pipeline import pipelined_answers
+
+        return pipelined_answers(self.base, self.token, self._ssl, lines, kind, with_bytes, self.warnings.append)
+
     def history(self, key: str, limit: int | None = None) -> list[Version]:
         documents = self._json("GET", key_path("/v1/history/", key), query={"limit": limit})
         return [version_from_document(document) for document in documents]

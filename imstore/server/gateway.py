@@ -9,7 +9,8 @@ requests until it answers its health check again.
 Small objects asked for by full id are immutable, so the gateway keeps the ones
 it has relayed (after hashing them itself) and answers repeat GETs from memory,
 as a caching proxy would: the hop to a worker costs more than the rest of such a
-request. `Cache-Control: no-cache` on a request, or any conditional or Range
+request. Latest versions by key are kept the same way while the log is unchanged
+(latest.py). `Cache-Control: no-cache` on a request, or any conditional or Range
 header, sends it to a worker as usual.
 """
 
@@ -37,6 +38,7 @@ from .auth import Authenticator, TokenStore, token_file_warning
 from .binding import check_binding, is_loopback, server_ssl_context  # check_binding, is_loopback: re-exported
 from .headers import non_negative
 from .hot import HotObjects
+from .latest import LatestAnswers
 from .metrics import Metrics
 from .node import Node
 from .protocol import (
@@ -159,6 +161,7 @@ class Gateway:
         self.openapi = OPENAPI.read_bytes()
         self.in_flight = 0
         self.objects: HotObjects[tuple] = HotObjects()
+        self.latest = LatestAnswers(config.store_root)
         self.private_paths = server_paths(config.store_root, supervisor.runtime_dir)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -238,7 +241,8 @@ class Gateway:
         if route.name == "replication_log" and scope == "replicate" and self.node.sync is not None:  # a standby's acknowledgement
             await self.node.sync.ack(request.headers.get(NODE_HEADER, "-"), non_negative(matched.query().get("from"), "from"))
         if route.name == "metrics":
-            text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"], self.objects.hits, self.in_flight)
+            text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"], self.objects.hits, self.in_flight,
+                                       self.latest.hits)
             text += self.node.metrics()
             return web.Response(body=text.encode(), headers={**PUBLIC_HEADERS, "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
         if route.name == "openapi":
@@ -253,6 +257,12 @@ class Gateway:
                         state["worker"] = "memory"
                         headers, data = hit
                         return web.Response(body=data, headers=headers)
+        if route.name == "key" and request.method == "GET" and "?" not in request.raw_path and not _needs_worker(request):
+            state["latest"] = stamp = self.latest.stamp()  # before forwarding: see latest.py
+            hit = self.latest.get(request.raw_path, stamp)
+            if hit is not None:
+                state["worker"] = "memory"
+                return web.Response(body=hit[1], headers=hit[0])
         response = await self._forward(request, state)
         if self.node.sync is not None and request.method in WRITE_METHODS and 200 <= response.status < 300:
             await self.node.sync.wait()  # sync mode: answered once enough standbys hold it (or 503 NotReplicated)
@@ -389,6 +399,9 @@ class Gateway:
                     raise _WorkerFailed(str(exc)) from None
                 if upstream.status == 200 and "fill" in state:
                     self._keep_object(state["fill"], out_headers, data)
+                elif upstream.status == 200 and "latest" in state:
+                    kept = {name: value for name, value in out_headers.items() if name != WORKER_HEADER}
+                    self.latest.keep(request.raw_path, state["latest"], kept, data)
                 return web.Response(status=upstream.status, body=data, headers=out_headers)
             return await self._relay(request, upstream, out_headers, state)
         finally:

@@ -22,8 +22,9 @@ class HotObjects(Generic[Extra]):
     MAX_OBJECT = 256 << 10
     MAX_BYTES = 64 << 20
 
-    def __init__(self, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(self, max_bytes: int = MAX_BYTES, entry_overhead: int = 0) -> None:
         self.max_bytes = max_bytes
+        self.entry_overhead = entry_overhead  # counted per entry besides its bytes: many empty ones still fill it
         self._entries: OrderedDict[str, tuple[Extra, bytes]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -45,7 +46,12 @@ class HotObjects(Generic[Extra]):
             if object_id in self._entries:
                 return
             self._entries[object_id] = (extra, data)
-            self._bytes += len(data)
+            self._bytes += len(data) + self.entry_overhead
             while self._bytes > self.max_bytes:
                 _, (_, dropped) = self._entries.popitem(last=False)
-                self._bytes -= len(dropped)
+                self._bytes -= len(dropped) + self.entry_overhead
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0

@@ -201,3 +201,20 @@ def test_serve_passes_its_cache_options_to_the_workers(start, store_path, tmp_pa
     plain = start("--workers", "1", env=env, cache_args=("--cache-dir", str(tmp_path / "unused"), "--no-cache"))
     assert plain.request("GET", key_url("k")).body == b"cached"
     assert not (tmp_path / "unused").exists() and not (tmp_path / "from-env").exists()
+
+
+def test_a_remote_batch_warns_about_each_stale_latest_and_the_gateway_keeps_none(filled, store_path, tmp_path):
+    server, expected = filled
+    token_file = tmp_path / "token"
+    token_file.write_text(server.read_token + "\n")
+    token_file.chmod(0o600)
+    remote = ["--remote", server.url, "--token-file", str(token_file)]
+    with outage("log-gone", store_path):
+        stale = run_cli_process([*remote, "get", "--batch-check"], stdin=b"a\na\tv\na\t1\n")
+        assert stale.code == 0, stale.stderr
+        assert stale.stdout == f"a\t2\t{hash_bytes(expected['a', 2])}\t5\na\tmissing\na\t1\t{hash_bytes(expected['a', 1])}\t5\n".encode()
+        assert stale.stderr.count("may be stale") == 1, stale.stderr
+        for _ in range(2):  # answered by a worker each time, marked: the gateway kept no stale answer
+            assert server.request("GET", key_url("a"), token="read").headers.get(STALE) == "1"
+    back = server.request("GET", key_url("a"), token="read")
+    assert back.status == 200 and STALE not in back.headers

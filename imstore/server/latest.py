@@ -1,0 +1,76 @@
+"""The gateway's memory of latest-version answers by key, valid while the store's log is unchanged.
+
+The latest version of a key changes only when the log changes (every put and
+delete appends a frame). So a relayed answer to `GET /v1/keys/KEY` can be kept,
+tagged with the log's stamp (inode, size, mtime) taken *before* the request was
+forwarded, and answered again while the log's stamp is still that one: one
+`stat` per request. The first request that sees another stamp drops every kept
+answer. Why the stamp from before: a write that commits while the request is at
+a worker changes the stamp, so an answer that may predate it is never served
+(a client that has seen version N, by its own write or a read, never gets N-1).
+
+Kept bytes hashed to the answer's ETag (the version's object id) here before
+they were kept, as for objects by id (hot.py). Answers marked stale, partial
+or conditional ones are never kept.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..hashing import OBJECT_ID_LEN, hash_bytes
+from ..layout import LOG_SEGMENT
+from .hot import HotObjects
+from .protocol import STALE_HEADER, object_id_of_etag
+
+__all__ = ["LatestAnswers", "log_stamp"]
+
+Stamp = tuple[int, int, int]
+ENTRY_OVERHEAD = 1024  # bytes counted per kept answer for its headers and target (an empty object still costs memory)
+
+
+def log_stamp(store_root: str) -> Stamp | None:
+    """Where the log is now (inode, size, mtime ns); None when it cannot be seen (the store is away)."""
+    try:
+        status = os.stat(os.path.join(store_root, LOG_SEGMENT))
+    except OSError:
+        return None
+    return (status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+class LatestAnswers:
+    """Answers (headers, verified bytes) to latest-version GETs by key, for one log stamp at a time."""
+
+    MAX_BYTES = 32 << 20
+
+    def __init__(self, store_root: str, max_bytes: int = MAX_BYTES) -> None:
+        self.store_root = store_root
+        self._answers: HotObjects[dict] = HotObjects(max_bytes, entry_overhead=ENTRY_OVERHEAD)
+        self._stamp: Stamp | None = None
+
+    @property
+    def hits(self) -> int:
+        return self._answers.hits
+
+    def stamp(self) -> Stamp | None:
+        """The log's stamp now; kept answers of an older one are dropped."""
+        now = log_stamp(self.store_root)
+        if now != self._stamp:
+            self._answers.clear()
+            self._stamp = now
+        return now
+
+    def get(self, target: str, stamp: Stamp | None) -> tuple[dict, bytes] | None:
+        """The kept answer for a request target, if the log is still at the stamp it was kept under."""
+        if stamp is None or stamp != self._stamp:
+            return None
+        return self._answers.get(target)
+
+    def keep(self, target: str, stamp: Stamp | None, headers: dict, data: bytes) -> None:
+        """Keep a 200 answer relayed for target, which was forwarded when the log was at stamp."""
+        if stamp is None or stamp != self._stamp or STALE_HEADER in headers:
+            return
+        object_id = object_id_of_etag(headers.get("ETag", ""))  # "vN-<id>" (H1)
+        if len(object_id) != OBJECT_ID_LEN or len(data) > HotObjects.MAX_OBJECT or hash_bytes(data) != object_id:
+            return
+        self._answers.put(target, headers, data)
