@@ -107,7 +107,8 @@ class Store:
                 return offline
             if isinstance(exc, NotADirectoryError):
                 raise NoStore(f"no store at {root}: it is not a directory") from None
-            if create and layout.may_create_at(root):
+            if create and (layout.may_create_at(root) or config_path.exists()):
+                # (A racing process may have finished the store, and opened it, since the read above.)
                 return cls.init(root)[0]._with_cache(cache)
             raise layout.no_store_error(root) from None
         except OSError as exc:

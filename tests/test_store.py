@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 import io
 import os
 import shutil
@@ -482,3 +483,24 @@ def test_a_long_lived_store_checks_the_log_only_when_it_changed_and_then_sees_a_
         with pytest.raises(CorruptLog):
             store.get("k")
         assert checks
+
+
+def test_open_create_when_another_process_finished_the_store_after_our_config_read(tmp_path, monkeypatch):
+    # The race behind a flaky first-write test: our read of the config finds nothing, then another
+    # process finishes the store and opens it (index.sqlite appears), so the directory no longer looks
+    # like a half-made store. The config is there now: open it, not "no store" (exit 10).
+    root = tmp_path / "s"
+    with Store.open(root, create=True) as other:
+        other.put("k", b"v")
+    real_read_bytes = Path.read_bytes
+    missed = []
+
+    def read_bytes_missing_once(self):
+        if self.name == "config" and not missed:
+            missed.append(self)
+            raise FileNotFoundError(self)
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes_missing_once)
+    with Store.open(root, create=True) as store:
+        assert missed and store.get("k") == b"v"
