@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 import io
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
