@@ -44,6 +44,7 @@ class Indexer:
         # The log's stamp (size, inode, mtime) at the last check: while it is unchanged, so is the log (RP2).
         self._seen_log_stamp: tuple[int, int, int] | None = None
         self._tree: TreeTable | None = None
+        self._damaged: tuple[object, list] | None = None  # (the log stamp it was read at, damaged())
 
     @property
     def index(self) -> Index:
@@ -271,7 +272,14 @@ class Indexer:
 
     def damaged(self) -> list[tuple[int, int, str]]:
         """(offset, end, message) of each damaged stretch of the log the index was built around."""
-        return index_query(lambda: self.index.damaged())
+        # Every latest read asks (H2): the table only changes when the index takes in log it had not
+        # seen, so one query per log stamp is enough (a rebuild of the same log notes the same damage).
+        stamp = self._seen_log_stamp
+        if stamp is not None and self._damaged is not None and self._damaged[0] == stamp:
+            return self._damaged[1]
+        found = index_query(lambda: self.index.damaged())
+        self._damaged = (self._seen_log_stamp, found) if self._seen_log_stamp == stamp else None
+        return found
 
     def applied(self, frame: Frame) -> None:
         """Apply a frame this process just appended (under the lock), and check a few older frames.
