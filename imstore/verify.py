@@ -20,10 +20,16 @@ def verify(log: Log, objects: ObjectStore, indexer: Indexer, progress: Callable[
     referenced: dict[str, str] = {}
     latest_version: dict[str, int] = {}
     log_versions: list[Version] = []
+    epoch = 0
     try:
         scan = log.scan(0, skip_damage=True)
         for frame in chained_frames(scan, GENESIS, 0, lambda damage: report.problems.append(damage[2]), report.problems.append):
             for record in frame.records:
+                if record.is_epoch:  # promotions go 1, 2, 3 ... in log order (R7); never a key's version
+                    if record.version != epoch + 1:
+                        report.problems.append(f"record seq {record.seq}: epoch {record.version} follows epoch {epoch}")
+                    epoch = record.version
+                    continue
                 expected = latest_version.get(record.key, 0) + 1
                 if record.version != expected:
                     report.problems.append(f"record seq {record.seq}: key {record.key!r} has version {record.version}, expected {expected}")

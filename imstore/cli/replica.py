@@ -1,4 +1,4 @@
-"""Replication commands: clone and pull (a copy of a store, from a path or an imstore serve)."""
+"""Replication commands: clone and pull (a copy of a store, from a path or an imstore serve), and promote."""
 
 # No `from __future__ import annotations` (see __init__.py): typer would eval the strings on each start.
 from pathlib import Path
@@ -88,3 +88,27 @@ def pull(
         if source is not None and read_upstream(store.root) is None:
             remember_upstream(store.root, source_handle.location)
     _report("pulled", result)
+
+
+def promote() -> None:
+    """Make a standby (a copy that follows a primary) the primary: it takes writes from now on.
+
+    Appends an epoch record to the log (the new epoch, the head it forks from, this
+    node), so the failover is part of history, and stops following. A running
+    imstore serve --follow on this store notices within a second and takes writes;
+    the old primary is fenced by the higher epoch.
+
+    Example: imstore --store /srv/standby promote
+    """
+    from ..failover import promote as promote_store
+    from ..store import Store
+
+    refuse_remote("promote")
+    root = (settings.store or default_store_path()).expanduser().absolute()
+    with Store.open(root) as store:
+        document = promote_store(store)
+        show_warnings(store)
+    if settings.out.json:
+        settings.out.document(document)
+    else:
+        settings.out.info(f"promoted: epoch {document['epoch']}, forking from seq {document['fork_seq']}; this store takes writes now")
