@@ -113,6 +113,7 @@ complete -c imstore -n '__fish_seen_subcommand_from serve' -l max-body -r -d 'La
 complete -c imstore -n '__fish_seen_subcommand_from serve' -l client-timeout -r -d 'Seconds a client may stay silent mid-request before it is cut off.'
 complete -c imstore -n '__fish_seen_subcommand_from serve' -l worker-timeout -r -d 'Seconds a worker may go without answering its health check before it is killed and replaced; after a fifth of this it gets no new requests (default 10).'
 complete -c imstore -n '__fish_seen_subcommand_from serve' -l follow -r -d 'Be a standby of the imstore serve at URL: pull from it continuously (a clone first if there is no store yet), serve reads, refuse writes naming it. Its token: --token-file or IMSTORE_TOKEN.'
+complete -c imstore -n '__fish_seen_subcommand_from serve' -l peer -r -d 'Another node of this deployment (repeatable): asked for its epoch at start and every second; one at a higher epoch superseded this node, which then takes no writes (fenced).'
 complete -c imstore -n '__fish_seen_subcommand_from serve' -l sync-standbys -r -d 'Sync mode: answer a write only once N standbys (serve --follow with a replicate token) hold it durably.'
 complete -c imstore -n '__fish_seen_subcommand_from serve' -l sync-timeout -r -d 'Sync mode: past this, a write is answered 503 (committed here, not confirmed replicated) rather than waited for.'
 complete -c imstore -n '__fish_seen_subcommand_from serve' -s h -l help -d 'Show this help and exit.'
