@@ -18,6 +18,7 @@ complete -c imstore -n '__fish_use_subcommand' -a prove -d 'Print a proof docume
 complete -c imstore -n '__fish_use_subcommand' -a pull -d 'Catch the store up with its source: the frames after its head, byte for byte, each checked first.'
 complete -c imstore -n '__fish_use_subcommand' -a put -d 'Store a new version of KEY from FILE or stdin (streamed).'
 complete -c imstore -n '__fish_use_subcommand' -a reindex -d 'Rebuild the index from the log (the log is the truth; the index is derived).'
+complete -c imstore -n '__fish_use_subcommand' -a rejoin -d 'Make an old primary follow the new one: its frames the new primary never had are kept aside.'
 complete -c imstore -n '__fish_use_subcommand' -a repack -d 'Merge small packs into one (atomically; no object is ever dropped).'
 complete -c imstore -n '__fish_use_subcommand' -a rm -d 'Delete KEY by appending a tombstone version; history keeps every version.'
 complete -c imstore -n '__fish_use_subcommand' -a serve -d 'Serve the store over HTTP: an authenticated gateway round-robining over worker processes.'
@@ -100,6 +101,8 @@ complete -c imstore -n '__fish_seen_subcommand_from put' -l max-size -r -d 'Refu
 complete -c imstore -n '__fish_seen_subcommand_from put' -s h -l help -d 'Show this help and exit.'
 complete -c imstore -n '__fish_seen_subcommand_from put' -F
 complete -c imstore -n '__fish_seen_subcommand_from reindex' -s h -l help -d 'Show this help and exit.'
+complete -c imstore -n '__fish_seen_subcommand_from rejoin' -s h -l help -d 'Show this help and exit.'
+complete -c imstore -n '__fish_seen_subcommand_from rejoin' -F
 complete -c imstore -n '__fish_seen_subcommand_from repack' -s h -l help -d 'Show this help and exit.'
 complete -c imstore -n '__fish_seen_subcommand_from rm' -s m -l message -r -d 'A message for the deletion.'
 complete -c imstore -n '__fish_seen_subcommand_from rm' -l if-version -r -d 'Only if the latest version is N.'

@@ -28,7 +28,7 @@ from .hashing import blake3, checksum16
 from .records import HEADER, HEADER_SIZE, MAX_FRAME, Frame, check_chain, decode_payload, make_frame
 from .store import Store
 
-__all__ = ["PullResult", "pull", "clone", "check_frames", "read_upstream", "remember_upstream", "ROUND_BYTES"]
+__all__ = ["PullResult", "pull", "clone", "check_frames", "last_common", "read_upstream", "remember_upstream", "ROUND_BYTES"]
 
 ROUND_BYTES = 8 << 20  # frames taken per round (at least one whole frame, however big)
 LOOSE_MIN = 8 << 20  # objects this big are streamed to their own file; smaller ones go in the round's pack
@@ -190,7 +190,7 @@ def _check_not_diverged(store: Store, source: Source, state, source_end: int) ->
         theirs = b""
     if theirs[: len(ours)] == ours and len(theirs) >= len(ours):
         return
-    common = _last_common(store, source)
+    common = last_common(store, source)
     if common is not None and common.end == source_end:
         why = f"it is behind this store (its log ends at record seq {common.records[-1].seq}, which this store holds too)"
     else:
@@ -198,7 +198,7 @@ def _check_not_diverged(store: Store, source: Source, state, source_end: int) ->
     raise Diverged(f"{source.location} has diverged from this store: {why}. Nothing was written")
 
 
-def _last_common(store: Store, source: Source) -> Frame | None:
+def last_common(store: Store, source: Source) -> Frame | None:
     """The last frame both logs hold, byte for byte, found by walking them from the start."""
     offset, last = 0, None
     while True:

@@ -45,7 +45,16 @@ def verify(log: Log, objects: ObjectStore, indexer: Indexer, progress: Callable[
     report.keys = len(latest_version)
     _verify_index(report, indexer, log_versions)
     _verify_objects(report, objects, referenced, progress)
+    _note_orphans(report, log)
     return report
+
+
+def _note_orphans(report: VerifyReport, log: Log) -> None:
+    """Frames an old primary kept aside at a rejoin (R11): not history, never deleted, always reported."""
+    directory = log.directory / "orphans"
+    for path in sorted(directory.glob("*.log")) if directory.is_dir() else ():
+        report.notes.append(f"log/orphans/{path.name}: {path.stat().st_size} bytes of frames an old primary wrote that the new"
+                            " primary never had (kept aside, read-only, at imstore rejoin)")  # fmt: skip
 
 
 def _verify_index(report: VerifyReport, indexer: Indexer, log_versions: list[Version]) -> None:

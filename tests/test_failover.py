@@ -4,6 +4,8 @@ for its primary's frames only."""
 
 from __future__ import annotations
 
+import json
+
 import msgpack
 import pytest
 
@@ -11,7 +13,7 @@ from imstore import Store, merkle, proofs
 from imstore.errors import BadUpstream, CorruptLog, Unavailable
 from imstore.failover import STANDBY, promote, read_role, write_role
 from imstore.feed import PathSource
-from imstore.records import EPOCH_OP, Chain, decode_payload, encode_record, epoch_meta, frame_bytes
+from imstore.records import EPOCH_OP, HEADER_SIZE, Chain, decode_payload, encode_record, epoch_meta, frame_bytes
 from imstore.replica import check_frames, clone, pull
 from tests.conftest import run_cli_in_process
 from tests.test_merkle import ref_mth
@@ -150,3 +152,61 @@ def test_a_lying_upstream_cannot_ship_an_epoch_out_of_order(primary, tmp_path):
     assert log_bytes(copy) == before
     with Store.open(primary) as store:
         assert not store.verify().ok  # verify names the gap in the epochs too
+
+
+# ============================================================ rejoin (R11)
+def diverged_pair(primary, tmp_path):
+    """A standby promoted (and written to) while the old primary wrote frames it never shipped."""
+    copy = standby_of(primary, tmp_path)
+    with Store.open(copy) as store:
+        promote(store)
+        store.put("new-primary", b"after the failover")
+    fill(primary, 2, prefix="unreplicated")
+    return copy
+
+
+def test_rejoin_keeps_the_old_primary_s_extra_frames_aside_and_follows_the_new_one(primary, tmp_path):
+    copy = diverged_pair(primary, tmp_path)
+    old_log = log_bytes(primary)
+    with Store.open(copy) as store:
+        fork = store.indexer.current().epochs()[0]
+    refused = run_cli_in_process(["--store", str(primary), "pull", str(copy)])
+    assert refused.code == 5 and "diverged" in refused.stderr  # without rejoin: nothing written
+    assert log_bytes(primary) == old_log
+    result = run_cli_in_process(["--store", str(primary), "--json", "rejoin", str(copy)])
+    assert result.code == 0, result.stderr
+    document = json.loads(result.out)
+    with Store.open(primary) as store:
+        state = store.indexer.current().state()
+    assert log_bytes(primary) == log_bytes(copy)
+    orphan = primary / document["orphans"]
+    assert orphan.read_bytes() == old_log[document["fork_offset"] :] and orphan.stat().st_mode & 0o777 == 0o444
+    assert [record.key for frame in decode_frames(orphan.read_bytes()) for record in frame] == ["unreplicated0", "unreplicated1"]
+    assert old_log[: document["fork_offset"]] == log_bytes(copy)[: document["fork_offset"]]
+    assert fork[2] == 3 and state.seq == 5 and read_role(primary) == "standby"
+    verified = run_cli_in_process(["--store", str(primary), "--json", "verify"])
+    report = json.loads(verified.out)
+    assert verified.code == 0 and report["ok"] and any("orphans/0-" in note for note in report["notes"]), verified.out
+    with Store.open(primary) as store:
+        assert store.get("new-primary") == b"after the failover"
+        with pytest.raises(Exception, match="no key|not found"):
+            store.get("unreplicated0")
+
+
+def test_rejoin_of_a_store_that_is_only_behind_moves_nothing(primary, tmp_path):
+    copy = standby_of(primary, tmp_path)
+    with Store.open(copy) as store:
+        promote(store)
+    result = run_cli_in_process(["--store", str(primary), "--json", "rejoin", str(copy)])
+    assert result.code == 0 and json.loads(result.out)["orphans"] is None, result.stderr
+    assert log_bytes(primary) == log_bytes(copy) and not (primary / "log" / "orphans").exists()
+
+
+def decode_frames(data: bytes):
+    from imstore.records import HEADER
+
+    position = 0
+    while position < len(data):
+        length = HEADER.unpack_from(data, position)[0]
+        yield decode_payload(data[position + HEADER_SIZE : position + HEADER_SIZE + length])
+        position += HEADER_SIZE + length

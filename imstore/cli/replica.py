@@ -112,3 +112,35 @@ def promote() -> None:
         settings.out.document(document)
     else:
         settings.out.info(f"promoted: epoch {document['epoch']}, forking from seq {document['fork_seq']}; this store takes writes now")
+
+
+def rejoin(
+    source: Annotated[str, typer.Argument(help="The new primary: the URL of an imstore serve, or a store directory.")],
+) -> None:
+    """Make an old primary follow the new one: its frames the new primary never had are kept aside.
+
+    Finds the last record both logs hold, moves the frames after it to a
+    read-only file under log/orphans/ (never deleted; imstore verify lists
+    them), cuts the log there, then catches up from SOURCE. The store becomes a
+    standby of SOURCE: run imstore serve --follow SOURCE on it next.
+
+    Example: imstore --store /srv/imstore --token-file tok rejoin http://b:8765
+    """
+    from ..failover import rejoin as rejoin_store
+    from ..store import Store
+
+    refuse_remote("rejoin")
+    root = (settings.store or default_store_path()).expanduser().absolute()
+    with Store.open(root) as store:
+        source_handle = _source(source)
+        try:
+            document = rejoin_store(store, source_handle)
+        finally:
+            source_handle.close()
+            show_warnings(store)
+    if settings.out.json:
+        settings.out.document(document)
+        return
+    if document["orphans"]:
+        settings.out.info(f"kept {document['orphaned_bytes']} bytes of frames {source} never had in {document['orphans']}")
+    settings.out.info(f"now following {source}: at seq {document['seq']}")
