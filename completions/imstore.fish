@@ -20,6 +20,7 @@ complete -c imstore -n '__fish_use_subcommand' -a put -d 'Store a new version of
 complete -c imstore -n '__fish_use_subcommand' -a reindex -d 'Rebuild the index from the log (the log is the truth; the index is derived).'
 complete -c imstore -n '__fish_use_subcommand' -a rejoin -d 'Make an old primary follow the new one: its frames the new primary never had are kept aside.'
 complete -c imstore -n '__fish_use_subcommand' -a repack -d 'Merge small packs into one (atomically; no object is ever dropped).'
+complete -c imstore -n '__fish_use_subcommand' -a repair -d 'Heal damaged log frames and objects with a replica\'s copy, once it is proven to be the same bytes.'
 complete -c imstore -n '__fish_use_subcommand' -a rm -d 'Delete KEY by appending a tombstone version; history keeps every version.'
 complete -c imstore -n '__fish_use_subcommand' -a serve -d 'Serve the store over HTTP: an authenticated gateway round-robining over worker processes.'
 complete -c imstore -n '__fish_use_subcommand' -a token -d 'API tokens for imstore serve (only their hashes are stored).'
@@ -104,6 +105,8 @@ complete -c imstore -n '__fish_seen_subcommand_from reindex' -s h -l help -d 'Sh
 complete -c imstore -n '__fish_seen_subcommand_from rejoin' -s h -l help -d 'Show this help and exit.'
 complete -c imstore -n '__fish_seen_subcommand_from rejoin' -F
 complete -c imstore -n '__fish_seen_subcommand_from repack' -s h -l help -d 'Show this help and exit.'
+complete -c imstore -n '__fish_seen_subcommand_from repair' -l from -r -d 'A replica: a store directory or the URL of an imstore serve.'
+complete -c imstore -n '__fish_seen_subcommand_from repair' -s h -l help -d 'Show this help and exit.'
 complete -c imstore -n '__fish_seen_subcommand_from rm' -s m -l message -r -d 'A message for the deletion.'
 complete -c imstore -n '__fish_seen_subcommand_from rm' -l if-version -r -d 'Only if the latest version is N.'
 complete -c imstore -n '__fish_seen_subcommand_from rm' -s h -l help -d 'Show this help and exit.'

@@ -144,3 +144,41 @@ def rejoin(
     if document["orphans"]:
         settings.out.info(f"kept {document['orphaned_bytes']} bytes of frames {source} never had in {document['orphans']}")
     settings.out.info(f"now following {source}: at seq {document['seq']}")
+
+
+def repair(
+    source: Annotated[str, typer.Option("--from", metavar="SOURCE", help="A replica: a store directory or the URL of an imstore serve.")],
+) -> None:
+    """Heal damaged log frames and objects with a replica's copy, once it is proven to be the same bytes.
+
+    A damaged log stretch is replaced only by the replica's frames for exactly
+    that stretch whose chain links to the good records on both sides of it (the
+    next record names the last one's hash); an object only by bytes that hash to
+    its id. Anything unproven is left as it is and reported (exit 5).
+
+    Example: imstore --store /srv/imstore repair --from /mnt/usb/imstore
+    """
+    from ..errors import CorruptLog
+    from ..repair import repair as repair_store
+    from ..store import Store
+
+    refuse_remote("repair")
+    root = (settings.store or default_store_path()).expanduser().absolute()
+    with Store.open(root) as store:
+        source_handle = _source(source)
+        try:
+            report = repair_store(store, source_handle)
+        finally:
+            source_handle.close()
+    out = settings.out
+    if out.json:
+        out.document(report.to_json())
+    else:
+        for stretch in report.frames:
+            out.info(f"repaired log bytes {stretch} from {source}")
+        for object_id in report.objects:
+            out.info(f"repaired object {object_id} from {source}")
+        if not report.frames and not report.objects and not report.refused:
+            out.info("nothing to repair")
+    if report.refused:
+        raise CorruptLog("not repaired: " + "; ".join(report.refused))
