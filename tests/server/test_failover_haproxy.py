@@ -137,3 +137,30 @@ def test_failover_through_haproxy_loses_no_acknowledged_write_and_the_old_primar
     for node in (primary, standby):
         report = cli("--store", str(node.store), "verify")
         assert report["ok"], report
+
+
+def test_async_failover_loses_at_most_the_lag_at_the_kill(start, standby_of, haproxy):  # noqa: F811
+    primary = start("--workers", "2")
+    standby = standby_of(primary)
+    balancer = haproxy(primary.port, standby.port)
+    wait_for_writes_to(balancer, "node1")
+    writers = Writers(balancer, primary.write_token)
+    writers.start()
+    try:
+        poll(lambda: writers.count() >= 60, "writes are acknowledged", timeout=60)
+        primary.process.kill()  # kill -9
+        primary.process.wait()
+        acknowledged_at_kill = dict(writers.acknowledged)
+    finally:
+        writers.stop()
+    old_log = (primary.store / SEGMENT).read_bytes()
+    kept = poll(lambda: (s := standby.request("GET", "/healthz", token=None).json())["error"] and s, "the standby sees the primary go")
+    standby_log = (standby.store / SEGMENT).read_bytes()
+    assert old_log.startswith(standby_log)  # the standby holds a byte-identical prefix of the primary's log
+    lag_at_kill = len(list(frames_of(old_log))) - kept["head"]["seq"]
+    cli("--store", str(standby.store), "promote")
+    wait_for_writes_to(balancer, "node2")
+    lost = [key for key, body in acknowledged_at_kill.items() if through(balancer, "GET", key_url(key), primary.read_token)[2] != body]
+    assert len(lost) <= lag_at_kill, (lost, lag_at_kill)
+    report = cli("--store", str(standby.store), "verify")
+    assert report["ok"], report
