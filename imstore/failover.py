@@ -16,9 +16,9 @@ import socket
 from pathlib import Path
 
 from . import layout
-from .errors import InvalidInput, Unavailable, from_os_error
+from .errors import CorruptLog, InvalidInput, Unavailable, from_os_error
 from .feed import Source
-from .fsio import atomic_write, fsync_dir
+from .fsio import atomic_write, crash_point, fsync_dir
 from .hashing import blake3
 from .store import Store
 
@@ -96,11 +96,18 @@ def rejoin(store: Store, source: Source, progress=None) -> dict:
         raise InvalidInput(f"{source.location} holds store {described['store_id']}, not this store ({store.store_id})")
     moved = None
     with store.log.locked():
+        try:
+            epoch = epoch_of(store)
+        except CorruptLog:  # a rejoin cut short after its cut: the index still knows the frames cut off
+            store.indexer.rebuild()
+            epoch = epoch_of(store)
         common = last_common(store, source)
         cut, end = (common.end if common is not None else 0), store.log.size()
         if end > cut:
-            moved = _keep_orphans(store, epoch_of(store), cut, end)
+            moved = _keep_orphans(store, epoch, cut, end)
+            crash_point("rejoin-orphans-kept")
             store.log.truncate(cut)
+            crash_point("rejoin-log-cut")
             store.indexer.rebuild()
             _forget_answers(store.root)
     write_role(store.root, STANDBY)

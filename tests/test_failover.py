@@ -5,6 +5,7 @@ for its primary's frames only."""
 from __future__ import annotations
 
 import json
+import signal
 
 import msgpack
 import pytest
@@ -15,7 +16,7 @@ from imstore.failover import STANDBY, promote, read_role, write_role
 from imstore.feed import PathSource
 from imstore.records import EPOCH_OP, HEADER_SIZE, Chain, decode_payload, encode_record, epoch_meta, frame_bytes
 from imstore.replica import check_frames, clone, pull
-from tests.conftest import run_cli_in_process
+from tests.conftest import run_cli_in_process, run_cli_process
 from tests.test_merkle import ref_mth
 from tests.test_proofs import log_payloads
 from tests.test_replica import FakeUpstream, fill, log_bytes
@@ -210,3 +211,23 @@ def decode_frames(data: bytes):
         length = HEADER.unpack_from(data, position)[0]
         yield decode_payload(data[position + HEADER_SIZE : position + HEADER_SIZE + length])
         position += HEADER_SIZE + length
+
+
+@pytest.mark.parametrize("point", ["rejoin-orphans-kept", "rejoin-log-cut"])
+def test_a_rejoin_killed_mid_way_is_finished_by_another(primary, tmp_path, point):
+    copy = diverged_pair(primary, tmp_path)
+    old_log = log_bytes(primary)
+    killed = run_cli_process(["--store", str(primary), "rejoin", str(copy)], env={"IMSTORE_CRASH_AT": point})
+    assert killed.code == -signal.SIGKILL, killed.stderr
+    again = run_cli_process(["--store", str(primary), "--json", "rejoin", str(copy)])
+    assert again.code == 0, again.stderr
+    assert log_bytes(primary) == log_bytes(copy)
+    kept = list((primary / "log" / "orphans").iterdir())
+    assert len(kept) == 1 and old_log.endswith(kept[0].read_bytes()) and len(kept[0].read_bytes()) > 0
+    assert old_log[: len(old_log) - len(kept[0].read_bytes())] == log_bytes(copy)[: len(old_log) - len(kept[0].read_bytes())]
+    assert verify_ok(primary)
+
+
+def verify_ok(root) -> bool:
+    result = run_cli_process(["--store", str(root), "--json", "verify"])
+    return result.code == 0 and json.loads(result.out)["ok"]
