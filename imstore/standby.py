@@ -102,12 +102,24 @@ class Follower:
                 if store is not None:
                     store.close()
                     store = None
-                self._stop.wait(RETRY_REFUSED if isinstance(exc, IntegrityError) else RETRY_UNAVAILABLE)
+                self._pause(RETRY_REFUSED if isinstance(exc, IntegrityError) else RETRY_UNAVAILABLE)
             except Exception as exc:  # a bug of ours must not end replication silently
                 self._failed(exc)
-                self._stop.wait(RETRY_REFUSED)
+                self._pause(RETRY_REFUSED)
         if store is not None:
             store.close()
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before the next try, but look at the role file every LONG_POLL: a promotion (whose epoch
+        record makes the primary's next frames fail the chain here) is noticed within a second, not at the retry."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            try:
+                if read_role(self.root) == PRIMARY:
+                    return
+            except ImstoreError:
+                pass
+            self._stop.wait(min(LONG_POLL, left))
 
     def _progress_of(self, store: Store):
         """After each round of a pull: the head moves in /healthz as frames arrive, not only when the pull ends."""

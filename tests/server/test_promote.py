@@ -4,10 +4,12 @@ primary restarted with --peer, or asked for frames by a standby of a higher epoc
 from __future__ import annotations
 
 import json
+import threading
 
+from imstore import Store
 from tests.conftest import run_cli_process
 from tests.server.conftest import free_port, key_url
-from tests.server.test_standby import poll, same_log, standby_of  # noqa: F401 -- standby_of is a fixture
+from tests.server.test_standby import SEGMENT, poll, same_log, standby_of  # noqa: F401 -- standby_of is a fixture
 from tests.server.test_sync import replicate_token
 
 
@@ -75,3 +77,33 @@ def test_in_sync_mode_a_superseded_primary_acknowledges_nothing(start, standby_o
     assert primary.request("GET", f"/v1/replication/log?from={end}", headers=headers, token=None).status == 200
     assert health(primary)["role"] == "fenced"
     assert primary.request("PUT", key_url("k3"), b"refused").status == 503
+
+
+def test_a_standby_promoted_while_its_primary_writes_forks_cleanly(start, standby_of):  # noqa: F811
+    primary = start("--workers", "1")
+    standby = standby_of(primary)
+    stop = threading.Event()
+
+    def write() -> None:
+        for number in range(10_000):  # bounded; stopped long before
+            if stop.is_set():
+                return
+            primary.request("PUT", key_url(f"busy{number}"), b"x" * 100)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        poll(lambda: health(standby)["head"]["seq"] >= 20, "the standby follows a busy primary")
+        promote(standby)
+        poll(lambda: writable(standby) == 200, "the standby notices the promotion while frames keep coming")
+    finally:
+        stop.set()
+        writer.join(30)
+    ours, theirs = (standby.store / SEGMENT).read_bytes(), (primary.store / SEGMENT).read_bytes()
+    with Store.open(standby.store) as store:
+        fork = store.indexer.current().epochs()[0]
+        (seq, offset), = [(r.seq, f.offset) for f in store.log.scan(0) for r in f.records if r.is_epoch]
+    assert fork[1] == seq and theirs[:offset] == ours[:offset]  # the new history forks from a prefix of the old one
+    assert standby.request("PUT", key_url("mine"), b"new primary").status == 201
+    verified = run_cli_process(["--store", str(standby.store), "verify", "--json"])
+    assert verified.code == 0 and json.loads(verified.out)["ok"], verified.out
