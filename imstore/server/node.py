@@ -104,8 +104,6 @@ class Node:
 
     async def acknowledge(self, headers, offset: int) -> None:
         """A replicate request for frames from offset: a standby's acknowledgement, unless it is of a higher epoch."""
-        if self.sync is None:
-            return
         theirs = headers.get(EPOCH_HEADER, "0")
         theirs = int(theirs) if theirs.isdigit() else 0
         if theirs > self.epoch:
@@ -113,7 +111,8 @@ class Node:
             if theirs > self.epoch:
                 self.fence(f"a standby at epoch {theirs} asked for frames; this node is at epoch {self.epoch}")
                 return  # never counted: an old primary can acknowledge nothing (R10)
-        await self.sync.ack(headers.get(NODE_HEADER, "-"), offset)
+        if self.sync is not None:
+            await self.sync.ack(headers.get(NODE_HEADER, "-"), offset)
 
     async def document(self) -> dict:
         """role, epoch, head and (on a standby) primary and lag: what /healthz adds for load balancers and people."""
