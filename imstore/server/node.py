@@ -103,7 +103,11 @@ class Node:
         return None
 
     async def acknowledge(self, headers, offset: int) -> None:
-        """A replicate request for frames from offset: a standby's acknowledgement, unless it is of a higher epoch."""
+        """A replicate request for frames from offset: a standby's acknowledgement when it is of this node's epoch.
+
+        A higher epoch proves this node was superseded (fenced, never counted). A lower one is
+        served frames (a new standby catching up) but not counted: its log may hold an old
+        primary's frames at the same offsets (sync writes come after the epoch record anyway)."""
         theirs = headers.get(EPOCH_HEADER, "0")
         theirs = int(theirs) if theirs.isdigit() else 0
         if theirs > self.epoch:
@@ -111,7 +115,7 @@ class Node:
             if theirs > self.epoch:
                 self.fence(f"a standby at epoch {theirs} asked for frames; this node is at epoch {self.epoch}")
                 return  # never counted: an old primary can acknowledge nothing (R10)
-        if self.sync is not None:
+        if self.sync is not None and theirs == self.epoch:  # a lower epoch may be a diverged old primary: no ack (R10)
             await self.sync.ack(headers.get(NODE_HEADER, "-"), offset)
 
     async def document(self) -> dict:

@@ -107,3 +107,25 @@ def test_a_standby_promoted_while_its_primary_writes_forks_cleanly(start, standb
     assert standby.request("PUT", key_url("mine"), b"new primary").status == 201
     verified = run_cli_process(["--store", str(standby.store), "verify", "--json"])
     assert verified.code == 0 and json.loads(verified.out)["ok"], verified.out
+
+
+def test_a_promoted_primary_counts_no_acknowledgement_from_a_lower_epoch(start, standby_of):  # noqa: F811
+    first = start("--workers", "1")
+    standby = standby_of(first, token=replicate_token(first))
+    poll(lambda: same_log(first, standby), "the standby holds the log")
+    standby.stop()
+    promote(standby)
+    new = start("--workers", "1", "--sync-standbys", "1", "--sync-timeout", "1", store=standby.store)
+    token = replicate_token(new)
+    end = (new.store / SEGMENT).stat().st_size
+
+    def ask(epoch: str) -> int:
+        headers = {"Authorization": f"Bearer {token}", "X-Imstore-Epoch": epoch, "X-Imstore-Node": f"n{epoch}:/x"}
+        return new.request("GET", f"/v1/replication/log?from={end + 10_000}", headers=headers, token=None).status
+
+    assert ask("0") in (200, 416)  # a node of epoch 0 (an old primary, maybe diverged): served, never counted
+    refused = new.request("PUT", key_url("a"), b"v")
+    assert refused.status == 503 and refused.json()["error"] == "NotReplicated"
+    assert ask("1") in (200, 416)  # a standby of this epoch: its request acknowledges everything before the offset
+    assert new.request("PUT", key_url("b"), b"v").status == 201
+    assert health(new)["role"] == "primary"
