@@ -20,7 +20,7 @@ from .log import Log
 from .model import BatchItem, BatchResult, PutResult, Version, unpack_meta
 from .objects import ObjectStore
 from .packs import PackWriter
-from .records import Chain, Frame, make_frame
+from .records import EPOCH_OP, Chain, Frame, epoch_meta, make_frame
 from .validate import parse_version, validate_content_type, validate_key, validate_message, validate_meta
 
 if TYPE_CHECKING:
@@ -62,14 +62,18 @@ class Committer:
         state = index.state()
         return Chain(state.seq, state.last_hash)
 
-    def _append(self, chain: Chain | None = None, *, shipped: bytes | None = None) -> Frame | None:
-        """The only appender (the fencing check for replication goes here). Caller holds the lock.
+    def _append(self, chain: Chain | None = None, *, shipped: bytes | None = None, promotion: bool = False) -> Frame | None:
+        """The only appender, and so the fencing check: a local write needs the role `primary`. Caller holds the lock.
 
         chain: new records, appended as one frame and applied to the index (the frame returned).
         shipped: whole frames of an upstream log, byte for byte, already checked by the caller
         against this log's tail (replica.check_frames) and whose objects are durable.
         """
         expected = self.indexer.index.state().log_end
+        if shipped is None and not promotion:
+            from .failover import require_primary  # here: failover is not loaded by reads
+
+            require_primary(self.log.directory.parent)
         if shipped is not None:
             self.log.append_raw(shipped, expected)
             self.indexer.catch_up()
@@ -93,6 +97,18 @@ class Committer:
             if (state.log_end, state.seq, state.last_hash) != head:
                 raise Unavailable("the store changed while frames were being pulled (another pull or a local write); pull again")
             self._append(shipped=data)
+
+    def promote(self, node: str) -> Frame:
+        """Append an epoch record (epoch + 1, forking from the head), alone in its frame (R7, R9)."""
+        self.writable()
+        with self.writing() as index:
+            state = index.state()
+            chain = self.chain(index)
+            chain.add(op=EPOCH_OP, key="", version=index.epoch() + 1, hash=None, size=0,
+                      meta=epoch_meta(state.seq, state.last_hash, node))  # fmt: skip
+            frame = self._append(chain, promotion=True)
+        assert frame is not None
+        return frame
 
     # ------------------------------------------------------------ puts
     def check_put(self, key: str, content_type: str | None, meta: dict | None, message: str | None, if_version, if_absent: bool):

@@ -44,6 +44,7 @@ OBJECT_ENTRY = struct.Struct(">32sQ")
 LOG_END_HEADER = "X-Imstore-Log-End"
 HEAD_SEQ_HEADER = "X-Imstore-Head-Seq"
 NODE_HEADER = "X-Imstore-Node"
+EPOCH_HEADER = "X-Imstore-Epoch"  # on requests: the requester's epoch; on answers: the source's (R10)
 MAX_WAIT = 30.0  # seconds a long poll for new frames may wait
 _POLL = 0.02  # how often a path source's long poll looks at the log's size
 _STREAM_PIECE = 1 << 20  # the object stream is written in pieces of about this size
@@ -64,10 +65,12 @@ class Frames(NamedTuple):
     data: bytes
     log_end: int
     seq: int | None = None
+    epoch: int | None = None
 
 
 class Source(Protocol):
     location: str
+    epoch: int  # the puller's epoch, sent with each request (R10)
 
     def describe(self) -> dict: ...  # {"store_id", "config": bytes, "log_end", "tokens": bytes | None}
     def frames(self, start: int, max_bytes: int, wait: float = 0.0) -> Frames: ...
@@ -183,6 +186,8 @@ def open_local(root: Path) -> tuple[Log, ObjectStore]:
 class PathSource:
     """A store directory as a source (a second disk, a USB disk): read with no lock and no index."""
 
+    epoch = 0
+
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().absolute()
         self.location = str(self.root)
@@ -218,6 +223,7 @@ class HttpSource:
         # A standby names itself: with a replicate token, each request for frames from an offset tells the
         # primary that everything before it is durable here (sync mode counts these acknowledgements).
         self.node = node
+        self.epoch = 0
         self._context = ssl.create_default_context(cafile=os.fspath(cacert)) if cacert is not None else None
 
     def _open(self, path: str, query: dict | None = None, timeout: float = 60.0):
@@ -225,6 +231,7 @@ class HttpSource:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         if self.node is not None:
             headers[NODE_HEADER] = self.node
+        headers[EPOCH_HEADER] = str(self.epoch)
         request = urllib.request.Request(url, headers=headers)
         try:
             return urllib.request.urlopen(request, timeout=timeout, context=self._context)  # noqa: S310 -- http(s) only
@@ -261,9 +268,10 @@ class HttpSource:
             except (OSError, http.client.HTTPException) as exc:
                 raise Unavailable(f"the frames from {self.base} broke off: {exc}") from None
             end, seq = response.headers.get(LOG_END_HEADER, ""), response.headers.get(HEAD_SEQ_HEADER, "")
+            epoch = response.headers.get(EPOCH_HEADER, "")
         if not end.isdigit():
             raise BadUpstream(f"{self.base} sent frames without saying where its log ends")
-        return Frames(data, int(end), int(seq) if seq.isdigit() else None)
+        return Frames(data, int(end), int(seq) if seq.isdigit() else None, int(epoch) if epoch.isdigit() else None)
 
     def objects(self, start: int, end: int) -> Iterator[tuple[str, int, Iterator[bytes]]]:
         with self._open("/v1/replication/objects", {"from": start, "to": end}) as response:

@@ -21,7 +21,7 @@ from .records import GENESIS, Record
 
 __all__ = ["Index", "IndexState", "SchemaMismatch", "is_corruption"]
 
-SCHEMA_VERSION = 2  # 2: each version's place in the log (log_offset, log_length) and the damaged table
+SCHEMA_VERSION = 3  # 2: each version's place in the log (log_offset, log_length) and the damaged table; 3: epochs (R7)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -54,6 +54,13 @@ CREATE TABLE IF NOT EXISTS state (
     last_hash BLOB NOT NULL,
     frame_checksum BLOB NOT NULL,
     scrub_offset INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    epoch INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    fork_seq INTEGER NOT NULL,
+    fork_hash TEXT NOT NULL,
+    node TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS damaged (
     offset INTEGER PRIMARY KEY,
@@ -174,9 +181,13 @@ class Index:
         latest = {}
         spans = list(spans)
         for number, record in enumerate(records):
+            last = record
+            if record.is_epoch:  # never a version: no listing, history or Version shows one (R7)
+                self.db.execute("INSERT OR REPLACE INTO epochs VALUES (?,?,?,?,?)", (record.version, record.seq,
+                                int(record.meta["fork_seq"]), record.meta["fork_hash"], record.meta["node"]))  # fmt: skip
+                continue
             rows.append((*version_row(record), frame_offset, *(spans[number] if number < len(spans) else (None, None))))
             latest[record.key] = (record.key, record.version, record.op)
-            last = record
         if last is None:
             return
         marks = ",".join("?" * 13)
@@ -202,6 +213,14 @@ class Index:
     def set_scrub_offset(self, offset: int) -> None:
         self.db.execute("UPDATE state SET scrub_offset = ? WHERE id = 1", (offset,))
 
+    def epoch(self) -> int:
+        """The store's epoch: its log's highest epoch record (0 when it was never promoted)."""
+        return self.db.execute("SELECT coalesce(max(epoch), 0) FROM epochs").fetchone()[0]
+
+    def epochs(self) -> list[tuple[int, int, int, str, str]]:
+        """(epoch, seq, fork_seq, fork_hash, node) of each promotion, in log order."""
+        return self.db.execute("SELECT epoch, seq, fork_seq, fork_hash, node FROM epochs ORDER BY seq").fetchall()
+
     def record_span(self, key: str, version: int) -> tuple[int, int, int] | None:
         """(frame offset, record offset, record length) of key's version in the log, as the index remembers it."""
         row = self.db.execute("SELECT frame_offset, log_offset, log_length FROM versions WHERE key = ? AND version = ?",
@@ -211,6 +230,7 @@ class Index:
     def clear(self) -> None:
         """Forget everything (inside a transaction): the next catch-up replays the whole log."""
         self.db.execute("DELETE FROM damaged")
+        self.db.execute("DELETE FROM epochs")
         self.db.execute("DELETE FROM versions")
         self.db.execute("DELETE FROM latest")
         self.db.execute(

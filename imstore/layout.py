@@ -32,7 +32,7 @@ from .log import LOCK_NAME, SEGMENT_NAME
 
 __all__ = [
     "FORMAT", "CONFIG", "OBJECTS", "PACKS", "LOG", "INDEX", "IMPORT_CACHE", "LEDGER", "TOKENS", "SIGNING_KEY",
-    "CHECKPOINT_CACHE", "UPSTREAM", "REPLICATED", "NODE_LOCAL", "SHIPPED",
+    "CHECKPOINT_CACHE", "UPSTREAM", "ROLE", "ORPHANS", "REPLICATED", "NODE_LOCAL", "SHIPPED",
     "is_store_entry", "create_store", "parse_config", "check_writable",
 ]  # fmt: skip
 
@@ -51,10 +51,12 @@ TOKENS = "tokens"
 SIGNING_KEY = "checkpoint.key"
 CHECKPOINT_CACHE = "checkpoint.latest"
 UPSTREAM = "upstream"
+ROLE = "role"  # "primary" (absent: a store takes local writes), "standby" (R7, R9)
+ORPHANS = f"{LOG}/orphans"  # an old primary's frames the new primary never had, kept read-only (R11)
 
 REPLICATED = (CONFIG, OBJECTS, LOG)  # the truth: a standby copies it byte for byte
 # Derived or per server: rebuilt or forgotten (a node signs checkpoints with its own key).
-NODE_LOCAL = (INDEX, IMPORT_CACHE, LEDGER, SIGNING_KEY, CHECKPOINT_CACHE, UPSTREAM)
+NODE_LOCAL = (INDEX, IMPORT_CACHE, LEDGER, SIGNING_KEY, CHECKPOINT_CACHE, UPSTREAM, ROLE)
 # The deployment's state, not history: a standby takes the latest copy whole (one token works on every node).
 SHIPPED = (TOKENS,)
 

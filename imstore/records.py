@@ -24,13 +24,15 @@ from .hashing import blake3, checksum16
 __all__ = [
     "HEADER", "HEADER_SIZE", "MAX_FRAME", "GENESIS", "Record", "Frame", "Chain",
     "encode_record", "decode_payload", "decode_record", "frame_bytes", "batch_payload", "check_chain",
-    "make_frame", "payload_spans",
+    "make_frame", "payload_spans", "EPOCH_OP", "EPOCH_FIELDS", "epoch_meta",
 ]  # fmt: skip
 
 HEADER = struct.Struct(">I16s")
 HEADER_SIZE = HEADER.size
 MAX_FRAME = 256 << 20
 GENESIS = b"\x00" * 32
+EPOCH_OP = "epoch"  # a promotion (R7): key "", version = the new epoch, no object, alone in its frame
+EPOCH_FIELDS = frozenset({"fork_seq", "fork_hash", "node"})
 
 _UNPACK_LIMITS = dict(
     raw=False,
@@ -62,6 +64,10 @@ class Record(NamedTuple):
     @property
     def deleted(self) -> bool:
         return self.op == "delete"
+
+    @property
+    def is_epoch(self) -> bool:
+        return self.op == EPOCH_OP
 
 
 class Frame(NamedTuple):
@@ -182,17 +188,34 @@ def _record_from_payload(payload: bytes) -> Record:
     except Exception as exc:  # msgpack raises many types for hostile bytes
         raise CorruptLog(f"undecodable log record: {type(exc).__name__}") from None
     valid = (
-        record.op in ("put", "delete")
+        record.op in ("put", "delete", EPOCH_OP)
         and isinstance(record.key, str)
         and isinstance(record.prev, bytes)
         and len(record.prev) == 32
         and isinstance(record.meta, dict)
         and (record.hash is None or len(record.hash) == 64)
-        and (record.op == "delete" or record.hash is not None)
+        and (record.op != "put" or record.hash is not None)
     )
     if not valid:
         raise CorruptLog("log record has fields of the wrong type")
+    if record.op == EPOCH_OP and not _valid_epoch(record):
+        raise CorruptLog("log epoch record is not in the shape of one (key '', no object, fork_seq, fork_hash, node)")
     return record
+
+
+def _valid_epoch(record: Record) -> bool:
+    meta = record.meta
+    return (
+        record.key == "" and record.hash is None and record.size == 0 and record.version >= 1
+        and set(meta) == EPOCH_FIELDS and all(isinstance(value, str) for value in meta.values())
+        and meta["fork_seq"].isdigit() and int(meta["fork_seq"]) == record.seq - 1
+        and len(meta["fork_hash"]) == 64 and meta["fork_hash"] == record.prev.hex()
+    )  # fmt: skip
+
+
+def epoch_meta(fork_seq: int, fork_hash: bytes, node: str) -> dict:
+    """The meta of an epoch record: the head it forks from (the record before it) and the promoted node."""
+    return {"fork_seq": str(fork_seq), "fork_hash": fork_hash.hex(), "node": node}
 
 
 def _int(value: object) -> int:
@@ -215,7 +238,10 @@ def decode_payload(payload: bytes) -> tuple[Record, ...]:
             raise CorruptLog(f"undecodable log batch: {type(exc).__name__}") from None
         if not items or not all(isinstance(item, bytes) for item in items):
             raise CorruptLog("log batch holds something other than records")
-        return tuple(_record_from_payload(item) for item in items)
+        records = tuple(_record_from_payload(item) for item in items)
+        if any(record.is_epoch for record in records):
+            raise CorruptLog("log batch holds an epoch record (an epoch record stands alone in its frame)")
+        return records
     raise CorruptLog("log frame is neither a record nor a batch")
 
 
@@ -257,8 +283,18 @@ class Chain:
         self.records: list[Record] = []
         self._bytes = 0
 
-    def add(self, *, op: str, key: str, version: int, hash: str | None, size: int,  # noqa: A002
-            content_type: str | None = None, meta: dict | None = None, message: str | None = None) -> Record:
+    def add(
+        self,
+        *,
+        op: str,
+        key: str,
+        version: int,
+        hash: str | None,
+        size: int,  # noqa: A002
+        content_type: str | None = None,
+        meta: dict | None = None,
+        message: str | None = None,
+    ) -> Record:
         """The next record: seq + 1, linked to the one before, timed now."""
         meta = meta or {}
         now = time.time_ns()

@@ -28,7 +28,7 @@ from .hashing import blake3, checksum16
 from .records import HEADER, HEADER_SIZE, MAX_FRAME, Frame, check_chain, decode_payload, make_frame
 from .store import Store
 
-__all__ = ["PullResult", "pull", "clone", "check_frames", "read_upstream", "remember_upstream", "ROUND_BYTES"]
+__all__ = ["PullResult", "pull", "clone", "check_frames", "last_common", "read_upstream", "remember_upstream", "ROUND_BYTES"]
 
 ROUND_BYTES = 8 << 20  # frames taken per round (at least one whole frame, however big)
 LOOSE_MIN = 8 << 20  # objects this big are streamed to their own file; smaller ones go in the round's pack
@@ -60,12 +60,12 @@ class PullResult:
 
 
 # ============================================================ the frame checks
-def check_frames(data: bytes, start: int, prev: bytes, seq: int) -> list[Frame]:
+def check_frames(data: bytes, start: int, prev: bytes, seq: int, epoch: int = 0) -> list[Frame]:
     """Parse raw frames meant to go at offset start after the record (seq, prev): each checked, or BadUpstream.
 
-    Whole frames only; checksum, payload, seq + 1 and prev must all hold (REPLICATION.md,
-    "What each frame must pass"). The frames' bytes are appended unchanged, so they are
-    exactly what this checked.
+    Whole frames only; checksum, payload, seq + 1 and prev must all hold, and an epoch record
+    must be this store's epoch + 1 (REPLICATION.md, "What each frame must pass"). The frames'
+    bytes are appended unchanged, so they are exactly what this checked.
     """
     frames: list[Frame] = []
     position = 0
@@ -85,6 +85,12 @@ def check_frames(data: bytes, start: int, prev: bytes, seq: int) -> list[Frame]:
             prev, seq = check_chain(frame, prev, seq)
         except CorruptLog as exc:
             raise BadUpstream(f"the source's frame at offset {offset} was refused: {exc}; nothing was appended") from None
+        for record in frame.records:
+            if record.is_epoch:
+                if record.version != epoch + 1:
+                    raise BadUpstream(f"the source's frame at offset {offset} holds epoch {record.version}, but this store is at"
+                                      f" epoch {epoch} (an epoch must be the one before it + 1); nothing was appended")  # fmt: skip
+                epoch = record.version
         frames.append(frame)
         position = payload_end
     return frames
@@ -113,14 +119,19 @@ def pull(store: Store, source: Source, *, progress: Callable[[int, int], None] |
     started = state.log_end
     target = described["log_end"]
     while True:
-        state = store.indexer.current().state()
+        index = store.indexer.current()
+        state, epoch = index.state(), index.epoch()
+        source.epoch = epoch  # each request carries it: a source of a higher epoch answers 409 (R10)
         answer = source.frames(state.log_end, round_bytes, wait)
         data, target, wait = answer.data, answer.log_end, 0.0  # only the first request waits
         if on_answer is not None:
             on_answer(answer)
+        if answer.epoch is not None and answer.epoch < epoch:
+            raise BadUpstream(f"{source.location} is at epoch {answer.epoch}, lower than this store's {epoch}: it was superseded"
+                              " (a primary that was failed over); nothing was appended")  # fmt: skip
         if not data:
             break
-        frames = check_frames(data, state.log_end, state.last_hash, state.seq)
+        frames = check_frames(data, state.log_end, state.last_hash, state.seq, epoch)
         fetched, fetched_bytes = _store_objects(store, source, frames, state.log_end, state.log_end + len(data))
         crash_point("replica-objects-durable")
         store.committer.append_shipped(data, (state.log_end, state.seq, state.last_hash))
@@ -179,7 +190,7 @@ def _check_not_diverged(store: Store, source: Source, state, source_end: int) ->
         theirs = b""
     if theirs[: len(ours)] == ours and len(theirs) >= len(ours):
         return
-    common = _last_common(store, source)
+    common = last_common(store, source)
     if common is not None and common.end == source_end:
         why = f"it is behind this store (its log ends at record seq {common.records[-1].seq}, which this store holds too)"
     else:
@@ -187,7 +198,7 @@ def _check_not_diverged(store: Store, source: Source, state, source_end: int) ->
     raise Diverged(f"{source.location} has diverged from this store: {why}. Nothing was written")
 
 
-def _last_common(store: Store, source: Source) -> Frame | None:
+def last_common(store: Store, source: Source) -> Frame | None:
     """The last frame both logs hold, byte for byte, found by walking them from the start."""
     offset, last = 0, None
     while True:

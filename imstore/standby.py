@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .errors import ImstoreError, IntegrityError
+from .failover import PRIMARY, read_role
 from .feed import Frames, Source
 from .replica import pull
 from .store import Store
@@ -40,6 +41,7 @@ class Follower:
         self._state = {"seq": 0, "head": "", "log_end": 0, "primary_end": None, "primary_seq": None, "error": None,
                        "caught_up_at": None, "rounds": 0}  # fmt: skip
         self._thread = threading.Thread(target=self._run, name="imstore-follower", daemon=True)
+        self.promoted = threading.Event()  # set once imstore promote made this store a primary: it pulls no more (R9)
 
     def start(self) -> None:
         self._thread.start()
@@ -71,6 +73,10 @@ class Follower:
         described, described_at = None, 0.0
         while not self._stop.is_set():
             try:
+                if read_role(self.root) == PRIMARY:  # imstore promote, seen within a round (LONG_POLL)
+                    self._log(f"imstore serve: this store was promoted: it no longer follows {self.source.location}; it takes writes")
+                    self.promoted.set()
+                    break
                 if store is None:
                     store = Store.open(self.root)
                     self._note_local(store)
@@ -96,12 +102,24 @@ class Follower:
                 if store is not None:
                     store.close()
                     store = None
-                self._stop.wait(RETRY_REFUSED if isinstance(exc, IntegrityError) else RETRY_UNAVAILABLE)
+                self._pause(RETRY_REFUSED if isinstance(exc, IntegrityError) else RETRY_UNAVAILABLE)
             except Exception as exc:  # a bug of ours must not end replication silently
                 self._failed(exc)
-                self._stop.wait(RETRY_REFUSED)
+                self._pause(RETRY_REFUSED)
         if store is not None:
             store.close()
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before the next try, but look at the role file every LONG_POLL: a promotion (whose epoch
+        record makes the primary's next frames fail the chain here) is noticed within a second, not at the retry."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            try:
+                if read_role(self.root) == PRIMARY:
+                    return
+            except ImstoreError:
+                pass
+            self._stop.wait(min(LONG_POLL, left))
 
     def _progress_of(self, store: Store):
         """After each round of a pull: the head moves in /healthz as frames arrive, not only when the pull ends."""

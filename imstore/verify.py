@@ -20,10 +20,16 @@ def verify(log: Log, objects: ObjectStore, indexer: Indexer, progress: Callable[
     referenced: dict[str, str] = {}
     latest_version: dict[str, int] = {}
     log_versions: list[Version] = []
+    epoch = 0
     try:
         scan = log.scan(0, skip_damage=True)
         for frame in chained_frames(scan, GENESIS, 0, lambda damage: report.problems.append(damage[2]), report.problems.append):
             for record in frame.records:
+                if record.is_epoch:  # promotions go 1, 2, 3 ... in log order (R7); never a key's version
+                    if record.version != epoch + 1:
+                        report.problems.append(f"record seq {record.seq}: epoch {record.version} follows epoch {epoch}")
+                    epoch = record.version
+                    continue
                 expected = latest_version.get(record.key, 0) + 1
                 if record.version != expected:
                     report.problems.append(f"record seq {record.seq}: key {record.key!r} has version {record.version}, expected {expected}")
@@ -39,7 +45,16 @@ def verify(log: Log, objects: ObjectStore, indexer: Indexer, progress: Callable[
     report.keys = len(latest_version)
     _verify_index(report, indexer, log_versions)
     _verify_objects(report, objects, referenced, progress)
+    _note_orphans(report, log)
     return report
+
+
+def _note_orphans(report: VerifyReport, log: Log) -> None:
+    """Frames an old primary kept aside at a rejoin (R11): not history, never deleted, always reported."""
+    directory = log.directory / "orphans"
+    for path in sorted(directory.glob("*.log")) if directory.is_dir() else ():
+        report.notes.append(f"log/orphans/{path.name}: {path.stat().st_size} bytes of frames an old primary wrote that the new"
+                            " primary never had (kept aside, read-only, at imstore rejoin)")  # fmt: skip
 
 
 def _verify_index(report: VerifyReport, indexer: Indexer, log_versions: list[Version]) -> None:

@@ -216,10 +216,13 @@ class FakeUpstream:
         handler.send_response(200)
         handler.send_header("Content-Length", str(len(body)))
         handler.send_header(LOG_END_HEADER, str(self.log.end()))
+        if self.epoch_header is not None:
+            handler.send_header("X-Imstore-Epoch", self.epoch_header)
         handler.end_headers()
         handler.wfile.write(body)
 
     tamper_from = -1
+    epoch_header: str | None = None  # the epoch the fake says it is at (None: says nothing)
 
     def lie_about_frames(self, body: bytes) -> bytes:
         if self.tamper == "gap":

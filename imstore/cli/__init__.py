@@ -3,7 +3,7 @@
 Each command parses its options, makes one library call and hands the result to
 `Output`. The commands live by topic: keys.py (init, put, get, cat, history, ls,
 rm, log, verify, reindex), proofs.py (key, checkpoint, prove, check-proof),
-batch.py (import, export, repack), replica.py (clone, pull) and admin.py (cache,
+batch.py (import, export, repack), replica.py (clone, pull, promote, rejoin, repair) and admin.py (cache,
 serve, token); common.py holds what they share. COMMANDS, next to run(), names
 the module of each, and a run imports only the module of its command.
 Exceptions become exit codes in exactly one place, `exit_code_for()`.
@@ -190,6 +190,9 @@ COMMANDS: dict[str, CommandInfo] = {
     "repack": CommandInfo("batch", "repack"),
     "clone": CommandInfo("replica", "clone"),
     "pull": CommandInfo("replica", "pull"),
+    "promote": CommandInfo("replica", "promote"),
+    "rejoin": CommandInfo("replica", "rejoin"),
+    "repair": CommandInfo("replica", "repair"),
     "serve": CommandInfo("admin", "serve"),
     "cache": CommandInfo("admin", "cache_app"),
     "token": CommandInfo("admin", "token_app"),

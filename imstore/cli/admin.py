@@ -102,6 +102,11 @@ def serve(
                      " clone first if there is no store yet), serve reads, refuse writes naming it. Its token: --token-file"
                      " or IMSTORE_TOKEN."),  # fmt: skip
     ] = None,
+    peer: Annotated[
+        list[str] | None,
+        typer.Option("--peer", metavar="URL", help="Another node of this deployment (repeatable): asked for its epoch at start"
+                     " and every second; one at a higher epoch superseded this node, which then takes no writes (fenced)."),  # fmt: skip
+    ] = None,
     sync_standbys: Annotated[
         int, typer.Option("--sync-standbys", min=0, metavar="N", help="Sync mode: answer a write only once N standbys (serve"
                           " --follow with a replicate token) hold it durably.")  # fmt: skip
@@ -124,6 +129,8 @@ def serve(
     Example: imstore --store /srv/standby --token-file tok serve --follow http://primary:8765
 
     Example: imstore serve --sync-standbys 1 --sync-timeout 2
+
+    Example: imstore serve --peer http://b:8765
     """
     # aiohttp and the server: a quarter of a second that only serve needs.
     from ..server import run_event_loop
@@ -153,6 +160,7 @@ def serve(
         follow=follow,
         sync_standbys=sync_standbys,
         sync_timeout=sync_timeout,
+        peers=tuple(peer or ()),
         follow_token=follow_token,
         cacert=str(settings.cacert) if settings.cacert else None,
         **({"worker_timeout": worker_timeout} if worker_timeout is not None else {}),

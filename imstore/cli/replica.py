@@ -1,4 +1,4 @@
-"""Replication commands: clone and pull (a copy of a store, from a path or an imstore serve)."""
+"""Replication commands: clone and pull (a copy of a store, from a path or an imstore serve), and promote."""
 
 # No `from __future__ import annotations` (see __init__.py): typer would eval the strings on each start.
 from pathlib import Path
@@ -88,3 +88,97 @@ def pull(
         if source is not None and read_upstream(store.root) is None:
             remember_upstream(store.root, source_handle.location)
     _report("pulled", result)
+
+
+def promote() -> None:
+    """Make a standby (a copy that follows a primary) the primary: it takes writes from now on.
+
+    Appends an epoch record to the log (the new epoch, the head it forks from, this
+    node), so the failover is part of history, and stops following. A running
+    imstore serve --follow on this store notices within a second and takes writes;
+    the old primary is fenced by the higher epoch.
+
+    Example: imstore --store /srv/standby promote
+    """
+    from ..failover import promote as promote_store
+    from ..store import Store
+
+    refuse_remote("promote")
+    root = (settings.store or default_store_path()).expanduser().absolute()
+    with Store.open(root) as store:
+        document = promote_store(store)
+        show_warnings(store)
+    if settings.out.json:
+        settings.out.document(document)
+    else:
+        settings.out.info(f"promoted: epoch {document['epoch']}, forking from seq {document['fork_seq']}; this store takes writes now")
+
+
+def rejoin(
+    source: Annotated[str, typer.Argument(help="The new primary: the URL of an imstore serve, or a store directory.")],
+) -> None:
+    """Make an old primary follow the new one: its frames the new primary never had are kept aside.
+
+    Finds the last record both logs hold, moves the frames after it to a
+    read-only file under log/orphans/ (never deleted; imstore verify lists
+    them), cuts the log there, then catches up from SOURCE. The store becomes a
+    standby of SOURCE: run imstore serve --follow SOURCE on it next.
+
+    Example: imstore --store /srv/imstore --token-file tok rejoin http://b:8765
+    """
+    from ..failover import rejoin as rejoin_store
+    from ..store import Store
+
+    refuse_remote("rejoin")
+    root = (settings.store or default_store_path()).expanduser().absolute()
+    with Store.open(root) as store:
+        source_handle = _source(source)
+        try:
+            document = rejoin_store(store, source_handle)
+        finally:
+            source_handle.close()
+            show_warnings(store)
+    if settings.out.json:
+        settings.out.document(document)
+        return
+    if document["orphans"]:
+        settings.out.info(f"kept {document['orphaned_bytes']} bytes of frames {source} never had in {document['orphans']}")
+    settings.out.info(f"now following {source}: at seq {document['seq']}")
+
+
+def repair(
+    source: Annotated[str, typer.Option("--from", metavar="SOURCE", help="A replica: a store directory or the URL of an imstore serve.")],
+) -> None:
+    """Heal damaged log frames and objects with a replica's copy, once it is proven to be the same bytes.
+
+    A damaged log stretch is replaced only by the replica's frames for exactly
+    that stretch whose chain links to the good records on both sides of it (the
+    next record names the last one's hash); an object only by bytes that hash to
+    its id. Anything unproven is left as it is and reported (exit 5).
+
+    Example: imstore --store /srv/imstore repair --from /mnt/usb/imstore
+    """
+    from ..errors import CorruptLog
+    from ..repair import repair as repair_store
+    from ..store import Store
+
+    refuse_remote("repair")
+    root = (settings.store or default_store_path()).expanduser().absolute()
+    with Store.open(root) as store:
+        source_handle = _source(source)
+        try:
+            report = repair_store(store, source_handle)
+        finally:
+            source_handle.close()
+    out = settings.out
+    if out.json:
+        out.document(report.to_json())
+    else:
+        for stretch in report.frames:
+            out.info(f"repaired log bytes {stretch} from {source}")
+        for object_id in report.objects:
+            out.info(f"repaired object {object_id} from {source}")
+        if not report.frames and not report.objects and not report.refused:
+            out.info("nothing to repair")
+    if report.refused:
+        raise CorruptLog("not repaired: " + "; ".join(report.refused))

@@ -16,7 +16,17 @@ from pathlib import Path
 from aiohttp import web
 
 from .. import layout
-from ..feed import HEAD_SEQ_HEADER, LOG_END_HEADER, MAX_WAIT, NoFrameThere, describe, object_stream, open_local, read_frames
+from ..feed import (
+    EPOCH_HEADER,
+    HEAD_SEQ_HEADER,
+    LOG_END_HEADER,
+    MAX_WAIT,
+    NoFrameThere,
+    describe,
+    object_stream,
+    open_local,
+    read_frames,  # fmt: skip
+)
 from ..log import Log
 from ..records import MAX_FRAME
 from .bodies import json_response
@@ -68,14 +78,16 @@ class FeedRoutes:
             data = await self.call(read_frames, log, start, max_bytes)
         except NoFrameThere as exc:
             return web.Response(status=416, text=str(exc), headers={LOG_END_HEADER: str(exc.log_end)})
-        seq = await self.call(self._head_seq)
+        seq, epoch = await self.call(self._head_seq)
         end = start + len(data) if data else log.end()
-        return web.Response(body=data, headers={"Content-Type": "application/octet-stream", LOG_END_HEADER: str(max(end, log.end())),
-                                                HEAD_SEQ_HEADER: str(seq), "Cache-Control": "no-store"})  # fmt: skip
+        headers = {"Content-Type": "application/octet-stream", LOG_END_HEADER: str(max(end, log.end())), HEAD_SEQ_HEADER: str(seq),
+                   EPOCH_HEADER: str(epoch), "Cache-Control": "no-store"}  # fmt: skip
+        return web.Response(body=data, headers=headers)
 
-    def _head_seq(self) -> int:
-        """The last record's seq (the index, caught up): a standby's lag in records is the difference."""
-        return self.store().indexer.current().state().seq
+    def _head_seq(self) -> tuple[int, int]:
+        """The last record's seq (a standby's lag in records is the difference) and the store's epoch (R10)."""
+        index = self.store().indexer.current()
+        return index.state().seq, index.epoch()
 
     async def _replication_objects_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
         query = matched.query()
@@ -106,4 +118,3 @@ class FeedRoutes:
             raise ConnectionError("object stream cut off") from None
         await response.write_eof()
         return response
-

@@ -31,7 +31,6 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from ..errors import BodyTooLarge, ClientTooSlow, ImstoreError, InvalidInput, Unavailable, UsageError
-from ..feed import NODE_HEADER
 from ..hashing import OBJECT_ID_LEN, hash_bytes
 from ..validate import parse_size  # re-exported: `serve --max-body` imports it from here
 from .auth import Authenticator, TokenStore, token_file_warning
@@ -101,6 +100,7 @@ class GatewayConfig:
     cacert: str | None = None
     sync_standbys: int = 0  # sync mode: a write is answered once this many standbys hold it (--sync-standbys)
     sync_timeout: float = 5.0
+    peers: tuple[str, ...] = ()  # --peer: other nodes whose higher epoch fences this one (R10)
 
 
 class _LimitedRequestHandler(RequestHandler):
@@ -238,8 +238,8 @@ class Gateway:
             return _problem(403, None, f"this token has the {scope} scope; {request.method} needs a write token")
         if request.method in WRITE_METHODS and (refusal := self.node.write_refusal()) is not None:
             raise refusal  # a standby: 503 naming the primary
-        if route.name == "replication_log" and scope == "replicate" and self.node.sync is not None:  # a standby's acknowledgement
-            await self.node.sync.ack(request.headers.get(NODE_HEADER, "-"), non_negative(matched.query().get("from"), "from"))
+        if route.name == "replication_log" and scope == "replicate":  # a standby's acknowledgement (or proof we were superseded)
+            await self.node.acknowledge(request.headers, non_negative(matched.query().get("from"), "from"))
         if route.name == "metrics":
             text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"], self.objects.hits, self.in_flight,
                                        self.latest.hits)
@@ -527,7 +527,7 @@ async def serve(config: GatewayConfig, info, warn) -> None:
     supervisor = Supervisor(config.store_root, config.workers, shutdown_timeout=config.shutdown_timeout, env=config.worker_env,
                             worker_timeout=config.worker_timeout)  # fmt: skip
     node = Node(config.store_root, config.follow, config.follow_token, config.cacert, log=lambda line: _write_stderr(line + "\n"),
-                sync_standbys=config.sync_standbys, sync_timeout=config.sync_timeout)  # fmt: skip
+                sync_standbys=config.sync_standbys, sync_timeout=config.sync_timeout, peers=config.peers)  # fmt: skip
     try:
         await supervisor.start()
         node.start()

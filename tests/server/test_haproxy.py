@@ -7,7 +7,9 @@ write is still read, with its bytes, from the standby: the seed's failure scenar
 
 from __future__ import annotations
 
+import csv
 import http.client
+import io
 import os
 import shutil
 import subprocess
@@ -24,25 +26,50 @@ CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (apt-get install -y haproxy)")
 
 
+STATS_PORTS: dict[int, int] = {}  # the balancer's port -> the port of its stats page (the tests' own frontend)
+
+
 @pytest.fixture
 def haproxy(tmp_path: Path):
-    """haproxy(node1_port, node2_port) -> the balancer's port; stopped at the end."""
+    """haproxy(node1_port, node2_port) -> the balancer's port; stopped at the end.
+
+    A second config file adds a stats page (for the tests only: haproxy starts every checked
+    server UP, so a test waits there until the checks have found which node is which)."""
     started: list[subprocess.Popen] = []
 
     def launch(*ports: int) -> int:
-        port = free_port()
+        port, stats = free_port(), free_port()
         env = {**os.environ, "IMSTORE_LB_BIND": f"127.0.0.1:{port}",
                **{f"IMSTORE_NODE{number}": f"127.0.0.1:{node}" for number, node in enumerate(ports, 1)}}  # fmt: skip
-        log = open(tmp_path / "haproxy.log", "wb")
-        started.append(subprocess.Popen(["haproxy", "-db", "-f", str(CONFIG)], env=env, stdout=log, stderr=log))
+        extra = tmp_path / f"stats-{stats}.cfg"
+        extra.write_text(f"frontend stats\n    bind 127.0.0.1:{stats}\n    stats enable\n    stats uri /stats\n")
+        log = open(tmp_path / "haproxy.log", "ab")
+        started.append(subprocess.Popen(["haproxy", "-db", "-f", str(CONFIG), "-f", str(extra)], env=env, stdout=log, stderr=log))
         log.close()
+        STATS_PORTS[port] = stats
         return port
 
-    launch.log = lambda: (tmp_path / "haproxy.log").read_text(errors="replace")
     yield launch
     for process in started:
         process.kill()
         process.wait()
+
+
+def server_states(port: int) -> dict[tuple[str, str], str]:
+    """(backend, server) -> UP / DOWN / ... as the balancer at port sees them now (its stats page, CSV)."""
+    status, _headers, body = through(STATS_PORTS[port], "GET", "/stats;csv", "")
+    if status != 200:
+        return {}
+    rows = list(csv.reader(io.StringIO(body.decode().lstrip("# "))))
+    columns = rows[0]
+    return {(row[0], row[1]): row[columns.index("status")].split(" ")[0] for row in rows[1:] if len(row) == len(columns)}
+
+
+def wait_for_writes_to(port: int, node: str) -> None:
+    """Until the balancer sends writes to node alone (the other node's checks have failed)."""
+    other = "node2" if node == "node1" else "node1"
+    poll(lambda: (states := server_states(port)).get(("imstore_writes", node)) == "UP"
+         and states.get(("imstore_writes", other)) != "UP", f"haproxy sends writes to {node} alone")  # fmt: skip
 
 
 def through(port: int, method: str, path: str, token: str, body: bytes | None = None) -> tuple[int, dict, bytes]:
@@ -62,9 +89,7 @@ def test_writes_reach_the_primary_reads_spread_and_a_dead_primary_loses_no_ackno
     standby = standby_of(primary, token=TokenStore(primary.store).create("standby", "replicate"))
     balancer = haproxy(primary.port, standby.port)
     write, read = primary.write_token, primary.read_token
-    # haproxy 2.6 starts every server UP (init-state arrived in 3.1): until its first checks fail, a write
-    # may go to the standby, which refuses it (503). Wait for haproxy's own word that it took node2 out.
-    poll(lambda: "imstore_writes/node2 is DOWN" in haproxy.log(), "haproxy takes the standby out of the write pool")
+    wait_for_writes_to(balancer, "node1")
     poll(lambda: through(balancer, "PUT", key_url("probe"), write, b"p")[0] == 201, "haproxy finds the writable node")
     acknowledged: dict[str, bytes] = {}
     for number in range(40):
