@@ -1,0 +1,377 @@
+"""A worker's S3 operations over the Store API (the gateway has checked the signature already).
+
+Versioning is always Enabled and Object Lock always on in COMPLIANCE mode: a PUT adds a version
+(its id is the version number), a DELETE adds a delete marker, and nothing removes a version.
+Unknown operations are 501 NotImplemented, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from email.utils import parsedate_to_datetime
+from urllib.parse import quote, unquote_to_bytes
+
+from aiohttp import web
+
+from ...errors import ImstoreError, KeyDeleted, KeyNotFound, VersionNotFound
+from ...model import Version
+from ...transfer import SMALL_OBJECT
+from ..bodies import body_chunks, file_slice
+from ..headers import parse_range
+from ..protocol import S3_CONTEXT, SENDFILE_FILE, SENDFILE_OFFER, without_paths
+from .buckets import MARKER_META, bucket_exists, buckets, check_bucket, marker_key
+from .chunked import AwsChunkedBody
+from .digests import Digests
+from .front import caller_from_header
+from .listing import etag_of, list_object_versions, list_objects
+from .sigv4 import STREAMING_SIGNED, STREAMING_UNSIGNED, UNSIGNED, Caller, query_pairs
+from .xml import XML_TYPE, S3Error, document, error_document, error_from_imstore, http_time, iso_time
+
+__all__ = ["S3Worker", "s3_worker"]
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+OWNER = (("ID", "imstore"), ("DisplayName", "imstore"))
+# Sub-resources of a bucket or an object that are not offered: 501, so a client knows at once.
+_UNSUPPORTED = frozenset({"acl", "policy", "cors", "lifecycle", "tagging", "website", "logging", "notification", "replication",
+                          "encryption", "accelerate", "requestPayment", "inventory", "analytics", "metrics", "ownershipControls",
+                          "publicAccessBlock", "intelligent-tiering", "torrent", "restore", "select", "attributes",
+                          "uploads", "uploadId", "partNumber", "retention", "legal-hold"})  # fmt: skip
+
+
+def s3_worker(app) -> S3Worker:
+    """The S3 side of a worker, made at its first S3 request."""
+    found = getattr(app, "_s3_worker", None)
+    if found is None:
+        found = app._s3_worker = S3Worker(app)
+    return found
+
+
+def xml_response(body: bytes, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.Response(status=status, body=body, headers={**(headers or {}), "Content-Type": XML_TYPE})
+
+
+def _not_implemented(what: str) -> S3Error:
+    return S3Error(501, "NotImplemented", f"{what} is not implemented by imstore")
+
+
+def split_target(raw_path: str) -> tuple[str, str]:
+    """(bucket, object key) from a path-style target, percent-decoded as UTF-8."""
+    try:
+        path = unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise S3Error(400, "InvalidURI", "the path is not valid UTF-8 once percent-decoded") from None
+    bucket, _, key = path[1:].partition("/")
+    return bucket, key
+
+
+class S3Worker:
+    """S3 requests handed on by the gateway's S3 port, answered over the worker's stores and pool."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        try:
+            caller = caller_from_header(request.headers[S3_CONTEXT])
+            query = dict(query_pairs(raw_query))
+            bucket, key = split_target(raw_path)
+            return await self._route(request, caller, bucket, key, query)
+        except S3Error as exc:
+            return _error(exc, raw_path)
+        except ImstoreError as exc:
+            detail = str(exc) or exc.title
+            public = without_paths(detail, self.app.private_paths)
+            if public != detail:
+                print(f"imstore worker {os.getpid()}: S3 {request.method} {raw_path}: {detail}", file=sys.stderr, flush=True)
+            return _error(error_from_imstore(exc, public), raw_path)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            import traceback
+
+            traceback.print_exc()
+            return _error(S3Error(500, "InternalError", f"internal error: {type(exc).__name__}"), raw_path)
+
+    async def _route(self, request, caller: Caller, bucket: str, key: str, query: dict) -> web.StreamResponse:
+        method = request.method
+        if not bucket:
+            if method == "GET":
+                return await self.list_buckets()
+            raise _not_implemented(f"{method} /")
+        check_bucket(bucket)
+        if not key:
+            return await self._bucket_operation(request, method, bucket, query)
+        unsupported = _UNSUPPORTED & query.keys()
+        if unsupported:
+            raise _not_implemented(f"{method} ?{sorted(unsupported)[0]}")
+        if method in ("GET", "HEAD"):
+            return await self.get_object(request, bucket, key, query)
+        if method == "PUT":
+            if "x-amz-copy-source" in request.headers:
+                raise _not_implemented("CopyObject")
+            return await self.put_object(request, caller, bucket, key)
+        if method == "DELETE":
+            return await self.delete_object(bucket, key, query)
+        raise _not_implemented(f"{method} of an object")
+
+    async def _bucket_operation(self, request, method: str, bucket: str, query: dict) -> web.StreamResponse:
+        if method == "PUT" and not query:
+            return await self.create_bucket(request, bucket)
+        if method == "PUT" and "versioning" in query:
+            return await self.put_bucket_versioning(request, bucket)
+        if method == "HEAD" and not query:
+            await self._existing(bucket)
+            return web.Response(status=200, headers={"x-amz-bucket-region": "us-east-1"})
+        if method == "DELETE" and not query:
+            raise S3Error(403, "AccessDenied", "buckets are never deleted: Object Lock keeps every version")
+        if method != "GET":
+            raise _not_implemented(f"{method} of a bucket with ?{'&'.join(query)}")
+        await self._existing(bucket)
+        if "location" in query:
+            return xml_response(document("LocationConstraint", ()))
+        if "versioning" in query:
+            return xml_response(document("VersioningConfiguration", (("Status", "Enabled"),)))
+        if "object-lock" in query:
+            return xml_response(document("ObjectLockConfiguration", (("ObjectLockEnabled", "Enabled"),
+                                         ("Rule", (("DefaultRetention", (("Mode", "COMPLIANCE"), ("Years", 100))),)))))  # fmt: skip
+        if "versions" in query:
+            return xml_response(await self.app.call(lambda: list_object_versions(self.app.store(), bucket, query)))
+        unsupported = _UNSUPPORTED & query.keys()
+        if unsupported:
+            raise _not_implemented(f"GET ?{sorted(unsupported)[0]}")
+        v2 = query.get("list-type") == "2"
+        return xml_response(await self.app.call(lambda: list_objects(self.app.store(), bucket, query, v2)))
+
+    async def _existing(self, bucket: str) -> None:
+        if not await self.app.call(lambda: bucket_exists(self.app.store(), bucket)):
+            raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist")
+
+    # ------------------------------------------------------------ buckets
+    async def list_buckets(self) -> web.Response:
+        found = await self.app.call(lambda: list(buckets(self.app.store())))
+        rows = [("Bucket", (("Name", name), ("CreationDate", iso_time(version.time_ns)))) for name, version in found]
+        return xml_response(document("ListAllMyBucketsResult", (("Owner", OWNER), ("Buckets", tuple([("", rows)])))))
+
+    async def create_bucket(self, request, bucket: str) -> web.Response:
+        def create():
+            store = self.app.store()
+            try:
+                store.put(marker_key(bucket), b"", meta=MARKER_META, if_absent=True)
+            except ImstoreError as exc:
+                if exc.title == "precondition failed":
+                    raise S3Error(409, "BucketAlreadyOwnedByYou", "Your previous request to create the named bucket succeeded.") from None
+                raise
+            finally:
+                self.app._flush_warnings(store)
+
+        await request.read()  # a CreateBucketConfiguration (a region) is accepted and not needed
+        await self.app.call(create)
+        return web.Response(status=200, headers={"Location": "/" + bucket})
+
+    async def put_bucket_versioning(self, request, bucket: str) -> web.Response:
+        from .xml import parse
+
+        await self._existing(bucket)
+        root = parse(await request.read(), "VersioningConfiguration")
+        status = root.findtext("Status")
+        if status != "Enabled":
+            raise S3Error(409, "InvalidBucketState", "versioning is always Enabled on imstore: nothing is ever removed")
+        return web.Response(status=200)
+
+    # ------------------------------------------------------------ objects
+    async def get_object(self, request, bucket: str, key: str, query: dict) -> web.StreamResponse:
+        store_key = marker_key(bucket) + key
+        version_id = query.get("versionId")
+        if version_id is not None and not version_id.isdigit():
+            raise S3Error(400, "InvalidArgument", "Invalid version id specified")
+
+        def resolve():
+            store = self.app.store()
+            try:
+                found = store.resolve(store_key, version_id)
+            except KeyDeleted:
+                raise self._deleted(store, store_key, version_id) from None
+            except (KeyNotFound, VersionNotFound) as exc:
+                if not bucket_exists(store, bucket):
+                    raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist") from None
+                if version_id is not None:
+                    raise S3Error(404, "NoSuchVersion", "The specified version does not exist.") from None
+                raise S3Error(404, "NoSuchKey", "The specified key does not exist.") from exc
+            finally:
+                self.app._flush_warnings(store)
+            reader = store.open_stored(found)
+            return found, reader, (reader.read() if request.method == "GET" and reader.size <= SMALL_OBJECT else None)
+
+        found, reader, data = await self.app.call(resolve)
+        return await self._send(request, found, reader, data)
+
+    @staticmethod
+    def _deleted(store, store_key: str, version_id: str | None) -> S3Error:
+        number = version_id or str(store.history(store_key, 1)[-1].version)
+        headers = {"x-amz-delete-marker": "true", "x-amz-version-id": number}
+        if version_id is not None:
+            return S3Error(405, "MethodNotAllowed", "The specified method is not allowed against this resource.", headers)
+        return S3Error(404, "NoSuchKey", "The specified key does not exist.", headers)
+
+    async def _send(self, request, found: Version, reader, data: bytes | None) -> web.StreamResponse:
+        etag = etag_of(found)
+        headers = {"ETag": etag, "Last-Modified": http_time(found.time_ns), "x-amz-version-id": str(found.version),
+                   "Accept-Ranges": "bytes", "Content-Type": found.content_type or "binary/octet-stream",
+                   "Content-Security-Policy": "sandbox"}  # fmt: skip
+        headers.update({name: value for name, value in found.meta.items() if name.startswith("x-amz-meta-")})
+        _check_conditions(request.headers, etag, found.time_ns, headers)
+        size = reader.size
+        start, end, status = 0, size, 200
+        range_header = request.headers.get("Range")
+        if range_header:
+            wanted = parse_range(range_header, size)
+            if wanted == "unsatisfiable":
+                raise S3Error(416, "InvalidRange", "The requested range is not satisfiable", {"Content-Range": f"bytes */{size}"})
+            if wanted is not None:
+                start, end = wanted
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        if request.method == "HEAD":
+            response = web.StreamResponse(status=status, headers=headers)
+            response.content_length = end - start
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        location = reader.local_file()
+        if data is not None or size <= SMALL_OBJECT or location is None:
+            if data is None:
+                data = await self.app.call(reader.read)
+            return web.Response(status=status, body=data[start:end], headers=headers)
+        if request.headers.get(SENDFILE_OFFER) == "1":
+            await self.app.call(reader.verify)  # the gateway sends the verified bytes with sendfile(2)
+            headers[SENDFILE_FILE] = f"{location.offset + start} {end - start} {quote(str(location.path))}"
+            return web.Response(status=status, headers=headers)
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = end - start
+        await response.prepare(request)
+        if status == 206:
+            await self.app.call(reader.verify)
+            chunks = file_slice(reader, start, end - start)
+        else:
+            chunks = reader.chunks()
+        await self.app._stream_held_back(request, response, chunks)
+        return response
+
+    async def put_object(self, request, caller: Caller, bucket: str, key: str) -> web.Response:
+        store_key = marker_key(bucket) + key
+        headers = request.headers
+        meta = {name.lower(): value for name, value in headers.items() if name.lower().startswith("x-amz-meta-")}
+        content_type = headers.get("Content-Type") or None
+        pieces = body_chunks(asyncio.get_running_loop(), request.content)
+
+        def put():
+            store = self.app.store()
+            try:
+                if not bucket_exists(store, bucket):
+                    raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist")
+                conditions = _write_conditions(store, store_key, headers)
+                digests, body = _upload_body(caller, headers, pieces)
+                object_id, size = store.write_object(body)
+                decoded = headers.get("x-amz-decoded-content-length")
+                if decoded is not None and decoded.isdigit() and int(decoded) != size:
+                    raise S3Error(400, "IncompleteBody", "the body's decoded length is not x-amz-decoded-content-length")
+                etag = digests.md5.hexdigest()
+                result = store.put_object(store_key, object_id, content_type=content_type, meta={**meta, "s3-etag": etag},
+                                          **conditions)  # fmt: skip
+                return result.version, digests.checksum_headers()
+            finally:
+                self.app._flush_warnings(store)
+
+        version, checksums = await self.app.call(put)
+        return web.Response(status=200, headers={"ETag": etag_of(version), "x-amz-version-id": str(version.version), **checksums})
+
+    async def delete_object(self, bucket: str, key: str, query: dict) -> web.Response:
+        if "versionId" in query:
+            raise S3Error(403, "AccessDenied", "versions are never removed: Object Lock (COMPLIANCE) keeps every version")
+        store_key = marker_key(bucket) + key
+
+        def delete():
+            store = self.app.store()
+            try:
+                if not bucket_exists(store, bucket):
+                    raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist")
+                return store.delete(store_key)
+            except (KeyNotFound, KeyDeleted):
+                return None  # S3 answers 204 for a key that is not there; no marker is added on top of one
+            finally:
+                self.app._flush_warnings(store)
+
+        marker = await self.app.call(delete)
+        headers = {"x-amz-delete-marker": "true", "x-amz-version-id": str(marker.version)} if marker is not None else {}
+        return web.Response(status=204, headers=headers)
+
+
+def _error(error: S3Error, resource: str) -> web.Response:
+    body = error_document(error.code, error.message, resource) if error.status not in (304,) else None
+    return web.Response(status=error.status, body=body, headers={**error.headers, "Content-Type": XML_TYPE})
+
+
+def _upload_body(caller: Caller, headers, pieces):
+    """(digests, the decoded body checked against them) for the payload mode the client signed."""
+    payload = caller.payload
+    chunked = payload in STREAMING_SIGNED or payload == STREAMING_UNSIGNED or "aws-chunked" in headers.get("Content-Encoding", "")
+    digests = Digests(headers, payload if _HEX64.match(payload) else None)
+    if chunked:
+        decoder = AwsChunkedBody(pieces, caller.chunks, trailer_expected=payload.endswith("TRAILER"))
+        return digests, digests.watch(decoder, decoder.trailers)
+    if payload not in (UNSIGNED,) and not _HEX64.match(payload):
+        raise S3Error(400, "InvalidArgument", "x-amz-content-sha256 must be a SHA-256, UNSIGNED-PAYLOAD or a STREAMING- mode")
+    return digests, digests.watch(pieces)
+
+
+def _write_conditions(store, store_key: str, headers) -> dict:
+    """If-None-Match: * → if_absent; If-Match: ETAG → if_version of the latest version when its ETag matches."""
+    conditions: dict = {}
+    if headers.get("If-None-Match") is not None:
+        if headers["If-None-Match"].strip() != "*":
+            raise _not_implemented("If-None-Match other than * on a PUT")
+        conditions["if_absent"] = True
+    wanted = headers.get("If-Match")
+    if wanted is not None:
+        try:
+            latest = store.resolve(store_key)
+        except (KeyNotFound, KeyDeleted):
+            raise S3Error(404, "NoSuchKey", "The specified key does not exist.") from None
+        if not _etag_in(wanted, etag_of(latest)):
+            raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
+        conditions["if_version"] = latest.version  # atomic: the commit fails if another version came in between
+    return conditions
+
+
+def _etag_in(header: str, etag: str) -> bool:
+    return any(tag.strip() in ("*", etag) or f'"{tag.strip()}"' == etag for tag in header.split(","))
+
+
+def _check_conditions(request_headers, etag: str, time_ns: int, headers: dict) -> None:
+    """GET/HEAD preconditions in S3's order: If-Match, If-Unmodified-Since → 412; If-None-Match, If-Modified-Since → 304."""
+    seconds = time_ns // 1_000_000_000
+    if_match = request_headers.get("If-Match")
+    if if_match is not None and not _etag_in(if_match, etag):
+        raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
+    unmodified = _http_date(request_headers.get("If-Unmodified-Since"))
+    if if_match is None and unmodified is not None and seconds > unmodified:
+        raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
+    if_none_match = request_headers.get("If-None-Match")
+    if if_none_match is not None and _etag_in(if_none_match, etag):
+        raise S3Error(304, "NotModified", "Not Modified", {k: v for k, v in headers.items() if k in ("ETag", "Last-Modified")})
+    modified = _http_date(request_headers.get("If-Modified-Since"))
+    if if_none_match is None and modified is not None and seconds <= modified:
+        raise S3Error(304, "NotModified", "Not Modified", {k: v for k, v in headers.items() if k in ("ETag", "Last-Modified")})
+
+
+def _http_date(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        return int(parsedate_to_datetime(value).timestamp())
+    except (TypeError, ValueError):
+        return None

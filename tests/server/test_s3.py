@@ -1,0 +1,221 @@
+"""S3 on `serve --s3-port` end to end with boto3: buckets, objects, versions, delete markers, refusals."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+from botocore.exceptions import ClientError  # noqa: E402  (after s3helpers' importorskip)
+
+from imstore import Store
+
+from .s3helpers import start_s3, stop_s3
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = start_s3(tmp_path_factory.mktemp("s3"))
+    yield server
+    stop_s3(server)
+
+
+def error_code(info: pytest.ExceptionInfo) -> str:
+    return info.value.response["Error"]["Code"]
+
+
+def test_a_bucket_is_the_first_segment_of_a_key(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="photos")
+    client.put_object(Bucket="photos", Key="2024/a.jpg", Body=b"jpeg bytes")
+    with Store.open(s3.server.store) as store:
+        assert store.get("photos/2024/a.jpg") == b"jpeg bytes"
+        store.put("photos/from-cli.txt", b"cli")
+    assert client.get_object(Bucket="photos", Key="from-cli.txt")["Body"].read() == b"cli"
+    assert "photos" in [bucket["Name"] for bucket in client.list_buckets()["Buckets"]]
+    client.head_bucket(Bucket="photos")
+
+
+def test_create_bucket_is_durable_and_a_second_create_is_refused(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="empty-bucket")
+    with Store.open(s3.server.store) as store:
+        assert [v.key for v in store.ls("empty-bucket")] == ["empty-bucket/"]
+    with pytest.raises(ClientError) as refused:
+        client.create_bucket(Bucket="empty-bucket")
+    assert error_code(refused) == "BucketAlreadyOwnedByYou"
+    assert client.list_objects_v2(Bucket="empty-bucket")["KeyCount"] == 0
+
+
+def test_missing_bucket_and_key_have_their_s3_codes(s3):
+    client = s3.client()
+    with pytest.raises(ClientError) as no_bucket:
+        client.get_object(Bucket="no-such-bucket", Key="k")
+    assert error_code(no_bucket) == "NoSuchBucket"
+    client.create_bucket(Bucket="codes")
+    with pytest.raises(ClientError) as no_key:
+        client.get_object(Bucket="codes", Key="missing")
+    assert error_code(no_key) == "NoSuchKey"
+    with pytest.raises(ClientError) as bad_name:
+        client.create_bucket(Bucket="Bad_Name")
+    assert error_code(bad_name) in ("InvalidBucketName", "400")
+
+
+def test_put_get_head_range_and_md5_etag(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="objects")
+    data = bytes(range(256)) * 40
+    put = client.put_object(Bucket="objects", Key="dir/blob", Body=data, ContentType="application/x-test", Metadata={"colour": "blue"})
+    assert put["ETag"] == f'"{hashlib.md5(data).hexdigest()}"'
+    got = client.get_object(Bucket="objects", Key="dir/blob")
+    assert got["Body"].read() == data
+    assert got["ContentType"] == "application/x-test"
+    assert got["Metadata"] == {"colour": "blue"}
+    assert got["VersionId"] == put["VersionId"] == "1"
+    head = client.head_object(Bucket="objects", Key="dir/blob")
+    assert head["ContentLength"] == len(data) and head["ETag"] == put["ETag"]
+    ranged = client.get_object(Bucket="objects", Key="dir/blob", Range="bytes=10-19")
+    assert ranged["Body"].read() == data[10:20] and ranged["ContentRange"] == f"bytes 10-19/{len(data)}"
+    with pytest.raises(ClientError) as outside:
+        client.get_object(Bucket="objects", Key="dir/blob", Range=f"bytes={len(data) + 5}-")
+    assert error_code(outside) == "InvalidRange"
+
+
+def test_large_put_streams_and_reads_back(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="large")
+    data = hashlib.sha256(b"seed").digest() * (3 * 1024 * 1024 // 32)
+    client.put_object(Bucket="large", Key="big", Body=data)
+    assert client.get_object(Bucket="large", Key="big")["Body"].read() == data
+
+
+def test_delete_adds_a_marker_and_every_version_stays_readable(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="history")
+    client.put_object(Bucket="history", Key="doc", Body=b"one")
+    client.put_object(Bucket="history", Key="doc", Body=b"two")
+    deleted = client.delete_object(Bucket="history", Key="doc")
+    assert deleted["DeleteMarker"] is True and deleted["VersionId"] == "3"
+    with pytest.raises(ClientError) as gone:
+        client.get_object(Bucket="history", Key="doc")
+    assert error_code(gone) == "NoSuchKey"
+    assert client.get_object(Bucket="history", Key="doc", VersionId="1")["Body"].read() == b"one"
+    versions = client.list_object_versions(Bucket="history")
+    assert [(v["VersionId"], v["IsLatest"]) for v in versions["Versions"]] == [("2", False), ("1", False)]
+    assert [(m["VersionId"], m["IsLatest"]) for m in versions["DeleteMarkers"]] == [("3", True)]
+    with pytest.raises(ClientError) as refused:
+        client.delete_object(Bucket="history", Key="doc", VersionId="1")
+    assert error_code(refused) == "AccessDenied"
+    with Store.open(s3.server.store) as store:
+        assert [v.op for v in store.history("history/doc")] == ["put", "put", "delete"]
+
+
+def test_versioning_is_always_enabled_and_object_lock_compliance(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="locked")
+    assert client.get_bucket_versioning(Bucket="locked")["Status"] == "Enabled"
+    with pytest.raises(ClientError) as suspended:
+        client.put_bucket_versioning(Bucket="locked", VersioningConfiguration={"Status": "Suspended"})
+    assert error_code(suspended) == "InvalidBucketState"
+    client.put_bucket_versioning(Bucket="locked", VersioningConfiguration={"Status": "Enabled"})
+    lock = client.get_object_lock_configuration(Bucket="locked")["ObjectLockConfiguration"]
+    assert lock["ObjectLockEnabled"] == "Enabled" and lock["Rule"]["DefaultRetention"]["Mode"] == "COMPLIANCE"
+    with pytest.raises(ClientError) as refused:
+        client.delete_bucket(Bucket="locked")
+    assert error_code(refused) == "AccessDenied"
+
+
+def test_listings_v1_v2_with_prefix_delimiter_and_pages(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="listing")
+    names = ["a/1", "a/2", "b/1", "c", "d/e/f"]
+    for name in names:
+        client.put_object(Bucket="listing", Key=name, Body=name.encode())
+    v2 = client.list_objects_v2(Bucket="listing")
+    assert [entry["Key"] for entry in v2["Contents"]] == names
+    folded = client.list_objects_v2(Bucket="listing", Delimiter="/")
+    assert [entry["Key"] for entry in folded["Contents"]] == ["c"]
+    assert [p["Prefix"] for p in folded["CommonPrefixes"]] == ["a/", "b/", "d/"]
+    seen, token = [], None
+    for _ in range(10):
+        page = client.list_objects_v2(Bucket="listing", MaxKeys=2, **({"ContinuationToken": token} if token else {}))
+        seen += [entry["Key"] for entry in page["Contents"]]
+        if not page["IsTruncated"]:
+            break
+        token = page["NextContinuationToken"]
+    assert seen == names
+    v1 = client.list_objects(Bucket="listing", Prefix="a/", MaxKeys=1)
+    assert [entry["Key"] for entry in v1["Contents"]] == ["a/1"] and v1["IsTruncated"]
+    v1_rest = client.list_objects(Bucket="listing", Prefix="a/", Marker="a/1")
+    assert [entry["Key"] for entry in v1_rest["Contents"]] == ["a/2"] and not v1_rest["IsTruncated"]
+
+
+def test_list_object_versions_pages_by_key_and_version_marker(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="vpages")
+    for body in (b"1", b"2", b"3"):
+        client.put_object(Bucket="vpages", Key="k", Body=body)
+    client.put_object(Bucket="vpages", Key="l", Body=b"x")
+    seen, markers = [], {}
+    for _ in range(10):
+        page = client.list_object_versions(Bucket="vpages", MaxKeys=2, **markers)
+        seen += [(v["Key"], v["VersionId"]) for v in page.get("Versions", [])]
+        if not page["IsTruncated"]:
+            break
+        markers = {"KeyMarker": page["NextKeyMarker"], "VersionIdMarker": page["NextVersionIdMarker"]}
+    assert seen == [("k", "3"), ("k", "2"), ("k", "1"), ("l", "1")]
+
+
+def test_conditional_puts(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="conditional")
+    first = client.put_object(Bucket="conditional", Key="k", Body=b"one", IfNoneMatch="*")
+    with pytest.raises(ClientError) as exists:
+        client.put_object(Bucket="conditional", Key="k", Body=b"two", IfNoneMatch="*")
+    assert exists.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+    with pytest.raises(ClientError) as stale:
+        client.put_object(Bucket="conditional", Key="k", Body=b"two", IfMatch='"0123456789abcdef0123456789abcdef"')
+    assert stale.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+    second = client.put_object(Bucket="conditional", Key="k", Body=b"two", IfMatch=first["ETag"])
+    assert second["VersionId"] == "2"
+    with Store.open(s3.server.store) as store:
+        assert [v.version for v in store.history("conditional/k")] == [1, 2]
+
+
+def test_wrong_content_md5_and_checksum_write_nothing(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="digests")
+    wrong_md5 = base64.b64encode(hashlib.md5(b"other").digest()).decode()
+    with pytest.raises(ClientError) as bad_md5:
+        client.put_object(Bucket="digests", Key="k", Body=b"data", ContentMD5=wrong_md5)
+    assert error_code(bad_md5) == "BadDigest"
+    wrong_sha = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+    with pytest.raises(ClientError) as bad_checksum:
+        client.put_object(Bucket="digests", Key="k", Body=b"data", ChecksumSHA256=wrong_sha)
+    assert error_code(bad_checksum) == "BadDigest"
+    with Store.open(s3.server.store) as store:
+        assert store.ls("digests/k") == []
+    good = base64.b64encode(hashlib.md5(b"data").digest()).decode()
+    client.put_object(Bucket="digests", Key="k", Body=b"data", ContentMD5=good, ChecksumAlgorithm="CRC32")
+    assert client.get_object(Bucket="digests", Key="k")["Body"].read() == b"data"
+
+
+def test_read_scope_key_cannot_write(s3):
+    s3.client().create_bucket(Bucket="readonly")
+    reader = s3.client("read")
+    with pytest.raises(ClientError) as refused:
+        reader.put_object(Bucket="readonly", Key="k", Body=b"data")
+    assert error_code(refused) == "AccessDenied"
+    with pytest.raises(ClientError) as refused_delete:
+        reader.delete_object(Bucket="readonly", Key="k")
+    assert error_code(refused_delete) == "AccessDenied"
+    assert reader.list_objects_v2(Bucket="readonly")["KeyCount"] == 0
+
+
+def test_unknown_operations_are_501_with_an_s3_error(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="unknown")
+    with pytest.raises(ClientError) as unknown:
+        client.get_bucket_policy(Bucket="unknown")
+    assert error_code(unknown) == "NotImplemented"
+    assert unknown.value.response["ResponseMetadata"]["HTTPStatusCode"] == 501
