@@ -161,24 +161,27 @@ class Signatures:
         name, secret, scope = found
         return name, secret, scope, "/".join(parts[1:]), region, service
 
-    def _canonical_request(self, method, raw_path, pairs, headers, signed_headers: list[str], payload: str) -> str:
+    def _canonical_requests(self, method, raw_path, pairs, headers, signed_headers: list[str], payload: str) -> list[str]:
+        """The canonical request with the path as sent (what botocore and minio-go sign), and, if it differs,
+        with the path encoded as AWS's UriEncode would (clients that send a reserved character unencoded)."""
         lines = []
         for name in signed_headers:
             value = headers.get(name)
             if value is None:
                 raise _denied(f"the signed header {name} is not in the request")
             lines.append(f"{name}:{_trim(value)}\n")
-        return "\n".join(
-            [method, canonical_path(raw_path), canonical_query(pairs), "".join(lines), ";".join(signed_headers), payload]
-        )
+        rest = [canonical_query(pairs), "".join(lines), ";".join(signed_headers), payload]
+        paths = dict.fromkeys((raw_path, canonical_path(raw_path)))
+        return ["\n".join([method, path, *rest]) for path in paths]
 
-    def _verify_v4(self, secret, date, region, service, amz_date, scope_text, canonical: str, signature: str) -> bytes:
+    def _verify_v4(self, secret, date, region, service, amz_date, scope_text, canonicals: list[str], signature: str) -> bytes:
         key = self.signing_key(secret, date, region, service)
-        to_sign = f"{ALGORITHM}\n{amz_date}\n{scope_text}\n{sha256_hex(canonical.encode('utf-8', 'surrogateescape'))}"
-        expected = hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, signature.encode("ascii", "replace").decode()):
-            raise _no_match()
-        return key
+        given = signature.encode("ascii", "replace")
+        for canonical in canonicals:
+            to_sign = f"{ALGORITHM}\n{amz_date}\n{scope_text}\n{sha256_hex(canonical.encode('utf-8', 'surrogateescape'))}"
+            if hmac.compare_digest(hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest().encode(), given):
+                return key
+        raise _no_match()
 
     def _check_v4_header(self, method, raw_path, pairs, headers, authorization: str) -> Caller:
         fields = {}
@@ -198,7 +201,7 @@ class Signatures:
         if payload is None:
             raise S3Error(400, "InvalidRequest", "x-amz-content-sha256 is missing")
         signed = fields["SignedHeaders"].split(";")
-        canonical = self._canonical_request(method, raw_path, pairs, headers, signed, payload)
+        canonical = self._canonical_requests(method, raw_path, pairs, headers, signed, payload)
         key = self._verify_v4(secret, scope_text[:8], region, service, amz_date, scope_text, canonical, fields["Signature"])
         chunks = ChunkContext(key, fields["Signature"], amz_date, scope_text) if payload in STREAMING_SIGNED else None
         return Caller(name, scope, payload, chunks)
@@ -224,7 +227,7 @@ class Signatures:
         signed = query.get("X-Amz-SignedHeaders", "host").split(";")
         payload = query.get("X-Amz-Content-Sha256") or headers.get("X-Amz-Content-SHA256") or UNSIGNED
         unsigned_pairs = [(n, v) for n, v in pairs if n != "X-Amz-Signature"]
-        canonical = self._canonical_request(method, raw_path, unsigned_pairs, headers, signed, payload)
+        canonical = self._canonical_requests(method, raw_path, unsigned_pairs, headers, signed, payload)
         self._verify_v4(secret, scope_text[:8], region, service, amz_date, scope_text, canonical, query.get("X-Amz-Signature", ""))
         return Caller(name, scope, payload)
 
