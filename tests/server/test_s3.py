@@ -6,11 +6,13 @@ import base64
 import hashlib
 
 import pytest
-from botocore.exceptions import ClientError  # noqa: E402  (after s3helpers' importorskip)
 
 from imstore import Store
 
-from .s3helpers import start_s3, stop_s3
+pytest.importorskip("boto3", reason="boto3 comes with the test extras")
+from botocore.exceptions import ClientError  # noqa: E402
+
+from .s3helpers import start_s3, stop_s3  # noqa: E402
 
 
 @pytest.fixture(scope="module")
