@@ -12,6 +12,7 @@ is derived from it or belongs to one server, and is rebuilt or forgotten.
     import-cache/        stat caches of imported trees (disposable)
     idempotency.sqlite   the server's Idempotency-Key ledger
     tokens               the server's access tokens (JSON, 0600)
+    s3-uploads/          parts of unfinished S3 multipart uploads (node-local, temporary)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .fsio import atomic_write, fsync_dir, require_directory
 from .log import LOCK_NAME, SEGMENT_NAME
 
 __all__ = [
-    "FORMAT", "CONFIG", "OBJECTS", "PACKS", "LOG", "INDEX", "IMPORT_CACHE", "LEDGER", "TOKENS", "REPLICATED", "NODE_LOCAL",
+    "FORMAT", "CONFIG", "OBJECTS", "PACKS", "LOG", "INDEX", "IMPORT_CACHE", "LEDGER", "TOKENS", "S3_UPLOADS", "REPLICATED", "NODE_LOCAL",
     "is_store_entry", "create_store", "parse_config", "check_writable",
 ]  # fmt: skip
 
@@ -44,9 +45,10 @@ INDEX = "index.sqlite"
 IMPORT_CACHE = "import-cache"
 LEDGER = "idempotency.sqlite"
 TOKENS = "tokens"
+S3_UPLOADS = "s3-uploads"
 
 REPLICATED = (CONFIG, OBJECTS, LOG)  # the truth: a standby copies it byte for byte
-NODE_LOCAL = (INDEX, IMPORT_CACHE, LEDGER)  # derived or per server: rebuilt or forgotten
+NODE_LOCAL = (INDEX, IMPORT_CACHE, LEDGER, S3_UPLOADS)  # derived or per server: rebuilt or forgotten
 # TOKENS is the deployment's state: whether a standby copies it is decided with replication.
 
 # What a half-made store may hold while another process is creating it.

@@ -38,7 +38,7 @@ OWNER = (("ID", "imstore"), ("DisplayName", "imstore"))
 _UNSUPPORTED = frozenset({"acl", "policy", "cors", "lifecycle", "tagging", "website", "logging", "notification", "replication",
                           "encryption", "accelerate", "requestPayment", "inventory", "analytics", "metrics", "ownershipControls",
                           "publicAccessBlock", "intelligent-tiering", "torrent", "restore", "select", "attributes",
-                          "uploads", "uploadId", "partNumber", "retention", "legal-hold"})  # fmt: skip
+                          "retention", "legal-hold"})  # fmt: skip
 
 
 def s3_worker(app) -> S3Worker:
@@ -71,7 +71,10 @@ class S3Worker:
     """S3 requests handed on by the gateway's S3 port, answered over the worker's stores and pool."""
 
     def __init__(self, app):
+        from .multipart_ops import MultipartOperations
+
         self.app = app
+        self.multipart = MultipartOperations(self)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         raw_path, _, raw_query = request.raw_path.partition("?")
@@ -108,7 +111,11 @@ class S3Worker:
         unsupported = _UNSUPPORTED & query.keys()
         if unsupported:
             raise _not_implemented(f"{method} ?{sorted(unsupported)[0]}")
+        if "uploadId" in query or (method == "POST" and "uploads" in query):
+            return await self.multipart.handle(request, caller, bucket, key, query)
         if method in ("GET", "HEAD"):
+            if "partNumber" in query:
+                raise _not_implemented("GetObject of one part")
             return await self.get_object(request, bucket, key, query)
         if method == "PUT":
             if "x-amz-copy-source" in request.headers:
@@ -140,6 +147,8 @@ class S3Worker:
                                          ("Rule", (("DefaultRetention", (("Mode", "COMPLIANCE"), ("Years", 100))),)))))  # fmt: skip
         if "versions" in query:
             return xml_response(await self.app.call(lambda: list_object_versions(self.app.store(), bucket, query)))
+        if "uploads" in query:
+            return await self.multipart.list_uploads(bucket, query)
         unsupported = _UNSUPPORTED & query.keys()
         if unsupported:
             raise _not_implemented(f"GET ?{sorted(unsupported)[0]}")
@@ -273,8 +282,8 @@ class S3Worker:
             try:
                 if not bucket_exists(store, bucket):
                     raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist")
-                conditions = _write_conditions(store, store_key, headers)
-                digests, body = _upload_body(caller, headers, pieces)
+                conditions = write_conditions(store, store_key, headers)
+                digests, body = upload_body(caller, headers, pieces)
                 object_id, size = store.write_object(body)
                 decoded = headers.get("x-amz-decoded-content-length")
                 if decoded is not None and decoded.isdigit() and int(decoded) != size:
@@ -315,7 +324,7 @@ def _error(error: S3Error, resource: str) -> web.Response:
     return web.Response(status=error.status, body=body, headers={**error.headers, "Content-Type": XML_TYPE})
 
 
-def _upload_body(caller: Caller, headers, pieces):
+def upload_body(caller: Caller, headers, pieces):
     """(digests, the decoded body checked against them) for the payload mode the client signed."""
     payload = caller.payload
     chunked = payload in STREAMING_SIGNED or payload == STREAMING_UNSIGNED or "aws-chunked" in headers.get("Content-Encoding", "")
@@ -328,7 +337,7 @@ def _upload_body(caller: Caller, headers, pieces):
     return digests, digests.watch(pieces)
 
 
-def _write_conditions(store, store_key: str, headers) -> dict:
+def write_conditions(store, store_key: str, headers) -> dict:
     """If-None-Match: * → if_absent; If-Match: ETAG → if_version of the latest version when its ETag matches."""
     conditions: dict = {}
     if headers.get("If-None-Match") is not None:
