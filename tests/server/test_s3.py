@@ -221,3 +221,40 @@ def test_unknown_operations_are_501_with_an_s3_error(s3):
         client.get_bucket_policy(Bucket="unknown")
     assert error_code(unknown) == "NotImplemented"
     assert unknown.value.response["ResponseMetadata"]["HTTPStatusCode"] == 501
+
+
+def test_token_create_s3_prints_a_key_pair_once_and_revoke_stops_it(s3, tmp_path):
+    import json
+    import subprocess
+    import sys
+    import time
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "imstore", "--store", str(s3.server.store), *args],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    created = cli("token", "create", "--s3", "--scope", "write", "--name", "cli-s3", "--json")
+    assert created.returncode == 0, created.stderr
+    document = json.loads(created.stdout)
+    assert set(document) == {"name", "scope", "access_key_id", "secret_access_key"}
+    assert document["access_key_id"].startswith("IMST") and len(document["access_key_id"]) == 20
+    listed = cli("token", "list", "--json")
+    assert ("cli-s3", "write") in [(t["name"], t["scope"]) for t in json.loads(listed.stdout)]
+    assert document["secret_access_key"] not in listed.stdout
+    s3.write_key, saved = (document["access_key_id"], document["secret_access_key"]), s3.write_key
+    try:
+        s3.client().create_bucket(Bucket="cli-made-key")
+        assert cli("token", "revoke", "cli-s3").returncode == 0
+        code, deadline = None, time.monotonic() + 10  # refused within a second, like any revoked token
+        while code is None and time.monotonic() < deadline:
+            try:
+                s3.client().list_objects_v2(Bucket="cli-made-key")
+                time.sleep(0.1)
+            except ClientError as exc:
+                code = exc.response["Error"]["Code"]
+        assert code == "InvalidAccessKeyId"
+    finally:
+        s3.write_key = saved
+    credentials = tmp_path / "credentials"
+    assert cli("token", "create", "--s3", "--scope", "read", "--name", "file-s3", "--output", str(credentials)).returncode == 0
+    assert credentials.stat().st_mode & 0o777 == 0o600 and "aws_secret_access_key = " in credentials.read_text()
