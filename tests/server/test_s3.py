@@ -258,3 +258,72 @@ def test_token_create_s3_prints_a_key_pair_once_and_revoke_stops_it(s3, tmp_path
     credentials = tmp_path / "credentials"
     assert cli("token", "create", "--s3", "--scope", "read", "--name", "file-s3", "--output", str(credentials)).returncode == 0
     assert credentials.stat().st_mode & 0o777 == 0o600 and "aws_secret_access_key = " in credentials.read_text()
+
+
+def test_delete_objects_adds_markers_and_refuses_each_version_id(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="batch")
+    for name in ("a", "b"):
+        client.put_object(Bucket="batch", Key=name, Body=name.encode())
+    answer = client.delete_objects(Bucket="batch", Delete={"Objects": [{"Key": "a"}, {"Key": "b", "VersionId": "1"}, {"Key": "none"}]})
+    assert [(d["Key"], d.get("DeleteMarker")) for d in answer["Deleted"]] == [("a", True), ("none", None)]
+    assert [(e["Key"], e["Code"]) for e in answer["Errors"]] == [("b", "AccessDenied")]
+    with Store.open(s3.server.store) as store:
+        assert [v.op for v in store.history("batch/a")] == ["put", "delete"]
+        assert [v.op for v in store.history("batch/b")] == ["put"]
+
+
+def test_copy_object_names_the_same_bytes_and_keeps_or_replaces_metadata(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="copies")
+    put = client.put_object(Bucket="copies", Key="src", Body=b"original", Metadata={"k": "v"}, ContentType="text/plain")
+    client.put_object(Bucket="copies", Key="src", Body=b"newer")
+    copied = client.copy_object(Bucket="copies", Key="dst", CopySource={"Bucket": "copies", "Key": "src", "VersionId": "1"})
+    assert copied["CopyObjectResult"]["ETag"] == put["ETag"] and copied["CopySourceVersionId"] == "1"
+    got = client.get_object(Bucket="copies", Key="dst")
+    assert got["Body"].read() == b"original" and got["Metadata"] == {"k": "v"} and got["ContentType"] == "text/plain"
+    client.copy_object(Bucket="copies", Key="dst", CopySource="copies/src", MetadataDirective="REPLACE", Metadata={"n": "2"})
+    assert client.head_object(Bucket="copies", Key="dst")["Metadata"] == {"n": "2"}
+    with pytest.raises(ClientError) as onto_itself:
+        client.copy_object(Bucket="copies", Key="src", CopySource="copies/src")
+    assert error_code(onto_itself) == "InvalidRequest"
+    with pytest.raises(ClientError) as stale:
+        client.copy_object(Bucket="copies", Key="x", CopySource="copies/src", CopySourceIfMatch=put["ETag"])
+    assert error_code(stale) == "PreconditionFailed"
+    with Store.open(s3.server.store) as store:
+        assert store.resolve("copies/dst", 1).hash == store.resolve("copies/src", 1).hash
+
+
+def test_upload_part_copy_takes_a_range_of_a_stored_version(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="partcopy")
+    data = bytes(range(256)) * 100
+    client.put_object(Bucket="partcopy", Key="source", Body=data)
+    upload_id = client.create_multipart_upload(Bucket="partcopy", Key="assembled")["UploadId"]
+    part = client.upload_part_copy(Bucket="partcopy", Key="assembled", UploadId=upload_id, PartNumber=1,
+                                   CopySource="partcopy/source", CopySourceRange="bytes=100-1099")  # fmt: skip
+    client.complete_multipart_upload(Bucket="partcopy", Key="assembled", UploadId=upload_id,
+                                     MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["CopyPartResult"]["ETag"]}]})  # fmt: skip
+    assert client.get_object(Bucket="partcopy", Key="assembled")["Body"].read() == data[100:1100]
+
+
+def test_retention_and_legal_hold_say_compliance_forever_and_cannot_be_weakened(s3):
+    import datetime
+
+    client = s3.client()
+    client.create_bucket(Bucket="retained")
+    client.put_object(Bucket="retained", Key="k", Body=b"x")
+    retention = client.get_object_retention(Bucket="retained", Key="k")["Retention"]
+    assert retention["Mode"] == "COMPLIANCE" and retention["RetainUntilDate"].year == 9999
+    assert client.get_object_legal_hold(Bucket="retained", Key="k")["LegalHold"]["Status"] == "ON"
+    later = datetime.datetime(2100, 1, 1, tzinfo=datetime.UTC)
+    client.put_object_retention(Bucket="retained", Key="k", Retention={"Mode": "COMPLIANCE", "RetainUntilDate": later})
+    with pytest.raises(ClientError) as weaker:
+        client.put_object_retention(Bucket="retained", Key="k", Retention={"Mode": "GOVERNANCE", "RetainUntilDate": later})
+    assert error_code(weaker) == "AccessDenied"
+    with pytest.raises(ClientError) as lifted:
+        client.put_object_legal_hold(Bucket="retained", Key="k", LegalHold={"Status": "OFF"})
+    assert error_code(lifted) == "AccessDenied"
+    with pytest.raises(ClientError) as missing:
+        client.get_object_retention(Bucket="retained", Key="k", VersionId="9")
+    assert error_code(missing) == "NoSuchVersion"

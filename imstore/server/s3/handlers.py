@@ -37,8 +37,7 @@ OWNER = (("ID", "imstore"), ("DisplayName", "imstore"))
 # Sub-resources of a bucket or an object that are not offered: 501, so a client knows at once.
 _UNSUPPORTED = frozenset({"acl", "policy", "cors", "lifecycle", "tagging", "website", "logging", "notification", "replication",
                           "encryption", "accelerate", "requestPayment", "inventory", "analytics", "metrics", "ownershipControls",
-                          "publicAccessBlock", "intelligent-tiering", "torrent", "restore", "select", "attributes",
-                          "retention", "legal-hold"})  # fmt: skip
+                          "publicAccessBlock", "intelligent-tiering", "torrent", "restore", "select", "attributes"})  # fmt: skip
 
 
 def s3_worker(app) -> S3Worker:
@@ -71,10 +70,12 @@ class S3Worker:
     """S3 requests handed on by the gateway's S3 port, answered over the worker's stores and pool."""
 
     def __init__(self, app):
+        from .extras import ObjectExtras
         from .multipart_ops import MultipartOperations
 
         self.app = app
         self.multipart = MultipartOperations(self)
+        self.extras = ObjectExtras(self)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         raw_path, _, raw_query = request.raw_path.partition("?")
@@ -113,13 +114,15 @@ class S3Worker:
             raise _not_implemented(f"{method} ?{sorted(unsupported)[0]}")
         if "uploadId" in query or (method == "POST" and "uploads" in query):
             return await self.multipart.handle(request, caller, bucket, key, query)
+        if ("retention" in query or "legal-hold" in query) and method in ("GET", "PUT"):
+            return await self.extras.lock_answer(request, bucket, key, query)
         if method in ("GET", "HEAD"):
             if "partNumber" in query:
                 raise _not_implemented("GetObject of one part")
             return await self.get_object(request, bucket, key, query)
         if method == "PUT":
             if "x-amz-copy-source" in request.headers:
-                raise _not_implemented("CopyObject")
+                return await self.extras.copy_object(request, bucket, key)
             return await self.put_object(request, caller, bucket, key)
         if method == "DELETE":
             return await self.delete_object(bucket, key, query)
@@ -135,6 +138,8 @@ class S3Worker:
             return web.Response(status=200, headers={"x-amz-bucket-region": "us-east-1"})
         if method == "DELETE" and not query:
             raise S3Error(403, "AccessDenied", "buckets are never deleted: Object Lock keeps every version")
+        if method == "POST" and "delete" in query:
+            return await self.extras.delete_objects(request, bucket)
         if method != "GET":
             raise _not_implemented(f"{method} of a bucket with ?{'&'.join(query)}")
         await self._existing(bucket)

@@ -30,8 +30,6 @@ class MultipartOperations:
             return await self.create(request, bucket, key)
         upload_id = query["uploadId"]
         if method == "PUT" and "partNumber" in query:
-            if "x-amz-copy-source" in request.headers:
-                raise _not_implemented("UploadPartCopy")
             return await self.upload_part(request, caller, bucket, key, upload_id, query["partNumber"])
         if method == "POST":
             return await self.complete(request, bucket, key, upload_id)
@@ -58,19 +56,28 @@ class MultipartOperations:
 
     async def upload_part(self, request, caller: Caller, bucket: str, key: str, upload_id: str, number_text: str) -> web.Response:
         from ..bodies import body_chunks
-        from .handlers import upload_body
+        from .handlers import upload_body, xml_response
 
         if not number_text.isdigit() or not 1 <= int(number_text) <= MAX_PART_NUMBER:
             raise S3Error(400, "InvalidArgument", f"Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive")
         pieces = body_chunks(asyncio.get_running_loop(), request.content)
 
+        copying = "x-amz-copy-source" in request.headers
+
         def write():
             upload = self.uploads.get(upload_id, bucket, key)
+            if copying:  # UploadPartCopy: the part's bytes come from a stored version
+                store = self.app.store()
+                body, md5 = self.s3.extras.copy_part_source(store, request.headers)
+                return self.uploads.write_part(upload, int(number_text), body, md5), {}
             digests, body = upload_body(caller, request.headers, pieces)
             part = self.uploads.write_part(upload, int(number_text), body, digests.md5)
             return part, digests.checksum_headers()
 
         part, checksums = await self.app.call(write)
+        if copying:
+            result = document("CopyPartResult", (("LastModified", iso_time(part.modified_ns)), ("ETag", f'"{part.etag}"')))
+            return xml_response(result)
         return web.Response(status=200, headers={"ETag": f'"{part.etag}"', **checksums})
 
     async def complete(self, request, bucket: str, key: str, upload_id: str) -> web.Response:
