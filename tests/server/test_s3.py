@@ -327,3 +327,33 @@ def test_retention_and_legal_hold_say_compliance_forever_and_cannot_be_weakened(
     with pytest.raises(ClientError) as missing:
         client.get_object_retention(Bucket="retained", Key="k", VersionId="9")
     assert error_code(missing) == "NoSuchVersion"
+
+
+def test_standard_headers_are_kept_and_response_overrides_apply(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="headers")
+    client.put_object(Bucket="headers", Key="k", Body=b"x", CacheControl="max-age=60", ContentDisposition="attachment",
+                      ContentLanguage="en")  # fmt: skip
+    head = client.head_object(Bucket="headers", Key="k")
+    assert (head["CacheControl"], head["ContentDisposition"], head["ContentLanguage"]) == ("max-age=60", "attachment", "en")
+    got = client.get_object(Bucket="headers", Key="k", ResponseContentType="text/csv", ResponseCacheControl="no-store")
+    assert (got["ContentType"], got["CacheControl"]) == ("text/csv", "no-store")
+
+
+def test_if_none_match_with_an_etag_and_list_buckets_pages(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="etag-cond")
+    first = client.put_object(Bucket="etag-cond", Key="k", Body=b"one")
+    with pytest.raises(ClientError) as same:
+        client.put_object(Bucket="etag-cond", Key="k", Body=b"two", IfNoneMatch=first["ETag"])
+    assert same.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+    assert client.put_object(Bucket="etag-cond", Key="k", Body=b"two", IfNoneMatch='"00000000000000000000000000000000"')["VersionId"] == "2"
+    names, token = [], None
+    for _ in range(100):
+        page = client.list_buckets(MaxBuckets=2, **({"ContinuationToken": token} if token else {}))
+        names += [bucket["Name"] for bucket in page["Buckets"]]
+        token = page.get("ContinuationToken")
+        if not token:
+            break
+    assert names == sorted(names) and "etag-cond" in names and len(names) == len(set(names))
+    assert names == [bucket["Name"] for bucket in client.list_buckets()["Buckets"]]

@@ -42,9 +42,10 @@ def bucket_exists(store, bucket: str) -> bool:
     return bool(store.ls_page(marker_key(bucket), True, None, None, 1))
 
 
-def buckets(store) -> Iterator[tuple[str, Version]]:
-    """(bucket, its first key's latest version) for every valid bucket name, by skipping from bucket to bucket."""
-    after = None
+def buckets(store, after_bucket: str = "") -> Iterator[tuple[str, Version]]:
+    """(bucket, its first key's latest version) for every valid bucket name after after_bucket, skipping from
+    bucket to bucket."""
+    after = after_bucket + "/" + LAST_CHAR if after_bucket else None
     for _ in range(_SCAN_LIMIT):
         page = store.ls_page("", True, after, None, 1)
         if not page:

@@ -94,7 +94,7 @@ class ObjectExtras:
 
     async def copy_object(self, request, bucket: str, key: str) -> web.Response:
         """A new version naming the source's object: content-addressed, so no byte is copied."""
-        from .handlers import write_conditions, xml_response
+        from .handlers import KEPT_HEADERS, upload_meta, write_conditions, xml_response
 
         headers = request.headers
         replace = headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE"
@@ -108,10 +108,10 @@ class ObjectExtras:
                 source = self.copy_source(store, headers["x-amz-copy-source"])
                 _check_copy_conditions(headers, source)
                 if replace:
-                    meta = {name.lower(): value for name, value in headers.items() if name.lower().startswith("x-amz-meta-")}
+                    meta = upload_meta(headers)
                     content_type = headers.get("Content-Type") or None
                 else:
-                    meta = {name: value for name, value in source.meta.items() if name.startswith("x-amz-meta-")}
+                    meta = {name: value for name, value in source.meta.items() if name.startswith("x-amz-meta-") or name in KEPT_HEADERS}
                     content_type = source.content_type
                     if source.key == store_key:
                         raise S3Error(400, "InvalidRequest", "This copy request is illegal because it is trying to copy an object"

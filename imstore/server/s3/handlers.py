@@ -40,6 +40,26 @@ _UNSUPPORTED = frozenset({"acl", "policy", "cors", "lifecycle", "tagging", "webs
                           "publicAccessBlock", "intelligent-tiering", "torrent", "restore", "select", "attributes"})  # fmt: skip
 
 
+# Standard headers a PUT may set that GET and HEAD give back (kept in the version's meta under these names).
+KEPT_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
+# GET ?response-*=VALUE answers with that header instead (presigned download links use them).
+RESPONSE_OVERRIDES = {"response-content-type": "Content-Type", "response-content-language": "Content-Language",
+                      "response-expires": "Expires", "response-cache-control": "Cache-Control",
+                      "response-content-disposition": "Content-Disposition", "response-content-encoding": "Content-Encoding"}  # fmt: skip
+
+
+def upload_meta(headers) -> dict:
+    """The metadata a PUT, a multipart upload or a REPLACE copy keeps: x-amz-meta-* and the standard headers."""
+    meta = {name.lower(): value for name, value in headers.items() if name.lower().startswith("x-amz-meta-")}
+    for name in KEPT_HEADERS:
+        value = headers.get(name)
+        if name == "content-encoding" and value is not None:  # aws-chunked is the transfer's, not the object's
+            value = ",".join(part.strip() for part in value.split(",") if part.strip() != "aws-chunked") or None
+        if value:
+            meta[name] = value
+    return meta
+
+
 def s3_worker(app) -> S3Worker:
     """The S3 side of a worker, made at its first S3 request."""
     found = getattr(app, "_s3_worker", None)
@@ -104,7 +124,7 @@ class S3Worker:
         method = request.method
         if not bucket:
             if method == "GET":
-                return await self.list_buckets()
+                return await self.list_buckets(query)
             raise _not_implemented(f"{method} /")
         check_bucket(bucket)
         if not key:
@@ -133,6 +153,8 @@ class S3Worker:
             return await self.create_bucket(request, bucket)
         if method == "PUT" and "versioning" in query:
             return await self.put_bucket_versioning(request, bucket)
+        if method == "PUT" and "object-lock" in query:
+            return await self.put_object_lock(request, bucket)
         if method == "HEAD" and not query:
             await self._existing(bucket)
             return web.Response(status=200, headers={"x-amz-bucket-region": "us-east-1"})
@@ -165,10 +187,27 @@ class S3Worker:
             raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist")
 
     # ------------------------------------------------------------ buckets
-    async def list_buckets(self) -> web.Response:
-        found = await self.app.call(lambda: list(buckets(self.app.store())))
+    async def list_buckets(self, query: dict) -> web.Response:
+        prefix, after = query.get("prefix", ""), query.get("continuation-token", "")
+        limit_text = query.get("max-buckets", "10000")
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= 10000:
+            raise S3Error(400, "InvalidArgument", "max-buckets must be 1 to 10000")
+        limit = int(limit_text)
+
+        def page():
+            shown = []
+            for name, version in buckets(self.app.store(), after):
+                if name.startswith(prefix):
+                    if len(shown) == limit:
+                        return shown, True
+                    shown.append((name, version))
+            return shown, False
+
+        found, truncated = await self.app.call(page)
         rows = [("Bucket", (("Name", name), ("CreationDate", iso_time(version.time_ns)))) for name, version in found]
-        return xml_response(document("ListAllMyBucketsResult", (("Owner", OWNER), ("Buckets", tuple([("", rows)])))))
+        token = found[-1][0] if truncated else None
+        return xml_response(document("ListAllMyBucketsResult", (("Owner", OWNER), ("Buckets", tuple([("", rows)])),
+                                                                ("ContinuationToken", token), ("Prefix", prefix or None))))  # fmt: skip
 
     async def create_bucket(self, request, bucket: str) -> web.Response:
         def create():
@@ -194,6 +233,20 @@ class S3Worker:
         status = root.findtext("Status")
         if status != "Enabled":
             raise S3Error(409, "InvalidBucketState", "versioning is always Enabled on imstore: nothing is ever removed")
+        return web.Response(status=200)
+
+    async def put_object_lock(self, request, bucket: str) -> web.Response:
+        """Object Lock is always on in COMPLIANCE mode with no end: such a configuration changes nothing,
+        a GOVERNANCE default (weaker) is refused."""
+        from .xml import parse
+
+        await self._existing(bucket)
+        root = parse(await request.read(), "ObjectLockConfiguration")
+        if root.findtext("ObjectLockEnabled") != "Enabled":
+            raise S3Error(400, "MalformedXML", "ObjectLockEnabled must be Enabled")
+        mode = root.findtext("Rule/DefaultRetention/Mode")
+        if mode not in (None, "COMPLIANCE"):
+            raise S3Error(403, "AccessDenied", "Object Lock is COMPLIANCE with no end here; a GOVERNANCE default would weaken it")
         return web.Response(status=200)
 
     # ------------------------------------------------------------ objects
@@ -237,6 +290,9 @@ class S3Worker:
                    "Accept-Ranges": "bytes", "Content-Type": found.content_type or "binary/octet-stream",
                    "Content-Security-Policy": "sandbox"}  # fmt: skip
         headers.update({name: value for name, value in found.meta.items() if name.startswith("x-amz-meta-")})
+        headers.update({name.title(): found.meta[name] for name in KEPT_HEADERS if name in found.meta})  # as overrides spell them
+        query = dict(query_pairs(request.raw_path.partition("?")[2]))
+        headers.update({header: query[name] for name, header in RESPONSE_OVERRIDES.items() if name in query})
         _check_conditions(request.headers, etag, found.time_ns, headers)
         size = reader.size
         start, end, status = 0, size, 200
@@ -278,7 +334,7 @@ class S3Worker:
     async def put_object(self, request, caller: Caller, bucket: str, key: str) -> web.Response:
         store_key = marker_key(bucket) + key
         headers = request.headers
-        meta = {name.lower(): value for name, value in headers.items() if name.lower().startswith("x-amz-meta-")}
+        meta = upload_meta(headers)
         content_type = headers.get("Content-Type") or None
         pieces = body_chunks(asyncio.get_running_loop(), request.content)
 
@@ -345,10 +401,20 @@ def upload_body(caller: Caller, headers, pieces):
 def write_conditions(store, store_key: str, headers) -> dict:
     """If-None-Match: * → if_absent; If-Match: ETAG → if_version of the latest version when its ETag matches."""
     conditions: dict = {}
-    if headers.get("If-None-Match") is not None:
-        if headers["If-None-Match"].strip() != "*":
-            raise _not_implemented("If-None-Match other than * on a PUT")
+    unwanted = headers.get("If-None-Match")
+    if unwanted is not None and unwanted.strip() == "*":
         conditions["if_absent"] = True
+    elif unwanted is not None:  # an ETag: write unless the latest has it, atomically against a version in between
+        try:
+            latest = store.resolve(store_key)
+        except (KeyNotFound, KeyDeleted):
+            latest = None
+        if latest is None:
+            conditions["if_absent"] = True
+        elif _etag_in(unwanted, etag_of(latest)):
+            raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
+        else:
+            conditions["if_version"] = latest.version
     wanted = headers.get("If-Match")
     if wanted is not None:
         try:

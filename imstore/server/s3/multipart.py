@@ -8,6 +8,8 @@ upload id is 32 random hex digits and is checked before it names a path.
     upload.json        {"bucket", "key", "content_type", "meta", "initiated"}
     <n>.part           the bytes of part n (1..10000), fsynced, then renamed into place
     <n>.json           {"etag", "size"} of part n, written once its bytes are in place
+    completed.json     {"etag", "version"} once committed (the parts are then removed), so that a retried
+                       Complete gets the same answer; Abort removes it with the directory
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ class Uploads:
 
     def parts(self, upload: Upload) -> list[Part]:
         directory = self._dir(upload.upload_id)
+        if (directory / "completed.json").exists():
+            raise _no_upload()
         found = []
         for entry in os.scandir(directory):
             name, _, suffix = entry.name.partition(".")
@@ -153,6 +157,22 @@ class Uploads:
 
         return chunks(), f"{combined.hexdigest()}-{len(chosen)}", sum(part.size for part in chosen)
 
+    def completed(self, upload: Upload) -> tuple[str, int] | None:
+        """(ETag, version) of an upload that was completed, or None."""
+        try:
+            record = json.loads((self._dir(upload.upload_id) / "completed.json").read_bytes())
+        except FileNotFoundError:
+            return None
+        return record["etag"], record["version"]
+
+    def finish(self, upload: Upload, etag: str, version: int) -> None:
+        """Record the committed result, then drop the parts (a crash in between only leaves parts to remove)."""
+        directory = self._dir(upload.upload_id)
+        atomic_write(directory / "completed.json", json.dumps({"etag": etag, "version": version}).encode(), 0o600)
+        for entry in os.scandir(directory):
+            if entry.name.endswith((".part", ".json")) and entry.name[0].isdigit():
+                Path(entry.path).unlink(missing_ok=True)
+
     def remove(self, upload_id: str) -> None:
         directory = self._dir(upload_id)
         if not directory.exists():
@@ -171,5 +191,6 @@ class Uploads:
                     upload = self.get(entry.name, bucket)
                 except S3Error:
                     continue
-                found.append(upload)
+                if not (Path(entry.path) / "completed.json").exists():
+                    found.append(upload)
         return sorted(found, key=lambda upload: (upload.key, upload.initiated_ns))

@@ -41,10 +41,10 @@ class MultipartOperations:
         raise _not_implemented(f"{method} with uploadId")
 
     async def create(self, request, bucket: str, key: str) -> web.Response:
-        from .handlers import xml_response
+        from .handlers import upload_meta, xml_response
 
         headers = request.headers
-        meta = {name.lower(): value for name, value in headers.items() if name.lower().startswith("x-amz-meta-")}
+        meta = upload_meta(headers)
 
         def create():
             if not bucket_exists(self.app.store(), bucket):
@@ -94,6 +94,9 @@ class MultipartOperations:
 
         def complete():
             upload = self.uploads.get(upload_id, bucket, key)
+            done = self.uploads.completed(upload)
+            if done is not None:  # a retried Complete: the same answer
+                return done[1], done[0]
             store = self.app.store()
             try:
                 conditions = write_conditions(store, store_key, request.headers)
@@ -102,13 +105,13 @@ class MultipartOperations:
                                           meta={**upload.meta, "s3-etag": etag}, **conditions)  # fmt: skip
             finally:
                 self.app._flush_warnings(store)
-            self.uploads.remove(upload_id)  # committed: the parts are no longer needed
-            return result.version, etag
+            self.uploads.finish(upload, etag, result.version.version)  # committed: the parts are no longer needed
+            return result.version.version, etag
 
         version, etag = await self.app.call(complete)
         body = document("CompleteMultipartUploadResult", (("Location", f"/{bucket}/{key}"), ("Bucket", bucket), ("Key", key),
                                                           ("ETag", f'"{etag}"')))  # fmt: skip
-        return xml_response(body, headers={"x-amz-version-id": str(version.version)})
+        return xml_response(body, headers={"x-amz-version-id": str(version)})
 
     async def list_parts(self, bucket: str, key: str, upload_id: str, query: dict) -> web.Response:
         from .handlers import xml_response
