@@ -133,18 +133,14 @@ class ObjectExtras:
         """(the bytes of an UploadPartCopy's source as pieces, their md5 filled as they pass), with
         x-amz-copy-source-range applied; the source is verified whole first, then sliced from its file."""
         from ..bodies import file_slice
-        from ..headers import parse_range
 
         source = self.copy_source(store, headers["x-amz-copy-source"])
         _check_copy_conditions(headers, source)
         reader = store.open_stored(source)
         start, end = 0, reader.size
         wanted = headers.get("x-amz-copy-source-range")
-        if wanted:
-            span = parse_range(wanted, reader.size)
-            if span is None or span == "unsatisfiable":
-                raise S3Error(416, "InvalidRange", "The requested range is not satisfiable")
-            start, end = span
+        if wanted is not None:
+            start, end = _copy_range(wanted, reader.size)
         reader.verify()
         md5 = hashlib.md5(usedforsecurity=False)
 
@@ -182,6 +178,17 @@ class ObjectExtras:
             raise S3Error(404, "NoSuchKey", "The specified key does not exist.") from None
         except VersionNotFound:
             raise S3Error(404, "NoSuchVersion", "The specified version does not exist.") from None
+
+
+def _copy_range(text: str, size: int) -> tuple[int, int]:
+    """x-amz-copy-source-range: exactly bytes=FIRST-LAST inside the source (S3 allows no other form)."""
+    unit, _, span = text.partition("=")
+    first, dash, last = span.partition("-")
+    if unit != "bytes" or not dash or not first.isdigit() or not last.isdigit() or int(first) > int(last):
+        raise S3Error(400, "InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last")
+    if int(last) >= size:
+        raise S3Error(416, "InvalidRange", "The requested range is not satisfiable")
+    return int(first), int(last) + 1
 
 
 def _check_copy_conditions(headers, source: Version) -> None:

@@ -155,7 +155,7 @@ class S3Worker:
             return await self.put_bucket_versioning(request, bucket)
         if method == "PUT" and "object-lock" in query:
             return await self.put_object_lock(request, bucket)
-        if method == "HEAD" and not query:
+        if method == "HEAD":
             await self._existing(bucket)
             return web.Response(status=200, headers={"x-amz-bucket-region": "us-east-1"})
         if method == "DELETE" and not query:
@@ -212,12 +212,12 @@ class S3Worker:
     async def create_bucket(self, request, bucket: str) -> web.Response:
         def create():
             store = self.app.store()
-            try:
-                store.put(marker_key(bucket), b"", meta=MARKER_META, if_absent=True)
+            try:  # again: 200 and nothing written, as S3 answers in us-east-1 (there are no other owners here)
+                if not bucket_exists(store, bucket):
+                    store.put(marker_key(bucket), b"", meta=MARKER_META, if_absent=True)
             except ImstoreError as exc:
-                if exc.title == "precondition failed":
-                    raise S3Error(409, "BucketAlreadyOwnedByYou", "Your previous request to create the named bucket succeeded.") from None
-                raise
+                if exc.title != "precondition failed":  # created meanwhile: the same outcome
+                    raise
             finally:
                 self.app._flush_warnings(store)
 

@@ -52,10 +52,12 @@ def walk(store, bucket: str, prefix: str, delimiter: str, after: str, limit: int
                 cut = name.find(delimiter, len(prefix))
                 if cut >= 0:
                     common = name[: cut + len(delimiter)]
+                    cursor = base + common + LAST_CHAR
+                    if after and common <= after:
+                        break  # the marker is this common prefix (or inside it): already listed; page on past it
                     if len(entries) == limit:
                         return entries, True
                     entries.append(("prefix", common))
-                    cursor = base + common + LAST_CHAR
                     break  # page again from past the common prefix
             if len(entries) == limit:
                 return entries, True
