@@ -365,3 +365,18 @@ def test_if_none_match_with_an_etag_and_list_buckets_pages(s3):
             break
     assert names == sorted(names) and "etag-cond" in names and len(names) == len(set(names))
     assert names == [bucket["Name"] for bucket in client.list_buckets()["Buckets"]]
+
+
+def test_checksums_are_kept_and_every_version_says_it_is_locked(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="checksums")
+    body = b"checked bytes"
+    sha = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    put = client.put_object(Bucket="checksums", Key="k", Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=sha)
+    assert put["ChecksumSHA256"] == sha
+    assert "ChecksumSHA256" not in client.head_object(Bucket="checksums", Key="k")
+    head = client.head_object(Bucket="checksums", Key="k", ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == sha
+    assert head["ObjectLockMode"] == "COMPLIANCE" and head["ObjectLockLegalHoldStatus"] == "ON"
+    listed = client.list_objects_v2(Bucket="checksums", FetchOwner=True)["Contents"][0]
+    assert listed["Owner"]["ID"] == "imstore" and "Owner" not in client.list_objects_v2(Bucket="checksums")["Contents"][0]

@@ -48,6 +48,11 @@ RESPONSE_OVERRIDES = {"response-content-type": "Content-Type", "response-content
                       "response-content-disposition": "Content-Disposition", "response-content-encoding": "Content-Encoding"}  # fmt: skip
 
 
+# Every version is under Object Lock in COMPLIANCE mode with no end, and held (S3-8).
+LOCK_HEADERS = {"x-amz-object-lock-mode": "COMPLIANCE", "x-amz-object-lock-retain-until-date": "9999-12-31T23:59:59.000Z",
+                "x-amz-object-lock-legal-hold": "ON"}  # fmt: skip
+
+
 def upload_meta(headers) -> dict:
     """The metadata a PUT, a multipart upload or a REPLACE copy keeps: x-amz-meta-* and the standard headers."""
     meta = {name.lower(): value for name, value in headers.items() if name.lower().startswith("x-amz-meta-")}
@@ -293,6 +298,9 @@ class S3Worker:
         headers.update({name.title(): found.meta[name] for name in KEPT_HEADERS if name in found.meta})  # as overrides spell them
         query = dict(query_pairs(request.raw_path.partition("?")[2]))
         headers.update({header: query[name] for name, header in RESPONSE_OVERRIDES.items() if name in query})
+        headers.update(LOCK_HEADERS)
+        if request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED" and "Range" not in request.headers:
+            headers.update({f"x-amz-{name[3:]}": value for name, value in found.meta.items() if name.startswith("s3-checksum-")})
         _check_conditions(request.headers, etag, found.time_ns, headers)
         size = reader.size
         start, end, status = 0, size, 200
@@ -350,8 +358,9 @@ class S3Worker:
                 if decoded is not None and decoded.isdigit() and int(decoded) != size:
                     raise S3Error(400, "IncompleteBody", "the body's decoded length is not x-amz-decoded-content-length")
                 etag = digests.md5.hexdigest()
-                result = store.put_object(store_key, object_id, content_type=content_type, meta={**meta, "s3-etag": etag},
-                                          **conditions)  # fmt: skip
+                checksums = {f"s3-{name[len('x-amz-'):]}": value for name, value in digests.checksum_headers().items()}
+                result = store.put_object(store_key, object_id, content_type=content_type,
+                                          meta={**meta, **checksums, "s3-etag": etag}, **conditions)  # fmt: skip
                 return result.version, digests.checksum_headers()
             finally:
                 self.app._flush_warnings(store)

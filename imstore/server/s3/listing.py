@@ -72,9 +72,12 @@ def _encode(name: str, url: bool) -> str:
     return quote(name, safe="/") if url else name
 
 
-def _contents(version: Version, name: str, url: bool) -> tuple:
+OWNER = (("ID", "imstore"), ("DisplayName", "imstore"))  # one owner: every key holder sees every bucket
+
+
+def _contents(version: Version, name: str, url: bool, owner: bool) -> tuple:
     return (("Key", _encode(name, url)), ("LastModified", iso_time(version.time_ns)), ("ETag", etag_of(version)),
-            ("Size", version.size), ("StorageClass", "STANDARD"))  # fmt: skip
+            ("Size", version.size), ("StorageClass", "STANDARD"), ("Owner", OWNER if owner else None))  # fmt: skip
 
 
 def list_objects(store, bucket: str, query: Mapping[str, str], v2: bool) -> bytes:
@@ -87,7 +90,8 @@ def list_objects(store, bucket: str, query: Mapping[str, str], v2: bool) -> byte
     else:
         after = query.get("marker", "")
     entries, truncated = walk(store, bucket, prefix, delimiter, after, limit, False) if limit else ([], False)
-    keys = [("Contents", _contents(v, v.key[len(bucket) + 1 :], url)) for kind, v in entries if kind == "key"]  # type: ignore[union-attr]
+    owner = not v2 or query.get("fetch-owner") == "true"
+    keys = [("Contents", _contents(v, v.key[len(bucket) + 1 :], url, owner)) for kind, v in entries if kind == "key"]  # type: ignore[union-attr]
     prefixes = [("CommonPrefixes", (("Prefix", _encode(str(p), url)),)) for kind, p in entries if kind == "prefix"]
     last = None
     if entries:
@@ -175,6 +179,5 @@ def _version_row(version: Version, name: str, latest: bool, url: bool) -> tuple[
     common = (("Key", _encode(name, url)), ("VersionId", str(version.version)), ("IsLatest", latest),
               ("LastModified", iso_time(version.time_ns)))  # fmt: skip
     if version.deleted:
-        return "DeleteMarker", common + (("Owner", (("ID", "imstore"),)),)
-    return "Version", common + (("ETag", etag_of(version)), ("Size", version.size), ("StorageClass", "STANDARD"),
-                                ("Owner", (("ID", "imstore"),)))  # fmt: skip
+        return "DeleteMarker", common + (("Owner", OWNER),)
+    return "Version", common + (("ETag", etag_of(version)), ("Size", version.size), ("StorageClass", "STANDARD"), ("Owner", OWNER))

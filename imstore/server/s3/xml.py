@@ -95,6 +95,8 @@ _BY_STATUS = {400: "InvalidRequest", 404: "NoSuchKey", 409: "OperationAborted", 
 
 
 def error_from_imstore(error: ImstoreError, message: str) -> S3Error:
+    if error.title == "invalid key":  # S3's own words for a key it cannot take
+        return S3Error(400, "InvalidURI", "Couldn't parse the specified URI.")
     status, code = _BY_TITLE.get(error.title, (error.http_status, _BY_STATUS.get(error.http_status, "InvalidRequest")))
     headers = {"Retry-After": "1"} if status == 503 else None
     return S3Error(status, code, message, headers)
