@@ -264,7 +264,7 @@ class S3Worker:
         def resolve():
             store = self.app.store()
             try:
-                found = store.resolve(store_key, version_id)
+                found, reader = store.open_version(store_key, version_id)  # confirmed against the log once
             except KeyDeleted:
                 raise self._deleted(store, store_key, version_id) from None
             except (KeyNotFound, VersionNotFound) as exc:
@@ -275,7 +275,6 @@ class S3Worker:
                 raise S3Error(404, "NoSuchKey", "The specified key does not exist.") from exc
             finally:
                 self.app._flush_warnings(store)
-            reader = store.open_stored(found)
             return found, reader, (reader.read() if request.method == "GET" and reader.size <= SMALL_OBJECT else None)
 
         found, reader, data = await self.app.call(resolve)
