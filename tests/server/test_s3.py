@@ -58,9 +58,10 @@ def test_missing_bucket_and_key_have_their_s3_codes(s3):
     with pytest.raises(ClientError) as no_key:
         client.get_object(Bucket="codes", Key="missing")
     assert error_code(no_key) == "NoSuchKey"
-    with pytest.raises(ClientError) as bad_name:
-        client.create_bucket(Bucket="Bad_Name")
-    assert error_code(bad_name) in ("InvalidBucketName", "400")
+    for bad in ("Bad_Name", "foo-.bar", "foo..bar", "192.168.1.1"):
+        with pytest.raises(ClientError) as bad_name:
+            client.create_bucket(Bucket=bad)
+        assert error_code(bad_name) in ("InvalidBucketName", "400")
 
 
 def test_put_get_head_range_and_md5_etag(s3):

@@ -25,7 +25,8 @@ _SCAN_LIMIT = 100_000  # buckets listed at most (each costs one index query)
 
 
 def valid_bucket(name: str) -> bool:
-    return bool(_BUCKET.match(name)) and ".." not in name and not _IP.match(name)
+    """S3's DNS-compatible rule: labels between dots start and end with a letter or digit."""
+    return bool(_BUCKET.match(name)) and not any(pair in name for pair in ("..", "-.", ".-")) and not _IP.match(name)
 
 
 def check_bucket(name: str) -> str:

@@ -92,7 +92,9 @@ def _base64(value: str, what: str) -> bytes:
     try:
         return base64.b64decode(value.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise S3Error(400, "InvalidDigest", f"The {what} you specified is not valid base64.") from None
+        # S3: a Content-MD5 that is not base64 is InvalidDigest; a checksum that is not, a BadDigest like a wrong one
+        code = "InvalidDigest" if what == "Content-MD5" else "BadDigest"
+        raise S3Error(400, code, f"The {what} you specified is not valid base64.") from None
 
 
 class Digests:
