@@ -203,3 +203,19 @@ def test_boto3_errors_are_client_errors_not_crashes(s3):
     with pytest.raises(ClientError) as denied:
         s3.client("read").put_object(Bucket="wire", Key="read-scope", Body=b"x")
     assert denied.value.response["Error"]["Code"] == "AccessDenied"
+
+
+def test_the_internal_s3_header_cannot_be_sent_by_a_client_of_the_v1_port(s3):
+    """X-Imstore-S3 carries a verified caller from the S3 port to a worker; from a client it is dropped."""
+    forged = '{"name":"x","scope":"write","payload":"UNSIGNED-PAYLOAD"}'
+    connection = http.client.HTTPConnection("127.0.0.1", s3.server.port, timeout=30)
+    try:
+        connection.request("GET", "/v1/keys/wire%2Fshared.txt", headers={"X-Imstore-S3": forged})  # no token
+        response = connection.getresponse()
+        assert response.status == 401 and "xml" not in response.getheader("Content-Type", "")
+        response.read()
+        connection.request("GET", "/v1/log", headers={"X-Imstore-S3": forged, "Authorization": f"Bearer {s3.server.read_token}"})
+        response = connection.getresponse()
+        assert response.status == 200 and response.getheader("Content-Type") == "application/json"
+    finally:
+        connection.close()

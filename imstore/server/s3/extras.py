@@ -10,7 +10,10 @@ from aiohttp import web
 
 from ...errors import KeyDeleted, KeyNotFound, VersionNotFound
 from ...model import Version
+from ..bodies import file_slice
 from .buckets import bucket_exists, check_bucket, marker_key
+from .common import KEPT_HEADERS, etag_in, http_date, upload_meta, write_conditions, xml_response
+from .digests import Digests
 from .listing import etag_of
 from .xml import S3Error, document, iso_time, parse
 
@@ -27,8 +30,6 @@ class ObjectExtras:
 
     # ------------------------------------------------------------ DeleteObjects
     async def delete_objects(self, request, bucket: str) -> web.Response:
-        from .digests import Digests
-        from .handlers import xml_response
 
         body = await request.read()
         b"".join(Digests(request.headers, None).watch([body]))  # Content-MD5 / x-amz-checksum-*, if sent
@@ -94,7 +95,6 @@ class ObjectExtras:
 
     async def copy_object(self, request, bucket: str, key: str) -> web.Response:
         """A new version naming the source's object: content-addressed, so no byte is copied."""
-        from .handlers import KEPT_HEADERS, upload_meta, write_conditions, xml_response
 
         headers = request.headers
         replace = headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE"
@@ -132,7 +132,6 @@ class ObjectExtras:
     def copy_part_source(self, store, headers) -> tuple[object, object]:
         """(the bytes of an UploadPartCopy's source as pieces, their md5 filled as they pass), with
         x-amz-copy-source-range applied; the source is verified whole first, then sliced from its file."""
-        from ..bodies import file_slice
 
         source = self.copy_source(store, headers["x-amz-copy-source"])
         _check_copy_conditions(headers, source)
@@ -154,7 +153,6 @@ class ObjectExtras:
 
     # ------------------------------------------------------------ Object Lock per version
     async def lock_answer(self, request, bucket: str, key: str, query: dict) -> web.Response:
-        from .handlers import xml_response
 
         await self.app.call(lambda: self._existing_version(bucket, key, query.get("versionId")))
         if request.method == "GET":
@@ -192,20 +190,19 @@ def _copy_range(text: str, size: int) -> tuple[int, int]:
 
 
 def _check_copy_conditions(headers, source: Version) -> None:
-    from .handlers import _etag_in, _http_date
 
     etag = etag_of(source)
     seconds = source.time_ns // 1_000_000_000
     failed = S3Error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
     if_match = headers.get("x-amz-copy-source-if-match")
-    if if_match is not None and not _etag_in(if_match, etag):
+    if if_match is not None and not etag_in(if_match, etag):
         raise failed
     if_none_match = headers.get("x-amz-copy-source-if-none-match")
-    if if_none_match is not None and _etag_in(if_none_match, etag):
+    if if_none_match is not None and etag_in(if_none_match, etag):
         raise failed
-    unmodified = _http_date(headers.get("x-amz-copy-source-if-unmodified-since"))
+    unmodified = http_date(headers.get("x-amz-copy-source-if-unmodified-since"))
     if if_match is None and unmodified is not None and seconds > unmodified:
         raise failed
-    modified = _http_date(headers.get("x-amz-copy-source-if-modified-since"))
+    modified = http_date(headers.get("x-amz-copy-source-if-modified-since"))
     if if_none_match is None and modified is not None and seconds <= modified:
         raise failed

@@ -83,14 +83,9 @@ class S3Front:
         if not request.raw_path.startswith("/") or not request.raw_path.isascii():
             raise S3Error(400, "InvalidURI", "the request target must be a path in ASCII")
         caller = self.signatures.check(request.method, request.raw_path, request.headers)
-        if request.method in WRITE_METHODS and caller.scope != "write" and not _read_only_post(request.raw_path):
+        if request.method in WRITE_METHODS and caller.scope != "write":
             raise S3Error(403, "AccessDenied", f"the key {caller.name!r} has the {caller.scope} scope; {request.method} needs write")
         return await self.gateway._forward(request, state, {S3_CONTEXT: context_header(caller)})
-
-
-def _read_only_post(raw_target: str) -> bool:
-    """POSTs that only read (none yet: S3 Select is not offered)."""
-    return False
 
 
 async def start_s3(config, gateway, ssl_context, info) -> web.BaseRunner:

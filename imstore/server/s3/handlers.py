@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import sys
-from email.utils import parsedate_to_datetime
 from urllib.parse import quote, unquote_to_bytes
 
 from aiohttp import web
@@ -23,46 +21,31 @@ from ..bodies import body_chunks, file_slice
 from ..headers import parse_range
 from ..protocol import S3_CONTEXT, SENDFILE_FILE, SENDFILE_OFFER, without_paths
 from .buckets import MARKER_META, bucket_exists, buckets, check_bucket, marker_key
-from .chunked import AwsChunkedBody
-from .digests import Digests
+from .common import (
+    KEPT_HEADERS,
+    LOCK_HEADERS,
+    OWNER,
+    RESPONSE_OVERRIDES,
+    check_conditions,
+    not_implemented,
+    upload_body,
+    upload_meta,
+    write_conditions,
+    xml_response,
+)
+from .extras import ObjectExtras
 from .front import caller_from_header
 from .listing import etag_of, list_object_versions, list_objects
-from .sigv4 import STREAMING_SIGNED, STREAMING_UNSIGNED, UNSIGNED, Caller, query_pairs
-from .xml import XML_TYPE, S3Error, document, error_document, error_from_imstore, http_time, iso_time
+from .multipart_ops import MultipartOperations
+from .sigv4 import Caller, query_pairs
+from .xml import XML_TYPE, S3Error, document, error_document, error_from_imstore, http_time, iso_time, parse
 
 __all__ = ["S3Worker", "s3_worker"]
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-OWNER = (("ID", "imstore"), ("DisplayName", "imstore"))
 # Sub-resources of a bucket or an object that are not offered: 501, so a client knows at once.
 _UNSUPPORTED = frozenset({"acl", "policy", "cors", "lifecycle", "tagging", "website", "logging", "notification", "replication",
                           "encryption", "accelerate", "requestPayment", "inventory", "analytics", "metrics", "ownershipControls",
                           "publicAccessBlock", "intelligent-tiering", "torrent", "restore", "select", "attributes"})  # fmt: skip
-
-
-# Standard headers a PUT may set that GET and HEAD give back (kept in the version's meta under these names).
-KEPT_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
-# GET ?response-*=VALUE answers with that header instead (presigned download links use them).
-RESPONSE_OVERRIDES = {"response-content-type": "Content-Type", "response-content-language": "Content-Language",
-                      "response-expires": "Expires", "response-cache-control": "Cache-Control",
-                      "response-content-disposition": "Content-Disposition", "response-content-encoding": "Content-Encoding"}  # fmt: skip
-
-
-# Every version is under Object Lock in COMPLIANCE mode with no end, and held (S3-8).
-LOCK_HEADERS = {"x-amz-object-lock-mode": "COMPLIANCE", "x-amz-object-lock-retain-until-date": "9999-12-31T23:59:59.000Z",
-                "x-amz-object-lock-legal-hold": "ON"}  # fmt: skip
-
-
-def upload_meta(headers) -> dict:
-    """The metadata a PUT, a multipart upload or a REPLACE copy keeps: x-amz-meta-* and the standard headers."""
-    meta = {name.lower(): value for name, value in headers.items() if name.lower().startswith("x-amz-meta-")}
-    for name in KEPT_HEADERS:
-        value = headers.get(name)
-        if name == "content-encoding" and value is not None:  # aws-chunked is the transfer's, not the object's
-            value = ",".join(part.strip() for part in value.split(",") if part.strip() != "aws-chunked") or None
-        if value:
-            meta[name] = value
-    return meta
 
 
 def s3_worker(app) -> S3Worker:
@@ -71,14 +54,6 @@ def s3_worker(app) -> S3Worker:
     if found is None:
         found = app._s3_worker = S3Worker(app)
     return found
-
-
-def xml_response(body: bytes, status: int = 200, headers: dict | None = None) -> web.Response:
-    return web.Response(status=status, body=body, headers={**(headers or {}), "Content-Type": XML_TYPE})
-
-
-def _not_implemented(what: str) -> S3Error:
-    return S3Error(501, "NotImplemented", f"{what} is not implemented by imstore")
 
 
 def split_target(raw_path: str) -> tuple[str, str]:
@@ -95,9 +70,6 @@ class S3Worker:
     """S3 requests handed on by the gateway's S3 port, answered over the worker's stores and pool."""
 
     def __init__(self, app):
-        from .extras import ObjectExtras
-        from .multipart_ops import MultipartOperations
-
         self.app = app
         self.multipart = MultipartOperations(self)
         self.extras = ObjectExtras(self)
@@ -130,20 +102,20 @@ class S3Worker:
         if not bucket:
             if method == "GET":
                 return await self.list_buckets(query)
-            raise _not_implemented(f"{method} /")
+            raise not_implemented(f"{method} /")
         check_bucket(bucket)
         if not key:
             return await self._bucket_operation(request, method, bucket, query)
         unsupported = _UNSUPPORTED & query.keys()
         if unsupported:
-            raise _not_implemented(f"{method} ?{sorted(unsupported)[0]}")
+            raise not_implemented(f"{method} ?{sorted(unsupported)[0]}")
         if "uploadId" in query or (method == "POST" and "uploads" in query):
             return await self.multipart.handle(request, caller, bucket, key, query)
         if ("retention" in query or "legal-hold" in query) and method in ("GET", "PUT"):
             return await self.extras.lock_answer(request, bucket, key, query)
         if method in ("GET", "HEAD"):
             if "partNumber" in query:
-                raise _not_implemented("GetObject of one part")
+                raise not_implemented("GetObject of one part")
             return await self.get_object(request, bucket, key, query)
         if method == "PUT":
             if "x-amz-copy-source" in request.headers:
@@ -151,7 +123,7 @@ class S3Worker:
             return await self.put_object(request, caller, bucket, key)
         if method == "DELETE":
             return await self.delete_object(bucket, key, query)
-        raise _not_implemented(f"{method} of an object")
+        raise not_implemented(f"{method} of an object")
 
     async def _bucket_operation(self, request, method: str, bucket: str, query: dict) -> web.StreamResponse:
         if method == "PUT" and not query:
@@ -168,7 +140,7 @@ class S3Worker:
         if method == "POST" and "delete" in query:
             return await self.extras.delete_objects(request, bucket)
         if method != "GET":
-            raise _not_implemented(f"{method} of a bucket with ?{'&'.join(query)}")
+            raise not_implemented(f"{method} of a bucket with ?{'&'.join(query)}")
         await self._existing(bucket)
         if "location" in query:
             return xml_response(document("LocationConstraint", ()))
@@ -183,7 +155,7 @@ class S3Worker:
             return await self.multipart.list_uploads(bucket, query)
         unsupported = _UNSUPPORTED & query.keys()
         if unsupported:
-            raise _not_implemented(f"GET ?{sorted(unsupported)[0]}")
+            raise not_implemented(f"GET ?{sorted(unsupported)[0]}")
         v2 = query.get("list-type") == "2"
         return xml_response(await self.app.call(lambda: list_objects(self.app.store(), bucket, query, v2)))
 
@@ -231,7 +203,6 @@ class S3Worker:
         return web.Response(status=200, headers={"Location": "/" + bucket})
 
     async def put_bucket_versioning(self, request, bucket: str) -> web.Response:
-        from .xml import parse
 
         await self._existing(bucket)
         root = parse(await request.read(), "VersioningConfiguration")
@@ -243,7 +214,6 @@ class S3Worker:
     async def put_object_lock(self, request, bucket: str) -> web.Response:
         """Object Lock is always on in COMPLIANCE mode with no end: such a configuration changes nothing,
         a GOVERNANCE default (weaker) is refused."""
-        from .xml import parse
 
         await self._existing(bucket)
         root = parse(await request.read(), "ObjectLockConfiguration")
@@ -300,7 +270,7 @@ class S3Worker:
         headers.update(LOCK_HEADERS)
         if request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED" and "Range" not in request.headers:
             headers.update({f"x-amz-{name[3:]}": value for name, value in found.meta.items() if name.startswith("s3-checksum-")})
-        _check_conditions(request.headers, etag, found.time_ns, headers)
+        check_conditions(request.headers, etag, found.time_ns, headers)
         size = reader.size
         start, end, status = 0, size, 200
         range_header = request.headers.get("Range")
@@ -393,73 +363,3 @@ def _error(error: S3Error, resource: str) -> web.Response:
     return web.Response(status=error.status, body=body, headers={**error.headers, "Content-Type": XML_TYPE})
 
 
-def upload_body(caller: Caller, headers, pieces):
-    """(digests, the decoded body checked against them) for the payload mode the client signed."""
-    payload = caller.payload
-    chunked = payload in STREAMING_SIGNED or payload == STREAMING_UNSIGNED or "aws-chunked" in headers.get("Content-Encoding", "")
-    digests = Digests(headers, payload if _HEX64.match(payload) else None)
-    if chunked:
-        decoder = AwsChunkedBody(pieces, caller.chunks, trailer_expected=payload.endswith("TRAILER"))
-        return digests, digests.watch(decoder, decoder.trailers)
-    if payload not in (UNSIGNED,) and not _HEX64.match(payload):
-        raise S3Error(400, "InvalidArgument", "x-amz-content-sha256 must be a SHA-256, UNSIGNED-PAYLOAD or a STREAMING- mode")
-    return digests, digests.watch(pieces)
-
-
-def write_conditions(store, store_key: str, headers) -> dict:
-    """If-None-Match: * → if_absent; If-Match: ETAG → if_version of the latest version when its ETag matches."""
-    conditions: dict = {}
-    unwanted = headers.get("If-None-Match")
-    if unwanted is not None and unwanted.strip() == "*":
-        conditions["if_absent"] = True
-    elif unwanted is not None:  # an ETag: write unless the latest has it, atomically against a version in between
-        try:
-            latest = store.resolve(store_key)
-        except (KeyNotFound, KeyDeleted):
-            latest = None
-        if latest is None:
-            conditions["if_absent"] = True
-        elif _etag_in(unwanted, etag_of(latest)):
-            raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
-        else:
-            conditions["if_version"] = latest.version
-    wanted = headers.get("If-Match")
-    if wanted is not None:
-        try:
-            latest = store.resolve(store_key)
-        except (KeyNotFound, KeyDeleted):
-            raise S3Error(404, "NoSuchKey", "The specified key does not exist.") from None
-        if not _etag_in(wanted, etag_of(latest)):
-            raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
-        conditions["if_version"] = latest.version  # atomic: the commit fails if another version came in between
-    return conditions
-
-
-def _etag_in(header: str, etag: str) -> bool:
-    return any(tag.strip() in ("*", etag) or f'"{tag.strip()}"' == etag for tag in header.split(","))
-
-
-def _check_conditions(request_headers, etag: str, time_ns: int, headers: dict) -> None:
-    """GET/HEAD preconditions in S3's order: If-Match, If-Unmodified-Since → 412; If-None-Match, If-Modified-Since → 304."""
-    seconds = time_ns // 1_000_000_000
-    if_match = request_headers.get("If-Match")
-    if if_match is not None and not _etag_in(if_match, etag):
-        raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
-    unmodified = _http_date(request_headers.get("If-Unmodified-Since"))
-    if if_match is None and unmodified is not None and seconds > unmodified:
-        raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
-    if_none_match = request_headers.get("If-None-Match")
-    if if_none_match is not None and _etag_in(if_none_match, etag):
-        raise S3Error(304, "NotModified", "Not Modified", {k: v for k, v in headers.items() if k in ("ETag", "Last-Modified")})
-    modified = _http_date(request_headers.get("If-Modified-Since"))
-    if if_none_match is None and modified is not None and seconds <= modified:
-        raise S3Error(304, "NotModified", "Not Modified", {k: v for k, v in headers.items() if k in ("ETag", "Last-Modified")})
-
-
-def _http_date(value: str | None) -> int | None:
-    if not value:
-        return None
-    try:
-        return int(parsedate_to_datetime(value).timestamp())
-    except (TypeError, ValueError):
-        return None

@@ -6,14 +6,15 @@ import asyncio
 
 from aiohttp import web
 
+from ..bodies import body_chunks
 from .buckets import bucket_exists, marker_key
+from .common import OWNER, not_implemented, upload_body, upload_meta, write_conditions, xml_response
 from .multipart import MAX_PART_NUMBER, Uploads
 from .sigv4 import Caller
 from .xml import S3Error, document, iso_time, parse
 
 __all__ = ["MultipartOperations"]
 
-OWNER = (("ID", "imstore"), ("DisplayName", "imstore"))
 
 
 class MultipartOperations:
@@ -23,7 +24,6 @@ class MultipartOperations:
         self.uploads = Uploads(self.app.store_root)
 
     async def handle(self, request: web.BaseRequest, caller: Caller, bucket: str, key: str, query: dict) -> web.StreamResponse:
-        from .handlers import _not_implemented
 
         method = request.method
         if method == "POST" and "uploads" in query:
@@ -38,10 +38,9 @@ class MultipartOperations:
             return web.Response(status=204)
         if method == "GET":
             return await self.list_parts(bucket, key, upload_id, query)
-        raise _not_implemented(f"{method} with uploadId")
+        raise not_implemented(f"{method} with uploadId")
 
     async def create(self, request, bucket: str, key: str) -> web.Response:
-        from .handlers import upload_meta, xml_response
 
         headers = request.headers
         meta = upload_meta(headers)
@@ -55,8 +54,6 @@ class MultipartOperations:
         return xml_response(document("InitiateMultipartUploadResult", (("Bucket", bucket), ("Key", key), ("UploadId", upload_id))))
 
     async def upload_part(self, request, caller: Caller, bucket: str, key: str, upload_id: str, number_text: str) -> web.Response:
-        from ..bodies import body_chunks
-        from .handlers import upload_body, xml_response
 
         if not number_text.isdigit() or not 1 <= int(number_text) <= MAX_PART_NUMBER:
             raise S3Error(400, "InvalidArgument", f"Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive")
@@ -81,7 +78,6 @@ class MultipartOperations:
         return web.Response(status=200, headers={"ETag": f'"{part.etag}"', **checksums})
 
     async def complete(self, request, bucket: str, key: str, upload_id: str) -> web.Response:
-        from .handlers import write_conditions, xml_response
 
         root = parse(await request.read(), "CompleteMultipartUpload")
         wanted = []
@@ -114,7 +110,6 @@ class MultipartOperations:
         return xml_response(body, headers={"x-amz-version-id": str(version)})
 
     async def list_parts(self, bucket: str, key: str, upload_id: str, query: dict) -> web.Response:
-        from .handlers import xml_response
 
         marker = query.get("part-number-marker", "0")
         limit_text = query.get("max-parts", "1000")
@@ -134,7 +129,6 @@ class MultipartOperations:
         return xml_response(body)
 
     async def list_uploads(self, bucket: str, query: dict) -> web.Response:
-        from .handlers import xml_response
 
         prefix = query.get("prefix", "")
         uploads = [upload for upload in await self.app.call(lambda: self.uploads.list(bucket)) if upload.key.startswith(prefix)]
