@@ -170,17 +170,33 @@ def test_boto3_over_https_sends_aws_chunked_with_a_crc32_trailer(tmp_path):
 
 
 def aws_cli(s3, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """aws s3 ARGS against the server (trusting its certificate over https)."""
     aws = shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which("aws")
     if aws is None:
         pytest.skip("aws-cli is not installed (awscli comes with the test extras)")
     env = {**os.environ, "AWS_ACCESS_KEY_ID": s3.write_key[0], "AWS_SECRET_ACCESS_KEY": s3.write_key[1],
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(cwd / "none"),
            "AWS_SHARED_CREDENTIALS_FILE": str(cwd / "none")}  # fmt: skip
-    return subprocess.run([aws, "--endpoint-url", s3.endpoint, "s3", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    trust = ["--ca-bundle", str(s3.verify)] if s3.scheme == "https" else []
+    return subprocess.run([aws, "--endpoint-url", s3.endpoint, *trust, "s3", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
 
 
 def test_aws_cli_cp_ls_rm(s3, tmp_path):
+    check_aws_cli_cp_ls_rm(s3, tmp_path)
+
+
+def test_aws_cli_over_https_with_a_self_signed_certificate(tmp_path):
+    cert, key = self_signed_certificate(tmp_path, "-addext", "subjectAltName=IP:127.0.0.1")
+    s3 = start_s3(tmp_path, tls=(cert, key))
+    try:
+        s3.client().create_bucket(Bucket="wire")
+        check_aws_cli_cp_ls_rm(s3, tmp_path)
+    finally:
+        stop_s3(s3)
+
+
+def check_aws_cli_cp_ls_rm(s3, tmp_path):
     source = tmp_path / "report.txt"
     source.write_bytes(b"quarterly numbers\n" * 1000)
     copied = aws_cli(s3, "cp", str(source), "s3://wire/reports/report.txt", cwd=tmp_path)
