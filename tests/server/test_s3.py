@@ -381,3 +381,21 @@ def test_checksums_are_kept_and_every_version_says_it_is_locked(s3):
     assert head["ObjectLockMode"] == "COMPLIANCE" and head["ObjectLockLegalHoldStatus"] == "ON"
     listed = client.list_objects_v2(Bucket="checksums", FetchOwner=True)["Contents"][0]
     assert listed["Owner"]["ID"] == "imstore" and "Owner" not in client.list_objects_v2(Bucket="checksums")["Contents"][0]
+
+
+def test_conditional_deletes_match_the_latest_version_atomically(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="cond-delete")
+    etag = client.put_object(Bucket="cond-delete", Key="k", Body=b"one")["ETag"]
+    with pytest.raises(ClientError) as stale:
+        client.delete_object(Bucket="cond-delete", Key="k", IfMatch='"00000000000000000000000000000000"')
+    assert stale.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+    assert client.delete_object(Bucket="cond-delete", Key="k", IfMatch=etag)["DeleteMarker"] is True
+    assert client.delete_object(Bucket="cond-delete", Key="k", IfMatch=etag)["ResponseMetadata"]["HTTPStatusCode"] == 204
+    second = client.put_object(Bucket="cond-delete", Key="k", Body=b"two")["ETag"]
+    answer = client.delete_objects(Bucket="cond-delete", Delete={"Objects": [{"Key": "k", "ETag": etag}]})
+    assert [e["Code"] for e in answer["Errors"]] == ["PreconditionFailed"]
+    answer = client.delete_objects(Bucket="cond-delete", Delete={"Objects": [{"Key": "k", "ETag": second}]})
+    assert answer["Deleted"][0]["DeleteMarker"] is True
+    with Store.open(s3.server.store) as store:
+        assert [v.op for v in store.history("cond-delete/k")] == ["put", "delete", "put", "delete"]

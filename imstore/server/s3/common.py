@@ -15,7 +15,7 @@ from .sigv4 import STREAMING_SIGNED, STREAMING_UNSIGNED, UNSIGNED, Caller
 from .xml import XML_TYPE, S3Error
 
 __all__ = ["KEPT_HEADERS", "RESPONSE_OVERRIDES", "LOCK_HEADERS", "OWNER", "upload_meta", "xml_response", "not_implemented",
-           "upload_body", "write_conditions", "etag_in", "http_date", "check_conditions"]  # fmt: skip
+           "upload_body", "write_conditions", "etag_in", "http_date", "check_conditions", "delete_condition"]  # fmt: skip
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 OWNER = (("ID", "imstore"), ("DisplayName", "imstore"))
@@ -92,6 +92,20 @@ def write_conditions(store, store_key: str, headers) -> dict:
             raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
         conditions["if_version"] = latest.version  # atomic: the commit fails if another version came in between
     return conditions
+
+
+def delete_condition(store, store_key: str, etag: str | None, modified: str | None, size: str | None) -> int | None:
+    """The if_version a conditional DELETE (If-Match, x-amz-if-match-last-modified-time, -size) deletes at, or None
+    without conditions; 412 when the latest version does not match. A missing or deleted key is KeyNotFound/KeyDeleted."""
+    if etag is None and modified is None and size is None:
+        return None
+    latest = store.resolve(store_key)
+    seconds = http_date(modified) if modified is not None else None
+    if ((etag is not None and not etag_in(etag, etag_of(latest)))
+            or (modified is not None and seconds != latest.time_ns // 1_000_000_000)
+            or (size is not None and size != str(latest.size))):  # fmt: skip
+        raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
+    return latest.version  # atomic: a version added in between fails the delete
 
 
 def etag_in(header: str, etag: str) -> bool:

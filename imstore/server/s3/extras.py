@@ -4,6 +4,7 @@ and Object Lock's per-version answers (retention and legal hold: every version i
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -12,10 +13,10 @@ from ...errors import KeyDeleted, KeyNotFound, VersionNotFound
 from ...model import Version
 from ..bodies import file_slice
 from .buckets import bucket_exists, check_bucket, marker_key
-from .common import KEPT_HEADERS, etag_in, http_date, upload_meta, write_conditions, xml_response
+from .common import KEPT_HEADERS, delete_condition, etag_in, http_date, upload_meta, write_conditions, xml_response
 from .digests import Digests
 from .listing import etag_of
-from .xml import S3Error, document, iso_time, parse
+from .xml import S3Error, document, http_time, iso_time, parse
 
 __all__ = ["ObjectExtras", "RETAIN_UNTIL"]
 
@@ -35,7 +36,9 @@ class ObjectExtras:
         b"".join(Digests(request.headers, None).watch([body]))  # Content-MD5 / x-amz-checksum-*, if sent
         root = parse(body, "Delete")
         quiet = (root.findtext("Quiet") or "").strip().lower() == "true"
-        wanted = [(element.findtext("Key") or "", element.findtext("VersionId")) for element in root.findall("Object")]
+        wanted = [(element.findtext("Key") or "", element.findtext("VersionId"),
+                   (element.findtext("ETag"), element.findtext("LastModifiedTime"), element.findtext("Size")))
+                  for element in root.findall("Object")]  # fmt: skip
         if not wanted or len(wanted) > MAX_DELETE_OBJECTS:
             raise S3Error(400, "MalformedXML", f"a Delete names 1 to {MAX_DELETE_OBJECTS} objects")
 
@@ -45,15 +48,23 @@ class ObjectExtras:
                 if not bucket_exists(store, bucket):
                     raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist")
                 rows = []
-                for key, version_id in wanted:
+                for key, version_id, conditions in wanted:
                     if version_id is not None:
                         rows.append(("Error", (("Key", key), ("VersionId", version_id), ("Code", "AccessDenied"),
                                                ("Message", "versions are never removed (Object Lock COMPLIANCE)"))))  # fmt: skip
                         continue
+                    store_key = marker_key(bucket) + key
                     try:
-                        marker = store.delete(marker_key(bucket) + key) if key else None
+                        marker = store.delete(store_key, if_version=_entry_condition(store, store_key, conditions)) if key else None
                     except (KeyNotFound, KeyDeleted):
+                        if any(value is not None for value in conditions):
+                            rows.append(("Error", (("Key", key), ("Code", "PreconditionFailed"),
+                                                   ("Message", "the key has no current version to match"))))  # fmt: skip
+                            continue
                         marker = None
+                    except S3Error as refused:
+                        rows.append(("Error", (("Key", key), ("Code", refused.code), ("Message", refused.message))))
+                        continue
                     if not quiet and marker is None:
                         rows.append(("Deleted", (("Key", key),)))
                     elif not quiet:
@@ -176,6 +187,17 @@ class ObjectExtras:
             raise S3Error(404, "NoSuchKey", "The specified key does not exist.") from None
         except VersionNotFound:
             raise S3Error(404, "NoSuchVersion", "The specified version does not exist.") from None
+
+
+def _entry_condition(store, store_key: str, conditions: tuple) -> int | None:
+    """A DeleteObjects entry's ETag, LastModifiedTime and Size, as a conditional DELETE's headers say them."""
+    etag, modified, size = conditions
+    if modified is not None:  # ISO 8601 in the XML, an HTTP date in the header: compare whole seconds either way
+        try:
+            modified = http_time(int(datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp() * 1_000_000_000))
+        except ValueError:
+            raise S3Error(400, "InvalidArgument", "LastModifiedTime is not an ISO 8601 time") from None
+    return delete_condition(store, store_key, etag, modified, size)
 
 
 def _copy_range(text: str, size: int) -> tuple[int, int]:

@@ -27,6 +27,7 @@ from .common import (
     OWNER,
     RESPONSE_OVERRIDES,
     check_conditions,
+    delete_condition,
     not_implemented,
     upload_body,
     upload_meta,
@@ -122,7 +123,7 @@ class S3Worker:
                 return await self.extras.copy_object(request, bucket, key)
             return await self.put_object(request, caller, bucket, key)
         if method == "DELETE":
-            return await self.delete_object(bucket, key, query)
+            return await self.delete_object(bucket, key, query, request.headers)
         raise not_implemented(f"{method} of an object")
 
     async def _bucket_operation(self, request, method: str, bucket: str, query: dict) -> web.StreamResponse:
@@ -337,17 +338,18 @@ class S3Worker:
         version, checksums = await self.app.call(put)
         return web.Response(status=200, headers={"ETag": etag_of(version), "x-amz-version-id": str(version.version), **checksums})
 
-    async def delete_object(self, bucket: str, key: str, query: dict) -> web.Response:
+    async def delete_object(self, bucket: str, key: str, query: dict, headers) -> web.Response:
         if "versionId" in query:
             raise S3Error(403, "AccessDenied", "versions are never removed: Object Lock (COMPLIANCE) keeps every version")
         store_key = marker_key(bucket) + key
+        wanted = (headers.get("If-Match"), headers.get("x-amz-if-match-last-modified-time"), headers.get("x-amz-if-match-size"))
 
         def delete():
             store = self.app.store()
             try:
                 if not bucket_exists(store, bucket):
                     raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist")
-                return store.delete(store_key)
+                return store.delete(store_key, if_version=delete_condition(store, store_key, *wanted))
             except (KeyNotFound, KeyDeleted):
                 return None  # S3 answers 204 for a key that is not there; no marker is added on top of one
             finally:
