@@ -70,3 +70,12 @@ def test_soak_runs():
     assert any(fault.startswith("STOP w") for fault in minute["faults"])
     assert any(fault.startswith("KILL w") and "back" in fault for fault in minute["faults"])
     assert summary["verify_clean"]
+
+
+@pytest.mark.timeout(300)
+def test_s3_bench_runs():
+    pytest.importorskip("botocore", reason="bench_s3 signs its GETs with botocore (test extras)")
+    out = run_bench("bench_s3.py", "--seconds", "1", "--big-mib", "2", "--rounds", "1", "--connections", "4")
+    assert "4 KiB GET" in out and ("MiB" in out or "large copy: skipped" in out)
+    if shutil.which("wrk"):
+        assert "ratio" in out.split("4 KiB GET", 1)[1].splitlines()[0]
