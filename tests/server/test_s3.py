@@ -58,6 +58,12 @@ def test_missing_bucket_and_key_have_their_s3_codes(s3):
     with pytest.raises(ClientError) as no_key:
         client.get_object(Bucket="codes", Key="missing")
     assert error_code(no_key) == "NoSuchKey"
+    with pytest.raises(ClientError) as no_head:  # HEAD: the status alone, no body
+        client.head_object(Bucket="codes", Key="missing")
+    assert no_head.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    with pytest.raises(ClientError) as no_bucket_head:
+        client.head_bucket(Bucket="no-such-bucket")
+    assert no_bucket_head.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
     for bad in ("Bad_Name", "foo-.bar", "foo..bar", "192.168.1.1"):
         with pytest.raises(ClientError) as bad_name:
             client.create_bucket(Bucket=bad)
