@@ -140,17 +140,30 @@ def test_skewed_clocks_and_bad_signatures_are_refused_and_write_nothing(s3):
 
 
 def test_presigned_urls_v2_by_default_and_v4(s3):
-    s3.client().put_object(Bucket="wire", Key="shared.txt", Body=b"shared")
-    v2 = s3.client().generate_presigned_url("get_object", Params={"Bucket": "wire", "Key": "shared.txt"}, ExpiresIn=60)
-    v4 = s3.client(signature_version="s3v4").generate_presigned_url("get_object", Params={"Bucket": "wire", "Key": "shared.txt"},
-                                                                     ExpiresIn=60)  # fmt: skip
-    assert "AWSAccessKeyId=" in v2 and "X-Amz-Signature=" in v4
-    for url in (v2, v4):
-        with urllib.request.urlopen(url, timeout=30) as reply:
-            assert reply.read() == b"shared"
+    for key in ("shared.txt", "shared dir/été+1.txt"):
+        s3.client().put_object(Bucket="wire", Key=key, Body=b"shared")
+        v2 = s3.client().generate_presigned_url("get_object", Params={"Bucket": "wire", "Key": key}, ExpiresIn=60)
+        v4 = s3.client(signature_version="s3v4").generate_presigned_url("get_object", Params={"Bucket": "wire", "Key": key},
+                                                                         ExpiresIn=60)  # fmt: skip
+        assert "AWSAccessKeyId=" in v2 and "X-Amz-Signature=" in v4
+        for url in (v2, v4):
+            with urllib.request.urlopen(url, timeout=30) as reply:
+                assert reply.read() == b"shared"
     with pytest.raises(urllib.error.HTTPError) as forged:
-        urllib.request.urlopen(v4.replace("shared.txt", "shared.tx"), timeout=30)
+        urllib.request.urlopen(v4.replace("1.txt", "2.txt"), timeout=30)
     assert forged.value.code == 403
+    for key, expected in (("write", 200), ("read", 403)):  # a presigned PUT carries its key's scope
+        url = s3.client(key, signature_version="s3v4").generate_presigned_url(
+            "put_object", Params={"Bucket": "wire", "Key": f"uploaded-by-{key}"}, ExpiresIn=60)
+        request = urllib.request.Request(url, data=b"via a link", method="PUT")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                status = reply.status
+        except urllib.error.HTTPError as refused:
+            status = refused.code
+        assert status == expected
+    with Store.open(s3.server.store) as store:
+        assert store.get("wire/uploaded-by-write") == b"via a link" and store.ls("wire/uploaded-by-read") == []
 
 
 def test_boto3_over_https_sends_aws_chunked_with_a_crc32_trailer(tmp_path):
