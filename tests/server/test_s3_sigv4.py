@@ -207,3 +207,12 @@ def test_every_checksum_algorithm_matches_botocore():
     assert b"".join(Digests(headers, None).watch(pieces(data, 333))) == data
     crc64 = base64.b64encode((0xAE8B14860A799888).to_bytes(8, "big")).decode()  # CRC64NVME of "123456789"
     assert b"".join(Digests(CIMultiDict({"x-amz-checksum-crc64nvme": crc64}), None).watch([b"1234", b"56789"])) == b"123456789"
+
+
+@pytest.mark.parametrize("text", ["20260301T120000", "2026-03-01T12:00:00Z", "20261301T120000Z", "20260230T120000Z", ""])
+def test_a_malformed_amz_date_is_refused(text: str):
+    target, headers = botocore_signed("GET", "/bucket/key")
+    headers["X-Amz-Date"] = text
+    with pytest.raises(S3Error) as refused:
+        signatures().check("GET", target, headers)
+    assert refused.value.status == 403
