@@ -87,7 +87,7 @@ complete -c imstore -n '__fish_seen_subcommand_from serve' -l worker-timeout -r 
 complete -c imstore -n '__fish_seen_subcommand_from serve' -l s3-port -r -d 'Also speak S3 (path-style) on this port: keys are BUCKET/KEY; sign with token create --s3 keys.'
 complete -c imstore -n '__fish_seen_subcommand_from serve' -s h -l help -d 'Show this help and exit.'
 complete -c imstore -n '__fish_seen_subcommand_from token; and not __fish_seen_subcommand_from create list revoke' -a create -d 'Create an API token and print it once; only its hash is kept (STORE/tokens, mode 0600).'
-complete -c imstore -n '__fish_seen_subcommand_from token; and not __fish_seen_subcommand_from create list revoke' -a list -d 'List API tokens: name, scope, created (never the tokens themselves).'
+complete -c imstore -n '__fish_seen_subcommand_from token; and not __fish_seen_subcommand_from create list revoke' -a list -d 'List API tokens and S3 keys: name, scope, created, an S3 key\'s access key id (never a token or secret).'
 complete -c imstore -n '__fish_seen_subcommand_from token; and not __fish_seen_subcommand_from create list revoke' -a revoke -d 'Revoke an API token by name; a running serve stops accepting it within a second.'
 complete -c imstore -n '__fish_seen_subcommand_from token; and not __fish_seen_subcommand_from create list revoke' -s h -l help -d 'Show this help and exit.'
 complete -c imstore -n '__fish_seen_subcommand_from token; and __fish_seen_subcommand_from create' -l name -r -d 'A name to list and revoke it by.'

@@ -207,7 +207,7 @@ def _create_s3_key(name: str, scope: str, output: Path | None) -> None:
 
 @token_app.command("list")
 def token_list() -> None:
-    """List API tokens: name, scope, created (never the tokens themselves).
+    """List API tokens and S3 keys: name, scope, created, an S3 key's access key id (never a token or secret).
 
     Example: imstore token list --json
     """
@@ -215,9 +215,10 @@ def token_list() -> None:
         tokens = TokenStore(store.root).list()
     out = settings.out
     if out.json:
-        out.document([{"name": t.name, "scope": t.scope, "created": t.created} for t in tokens])
+        out.document([{"name": t.name, "scope": t.scope, "created": t.created,
+                       **({"access_key_id": t.access_key_id} if t.access_key_id else {})} for t in tokens])  # fmt: skip
     else:
-        out.rows(["name", "scope", "created"], [[t.name, t.scope, t.created] for t in tokens])
+        out.rows(["name", "scope", "created", "s3 key"], [[t.name, t.scope, t.created, t.access_key_id or "-"] for t in tokens])
 
 
 @token_app.command("revoke")

@@ -39,6 +39,7 @@ class TokenInfo:
     name: str
     scope: str
     created: str
+    access_key_id: str | None = None  # an S3 key's (not secret: it names the key in a request); None for a bearer token
 
 
 def token_file_warning(path: str | os.PathLike) -> str | None:
@@ -79,7 +80,7 @@ class TokenStore:
             raise Unavailable(f"the token file {self.path} is damaged; remove it and create tokens again") from None
 
     def list(self) -> list[TokenInfo]:
-        return [TokenInfo(entry["name"], entry["scope"], entry.get("created", "")) for entry in self.load()]
+        return [TokenInfo(entry["name"], entry["scope"], entry.get("created", ""), entry.get("access_key_id")) for entry in self.load()]
 
     def create(self, name: str, scope: str) -> str:
         """Make a new token, store its hash, and return the token (the only time it is seen)."""

@@ -254,7 +254,8 @@ def test_token_create_s3_prints_a_key_pair_once_and_revoke_stops_it(s3, tmp_path
     assert set(document) == {"name", "scope", "access_key_id", "secret_access_key"}
     assert document["access_key_id"].startswith("IMST") and len(document["access_key_id"]) == 20
     listed = cli("token", "list", "--json")
-    assert ("cli-s3", "write") in [(t["name"], t["scope"]) for t in json.loads(listed.stdout)]
+    assert ("cli-s3", "write", document["access_key_id"]) in [(t["name"], t["scope"], t.get("access_key_id"))
+                                                              for t in json.loads(listed.stdout)]  # fmt: skip
     assert document["secret_access_key"] not in listed.stdout
     s3.write_key, saved = (document["access_key_id"], document["secret_access_key"]), s3.write_key
     try:
