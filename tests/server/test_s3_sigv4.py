@@ -216,3 +216,21 @@ def test_a_malformed_amz_date_is_refused(text: str):
     with pytest.raises(S3Error) as refused:
         signatures().check("GET", target, headers)
     assert refused.value.status == 403
+
+
+
+@pytest.mark.parametrize(("algorithm", "width", "polynomial"), [("crc32c", 32, 0x82F63B78), ("crc64nvme", 64, 0x9A6C9329AC4BC9B5)])
+def test_the_c_crcs_agree_with_the_table_fallback(algorithm: str, width: int, polynomial: int):
+    import os
+
+    from imstore.server.s3.digests import _hasher, _ReflectedCrc
+
+    fast = _hasher(algorithm)
+    if fast.accelerated is None:
+        pytest.skip("awscrt is not installed")
+    data = os.urandom(100_000)
+    slow = _ReflectedCrc(width, polynomial)
+    for piece in (data[:777], data[777:]):
+        fast.update(piece)
+        slow.update(piece)
+    assert fast.digest() == slow.digest()
