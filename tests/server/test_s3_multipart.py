@@ -94,3 +94,31 @@ def test_a_read_scope_key_cannot_start_an_upload(s3):
     assert not any(
         (entry / "upload.json").read_text().find('"denied"') >= 0 for entry in (s3.server.store / "s3-uploads").glob("*")
     )
+
+
+def test_get_object_by_part_number(s3):
+    client = s3.client()
+    sizes = [5 * MiB, 5 * MiB, 1000]
+    data = os.urandom(sum(sizes))
+    upload_id = client.create_multipart_upload(Bucket="parts", Key="by-part")["UploadId"]
+    parts, offset = [], 0
+    for number, size in enumerate(sizes, 1):
+        etag = client.upload_part(Bucket="parts", Key="by-part", UploadId=upload_id, PartNumber=number,
+                                  Body=data[offset : offset + size])["ETag"]  # fmt: skip
+        parts.append({"PartNumber": number, "ETag": etag})
+        offset += size
+    done = client.complete_multipart_upload(Bucket="parts", Key="by-part", UploadId=upload_id, MultipartUpload={"Parts": parts})
+    offset = 0
+    for number, size in enumerate(sizes, 1):
+        got = client.get_object(Bucket="parts", Key="by-part", PartNumber=number)
+        assert got["PartsCount"] == 3 and got["ETag"] == done["ETag"] and got["ContentLength"] == size
+        assert got["Body"].read() == data[offset : offset + size]
+        offset += size
+    with pytest.raises(ClientError) as beyond:
+        client.get_object(Bucket="parts", Key="by-part", PartNumber=4)
+    assert beyond.value.response["Error"]["Code"] == "InvalidPart"
+    client.put_object(Bucket="parts", Key="single", Body=b"body")
+    assert client.get_object(Bucket="parts", Key="single", PartNumber=1)["Body"].read() == b"body"
+    with pytest.raises(ClientError) as no_part:
+        client.get_object(Bucket="parts", Key="single", PartNumber=2)
+    assert no_part.value.response["Error"]["Code"] == "InvalidPart"

@@ -14,8 +14,10 @@ from .listing import etag_of
 from .sigv4 import STREAMING_SIGNED, STREAMING_UNSIGNED, UNSIGNED, Caller
 from .xml import XML_TYPE, S3Error
 
-__all__ = ["KEPT_HEADERS", "RESPONSE_OVERRIDES", "LOCK_HEADERS", "OWNER", "upload_meta", "xml_response", "not_implemented",
-           "upload_body", "write_conditions", "etag_in", "http_date", "check_conditions", "delete_condition"]  # fmt: skip
+__all__ = [
+    "KEPT_HEADERS", "RESPONSE_OVERRIDES", "LOCK_HEADERS", "OWNER", "upload_meta", "xml_response", "not_implemented", "upload_body",
+    "write_conditions", "etag_in", "http_date", "check_conditions", "delete_condition", "parts_layout", "part_span",
+]  # fmt: skip
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 OWNER = (("ID", "imstore"), ("DisplayName", "imstore"))
@@ -136,3 +138,37 @@ def http_date(value: str | None) -> int | None:
         return int(parsedate_to_datetime(value).timestamp())
     except (TypeError, ValueError):
         return None
+
+
+def parts_layout(sizes: list[int]) -> str | None:
+    """The part sizes of a multipart upload as kept in meta `s3-parts`: "N*SIZE+LAST" when all but the last
+    are equal (the usual case), else the sizes joined by commas; None when even that is too long to keep."""
+    if len(sizes) > 1 and len(set(sizes[:-1])) == 1:
+        return f"{len(sizes) - 1}*{sizes[0]}+{sizes[-1]}"
+    text = ",".join(str(size) for size in sizes)
+    return text if len(text) <= 16 * 1024 else None
+
+
+def part_span(layout: str | None, number_text: str, size: int) -> tuple[int, int, int]:
+    """(start, end, parts count) of part `number` of a version (GetObject ?partNumber); a single-part
+    version is its own part 1."""
+    if not number_text.isdigit() or not 1 <= int(number_text) <= 10_000:
+        raise S3Error(400, "InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive")
+    number = int(number_text)
+    if layout is None:
+        if number != 1:
+            raise S3Error(400, "InvalidPart", "One or more of the specified parts could not be found.")
+        return 0, size, 1
+    if "*" in layout:
+        head, _, last = layout.partition("+")
+        count_text, _, each = head.partition("*")
+        sizes_count, each_size = int(count_text) + 1, int(each)
+        if number > sizes_count:
+            raise S3Error(400, "InvalidPart", "One or more of the specified parts could not be found.")
+        start = (number - 1) * each_size
+        return start, start + (each_size if number < sizes_count else int(last)), sizes_count
+    sizes = [int(text) for text in layout.split(",")]
+    if number > len(sizes):
+        raise S3Error(400, "InvalidPart", "One or more of the specified parts could not be found.")
+    start = sum(sizes[: number - 1])
+    return start, start + sizes[number - 1], len(sizes)

@@ -29,6 +29,7 @@ from .common import (
     check_conditions,
     delete_condition,
     not_implemented,
+    part_span,
     upload_body,
     upload_meta,
     write_conditions,
@@ -115,8 +116,6 @@ class S3Worker:
         if ("retention" in query or "legal-hold" in query) and method in ("GET", "PUT"):
             return await self.extras.lock_answer(request, bucket, key, query)
         if method in ("GET", "HEAD"):
-            if "partNumber" in query:
-                raise not_implemented("GetObject of one part")
             return await self.get_object(request, bucket, key, query)
         if method == "PUT":
             if "x-amz-copy-source" in request.headers:
@@ -274,7 +273,14 @@ class S3Worker:
         size = reader.size
         start, end, status = 0, size, 200
         range_header = request.headers.get("Range")
-        if range_header:
+        part = query.get("partNumber")
+        if part is not None:
+            start, end, count = part_span(found.meta.get("s3-parts"), part, size)
+            headers["x-amz-mp-parts-count"] = str(count)
+            if count > 1:
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        elif range_header:
             wanted = parse_range(range_header, size)
             if wanted == "unsatisfiable":
                 raise S3Error(416, "InvalidRange", "The requested range is not satisfiable", {"Content-Range": f"bytes */{size}"})

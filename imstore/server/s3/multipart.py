@@ -130,8 +130,8 @@ class Uploads:
                 found.append(Part(int(name), record["etag"], record["size"], entry.stat().st_mtime_ns))
         return sorted(found, key=lambda part: part.number)
 
-    def assemble(self, upload: Upload, wanted: list[tuple[int, str]]) -> tuple[Iterator[bytes], str, int]:
-        """(the chosen parts' bytes in order, the multipart ETag md5-of-md5s-N, the total size) after S3's checks."""
+    def assemble(self, upload: Upload, wanted: list[tuple[int, str]]) -> tuple[Iterator[bytes], str, list[int]]:
+        """(the chosen parts' bytes in order, the multipart ETag md5-of-md5s-N, the part sizes) after S3's checks."""
         if not wanted:
             raise S3Error(400, "MalformedXML", "a multipart upload is completed with at least one part")
         numbers = [number for number, _ in wanted]
@@ -155,7 +155,7 @@ class Uploads:
                     while piece := handle.read(CHUNK_SIZE):
                         yield piece
 
-        return chunks(), f"{combined.hexdigest()}-{len(chosen)}", sum(part.size for part in chosen)
+        return chunks(), f"{combined.hexdigest()}-{len(chosen)}", [part.size for part in chosen]
 
     def completed(self, upload: Upload) -> tuple[str, int] | None:
         """(ETag, version) of an upload that was completed, or None."""

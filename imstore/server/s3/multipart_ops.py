@@ -8,7 +8,7 @@ from aiohttp import web
 
 from ..bodies import body_chunks
 from .buckets import bucket_exists, marker_key
-from .common import OWNER, not_implemented, upload_body, upload_meta, write_conditions, xml_response
+from .common import OWNER, not_implemented, parts_layout, upload_body, upload_meta, write_conditions, xml_response
 from .multipart import MAX_PART_NUMBER, Uploads
 from .sigv4 import Caller
 from .xml import S3Error, document, iso_time, parse
@@ -96,9 +96,10 @@ class MultipartOperations:
             store = self.app.store()
             try:
                 conditions = write_conditions(store, store_key, request.headers)
-                chunks, etag, _size = self.uploads.assemble(upload, wanted)
-                result = store.put_stream(store_key, chunks, content_type=upload.content_type,
-                                          meta={**upload.meta, "s3-etag": etag}, **conditions)  # fmt: skip
+                chunks, etag, sizes = self.uploads.assemble(upload, wanted)
+                layout = parts_layout(sizes)  # for GetObject ?partNumber
+                meta = {**upload.meta, "s3-etag": etag, **({"s3-parts": layout} if layout else {})}
+                result = store.put_stream(store_key, chunks, content_type=upload.content_type, meta=meta, **conditions)
             finally:
                 self.app._flush_warnings(store)
             self.uploads.finish(upload, etag, result.version.version)  # committed: the parts are no longer needed
