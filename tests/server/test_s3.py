@@ -406,3 +406,16 @@ def test_conditional_deletes_match_the_latest_version_atomically(s3):
     assert answer["Deleted"][0]["DeleteMarker"] is True
     with Store.open(s3.server.store) as store:
         assert [v.op for v in store.history("cond-delete/k")] == ["put", "delete", "put", "delete"]
+
+
+
+def test_server_side_encryption_is_refused_rather_than_ignored(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="no-sse")
+    for extra in ({"ServerSideEncryption": "AES256"},
+                  {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": "k" * 32}):  # fmt: skip
+        with pytest.raises(ClientError) as refused:
+            client.put_object(Bucket="no-sse", Key="secret", Body=b"plaintext", **extra)
+        assert error_code(refused) == "NotImplemented"
+    with Store.open(s3.server.store) as store:
+        assert store.ls("no-sse/secret") == []

@@ -106,6 +106,9 @@ class S3Worker:
                 return await self.list_buckets(query)
             raise not_implemented(f"{method} /")
         check_bucket(bucket)
+        if any(name.lower().startswith("x-amz-server-side-encryption") for name in request.headers):
+            # Never store plaintext a client believes encrypted (SSE-C, SSE-S3, KMS): encrypt on the client (restic does).
+            raise not_implemented("server-side encryption")
         if not key:
             return await self._bucket_operation(request, method, bucket, query)
         unsupported = _UNSUPPORTED & query.keys()
