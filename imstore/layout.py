@@ -15,6 +15,7 @@ is derived from it or belongs to one server, and is rebuilt or forgotten.
     checkpoint.key       this node's checkpoint signing key (Ed25519, Go note form, 0600)
     checkpoint.latest    the checkpoint signed last, with its BLAKE3 (a cache: disposable)
     upstream             where this copy pulls from (imstore clone/pull): node-local
+    s3-uploads/          parts of unfinished S3 multipart uploads (node-local, temporary)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .log import LOCK_NAME, SEGMENT_NAME
 
 __all__ = [
     "FORMAT", "CONFIG", "OBJECTS", "PACKS", "LOG", "INDEX", "IMPORT_CACHE", "LEDGER", "TOKENS", "SIGNING_KEY",
-    "CHECKPOINT_CACHE", "UPSTREAM", "ROLE", "ORPHANS", "REPLICATED", "NODE_LOCAL", "SHIPPED",
+    "CHECKPOINT_CACHE", "UPSTREAM", "ROLE", "ORPHANS", "S3_UPLOADS", "REPLICATED", "NODE_LOCAL", "SHIPPED",
     "is_store_entry", "create_store", "parse_config", "check_writable",
 ]  # fmt: skip
 
@@ -53,10 +54,11 @@ CHECKPOINT_CACHE = "checkpoint.latest"
 UPSTREAM = "upstream"
 ROLE = "role"  # "primary" (absent: a store takes local writes), "standby" (R7, R9)
 ORPHANS = f"{LOG}/orphans"  # an old primary's frames the new primary never had, kept read-only (R11)
+S3_UPLOADS = "s3-uploads"
 
 REPLICATED = (CONFIG, OBJECTS, LOG)  # the truth: a standby copies it byte for byte
 # Derived or per server: rebuilt or forgotten (a node signs checkpoints with its own key).
-NODE_LOCAL = (INDEX, IMPORT_CACHE, LEDGER, SIGNING_KEY, CHECKPOINT_CACHE, UPSTREAM, ROLE)
+NODE_LOCAL = (INDEX, IMPORT_CACHE, LEDGER, SIGNING_KEY, CHECKPOINT_CACHE, UPSTREAM, ROLE, S3_UPLOADS)
 # The deployment's state, not history: a standby takes the latest copy whole (one token works on every node).
 SHIPPED = (TOKENS,)
 

@@ -97,3 +97,11 @@ def test_batch_runs():
     out = run_bench("bench_batch.py", "--count", "40", "--sample", "3", "--rounds", "1", "--remote")
     assert "one process each / get --batch" in out and "get --batch / git cat-file --batch" in out
     assert "--remote get --batch / local get --batch" in out
+
+
+def test_s3_bench_runs():
+    pytest.importorskip("botocore", reason="bench_s3 signs its GETs with botocore (test extras)")
+    out = run_bench("bench_s3.py", "--seconds", "1", "--big-mib", "2", "--rounds", "1", "--connections", "4")
+    assert "4 KiB GET" in out and ("MiB" in out or "large copy: skipped" in out)
+    if shutil.which("wrk"):
+        assert "ratio" in out.split("4 KiB GET", 1)[1].splitlines()[0]

@@ -115,6 +115,11 @@ def serve(
         float, typer.Option("--sync-timeout", min=0.01, metavar="SECONDS", help="Sync mode: past this, a write is answered 503"
                             " (committed here, not confirmed replicated) rather than waited for.")  # fmt: skip
     ] = 5.0,
+    s3_port: Annotated[
+        int | None,
+        typer.Option("--s3-port", min=0, max=65535, metavar="PORT",
+                     help="Also speak S3 (path-style) on this port: keys are BUCKET/KEY; sign with token create --s3 keys."),  # fmt: skip
+    ] = None,
 ) -> None:
     """Serve the store over HTTP: an authenticated gateway round-robining over worker processes.
 
@@ -123,6 +128,9 @@ def serve(
     the read cache (--cache-dir, --cache-size, --no-cache), so cached reads go on while
     the store is down; a latest version served so carries X-Imstore-Stale: 1. A hung
     worker is routed around and replaced (--worker-timeout).
+
+    With --s3-port, S3 clients (aws-cli, boto3, rclone, restic) reach the same store:
+    versioning always on, Object Lock in COMPLIANCE mode, a DELETE adds a delete marker.
 
     Example: imstore serve --host 0.0.0.0 --port 8765 --workers 4 --max-body 1G
 
@@ -163,6 +171,7 @@ def serve(
         peers=tuple(peer or ()),
         follow_token=follow_token,
         cacert=str(settings.cacert) if settings.cacert else None,
+        s3_port=s3_port,
         **({"worker_timeout": worker_timeout} if worker_timeout is not None else {}),
     )
     run_event_loop(run_gateway(config, info=settings.out.info, warn=settings.out.warn))
@@ -205,13 +214,18 @@ def token_create(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the token to FILE (mode 0600) instead of stdout.", metavar="FILE")
     ] = None,
+    s3: Annotated[bool, typer.Option("--s3", help="An S3 key pair (access key id and secret) for serve --s3-port.")] = False,
 ) -> None:
     """Create an API token and print it once; only its hash is kept (STORE/tokens, mode 0600).
 
-    A running serve accepts it at once.
+    A running serve accepts it at once. With --s3 it is an S3 access key id and secret key
+    instead; SigV4 needs the server to know the secret, so that one is kept in STORE/tokens itself.
 
     Example: imstore token create --scope write --name laptop --output ~/.imstore-token
     """
+    if s3:
+        _create_s3_key(name, scope, output)
+        return
     with open_local_store("token create") as store:
         token = TokenStore(store.root).create(name, scope)
     out = settings.out
@@ -225,9 +239,25 @@ def token_create(
         out.info(f"token {name!r} ({scope}) created; it is shown only now")
 
 
+def _create_s3_key(name: str, scope: str, output: Path | None) -> None:
+    with open_local_store("token create") as store:
+        access_key_id, secret = TokenStore(store.root).create_s3(name, scope)
+    out = settings.out
+    document = {"name": name, "scope": scope, "access_key_id": access_key_id, "secret_access_key": secret}
+    if output is not None:
+        _write_private(output, f"[default]\naws_access_key_id = {access_key_id}\naws_secret_access_key = {secret}\n")
+        out.info(f"S3 key {name!r} ({scope}) created and written to {output} (mode 0600, an AWS credentials file)")
+    elif out.json:
+        out.document(document)
+    else:
+        out.line(f"access_key_id     {access_key_id}")
+        out.line(f"secret_access_key {secret}")
+        out.info(f"S3 key {name!r} ({scope}) created; the secret is shown only now")
+
+
 @token_app.command("list")
 def token_list() -> None:
-    """List API tokens: name, scope, created (never the tokens themselves).
+    """List API tokens and S3 keys: name, scope, created, an S3 key's access key id (never a token or secret).
 
     Example: imstore token list --json
     """
@@ -235,9 +265,10 @@ def token_list() -> None:
         tokens = TokenStore(store.root).list()
     out = settings.out
     if out.json:
-        out.document([{"name": t.name, "scope": t.scope, "created": t.created} for t in tokens])
+        out.document([{"name": t.name, "scope": t.scope, "created": t.created,
+                       **({"access_key_id": t.access_key_id} if t.access_key_id else {})} for t in tokens])  # fmt: skip
     else:
-        out.rows(["name", "scope", "created"], [[t.name, t.scope, t.created] for t in tokens])
+        out.rows(["name", "scope", "created", "s3 key"], [[t.name, t.scope, t.created, t.access_key_id or "-"] for t in tokens])
 
 
 @token_app.command("revoke")

@@ -29,6 +29,8 @@ TOKENS_NAME = layout.TOKENS
 SCOPES = ("read", "write", "replicate")  # replicate: read, and acknowledge frames as a standby (sync mode)
 TOKEN_PREFIX = "imst_"
 STORE_CONFIG = layout.CONFIG  # a store directory that has it is there (not renamed away, not unmounted)
+S3_KEY_PREFIX = "IMST"  # an S3 access key id: IMST and 16 capitals or digits, 20 characters like AWS's
+_KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
@@ -37,6 +39,7 @@ class TokenInfo:
     name: str
     scope: str
     created: str
+    access_key_id: str | None = None  # an S3 key's (not secret: it names the key in a request); None for a bearer token
 
 
 def token_file_warning(path: str | os.PathLike) -> str | None:
@@ -71,12 +74,13 @@ class TokenStore:
             raise from_os_error(exc, f"reading {self.path}") from None
         try:
             entries = json.loads(text)["tokens"]
-            return [entry for entry in entries if entry.get("scope") in SCOPES and isinstance(entry.get("sha256"), str)]
+            return [entry for entry in entries if entry.get("scope") in SCOPES
+                    and (isinstance(entry.get("sha256"), str) or isinstance(entry.get("secret_access_key"), str))]
         except (ValueError, KeyError, TypeError, AttributeError):
             raise Unavailable(f"the token file {self.path} is damaged; remove it and create tokens again") from None
 
     def list(self) -> list[TokenInfo]:
-        return [TokenInfo(entry["name"], entry["scope"], entry.get("created", "")) for entry in self.load()]
+        return [TokenInfo(entry["name"], entry["scope"], entry.get("created", ""), entry.get("access_key_id")) for entry in self.load()]
 
     def create(self, name: str, scope: str) -> str:
         """Make a new token, store its hash, and return the token (the only time it is seen)."""
@@ -92,6 +96,23 @@ class TokenStore:
             entries.append({"name": name, "scope": scope, "sha256": token_hash(token), "created": format_time(time.time_ns())})
             self._save(entries)
         return token
+
+    def create_s3(self, name: str, scope: str) -> tuple[str, str]:
+        """Make an S3 key pair, keep it (SigV4 needs the secret itself) and return (access key id, secret)."""
+        if scope not in SCOPES:
+            raise InvalidInput(f"a token's scope is read or write, not {scope!r}")
+        if not _NAME.match(name):
+            raise InvalidInput("a token name is 1-64 characters: letters, digits, . _ @ - (not first)")
+        access_key_id = S3_KEY_PREFIX + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(16))
+        secret = secrets.token_urlsafe(30)  # 40 characters, like AWS's
+        with self._locked():
+            entries = self.load()
+            if any(entry["name"] == name for entry in entries):
+                raise InvalidInput(f"a token named {name!r} exists; revoke it first (imstore token revoke {name})")
+            entries.append({"name": name, "scope": scope, "access_key_id": access_key_id, "secret_access_key": secret,
+                            "created": format_time(time.time_ns())})  # fmt: skip
+            self._save(entries)
+        return access_key_id, secret
 
     def revoke(self, name: str) -> None:
         with self._locked():
@@ -138,6 +159,7 @@ class Authenticator:
     def __init__(self, tokens: TokenStore):
         self.tokens = tokens
         self._entries: list[tuple[str, str]] = []
+        self._s3_keys: dict[str, tuple[str, str, str]] = {}  # access key id -> (name, secret, scope)
         self._stamp: tuple | None = None
         self._checked = 0.0
         self._refresh(force=True)
@@ -145,7 +167,7 @@ class Authenticator:
     @property
     def has_tokens(self) -> bool:
         self._refresh()
-        return bool(self._entries)
+        return bool(self._entries or self._s3_keys)
 
     def _refresh(self, force: bool = False, now_please: bool = False) -> None:
         now = time.monotonic()
@@ -167,7 +189,10 @@ class Authenticator:
                 raise
             return  # the store cannot be read: keep the tokens
         if stamp != self._stamp or force:
-            self._entries = [(entry["sha256"], entry["scope"]) for entry in self.tokens.load()] if stamp else []
+            entries = self.tokens.load() if stamp else []
+            self._entries = [(entry["sha256"], entry["scope"]) for entry in entries if "sha256" in entry]
+            self._s3_keys = {entry["access_key_id"]: (entry["name"], entry["secret_access_key"], entry["scope"])
+                             for entry in entries if "secret_access_key" in entry}  # fmt: skip
             self._stamp = stamp
 
     def scope_for(self, authorization: str | None) -> str | None:
@@ -181,6 +206,15 @@ class Authenticator:
             self._refresh(now_please=True)  # a token created since the last look works at once
             if self._stamp != seen:
                 found = self._match(candidate)
+        return found
+
+    def s3_key(self, access_key_id: str) -> tuple[str, str, str] | None:
+        """(name, secret, scope) of an S3 access key id, or None; a key created since the last look works at once."""
+        self._refresh()
+        found = self._s3_keys.get(access_key_id)
+        if found is None:
+            self._refresh(now_please=True)
+            found = self._s3_keys.get(access_key_id)
         return found
 
     def _match(self, candidate: str) -> str | None:

@@ -101,6 +101,7 @@ class GatewayConfig:
     sync_standbys: int = 0  # sync mode: a write is answered once this many standbys hold it (--sync-standbys)
     sync_timeout: float = 5.0
     peers: tuple[str, ...] = ()  # --peer: other nodes whose higher epoch fences this one (R10)
+    s3_port: int | None = None  # serve --s3-port: S3 on this port too (s3/front.py); None: off
 
 
 class _LimitedRequestHandler(RequestHandler):
@@ -278,13 +279,16 @@ class Gateway:
             return False
 
     # ------------------------------------------------------------ forwarding
-    async def _forward(self, request: web.BaseRequest, state: dict) -> web.StreamResponse:
+    async def _forward(self, request: web.BaseRequest, state: dict, extra: dict | None = None) -> web.StreamResponse:
+        """Send a request on to a worker; extra: internal headers to add (the S3 port's context)."""
         length = request.content_length
         limit = self.config.max_body
         if limit is not None and length is not None and length > limit:
             raise BodyTooLarge(f"the body is {length} bytes; this server takes at most {limit}")
         dropped = HOP_BY_HOP | INTERNAL_HEADERS
         headers = {name: value for name, value in request.headers.items() if name.lower() not in dropped}
+        if extra:
+            headers.update(extra)
         if request.method == "GET" and request.transport is not None and request.transport.get_extra_info("sslcontext") is None:
             headers[SENDFILE_OFFER] = "1"
         if limit is not None and state["route"] == "import":
@@ -552,6 +556,11 @@ async def serve(config: GatewayConfig, info, warn) -> None:
         scheme = "https" if ssl_context else "http"
         port = _bound_port(runner, config.port)  # --port 0: the port the system chose, which clients need
         info(f"imstore serve: listening on {scheme}://{_host_for_url(config.host)}:{port} with {config.workers} workers")
+        s3_runner = None
+        if config.s3_port is not None:
+            from .s3.front import start_s3
+
+            s3_runner = await start_s3(config, gateway, ssl_context, info)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -561,8 +570,13 @@ async def serve(config: GatewayConfig, info, warn) -> None:
         # aiohttp's own shutdown stops reading request bodies at once, so drain first:
         # stop accepting, let in-flight requests finish (bounded), then close what is left.
         await site.stop()
+        if s3_runner is not None:
+            for s3_site in s3_runner.sites:
+                await s3_site.stop()
         await gateway.drain(config.shutdown_timeout)
         await runner.cleanup()
+        if s3_runner is not None:
+            await s3_runner.cleanup()
     finally:
         node.stop()
         await supervisor.stop()

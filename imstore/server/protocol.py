@@ -63,7 +63,8 @@ TAR_TYPES = frozenset({
 SENDFILE_OFFER = "X-Imstore-Sendfile"  # gateway → worker: "send me where the verified bytes are"
 SENDFILE_FILE = "X-Imstore-File"  # worker → gateway: "offset length path" of bytes it has just verified
 EXPAND_LIMIT = "X-Imstore-Expand-Limit"  # gateway → worker: bytes an import body may expand to (its --max-body)
-INTERNAL_HEADERS = frozenset({SENDFILE_OFFER.lower(), SENDFILE_FILE.lower(), EXPAND_LIMIT.lower()})
+S3_CONTEXT = "X-Imstore-S3"  # gateway → worker: an S3 request, and who signed it (s3/front.py)
+INTERNAL_HEADERS = frozenset({SENDFILE_OFFER.lower(), SENDFILE_FILE.lower(), EXPAND_LIMIT.lower(), S3_CONTEXT.lower()})
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ from .protocol import (
     MESSAGE_HEADER,
     META_HEADER,
     PROBLEM_TYPE,
+    S3_CONTEXT,
     SENDFILE_FILE,
     SENDFILE_OFFER,
     STALE_HEADER,
@@ -70,6 +71,7 @@ from .protocol import (
     without_paths,
 )
 from .putbatch import PutBatcher
+from .s3.handlers import s3_worker
 
 __all__ = ["WorkerApp", "HEALTH_PATH"]
 
@@ -146,6 +148,8 @@ class WorkerApp(FeedRoutes):
         self.handled += 1
         if request.raw_path == HEALTH_PATH:
             return web.json_response({"pid": os.getpid(), "handled": self.handled})
+        if S3_CONTEXT in request.headers:  # from the gateway's S3 port (it drops the header from clients)
+            return await s3_worker(self).handle(request)
         matched = match_route(request.raw_path)
         if matched is None or matched.route.public or matched.route.name in ("metrics", "openapi"):
             return problem_response(404, None, f"no route for {request.raw_path.partition('?')[0]!r}")

@@ -1,0 +1,162 @@
+"""The digests an S3 upload must match before it is committed: Content-MD5, x-amz-content-sha256 and
+every x-amz-checksum-* (in a header or a trailer). The MD5 is always computed: it is the ETag.
+
+CRC32C and CRC64NVME have no C implementation in the standard library: awscrt (AWS's own C library,
+which botocore uses too; a dependency) computes them at ~1.5 GB/s. Without it a byte table here gives
+the same results at ~12 MB/s.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+
+from .xml import S3Error
+
+__all__ = ["Digests", "CHECKSUMS"]
+
+CHECKSUMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
+
+
+def _table(polynomial: int) -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ polynomial if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+class _ReflectedCrc:
+    """A reflected CRC with all-ones initial value and final xor (CRC32C and CRC64NVME both are)."""
+
+    def __init__(self, width: int, polynomial: int, accelerated=None):
+        self.width = width
+        self.mask = (1 << width) - 1
+        self.table = _table(polynomial)
+        self.crc = 0
+        self.accelerated = accelerated
+
+    def update(self, data: bytes) -> None:
+        if self.accelerated is not None:
+            self.crc = self.accelerated(data, self.crc)
+            return
+        crc = self.crc ^ self.mask
+        table = self.table
+        for byte in data:
+            crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+        self.crc = crc ^ self.mask
+
+    def digest(self) -> bytes:
+        return self.crc.to_bytes(self.width // 8, "big")
+
+
+class _Crc32:
+    def __init__(self):
+        self.crc = 0
+
+    def update(self, data: bytes) -> None:
+        self.crc = zlib.crc32(data, self.crc)
+
+    def digest(self) -> bytes:
+        return self.crc.to_bytes(4, "big")
+
+
+def _accelerated(name: str):
+    try:
+        from awscrt import checksums  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return getattr(checksums, name, None)
+
+
+def _hasher(algorithm: str):
+    if algorithm == "crc32":
+        return _Crc32()
+    if algorithm == "crc32c":
+        return _ReflectedCrc(32, 0x82F63B78, _accelerated("crc32c"))
+    if algorithm == "crc64nvme":
+        return _ReflectedCrc(64, 0x9A6C9329AC4BC9B5, _accelerated("crc64nvme"))
+    return hashlib.new(algorithm)
+
+
+def _bad_digest(what: str) -> S3Error:
+    return S3Error(400, "BadDigest", f"The {what} you specified did not match the calculated checksum.")
+
+
+def _base64(value: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        # S3: a Content-MD5 that is not base64 is InvalidDigest; a checksum that is not, a BadDigest like a wrong one
+        code = "InvalidDigest" if what == "Content-MD5" else "BadDigest"
+        raise S3Error(400, code, f"The {what} you specified is not valid base64.") from None
+
+
+class Digests:
+    """Digests of one upload's bytes, checked against what the client declared."""
+
+    def __init__(self, headers: Mapping[str, str], payload_sha256: str | None):
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.expected: dict[str, bytes] = {}
+        content_md5 = headers.get("Content-MD5")
+        if content_md5 is not None:
+            self.expected["md5"] = _base64(content_md5, "Content-MD5")
+        if payload_sha256 is not None:
+            try:
+                self.expected["payload-sha256"] = bytes.fromhex(payload_sha256)
+            except ValueError:
+                raise S3Error(400, "InvalidArgument", "x-amz-content-sha256 is not a SHA-256 in hex") from None
+        self.trailer_names: list[str] = []
+        for algorithm in CHECKSUMS:
+            value = headers.get(f"x-amz-checksum-{algorithm}")
+            if value is not None:
+                self.expected[algorithm] = _base64(value, f"x-amz-checksum-{algorithm}")
+        for name in headers.get("x-amz-trailer", "").split(","):
+            name = name.strip().lower()
+            if name.startswith("x-amz-checksum-") and name[len("x-amz-checksum-") :] in CHECKSUMS:
+                self.trailer_names.append(name[len("x-amz-checksum-") :])
+        wanted = set(self.expected) | set(self.trailer_names)
+        self.hashers = {algorithm: _hasher(algorithm) for algorithm in CHECKSUMS if algorithm in wanted}
+        if "payload-sha256" in self.expected:
+            self.hashers.setdefault("payload-sha256", hashlib.sha256())
+        self.size = 0
+
+    def watch(self, pieces: Iterable[bytes], trailers: Mapping[str, str] | None = None) -> Iterator[bytes]:
+        """Pass pieces on, hashing them; before the last is handed over, raise BadDigest on any mismatch.
+
+        trailers: the decoder's trailer dict, read once the pieces have ended."""
+        held = None
+        for piece in pieces:
+            self.md5.update(piece)
+            for hasher in self.hashers.values():
+                hasher.update(piece)
+            self.size += len(piece)
+            if held is not None:
+                yield held
+            held = piece
+        self.check(trailers or {})
+        if held is not None:
+            yield held
+
+    def check(self, trailers: Mapping[str, str]) -> None:
+        for algorithm in self.trailer_names:
+            value = trailers.get(f"x-amz-checksum-{algorithm}")
+            if value is None:
+                raise S3Error(400, "InvalidRequest", f"the trailer x-amz-checksum-{algorithm} was announced but not sent")
+            self.expected[algorithm] = _base64(value, f"x-amz-checksum-{algorithm}")
+        for algorithm, expected in self.expected.items():
+            actual = self.md5.digest() if algorithm == "md5" else self.hashers[algorithm].digest()
+            if not hmac.compare_digest(actual, expected):
+                if algorithm == "payload-sha256":
+                    raise S3Error(400, "XAmzContentSHA256Mismatch", "x-amz-content-sha256 does not match the body's SHA-256.")
+                raise _bad_digest("Content-MD5" if algorithm == "md5" else f"x-amz-checksum-{algorithm}")
+
+    def checksum_headers(self) -> dict[str, str]:
+        """The x-amz-checksum-* of the upload the client asked for, to answer with."""
+        return {f"x-amz-checksum-{a}": base64.b64encode(self.hashers[a].digest()).decode() for a in CHECKSUMS if a in self.hashers}

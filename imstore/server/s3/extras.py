@@ -1,0 +1,230 @@
+"""A worker's S3 operations beyond put/get/delete: DeleteObjects, CopyObject, UploadPartCopy's source,
+and Object Lock's per-version answers (retention and legal hold: every version is held forever)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from ...errors import KeyDeleted, KeyNotFound, VersionNotFound
+from ...model import Version
+from ..bodies import file_slice
+from .buckets import bucket_exists, check_bucket, marker_key
+from .common import KEPT_HEADERS, delete_condition, etag_in, http_date, upload_meta, write_conditions, xml_response
+from .digests import Digests
+from .listing import etag_of
+from .xml import S3Error, document, http_time, iso_time, parse
+
+__all__ = ["ObjectExtras", "RETAIN_UNTIL"]
+
+MAX_DELETE_OBJECTS = 1000
+RETAIN_UNTIL = "9999-12-31T23:59:59.000Z"  # COMPLIANCE with no end: the furthest date S3's format can say
+
+
+class ObjectExtras:
+    def __init__(self, s3):
+        self.s3 = s3
+        self.app = s3.app
+
+    # ------------------------------------------------------------ DeleteObjects
+    async def delete_objects(self, request, bucket: str) -> web.Response:
+
+        body = await request.read()
+        b"".join(Digests(request.headers, None).watch([body]))  # Content-MD5 / x-amz-checksum-*, if sent
+        root = parse(body, "Delete")
+        quiet = (root.findtext("Quiet") or "").strip().lower() == "true"
+        wanted = [(element.findtext("Key") or "", element.findtext("VersionId"),
+                   (element.findtext("ETag"), element.findtext("LastModifiedTime"), element.findtext("Size")))
+                  for element in root.findall("Object")]  # fmt: skip
+        if not wanted or len(wanted) > MAX_DELETE_OBJECTS:
+            raise S3Error(400, "MalformedXML", f"a Delete names 1 to {MAX_DELETE_OBJECTS} objects")
+
+        def delete_all():
+            store = self.app.store()
+            try:
+                if not bucket_exists(store, bucket):
+                    raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist")
+                rows = []
+                for key, version_id, conditions in wanted:
+                    if version_id is not None:
+                        rows.append(("Error", (("Key", key), ("VersionId", version_id), ("Code", "AccessDenied"),
+                                               ("Message", "versions are never removed (Object Lock COMPLIANCE)"))))  # fmt: skip
+                        continue
+                    store_key = marker_key(bucket) + key
+                    try:
+                        marker = store.delete(store_key, if_version=_entry_condition(store, store_key, conditions)) if key else None
+                    except (KeyNotFound, KeyDeleted):
+                        if any(value is not None for value in conditions):
+                            rows.append(("Error", (("Key", key), ("Code", "PreconditionFailed"),
+                                                   ("Message", "the key has no current version to match"))))  # fmt: skip
+                            continue
+                        marker = None
+                    except S3Error as refused:
+                        rows.append(("Error", (("Key", key), ("Code", refused.code), ("Message", refused.message))))
+                        continue
+                    if not quiet and marker is None:
+                        rows.append(("Deleted", (("Key", key),)))
+                    elif not quiet:
+                        rows.append(("Deleted", (("Key", key), ("DeleteMarker", True), ("DeleteMarkerVersionId", str(marker.version)))))
+                return rows
+            finally:
+                self.app._flush_warnings(store)
+
+        rows = await self.app.call(delete_all)
+        return xml_response(document("DeleteResult", (("", rows),)))
+
+    # ------------------------------------------------------------ copies
+    def copy_source(self, store, header: str) -> Version:
+        """The version `x-amz-copy-source: /bucket/key[?versionId=N]` names (it must hold bytes)."""
+        path, _, query = header.partition("?")
+        bucket, _, key = unquote(path).lstrip("/").partition("/")
+        check_bucket(bucket)
+        version_id = None
+        for pair in query.split("&"):
+            name, _, value = pair.partition("=")
+            if name == "versionId":
+                version_id = value
+        if version_id is not None and not version_id.isdigit():
+            raise S3Error(400, "InvalidArgument", "Invalid version id specified")
+        if not key:
+            raise S3Error(400, "InvalidArgument", "x-amz-copy-source names no key")
+        try:
+            return store.resolve(marker_key(bucket) + key, version_id)
+        except KeyDeleted:
+            if version_id is not None:
+                raise S3Error(400, "InvalidRequest", "The source of a copy may not be a delete marker named by version id.") from None
+            raise S3Error(404, "NoSuchKey", "The specified key does not exist.") from None
+        except VersionNotFound:
+            raise S3Error(404, "NoSuchVersion", "The specified version does not exist.") from None
+        except KeyNotFound:
+            if not bucket_exists(store, bucket):
+                raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist") from None
+            raise S3Error(404, "NoSuchKey", "The specified key does not exist.") from None
+
+    async def copy_object(self, request, bucket: str, key: str) -> web.Response:
+        """A new version naming the source's object: content-addressed, so no byte is copied."""
+
+        headers = request.headers
+        replace = headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE"
+        store_key = marker_key(bucket) + key
+
+        def copy():
+            store = self.app.store()
+            try:
+                if not bucket_exists(store, bucket):
+                    raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist")
+                source = self.copy_source(store, headers["x-amz-copy-source"])
+                _check_copy_conditions(headers, source)
+                if replace:
+                    meta = upload_meta(headers)
+                    content_type = headers.get("Content-Type") or None
+                else:
+                    meta = {name: value for name, value in source.meta.items() if name.startswith("x-amz-meta-") or name in KEPT_HEADERS}
+                    content_type = source.content_type
+                    if source.key == store_key:
+                        raise S3Error(400, "InvalidRequest", "This copy request is illegal because it is trying to copy an object"
+                                      " to itself without changing the object's metadata, storage class, website redirect"
+                                      " location or encryption attributes.")  # fmt: skip
+                if "s3-etag" in source.meta:
+                    meta["s3-etag"] = source.meta["s3-etag"]
+                conditions = write_conditions(store, store_key, headers)
+                result = store.put_object(store_key, source.hash, content_type=content_type, meta=meta, **conditions)
+                return source, result.version
+            finally:
+                self.app._flush_warnings(store)
+
+        source, version = await self.app.call(copy)
+        body = document("CopyObjectResult", (("LastModified", iso_time(version.time_ns)), ("ETag", etag_of(version))))
+        return xml_response(body, headers={"x-amz-version-id": str(version.version), "x-amz-copy-source-version-id": str(source.version)})
+
+    def copy_part_source(self, store, headers) -> tuple[object, object]:
+        """(the bytes of an UploadPartCopy's source as pieces, their md5 filled as they pass), with
+        x-amz-copy-source-range applied; the source is verified whole first, then sliced from its file."""
+
+        source = self.copy_source(store, headers["x-amz-copy-source"])
+        _check_copy_conditions(headers, source)
+        reader = store.open_stored(source)
+        start, end = 0, reader.size
+        wanted = headers.get("x-amz-copy-source-range")
+        if wanted is not None:
+            start, end = _copy_range(wanted, reader.size)
+        reader.verify()
+        md5 = hashlib.md5(usedforsecurity=False)
+
+        def pieces():
+            whole = reader.local_file() is None  # bytes from the read cache, not a file
+            for piece in [reader.read()[start:end]] if whole else file_slice(reader, start, end - start):
+                md5.update(piece)
+                yield piece
+
+        return pieces(), md5
+
+    # ------------------------------------------------------------ Object Lock per version
+    async def lock_answer(self, request, bucket: str, key: str, query: dict) -> web.Response:
+
+        await self.app.call(lambda: self._existing_version(bucket, key, query.get("versionId")))
+        if request.method == "GET":
+            if "retention" in query:
+                return xml_response(document("Retention", (("Mode", "COMPLIANCE"), ("RetainUntilDate", RETAIN_UNTIL))))
+            return xml_response(document("LegalHold", (("Status", "ON"),)))
+        root = parse(await request.read(), "Retention" if "retention" in query else "LegalHold")
+        if "retention" in query:
+            if root.findtext("Mode") != "COMPLIANCE":
+                raise S3Error(403, "AccessDenied", "every version is retained in COMPLIANCE mode with no end; it cannot be weakened")
+            return web.Response(status=200)  # any date is within "no end": nothing to extend
+        if root.findtext("Status") != "ON":
+            raise S3Error(403, "AccessDenied", "every version is held forever; a legal hold cannot be lifted")
+        return web.Response(status=200)
+
+    def _existing_version(self, bucket: str, key: str, version_id: str | None) -> None:
+        store = self.app.store()
+        try:
+            store.resolve(marker_key(bucket) + key, version_id)
+        except (KeyNotFound, KeyDeleted):
+            raise S3Error(404, "NoSuchKey", "The specified key does not exist.") from None
+        except VersionNotFound:
+            raise S3Error(404, "NoSuchVersion", "The specified version does not exist.") from None
+
+
+def _entry_condition(store, store_key: str, conditions: tuple) -> int | None:
+    """A DeleteObjects entry's ETag, LastModifiedTime and Size, as a conditional DELETE's headers say them."""
+    etag, modified, size = conditions
+    if modified is not None:  # ISO 8601 in the XML, an HTTP date in the header: compare whole seconds either way
+        try:
+            modified = http_time(int(datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp() * 1_000_000_000))
+        except ValueError:
+            raise S3Error(400, "InvalidArgument", "LastModifiedTime is not an ISO 8601 time") from None
+    return delete_condition(store, store_key, etag, modified, size)
+
+
+def _copy_range(text: str, size: int) -> tuple[int, int]:
+    """x-amz-copy-source-range: exactly bytes=FIRST-LAST inside the source (S3 allows no other form)."""
+    unit, _, span = text.partition("=")
+    first, dash, last = span.partition("-")
+    if unit != "bytes" or not dash or not first.isdigit() or not last.isdigit() or int(first) > int(last):
+        raise S3Error(400, "InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last")
+    if int(last) >= size:
+        raise S3Error(416, "InvalidRange", "The requested range is not satisfiable")
+    return int(first), int(last) + 1
+
+
+def _check_copy_conditions(headers, source: Version) -> None:
+
+    etag = etag_of(source)
+    seconds = source.time_ns // 1_000_000_000
+    failed = S3Error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
+    if_match = headers.get("x-amz-copy-source-if-match")
+    if if_match is not None and not etag_in(if_match, etag):
+        raise failed
+    if_none_match = headers.get("x-amz-copy-source-if-none-match")
+    if if_none_match is not None and etag_in(if_none_match, etag):
+        raise failed
+    unmodified = http_date(headers.get("x-amz-copy-source-if-unmodified-since"))
+    if if_match is None and unmodified is not None and seconds > unmodified:
+        raise failed
+    modified = http_date(headers.get("x-amz-copy-source-if-modified-since"))
+    if if_none_match is None and modified is not None and seconds <= modified:
+        raise failed

@@ -1,0 +1,109 @@
+"""The gateway's S3 port: check the signature and the scope, then forward to a worker like any request.
+
+The worker learns who signed, the payload mode and, for signed chunks, the derived signing key
+from one internal header (S3_CONTEXT), which the gateway drops from clients' requests.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from aiohttp import web
+
+from ...errors import ImstoreError
+from ..protocol import S3_CONTEXT, WRITE_METHODS
+from .sigv4 import Caller, Signatures
+from .xml import XML_TYPE, S3Error, error_document, error_from_imstore
+
+__all__ = ["S3Front", "context_header", "caller_from_header", "start_s3"]
+
+
+def context_header(caller: Caller) -> str:
+    document: dict = {"name": caller.name, "scope": caller.scope, "payload": caller.payload}
+    if caller.chunks is not None:
+        chunks = caller.chunks
+        document["chunks"] = [chunks.signing_key.hex(), chunks.seed_signature, chunks.amz_date, chunks.scope]
+    return json.dumps(document, separators=(",", ":"))
+
+
+def caller_from_header(value: str) -> Caller:
+    from .sigv4 import ChunkContext
+
+    document = json.loads(value)
+    chunks = document.get("chunks")
+    context = ChunkContext(bytes.fromhex(chunks[0]), chunks[1], chunks[2], chunks[3]) if chunks else None
+    return Caller(document["name"], document["scope"], document["payload"], context)
+
+
+def error_response(error: S3Error, resource: str, public_headers: dict) -> web.Response:
+    body = error_document(error.code, error.message, resource) if error.status != 304 else None
+    return web.Response(status=error.status, body=body, headers={**public_headers, **error.headers, "Content-Type": XML_TYPE})
+
+
+class S3Front:
+    """The request handler of the S3 port, over the gateway's workers, limits and accounting."""
+
+    def __init__(self, gateway):
+        self.gateway = gateway
+        self.signatures = Signatures(gateway.auth.s3_key)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        from ..gateway import PUBLIC_HEADERS
+
+        gateway = self.gateway
+        gateway.in_flight += 1
+        started = time.monotonic()
+        state = {"route": "s3", "worker": "-", "bytes_in": 0, "bytes_out": 0}
+        resource = request.raw_path.partition("?")[0]
+        try:
+            response = await self._dispatch(request, state)
+        except S3Error as exc:
+            response = error_response(exc, resource, PUBLIC_HEADERS)
+        except ImstoreError as exc:
+            response = error_response(error_from_imstore(exc, gateway._public_detail(request, exc)), resource, PUBLIC_HEADERS)
+        except (ConnectionError, TimeoutError) as exc:
+            gateway._account(request, state, 499, started)
+            raise ConnectionError(str(exc)) from None
+        except Exception as exc:  # a bug of ours: an S3 error document, the traceback on stderr
+            import traceback
+
+            traceback.print_exc()
+            response = error_response(S3Error(500, "InternalError", f"internal error: {type(exc).__name__}"), resource, PUBLIC_HEADERS)
+        finally:
+            gateway.in_flight -= 1
+        if response.status >= 400 and request.body_exists and state["worker"] == "-":
+            response.force_close()  # refused before its body was read: the rest of the body is not a next request
+        if isinstance(response, web.Response) and response.body is not None:
+            state["bytes_out"] = len(response.body)
+        gateway._account(request, state, response.status, started)
+        return response
+
+    async def _dispatch(self, request: web.BaseRequest, state: dict) -> web.StreamResponse:
+        if not request.raw_path.startswith("/") or not request.raw_path.isascii():
+            raise S3Error(400, "InvalidURI", "the request target must be a path in ASCII")
+        caller = self.signatures.check(request.method, request.raw_path, request.headers)
+        if request.method in WRITE_METHODS and caller.scope != "write":
+            raise S3Error(403, "AccessDenied", f"the key {caller.name!r} has the {caller.scope} scope; {request.method} needs write")
+        return await self.gateway._forward(request, state, {S3_CONTEXT: context_header(caller)})
+
+
+async def start_s3(config, gateway, ssl_context, info) -> web.BaseRunner:
+    """The S3 port: its own server, with the same limits, over the same gateway (workers, tokens, TLS)."""
+    from ...errors import UsageError
+    from ..gateway import MAX_FIELD, MAX_HEADERS, MAX_LINE, _bound_port, _GatewayServer, _host_for_url
+
+    server = _GatewayServer(S3Front(gateway).handle, access_log=None, max_line_size=MAX_LINE, max_field_size=MAX_FIELD,
+                            max_headers=MAX_HEADERS, keepalive_timeout=config.client_timeout,
+                            lingering_time=config.client_timeout, read_bufsize=256 << 10)  # fmt: skip
+    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.s3_port, ssl_context=ssl_context, backlog=1024)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise UsageError(f"cannot listen on {config.host}:{config.s3_port} (S3): {exc.strerror or exc}") from None
+    scheme = "https" if ssl_context else "http"
+    info(f"imstore serve: S3 on {scheme}://{_host_for_url(config.host)}:{_bound_port(runner, config.s3_port)}")
+    return runner

@@ -1,0 +1,147 @@
+"""A worker's S3 multipart operations: Create, UploadPart, Complete, Abort, ListParts, ListMultipartUploads."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from ..bodies import body_chunks
+from .buckets import bucket_exists, marker_key
+from .common import OWNER, not_implemented, parts_layout, upload_body, upload_meta, write_conditions, xml_response
+from .multipart import MAX_PART_NUMBER, Uploads
+from .sigv4 import Caller
+from .xml import S3Error, document, iso_time, parse
+
+__all__ = ["MultipartOperations"]
+
+
+
+class MultipartOperations:
+    def __init__(self, s3):
+        self.s3 = s3
+        self.app = s3.app
+        self.uploads = Uploads(self.app.store_root)
+
+    async def handle(self, request: web.BaseRequest, caller: Caller, bucket: str, key: str, query: dict) -> web.StreamResponse:
+
+        method = request.method
+        if method == "POST" and "uploads" in query:
+            return await self.create(request, bucket, key)
+        upload_id = query["uploadId"]
+        if method == "PUT" and "partNumber" in query:
+            return await self.upload_part(request, caller, bucket, key, upload_id, query["partNumber"])
+        if method == "POST":
+            return await self.complete(request, bucket, key, upload_id)
+        if method == "DELETE":
+            await self.app.call(lambda: (self.uploads.get(upload_id, bucket, key), self.uploads.remove(upload_id)))
+            return web.Response(status=204)
+        if method == "GET":
+            return await self.list_parts(bucket, key, upload_id, query)
+        raise not_implemented(f"{method} with uploadId")
+
+    async def create(self, request, bucket: str, key: str) -> web.Response:
+
+        headers = request.headers
+        meta = upload_meta(headers)
+
+        def create():
+            if not bucket_exists(self.app.store(), bucket):
+                raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist")
+            return self.uploads.create(bucket, key, headers.get("Content-Type") or None, meta)
+
+        upload_id = await self.app.call(create)
+        return xml_response(document("InitiateMultipartUploadResult", (("Bucket", bucket), ("Key", key), ("UploadId", upload_id))))
+
+    async def upload_part(self, request, caller: Caller, bucket: str, key: str, upload_id: str, number_text: str) -> web.Response:
+
+        if not number_text.isdigit() or not 1 <= int(number_text) <= MAX_PART_NUMBER:
+            raise S3Error(400, "InvalidArgument", f"Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive")
+        pieces = body_chunks(asyncio.get_running_loop(), request.content)
+
+        copying = "x-amz-copy-source" in request.headers
+
+        def write():
+            upload = self.uploads.get(upload_id, bucket, key)
+            if copying:  # UploadPartCopy: the part's bytes come from a stored version
+                store = self.app.store()
+                body, md5 = self.s3.extras.copy_part_source(store, request.headers)
+                return self.uploads.write_part(upload, int(number_text), body, md5), {}
+            digests, body = upload_body(caller, request.headers, pieces)
+            part = self.uploads.write_part(upload, int(number_text), body, digests.md5)
+            return part, digests.checksum_headers()
+
+        part, checksums = await self.app.call(write)
+        if copying:
+            result = document("CopyPartResult", (("LastModified", iso_time(part.modified_ns)), ("ETag", f'"{part.etag}"')))
+            return xml_response(result)
+        return web.Response(status=200, headers={"ETag": f'"{part.etag}"', **checksums})
+
+    async def complete(self, request, bucket: str, key: str, upload_id: str) -> web.Response:
+
+        root = parse(await request.read(), "CompleteMultipartUpload")
+        wanted = []
+        for element in root.findall("Part"):
+            number, etag = element.findtext("PartNumber", ""), element.findtext("ETag", "")
+            if not number.isdigit():
+                raise S3Error(400, "MalformedXML", "a Part without a PartNumber")
+            wanted.append((int(number), etag))
+        store_key = marker_key(bucket) + key
+
+        def complete():
+            upload = self.uploads.get(upload_id, bucket, key)
+            done = self.uploads.completed(upload)
+            if done is not None:  # a retried Complete: the same answer
+                return done[1], done[0]
+            store = self.app.store()
+            try:
+                conditions = write_conditions(store, store_key, request.headers)
+                chunks, etag, sizes = self.uploads.assemble(upload, wanted)
+                layout = parts_layout(sizes)  # for GetObject ?partNumber
+                meta = {**upload.meta, "s3-etag": etag, **({"s3-parts": layout} if layout else {})}
+                result = store.put_stream(store_key, chunks, content_type=upload.content_type, meta=meta, **conditions)
+            finally:
+                self.app._flush_warnings(store)
+            self.uploads.finish(upload, etag, result.version.version)  # committed: the parts are no longer needed
+            return result.version.version, etag
+
+        version, etag = await self.app.call(complete)
+        body = document("CompleteMultipartUploadResult", (("Location", f"/{bucket}/{key}"), ("Bucket", bucket), ("Key", key),
+                                                          ("ETag", f'"{etag}"')))  # fmt: skip
+        return xml_response(body, headers={"x-amz-version-id": str(version)})
+
+    async def list_parts(self, bucket: str, key: str, upload_id: str, query: dict) -> web.Response:
+
+        marker = query.get("part-number-marker", "0")
+        limit_text = query.get("max-parts", "1000")
+        if not marker.isdigit() or not limit_text.isdigit():
+            raise S3Error(400, "InvalidArgument", "part-number-marker and max-parts are numbers")
+        limit = min(int(limit_text), 1000)
+        parts = await self.app.call(lambda: self.uploads.parts(self.uploads.get(upload_id, bucket, key)))
+        after = [part for part in parts if part.number > int(marker)]
+        shown, truncated = after[:limit], len(after) > limit
+        rows = [("Part", (("PartNumber", part.number), ("LastModified", iso_time(part.modified_ns)), ("ETag", f'"{part.etag}"'),
+                          ("Size", part.size))) for part in shown]  # fmt: skip
+        body = document("ListPartsResult", (
+            ("Bucket", bucket), ("Key", key), ("UploadId", upload_id), ("Initiator", OWNER), ("Owner", OWNER),
+            ("StorageClass", "STANDARD"), ("PartNumberMarker", int(marker)),
+            ("NextPartNumberMarker", shown[-1].number if shown else int(marker)), ("MaxParts", limit),
+            ("IsTruncated", truncated), ("", rows)))  # fmt: skip
+        return xml_response(body)
+
+    async def list_uploads(self, bucket: str, query: dict) -> web.Response:
+
+        prefix = query.get("prefix", "")
+        uploads = [upload for upload in await self.app.call(lambda: self.uploads.list(bucket)) if upload.key.startswith(prefix)]
+        limit_text = query.get("max-uploads", "1000")
+        limit = min(int(limit_text), 1000) if limit_text.isdigit() else 1000
+        key_marker = query.get("key-marker", "")
+        uploads = [upload for upload in uploads if upload.key > key_marker]
+        shown = uploads[:limit]
+        rows = [("Upload", (("Key", upload.key), ("UploadId", upload.upload_id), ("Initiator", OWNER), ("Owner", OWNER),
+                            ("StorageClass", "STANDARD"), ("Initiated", iso_time(upload.initiated_ns)))) for upload in shown]  # fmt: skip
+        body = document("ListMultipartUploadsResult", (
+            ("Bucket", bucket), ("KeyMarker", key_marker), ("UploadIdMarker", query.get("upload-id-marker", "")),
+            ("NextKeyMarker", shown[-1].key if shown and len(uploads) > limit else None), ("Prefix", prefix),
+            ("MaxUploads", limit), ("IsTruncated", len(uploads) > limit), ("", rows)))  # fmt: skip
+        return xml_response(body)

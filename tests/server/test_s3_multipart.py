@@ -1,0 +1,124 @@
+"""S3 multipart uploads on `serve --s3-port`: parts on disk shared by the workers, one version on completion."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from imstore import Store
+
+pytest.importorskip("boto3", reason="boto3 comes with the test extras")
+from boto3.s3.transfer import TransferConfig  # noqa: E402
+from botocore.exceptions import ClientError  # noqa: E402
+
+from .s3helpers import start_s3, stop_s3  # noqa: E402
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = start_s3(tmp_path_factory.mktemp("s3multipart"))
+    server.client().create_bucket(Bucket="parts")
+    yield server
+    stop_s3(server)
+
+
+def multipart_etag(data: bytes, part_size: int) -> str:
+    digests = [hashlib.md5(data[i : i + part_size]).digest() for i in range(0, len(data), part_size)]
+    return f'"{hashlib.md5(b"".join(digests)).hexdigest()}-{len(digests)}"'
+
+
+def test_a_multipart_upload_from_parallel_parts_is_one_version_with_the_md5_of_md5s_etag(s3, tmp_path):
+    data = os.urandom(13 * MiB + 123)
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    client = s3.client()
+    config = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=4)
+    client.upload_file(str(source), "parts", "backups/big.bin", Config=config)
+    head = client.head_object(Bucket="parts", Key="backups/big.bin")
+    assert head["ETag"] == multipart_etag(data, 5 * MiB)
+    assert client.get_object(Bucket="parts", Key="backups/big.bin")["Body"].read() == data
+    with Store.open(s3.server.store) as store:
+        assert [v.version for v in store.history("parts/backups/big.bin")] == [1]
+        assert store.get("parts/backups/big.bin") == data
+    assert not list((s3.server.store / "s3-uploads").glob("*/*.part"))  # the parts are gone once committed
+
+
+def test_an_aborted_upload_leaves_no_version_and_no_parts(s3):
+    client = s3.client()
+    upload = client.create_multipart_upload(Bucket="parts", Key="aborted")
+    part = client.upload_part(Bucket="parts", Key="aborted", UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 1000)
+    assert part["ETag"] == f'"{hashlib.md5(b"x" * 1000).hexdigest()}"'
+    listed = client.list_parts(Bucket="parts", Key="aborted", UploadId=upload["UploadId"])
+    assert [(p["PartNumber"], p["Size"]) for p in listed["Parts"]] == [(1, 1000)]
+    assert [u["UploadId"] for u in client.list_multipart_uploads(Bucket="parts")["Uploads"]] == [upload["UploadId"]]
+    client.abort_multipart_upload(Bucket="parts", Key="aborted", UploadId=upload["UploadId"])
+    with pytest.raises(ClientError) as gone:
+        client.list_parts(Bucket="parts", Key="aborted", UploadId=upload["UploadId"])
+    assert gone.value.response["Error"]["Code"] == "NoSuchUpload"
+    with Store.open(s3.server.store) as store:
+        assert store.ls("parts/aborted") == []
+    assert not (s3.server.store / "s3-uploads" / upload["UploadId"]).exists()
+
+
+def test_complete_checks_part_order_etags_and_sizes(s3):
+    client = s3.client()
+    upload_id = client.create_multipart_upload(Bucket="parts", Key="checked")["UploadId"]
+    etags = [client.upload_part(Bucket="parts", Key="checked", UploadId=upload_id, PartNumber=n, Body=bytes([n]) * 100)["ETag"]
+             for n in (1, 2)]  # fmt: skip
+
+    def complete(parts):
+        with pytest.raises(ClientError) as refused:
+            client.complete_multipart_upload(Bucket="parts", Key="checked", UploadId=upload_id, MultipartUpload={"Parts": parts})
+        return refused.value.response["Error"]["Code"]
+
+    assert complete([{"PartNumber": 2, "ETag": etags[1]}, {"PartNumber": 1, "ETag": etags[0]}]) == "InvalidPartOrder"
+    assert complete([{"PartNumber": 1, "ETag": etags[1]}]) == "InvalidPart"
+    assert complete([{"PartNumber": 1, "ETag": etags[0]}, {"PartNumber": 2, "ETag": etags[1]}]) == "EntityTooSmall"
+    done = client.complete_multipart_upload(Bucket="parts", Key="checked", UploadId=upload_id,
+                                            MultipartUpload={"Parts": [{"PartNumber": 2, "ETag": etags[1]}]})  # fmt: skip
+    assert done["ETag"].endswith('-1"') and done["VersionId"] == "1"
+    again = client.complete_multipart_upload(Bucket="parts", Key="checked", UploadId=upload_id,
+                                             MultipartUpload={"Parts": [{"PartNumber": 2, "ETag": etags[1]}]})  # fmt: skip
+    assert (again["ETag"], again["VersionId"]) == (done["ETag"], "1")  # a retried Complete gets the same answer
+    assert client.get_object(Bucket="parts", Key="checked")["Body"].read() == bytes([2]) * 100
+
+
+def test_a_read_scope_key_cannot_start_an_upload(s3):
+    with pytest.raises(ClientError) as refused:
+        s3.client("read").create_multipart_upload(Bucket="parts", Key="denied")
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    assert not any(
+        (entry / "upload.json").read_text().find('"denied"') >= 0 for entry in (s3.server.store / "s3-uploads").glob("*")
+    )
+
+
+def test_get_object_by_part_number(s3):
+    client = s3.client()
+    sizes = [5 * MiB, 5 * MiB, 1000]
+    data = os.urandom(sum(sizes))
+    upload_id = client.create_multipart_upload(Bucket="parts", Key="by-part")["UploadId"]
+    parts, offset = [], 0
+    for number, size in enumerate(sizes, 1):
+        etag = client.upload_part(Bucket="parts", Key="by-part", UploadId=upload_id, PartNumber=number,
+                                  Body=data[offset : offset + size])["ETag"]  # fmt: skip
+        parts.append({"PartNumber": number, "ETag": etag})
+        offset += size
+    done = client.complete_multipart_upload(Bucket="parts", Key="by-part", UploadId=upload_id, MultipartUpload={"Parts": parts})
+    offset = 0
+    for number, size in enumerate(sizes, 1):
+        got = client.get_object(Bucket="parts", Key="by-part", PartNumber=number)
+        assert got["PartsCount"] == 3 and got["ETag"] == done["ETag"] and got["ContentLength"] == size
+        assert got["Body"].read() == data[offset : offset + size]
+        offset += size
+    with pytest.raises(ClientError) as beyond:
+        client.get_object(Bucket="parts", Key="by-part", PartNumber=4)
+    assert beyond.value.response["Error"]["Code"] == "InvalidPart"
+    client.put_object(Bucket="parts", Key="single", Body=b"body")
+    assert client.get_object(Bucket="parts", Key="single", PartNumber=1)["Body"].read() == b"body"
+    with pytest.raises(ClientError) as no_part:
+        client.get_object(Bucket="parts", Key="single", PartNumber=2)
+    assert no_part.value.response["Error"]["Code"] == "InvalidPart"
