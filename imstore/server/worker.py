@@ -513,6 +513,12 @@ class WorkerApp(FeedRoutes):
                 start, end = wanted
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        return await self.send_span(request, reader, data, start, end, status, headers)
+
+    async def send_span(self, request: web.BaseRequest, reader: ObjectReader, data: bytes | None, start: int, end: int,
+                        status: int, headers: dict) -> web.StreamResponse:  # fmt: skip
+        """Answer with bytes [start, end) of a verified object (v1 and S3 alike): HEAD, small from memory,
+        sendfile(2) by the gateway, or streamed with the last chunk held back until the hash matched."""
         if request.method == "HEAD":
             response = web.StreamResponse(status=status, headers=headers)
             response.content_length = end - start
@@ -520,7 +526,7 @@ class WorkerApp(FeedRoutes):
             await response.write_eof()
             return response
         location = reader.local_file()
-        if data is not None or size <= SMALL_OBJECT or location is None:
+        if data is not None or reader.size <= SMALL_OBJECT or location is None:
             # location is None: the bytes come from the read cache (memory), not from a file.
             if data is None:
                 data = await self.call(reader.read)

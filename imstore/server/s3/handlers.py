@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
 from ...errors import ImstoreError, KeyDeleted, KeyNotFound, PreconditionFailed, VersionNotFound
 from ...model import Version
 from ...transfer import SMALL_OBJECT
-from ..bodies import body_chunks, file_slice
+from ..bodies import body_chunks
 from ..headers import parse_range
-from ..protocol import S3_CONTEXT, SENDFILE_FILE, SENDFILE_OFFER, without_paths
+from ..protocol import S3_CONTEXT, without_paths
 from .buckets import MARKER_META, bucket_exists, buckets, check_bucket, marker_key
 from .common import (
     KEPT_HEADERS,
@@ -291,31 +291,7 @@ class S3Worker:
                 start, end = wanted
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        if request.method == "HEAD":
-            response = web.StreamResponse(status=status, headers=headers)
-            response.content_length = end - start
-            await response.prepare(request)
-            await response.write_eof()
-            return response
-        location = reader.local_file()
-        if data is not None or size <= SMALL_OBJECT or location is None:
-            if data is None:
-                data = await self.app.call(reader.read)
-            return web.Response(status=status, body=data[start:end], headers=headers)
-        if request.headers.get(SENDFILE_OFFER) == "1":
-            await self.app.call(reader.verify)  # the gateway sends the verified bytes with sendfile(2)
-            headers[SENDFILE_FILE] = f"{location.offset + start} {end - start} {quote(str(location.path))}"
-            return web.Response(status=status, headers=headers)
-        response = web.StreamResponse(status=status, headers=headers)
-        response.content_length = end - start
-        await response.prepare(request)
-        if status == 206:
-            await self.app.call(reader.verify)
-            chunks = file_slice(reader, start, end - start)
-        else:
-            chunks = reader.chunks()
-        await self.app._stream_held_back(request, response, chunks)
-        return response
+        return await self.app.send_span(request, reader, data, start, end, status, headers)
 
     async def put_object(self, request, caller: Caller, bucket: str, key: str) -> web.Response:
         store_key = marker_key(bucket) + key
