@@ -49,6 +49,12 @@ def refuse_remote(command: str) -> None:
         raise UsageError(f"imstore {command} has no remote form: run it where the store is, without --remote")
 
 
+def local_store_root(command: str) -> Path:
+    """The directory of the store a command with no remote form works on: --store / IMSTORE_DIR, else the default."""
+    refuse_remote(command)
+    return (settings.store or default_store_path()).expanduser().absolute()
+
+
 def open_local_store(command: str):
     """open_store() for a command that has no remote form."""
     refuse_remote(command)

@@ -8,7 +8,7 @@ import typer
 
 from ..errors import UsageError
 from . import settings
-from .common import default_store_path, refuse_remote, remote_token, show_warnings
+from .common import local_store_root, refuse_remote, remote_token, show_warnings
 
 
 def _source(location: str):
@@ -72,8 +72,7 @@ def pull(
     from ..replica import read_upstream, remember_upstream
     from ..store import Store
 
-    refuse_remote("pull")
-    root = (settings.store or default_store_path()).expanduser().absolute()
+    root = local_store_root("pull")
     with Store.open(root) as store:
         location = source or read_upstream(store.root)
         if location is None:
@@ -103,8 +102,7 @@ def promote() -> None:
     from ..failover import promote as promote_store
     from ..store import Store
 
-    refuse_remote("promote")
-    root = (settings.store or default_store_path()).expanduser().absolute()
+    root = local_store_root("promote")
     with Store.open(root) as store:
         document = promote_store(store)
         show_warnings(store)
@@ -129,8 +127,7 @@ def rejoin(
     from ..failover import rejoin as rejoin_store
     from ..store import Store
 
-    refuse_remote("rejoin")
-    root = (settings.store or default_store_path()).expanduser().absolute()
+    root = local_store_root("rejoin")
     with Store.open(root) as store:
         source_handle = _source(source)
         try:
@@ -162,8 +159,7 @@ def repair(
     from ..repair import repair as repair_store
     from ..store import Store
 
-    refuse_remote("repair")
-    root = (settings.store or default_store_path()).expanduser().absolute()
+    root = local_store_root("repair")
     with Store.open(root) as store:
         source_handle = _source(source)
         try:
