@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -19,7 +20,7 @@ import msgpack
 
 from .records import GENESIS, Record
 
-__all__ = ["Index", "IndexState", "SchemaMismatch", "is_corruption"]
+__all__ = ["Index", "IndexState", "SchemaMismatch", "is_corruption", "use_wal"]
 
 SCHEMA_VERSION = 3  # 2: each version's place in the log (log_offset, log_length) and the damaged table; 3: epochs (R7)
 
@@ -103,6 +104,20 @@ EMPTY_STATE = IndexState(-1, 0, 0, GENESIS, b"")
 _COLUMNS = "key, version, seq, op, hash, size, time_ns, content_type, message, meta"
 
 
+def use_wal(db: sqlite3.Connection, seconds: float = 30.0) -> None:
+    """Put db in WAL mode. Processes opening a new database at once race to switch it, and SQLite
+    answers the losers "database is locked" at once, without its busy handler: ask again, bounded."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)  # the winner's switch takes a moment; nothing else can be waited on
+
+
 class Index:
     """The index database. read_only: opened as an immutable file (a store on a read-only mount)."""
 
@@ -132,7 +147,7 @@ class Index:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         # WAL + NORMAL: no fsync per commit. A lost commit is harmless: the index
         # notices it is behind the log and catches up.
-        db.execute("PRAGMA journal_mode=WAL")
+        use_wal(db)
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
         row = db.execute("SELECT schema FROM state WHERE id = 1").fetchone()

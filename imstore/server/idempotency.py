@@ -55,6 +55,7 @@ from urllib.parse import quote
 from .. import layout
 from ..errors import IdempotencyKeyReused, ImstoreError, InvalidInput, RequestInProgress, Unavailable, from_os_error
 from ..hashing import blake3
+from ..index import use_wal
 
 __all__ = ["IdempotencyLedger", "Claim", "validate_idempotency_key", "LEDGER_NAME", "fingerprint", "run_once"]
 
@@ -163,7 +164,7 @@ class IdempotencyLedger:
             raise _away(self.root, f"it holds another store now (id {found}, not {self.store_id})")
 
     def _prepare(self, db: sqlite3.Connection) -> None:
-        db.execute("PRAGMA journal_mode=WAL")
+        use_wal(db)
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(
             "CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, method TEXT, key TEXT, owner TEXT,"
