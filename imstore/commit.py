@@ -62,21 +62,27 @@ class Committer:
         state = index.state()
         return Chain(state.seq, state.last_hash)
 
-    def _append(self, chain: Chain | None = None, *, shipped: bytes | None = None, promotion: bool = False) -> Frame | None:
+    def _append(self, chain: Chain | None = None, *, shipped: bytes | None = None, promotion: bool = False,
+                shipped_frames: list[Frame] | None = None, staged: bool = False) -> Frame | None:  # fmt: skip
         """The only appender, and so the fencing check: a local write needs the role `primary`. Caller holds the lock.
 
         chain: new records, appended as one frame and applied to the index (the frame returned).
         shipped: whole frames of an upstream log, byte for byte, already checked by the caller
-        against this log's tail (replica.check_frames) and whose objects are durable.
+        against this log's tail (replica.check_frames, whose decoded frames are shipped_frames,
+        staged: already applied to the index in its open transaction) and whose objects are durable.
         """
-        expected = self.indexer.index.state().log_end
+        # (staged: the open transaction already says where the frames end; they start where the log ends now)
+        expected = shipped_frames[0].offset if staged and shipped_frames else self.indexer.index.state().log_end
         if shipped is None and not promotion:
             from .failover import require_primary  # here: failover is not loaded by reads
 
             require_primary(self.log.directory.parent)
         if shipped is not None:
             self.log.append_raw(shipped, expected)
-            self.indexer.catch_up()
+            if shipped_frames is not None:
+                self.indexer.applied_shipped(shipped_frames, staged)
+            else:
+                self.indexer.catch_up()
             return None
         assert chain is not None
         payload = chain.payload()
@@ -85,18 +91,31 @@ class Committer:
         self.indexer.applied(frame)
         return frame
 
-    def append_shipped(self, data: bytes, head: tuple[int, int, bytes]) -> None:
+    def append_shipped(self, data: bytes, head: tuple[int, int, bytes], frames: list[Frame] | None = None,
+                       objects: Callable[[], object] | None = None) -> None:  # fmt: skip
         """Append an upstream's frames (checked against head = (log end, seq, chain hash)) under the lock.
 
         The head is checked again under the lock: a store that changed meanwhile (a local write,
         another pull) is not appended to, since the frames were checked against the old tail.
+        frames: their decoded form (replica.check_frames), applied to the index as they are.
+        objects: makes the objects they name durable; called under the lock once the frames' index
+        rows are staged (uncommitted until the log holds them), so a clone builds its index while
+        its objects arrive. Objects first, then the frames: the write order is the same.
         """
         self.writable()
         with self.writing() as index:
             state = index.state()
             if (state.log_end, state.seq, state.last_hash) != head:
                 raise Unavailable("the store changed while frames were being pulled (another pull or a local write); pull again")
-            self._append(shipped=data)
+            staged = objects is not None and frames is not None and self.indexer.stage_shipped(frames, data)
+            try:
+                if objects is not None:
+                    objects()
+                self._append(shipped=data, shipped_frames=frames, staged=staged)
+            except BaseException:
+                if staged:
+                    self.indexer.unstage()
+                raise
 
     def promote(self, node: str) -> Frame:
         """Append an epoch record (epoch + 1, forking from the head), alone in its frame (R7, R9)."""

@@ -18,6 +18,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import ssl
 import struct
 import time
@@ -29,7 +30,7 @@ from typing import NamedTuple, Protocol
 from urllib.parse import urlencode
 
 from . import errors, layout
-from .errors import BadUpstream, CorruptObject, Diverged, ImstoreError, NoStore, Unavailable, from_os_error
+from .errors import BadUpstream, CorruptObject, Diverged, ImstoreError, NoStore, NotFound, Unavailable, from_os_error
 from .fsio import CHUNK_SIZE
 from .hashing import blake3
 from .log import Log
@@ -38,7 +39,7 @@ from .packs import PackSet
 from .records import HEADER_SIZE, MAX_FRAME
 
 __all__ = ["Source", "Frames", "PathSource", "HttpSource", "NoFrameThere", "open_source", "describe", "object_stream", "named_objects",
-           "OBJECT_ENTRY", "LOG_END_HEADER", "MAX_WAIT"]  # fmt: skip
+           "OBJECT_ENTRY", "LOG_END_HEADER", "MAX_WAIT", "pack_listing", "pack_file_path"]  # fmt: skip
 
 OBJECT_ENTRY = struct.Struct(">32sQ")
 LOG_END_HEADER = "X-Imstore-Log-End"
@@ -48,6 +49,7 @@ EPOCH_HEADER = "X-Imstore-Epoch"  # on requests: the requester's epoch; on answe
 MAX_WAIT = 30.0  # seconds a long poll for new frames may wait
 _POLL = 0.02  # how often a path source's long poll looks at the log's size
 _STREAM_PIECE = 1 << 20  # the object stream is written in pieces of about this size
+PACK_FILE = re.compile(r"pack-[0-9a-f]{40}\.(idx|pack)")
 _WRITE_WAIT = 0.05  # seconds to wait for a frame whose header is there but not yet all of it
 
 
@@ -75,6 +77,8 @@ class Source(Protocol):
     def describe(self) -> dict: ...  # {"store_id", "config": bytes, "log_end", "tokens": bytes | None}
     def frames(self, start: int, max_bytes: int, wait: float = 0.0) -> Frames: ...
     def objects(self, start: int, end: int) -> Iterator[tuple[str, int, Iterator[bytes]]]: ...  # (id, size, chunks)
+    def packs(self) -> list[tuple[str, int]]: ...  # (name, size) of each installed pack (R13)
+    def pack_file(self, file_name: str) -> Iterator[bytes]: ...  # the bytes of pack-<40 hex>.idx or .pack, in pieces
     def close(self) -> None: ...
 
 
@@ -177,6 +181,38 @@ def object_stream(log: Log, objects: ObjectStore, start: int, end: int) -> Itera
         yield bytes(buffer)
 
 
+def pack_listing(root: Path) -> list[tuple[str, int]]:
+    """(name, size) of each installed pack (its index is there: a pack without one is never read), by name."""
+    directory = root / layout.PACKS
+    try:
+        names = set(os.listdir(directory))
+        listing = [(name[:-4], os.stat(directory / f"{name[:-4]}.pack").st_size) for name in names
+                   if PACK_FILE.fullmatch(name) and name.endswith(".idx") and f"{name[:-4]}.pack" in names]  # fmt: skip
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise from_os_error(exc, "listing packs") from None
+    return sorted(listing)
+
+
+def pack_file_path(root: Path, file_name: str) -> Path:
+    """The path of a pack or pack index a replica asks for by name (nothing else can be named)."""
+    if not PACK_FILE.fullmatch(file_name):
+        raise NotFound(f"no pack file {file_name[:80]!r}")
+    return root / layout.PACKS / file_name
+
+
+def read_pieces(path: Path, piece: int = _STREAM_PIECE) -> Iterator[bytes]:
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            while chunk := handle.read(piece):
+                yield chunk
+    except FileNotFoundError:
+        raise NotFound(f"no pack file {path.name}") from None
+    except OSError as exc:
+        raise from_os_error(exc, f"reading {path.name}") from None
+
+
 def open_local(root: Path) -> tuple[Log, ObjectStore]:
     """The log and objects of the store at root, read without its index (a read-only backup disk works)."""
     return Log(root / layout.LOG), ObjectStore(root / layout.OBJECTS, packs=PackSet(root / layout.PACKS))
@@ -207,6 +243,12 @@ class PathSource:
     def objects(self, start: int, end: int) -> Iterator[tuple[str, int, Iterator[bytes]]]:
         self.store_objects.refresh()
         yield from verified_objects(self.store_objects, named_objects(self.log, start, end))
+
+    def packs(self) -> list[tuple[str, int]]:
+        return pack_listing(self.root)
+
+    def pack_file(self, file_name: str) -> Iterator[bytes]:
+        return read_pieces(pack_file_path(self.root, file_name))
 
     def close(self) -> None:
         if self.store_objects.packs is not None:
@@ -276,6 +318,23 @@ class HttpSource:
     def objects(self, start: int, end: int) -> Iterator[tuple[str, int, Iterator[bytes]]]:
         with self._open("/v1/replication/objects", {"from": start, "to": end}) as response:
             yield from read_object_stream(response, self.base)
+
+    def packs(self) -> list[tuple[str, int]]:
+        with self._open("/v1/replication/packs") as response:
+            document = json.loads(response.read())
+        try:
+            return [(str(pack["name"]), int(pack["size"])) for pack in document["packs"]]
+        except (KeyError, TypeError, ValueError):
+            raise BadUpstream(f"{self.base} sent a list of packs that cannot be read") from None
+
+    def pack_file(self, file_name: str) -> Iterator[bytes]:
+        with self._open(f"/v1/replication/packs/{file_name}", timeout=60.0) as response:
+            buffer = bytearray(_STREAM_PIECE)
+            try:
+                while count := response.readinto(buffer):
+                    yield memoryview(buffer)[:count]  # the same buffer each time: the caller is done with it first
+            except (OSError, http.client.HTTPException) as exc:
+                raise Unavailable(f"the pack {file_name} from {self.base} broke off: {exc}") from None
 
     def close(self) -> None:
         pass

@@ -318,6 +318,59 @@ class Indexer:
         crash_point("index-updated")
 
 
+    def stage_shipped(self, frames: list[Frame], data: bytes) -> bool:
+        """Apply frames about to be appended as received (a pull, under the lock) in a transaction left open.
+
+        They were decoded once, by replica.check_frames, from data (their bytes, from frames[0].offset),
+        which also gives the tree its leaves. The transaction is committed by applied_shipped once the
+        log holds them, or rolled back by unstage; False (nothing open) when the index is not right
+        behind them. Lets a clone build the index while its objects still arrive.
+        """
+        index = self.index
+        try:
+            if not frames or index.begin().log_end != frames[0].offset:
+                index.rollback()
+                return False
+            for frame in frames:
+                index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
+                self.tree(index).add_frame(frame, (data, frames[0].offset))
+            return True
+        except sqlite3.Error:
+            index.rollback()  # the log is the truth: applied_shipped catches up from it
+            return False
+        except BaseException:
+            index.rollback()
+            raise
+
+    def unstage(self) -> None:
+        """Drop what stage_shipped applied (the frames were not appended)."""
+        if self._index is not None:
+            self._index.rollback()
+
+    def applied_shipped(self, frames: list[Frame], staged: bool = False) -> None:
+        """Apply frames this process just appended as received (a pull; under the lock) in one transaction.
+
+        staged: stage_shipped applied them already; only the commit is left. Else they are applied
+        now (no second decode). An index not right behind them is caught up from the log instead.
+        """
+        index = self.index
+        try:
+            if not staged and frames and index.begin().log_end == frames[0].offset:
+                for frame in frames:
+                    index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
+                    self.tree(index).add_frame(frame)
+            if index.db.in_transaction:
+                index.commit()
+        except sqlite3.Error:
+            index.rollback()  # the log is the truth: the catch-up below (or the next use) applies them
+        except BaseException:
+            index.rollback()
+            raise
+        self._seen_log_stamp = None
+        self.catch_up()
+        crash_point("index-updated")
+
+
 def chained_frames(scan: Scan, prev: bytes, seq: int, damaged: Callable[[tuple[int, int, str]], None],
                    goes_back: Callable[[str], None]) -> Iterator[Frame]:  # fmt: skip
     """The good frames of a scan, each checked to continue the chain from (prev, seq) (check_chain).

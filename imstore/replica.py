@@ -25,6 +25,7 @@ from .errors import BadUpstream, CorruptLog, Diverged, InvalidInput, from_os_err
 from .feed import Frames, NoFrameThere, Source
 from .fsio import atomic_write, crash_point
 from .hashing import blake3, checksum16
+from .packcopy import PackTaker
 from .records import HEADER, HEADER_SIZE, MAX_FRAME, Frame, check_chain, decode_payload, make_frame
 from .store import Store
 
@@ -118,32 +119,59 @@ def pull(store: Store, source: Source, *, progress: Callable[[int, int], None] |
         _check_not_diverged(store, source, state, described["log_end"])
     started = state.log_end
     target = described["log_end"]
-    while True:
-        index = store.indexer.current()
-        state, epoch = index.state(), index.epoch()
-        source.epoch = epoch  # each request carries it: a source of a higher epoch answers 409 (R10)
-        answer = source.frames(state.log_end, round_bytes, wait)
-        data, target, wait = answer.data, answer.log_end, 0.0  # only the first request waits
-        if on_answer is not None:
-            on_answer(answer)
-        if answer.epoch is not None and answer.epoch < epoch:
-            raise BadUpstream(f"{source.location} is at epoch {answer.epoch}, lower than this store's {epoch}: it was superseded"
-                              " (a primary that was failed over); nothing was appended")  # fmt: skip
-        if not data:
-            break
-        frames = check_frames(data, state.log_end, state.last_hash, state.seq, epoch)
-        fetched, fetched_bytes = _store_objects(store, source, frames, state.log_end, state.log_end + len(data))
-        crash_point("replica-objects-durable")
-        store.committer.append_shipped(data, (state.log_end, state.seq, state.last_hash))
-        crash_point("replica-frames-appended")
-        for name, amount in (("frames", len(frames)), ("records", sum(len(frame.records) for frame in frames)),
-                             ("objects", fetched), ("object_bytes", fetched_bytes), ("log_bytes", len(data))):  # fmt: skip
-            totals[name] += amount
-        if progress is not None:
-            progress(state.log_end + len(data) - started, max(target - started, 1))
+    # A store with no log yet takes the source's packs whole (R13), beside the checks of the first frames.
+    packs = PackTaker(store.objects.packs.pack_dir, source) if state.log_end == 0 else None
+    try:
+        while True:
+            index = store.indexer.current()
+            state, epoch = index.state(), index.epoch()
+            source.epoch = epoch  # each request carries it: a source of a higher epoch answers 409 (R10)
+            answer = source.frames(state.log_end, round_bytes, wait)
+            data, target, wait = answer.data, answer.log_end, 0.0  # only the first request waits
+            if on_answer is not None:
+                on_answer(answer)
+            if answer.epoch is not None and answer.epoch < epoch:
+                raise BadUpstream(f"{source.location} is at epoch {answer.epoch}, lower than this store's {epoch}: it was"
+                                  " superseded (a primary that was failed over); nothing was appended")  # fmt: skip
+            if not data:
+                break
+            frames = check_frames(data, state.log_end, state.last_hash, state.seq, epoch)
+            fetched = _append_round(store, source, data, frames, (state.log_end, state.seq, state.last_hash), packs)
+            crash_point("replica-frames-appended")
+            for name, amount in (("frames", len(frames)), ("records", sum(len(frame.records) for frame in frames)),
+                                 ("objects", fetched[0]), ("object_bytes", fetched[1]), ("log_bytes", len(data))):  # fmt: skip
+                totals[name] += amount
+            if progress is not None:
+                progress(state.log_end + len(data) - started, max(target - started, 1))
+        if packs is not None:
+            packs.wait()  # packs taken but no frames (an empty source): still durable and checked
+    finally:
+        if packs is not None:
+            packs.close()
+            totals["objects"] += packs.objects
+            totals["object_bytes"] += packs.bytes
     state = store.indexer.current().state()
     return PullResult(source.location, seq=state.seq, head=state.last_hash.hex() if state.seq else "", log_end=state.log_end,
                       **totals)  # fmt: skip
+
+
+def _append_round(store: Store, source: Source, data: bytes, frames: list[Frame], head: tuple[int, int, bytes],
+                  packs: PackTaker | None) -> tuple[int, int]:  # fmt: skip
+    """Objects first (durable, each checked), then the frames; (objects fetched one by one, their bytes)."""
+    fetched = (0, 0)
+
+    def objects_durable() -> None:
+        nonlocal fetched
+        known = packs.wait() if packs is not None else set()
+        fetched = _store_objects(store, source, frames, head[0], head[0] + len(data), known)
+        crash_point("replica-objects-durable")
+
+    if packs is not None and not packs.done:  # the index rows are staged while the packs arrive (a clone)
+        store.committer.append_shipped(data, head, frames, objects_durable)
+    else:
+        objects_durable()
+        store.committer.append_shipped(data, head, frames)
+    return fetched
 
 
 def clone(source: Source, destination: str | os.PathLike, *, progress: Callable[[int, int], None] | None = None) -> PullResult:
@@ -234,8 +262,12 @@ def _describe_common(frame: Frame | None) -> str:
 
 
 # ============================================================ objects
-def _store_objects(store: Store, source: Source, frames: list[Frame], start: int, end: int) -> tuple[int, int]:
-    """Fetch the objects the frames name and this store lacks; hash each; durable on return. (count, bytes)."""
+def _store_objects(store: Store, source: Source, frames: list[Frame], start: int, end: int,
+                   known: set[str] = frozenset()) -> tuple[int, int]:  # fmt: skip
+    """Fetch the objects the frames name and this store lacks; hash each; durable on return. (count, bytes).
+
+    known: objects this pull already holds durably (in the packs it took whole).
+    """
     named: dict[str, int] = {}
     for frame in frames:
         for record in frame.records:
@@ -243,7 +275,7 @@ def _store_objects(store: Store, source: Source, frames: list[Frame], start: int
                 named.setdefault(record.hash, record.size)
     objects = store.objects
     objects.refresh()
-    missing = {object_id for object_id in named if not objects.exists(object_id)}
+    missing = {object_id for object_id in named if object_id not in known and not objects.exists(object_id)}
     if not missing:
         return 0, 0
     # Many objects go into one pack as they arrive (one fsync; visible only once finished); a few are

@@ -63,8 +63,11 @@ class TreeTable:
         self._ensure_table()
         self.db.execute("DELETE FROM merkle")
 
-    def add_frame(self, frame: Frame) -> None:
+    def add_frame(self, frame: Frame, shipped: tuple[bytes, int] | None = None) -> None:
         """Add the leaves of a frame the index just applied (same transaction); a tree that is not right behind it catches up.
+
+        shipped: (bytes, their log offset) holding the frame, when it is not in the log yet (a pull
+        stages its index rows before it appends: indexer.stage_shipped).
 
         Never fails the index update: a frame whose bytes cannot be read back now is
         left for the next catch-up (the tree is derived; the log is the truth).
@@ -72,20 +75,20 @@ class TreeTable:
         first = frame.records[0].seq
         try:
             try:
-                self._add_after(first - 1, frame)
+                self._add_after(first - 1, frame, shipped)
             except CorruptIndex:  # nodes missing from the table: build it again from the log
                 self.clear()
-                self._add_after(first - 1, frame)
+                self._add_after(first - 1, frame, shipped)
         except (ImstoreError, OSError, sqlite3.Error):
             self._ready = False  # look for the table again next time (a statement failed alone: the index's rows stand)
 
-    def _add_after(self, seq: int, frame: Frame) -> None:
+    def _add_after(self, seq: int, frame: Frame, shipped: tuple[bytes, int] | None = None) -> None:
         size = self.size()
         if size != seq:
             self.catch_up(seq)
             size = self.size()
         if size == seq:
-            self.append(frame_leaf_hashes(self.log, frame), size)
+            self.append(frame_leaf_hashes(self.log, frame, shipped), size)
 
     def catch_up(self, seq: int) -> None:
         """Make the tree hold the records up to seq, from the log (inside a write transaction).
@@ -116,17 +119,22 @@ class TreeTable:
                 return
 
 
-def frame_leaf_hashes(log: Log, frame: Frame) -> list[bytes]:
-    """The leaf hash of each record of a frame: its payload bytes, read back from the log and checked against the record."""
+def frame_leaf_hashes(log: Log, frame: Frame, shipped: tuple[bytes, int] | None = None) -> list[bytes]:
+    """The leaf hash of each record of a frame: its payload bytes, read back from the log (or from
+    shipped: bytes and their log offset) and checked against the record."""
     if not frame.spans:
         raise CorruptLog(f"the frame at offset {frame.offset} has no record places")
     start = frame.spans[0][0]
     end = frame.spans[-1][0] + frame.spans[-1][1]
-    fd = os.open(log.path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        raw = os.pread(fd, end - start, start)
-    finally:
-        os.close(fd)
+    if shipped is not None:
+        data, base = shipped
+        raw = data[start - base : end - base]
+    else:
+        fd = os.open(log.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            raw = os.pread(fd, end - start, start)
+        finally:
+            os.close(fd)
     leaves = []
     for record, (offset, length) in zip(frame.records, frame.spans, strict=True):
         payload = raw[offset - start : offset - start + length]

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from aiohttp import web
 
 from .. import layout
+from ..errors import NotFound
 from ..feed import (
     EPOCH_HEADER,
     HEAD_SEQ_HEADER,
@@ -25,13 +28,15 @@ from ..feed import (
     describe,
     object_stream,
     open_local,
+    pack_file_path,
+    pack_listing,
     read_frames,  # fmt: skip
 )
 from ..log import Log
 from ..records import MAX_FRAME
 from .bodies import json_response
 from .headers import non_negative
-from .protocol import RouteMatch
+from .protocol import SENDFILE_FILE, SENDFILE_OFFER, RouteMatch
 
 __all__ = ["FeedRoutes"]
 
@@ -40,7 +45,8 @@ _GROWTH_POLL = 0.01  # how often a long poll looks at the log's size (a stat: ch
 
 
 class FeedRoutes:
-    """Mixed into WorkerApp: handlers for GET /v1/replication, /v1/replication/log and /v1/replication/objects."""
+    """Mixed into WorkerApp: handlers for GET /v1/replication, /v1/replication/log, /v1/replication/objects
+    and /v1/replication/packs[/<file>] (a clone takes packs whole: R13)."""
 
     store_root: str
 
@@ -118,3 +124,24 @@ class FeedRoutes:
             raise ConnectionError("object stream cut off") from None
         await response.write_eof()
         return response
+
+    async def _replication_packs_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
+        listing = await self.call(pack_listing, Path(self.store_root))
+        return json_response({"packs": [{"name": name, "size": size} for name, size in listing]}, headers={"Cache-Control": "no-store"})
+
+    async def _replication_pack_get(self, request: web.BaseRequest, matched: RouteMatch) -> web.StreamResponse:
+        """A pack or its index, as stored. Not hashed here: the receiver checks every object against the
+        index and the index against its trailer (packcopy.py), so sending it is a plain file copy."""
+        path = pack_file_path(Path(self.store_root), matched.raw_param)
+        headers = {"Content-Type": "application/octet-stream", "Cache-Control": "no-store"}
+        if request.headers.get(SENDFILE_OFFER) == "1":
+            try:
+                size = os.stat(path).st_size
+            except FileNotFoundError:
+                size = None
+            if size is not None:
+                headers[SENDFILE_FILE] = f"0 {size} {quote(str(path))}"  # the gateway sends it with sendfile(2)
+                return web.Response(headers=headers)
+        if not path.exists():
+            raise NotFound(f"no pack file {matched.raw_param}")
+        return web.FileResponse(path, headers=headers)

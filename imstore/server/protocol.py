@@ -98,6 +98,8 @@ ROUTES: tuple[Route, ...] = (
     Route("replication", "/v1/replication", ("GET",)),
     Route("replication_log", "/v1/replication/log", ("GET",)),
     Route("replication_objects", "/v1/replication/objects", ("GET",)),
+    Route("replication_packs", "/v1/replication/packs", ("GET",)),
+    Route("replication_pack", "/v1/replication/packs/{file}", ("GET",)),
     Route("healthz", "/healthz", ("GET",), public=True),
     Route("healthz_writable", "/healthz/writable", ("GET",), public=True),
     Route("healthz_readable", "/healthz/readable", ("GET",), public=True),
