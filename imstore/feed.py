@@ -137,12 +137,14 @@ def verified_objects(objects: ObjectStore, wanted: Iterable[tuple[str, int]]) ->
 
     Objects in a pack are read with one pread each from a pack file kept open (a reader per
     object would open the pack 10,000 times for a clone); big and loose ones through their reader.
+    A loose copy comes first, as for every read: repair writes one over a damaged pack entry (R12).
     """
     handles: dict[Path, int] = {}
     packs = objects.packs
     try:
         for object_id, _size in wanted:
-            location = packs.locate(object_id) if packs is not None else None
+            loose = os.path.exists(objects.loose_path(object_id))
+            location = packs.locate(object_id) if packs is not None and not loose else None
             if location is None or location.length >= _STREAM_PIECE * 8:
                 reader = objects.open(object_id)
                 yield object_id, reader.size, reader.chunks()

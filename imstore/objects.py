@@ -190,6 +190,15 @@ class ObjectStore:
             return True
         return self.packs is not None and self.packs.contains(object_id)
 
+    def good_loose_copy(self, object_id: str) -> bool:
+        """Is there a loose copy of object_id whose bytes hash to it? (It supersedes a damaged pack entry: R12.)"""
+        path = self.loose_path(object_id)
+        try:
+            ObjectReader(object_id, ObjectLocation(path, 0, os.stat(path).st_size)).verify()
+        except (OSError, ImstoreError):
+            return False
+        return True
+
     def new_pack(self) -> PackWriter:
         """A pack to add many objects to; they become visible (durably) on finish()."""
         from .packs import PackWriter  # noqa: F811 -- here: packs.py imports this module

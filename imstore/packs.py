@@ -373,13 +373,15 @@ class RepackResult(NamedTuple):
     problems: tuple[str, ...] = ()
 
 
-def repack(pack_set: PackSet, small: int = SMALL_PACK) -> RepackResult:
+def repack(pack_set: PackSet, small: int = SMALL_PACK, superseded=None) -> RepackResult:
     """Merge the small packs into one. The caller holds the writers' lock.
 
     Every object is copied as a verified slice; the new pack is durable and its
     index loads and holds every copied object before any old pack is removed. A
     pack with a damaged object is left in place (and named in problems), so no
-    byte that a record may need is ever deleted.
+    byte that a record may need is ever deleted, unless superseded(id) says a good
+    copy of that object is kept elsewhere (a loose copy written by repair: R12):
+    then the damaged slice is dropped with its pack.
     """
     candidates = sorted((p for p in pack_set.packs() if p.pack_size < small), key=lambda p: p.pack_path.name)
     if len(candidates) < 2:
@@ -390,7 +392,7 @@ def repack(pack_set: PackSet, small: int = SMALL_PACK) -> RepackResult:
     copied: set[str] = set()
     try:
         for pack in candidates:
-            pack_problems = _copy_pack(pack, writer, copied)
+            pack_problems = _copy_pack(pack, writer, copied, superseded)
             problems.extend(pack_problems)
             if not pack_problems:
                 removable.append(pack)
@@ -422,7 +424,7 @@ def repack(pack_set: PackSet, small: int = SMALL_PACK) -> RepackResult:
     return RepackResult(len(removable), len(copied), writer.size, new_path, tuple(problems))
 
 
-def _copy_pack(pack: PackIndex, writer: PackWriter, copied: set[str]) -> list[str]:
+def _copy_pack(pack: PackIndex, writer: PackWriter, copied: set[str], superseded=None) -> list[str]:
     problems = []
     try:
         with open(pack.pack_path, "rb") as handle:
@@ -430,7 +432,8 @@ def _copy_pack(pack: PackIndex, writer: PackWriter, copied: set[str]) -> list[st
                 handle.seek(entry.offset)
                 data = handle.read(entry.length)
                 if len(data) != entry.length or blake3(data).hexdigest() != entry.object_id:
-                    problems.append(f"object {entry.object_id} in {pack.pack_path.name} is damaged; that pack is kept")
+                    if superseded is None or not superseded(entry.object_id):
+                        problems.append(f"object {entry.object_id} in {pack.pack_path.name} is damaged; that pack is kept")
                     continue
                 writer.add(entry.object_id, data)
                 copied.add(entry.object_id)

@@ -6,9 +6,11 @@ whose first record continues the chain from the record before the damage and who
 last record's hash is the `prev` of the record after it (seq continuing too). The
 chain then pins every byte: the hash of each record is named by the next one, so
 these are the bytes this log held. Damage at the log's end has no record after it
-to prove it: it is refused. Objects are proven by their own hash. Nothing unproven
-is ever written; the log's bytes are written back in place (the same bytes), fsynced,
-and the index rebuilt, all under the writers' lock.
+to prove it: it is refused. Objects are proven by their own hash, and written loose
+(a damaged entry in a pack stays as it is: the loose copy, which reads look for
+first, stands for it, and repack drops the slice). Nothing unproven is ever written;
+the log's bytes are written back in place (the same bytes), fsynced, and the index
+rebuilt, all under the writers' lock.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .feed import NoFrameThere, Source
 from .fsio import fsync_fd
 from .hashing import blake3
 from .indexer import index_query
+from .objects import ObjectLocation
 from .records import GENESIS, Frame
 from .replica import check_frames
 from .store import Store
@@ -33,9 +36,11 @@ class RepairReport:
     frames: list[str] = field(default_factory=list)  # each stretch healed: "offset-end"
     objects: list[str] = field(default_factory=list)  # each object healed (its id)
     refused: list[str] = field(default_factory=list)  # what could not be proven, and why
+    superseded: list[str] = field(default_factory=list)  # "<id> in <pack>": damaged pack entries a loose copy now stands for
 
     def to_json(self) -> dict:
-        return {"log_stretches": self.frames, "objects": self.objects, "refused": self.refused, "ok": not self.refused}
+        return {"log_stretches": self.frames, "objects": self.objects, "superseded": self.superseded, "refused": self.refused,
+                "ok": not self.refused}  # fmt: skip
 
 
 def repair(store: Store, source: Source) -> RepairReport:
@@ -126,12 +131,20 @@ def _heal_objects(store: Store, source: Source, report: RepairReport) -> None:
         if found is None:
             report.refused.append(f"object {object_id}: the index has no log frame naming it")
             continue
+        damaged = objects.locate(object_id)
         try:
             data = _fetch(source, object_id, row[0], found[0])
-            objects.write_bytes(data)  # a damaged copy is replaced only by bytes that hash to its id (objects.py)
+            # Loose: a damaged loose copy is replaced only by bytes that hash to its id (objects.py); a damaged
+            # pack entry is left as it is (packs are never written to) and the new loose copy, which every
+            # read looks for first, stands for it; repack drops the damaged slice.
+            objects.write_bytes(data)
             objects.refresh()
+            if objects.locate(object_id) != ObjectLocation(objects.loose_path(object_id), 0, len(data)):
+                raise ImstoreError(f"the good copy of object {object_id} is not the one reads find")
             objects.open(object_id).verify()
             report.objects.append(object_id)
+            if damaged is not None and objects.packs is not None and damaged.path.parent == objects.packs.pack_dir:
+                report.superseded.append(f"{object_id} in {damaged.path.name}")
         except ImstoreError as exc:
             report.refused.append(f"object {object_id}: {exc}")
 

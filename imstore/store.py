@@ -293,7 +293,7 @@ class Store:
             removed = self.objects.remove_stale_temps(REPACK_TEMP_AGE)
             if removed:
                 self.warnings.append(f"removed {removed} temp file(s) left by interrupted writes")
-            return repack(self.packs)
+            return repack(self.packs, superseded=self.objects.good_loose_copy)
 
     # ================================================================ reading
     def resolve(self, key: str, version: int | str | None = None, at: int | None = None) -> Version:

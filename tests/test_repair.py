@@ -84,3 +84,44 @@ def test_a_damaged_object_is_healed_by_bytes_that_hash_to_it(tmp_path: Path):
     result = run_cli_in_process(["--store", str(copy), "--json", "repair", "--from", str(source)])
     assert result.code == 0 and json.loads(result.out)["objects"] == [object_id], result.stderr
     assert verify(copy)["ok"]
+
+
+def test_a_damaged_object_inside_a_pack_is_healed_and_the_pack_is_never_written(tmp_path: Path):
+    from imstore.packs import PackIndex
+    from tests.test_replica import import_tree
+
+    source = tmp_path / "source"
+    Store.init(source)[0].close()
+    import_tree(source, tmp_path, files=70)
+    import_tree(source, tmp_path, files=70)  # two packs: repack has something to merge afterwards
+    copy = tmp_path / "copy"
+    clone(PathSource(source), copy)
+    with Store.open(copy) as store:
+        version = store.resolve("t/f33")
+        location = store.objects.locate(version.hash)
+    assert location.path.suffix == ".pack", "the clone took the pack whole"
+    flip(location.path, location.offset + 7)
+    damaged_pack = location.path.read_bytes()
+    report = verify(copy)
+    assert not report["ok"] and any(version.hash in problem for problem in report["problems"])
+
+    result = run_cli_in_process(["--store", str(copy), "--json", "repair", "--from", str(source)])
+    assert result.code == 0, result.stderr
+    document = json.loads(result.out)
+    assert document["objects"] == [version.hash]
+    assert document["superseded"] == [f"{version.hash} in {location.path.name}"]
+    assert location.path.read_bytes() == damaged_pack  # nothing written is ever changed: the pack is as it was
+    assert verify(copy)["ok"]
+    with Store.open(copy) as store, Store.open(source) as original:
+        assert store.get("t/f33") == original.get("t/f33")
+    third = tmp_path / "third"  # a replica of the healed node gets the good copy (its pack fails the check, its objects come one by one)
+    assert run_cli_in_process(["clone", str(copy), str(third)]).code == 0
+    assert verify(third)["ok"] and log_bytes(third) == log_bytes(source)
+
+    repacked = run_cli_in_process(["--store", str(copy), "--json", "repack"])
+    assert repacked.code == 0, repacked.stderr
+    assert not location.path.exists()  # the damaged slice went with its pack; the good loose copy stands
+    assert verify(copy)["ok"]
+    with Store.open(copy) as store, Store.open(source) as original:
+        assert store.get("t/f33") == original.get("t/f33")
+        assert all(PackIndex(path).find(version.hash) is None for path in (copy / "objects/pack").glob("*.idx"))

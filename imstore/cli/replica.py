@@ -174,6 +174,8 @@ def repair(
             out.info(f"repaired log bytes {stretch} from {source}")
         for object_id in report.objects:
             out.info(f"repaired object {object_id} from {source}")
+        for entry in report.superseded:
+            out.info(f"the damaged copy of {entry} is left as it is; the good loose copy stands for it (imstore repack drops it)")
         if not report.frames and not report.objects and not report.refused:
             out.info("nothing to repair")
     if report.refused:
