@@ -86,3 +86,28 @@ def test_a_pull_over_http_killed_mid_way_is_finished_by_the_next(start, tmp_path
     assert resumed.code == 0, resumed.stderr
     assert (copy / SEGMENT).read_bytes() == (server.store / SEGMENT).read_bytes()
     assert run_cli_process(["--store", str(copy), "verify"]).code == 0
+
+
+def test_a_clone_over_http_takes_the_packs_whole(start, tmp_path: Path):
+    from tests.test_replica import import_tree
+
+    server = start("--workers", "2")
+    import_tree(server.store, tmp_path, files=80)  # one pack on the primary
+    put_some(server, 2)
+    listed = server.request("GET", "/v1/replication/packs", token="read")
+    assert listed.status == 200
+    [pack] = json.loads(listed.body)["packs"]
+    on_disk = server.store / "objects" / "pack" / f"{pack['name']}.pack"
+    assert pack["size"] == on_disk.stat().st_size
+    index = server.request("GET", f"/v1/replication/packs/{pack['name']}.idx", token="read")
+    assert index.status == 200 and index.body == on_disk.with_suffix(".idx").read_bytes()
+    for wrong in ("..%2Fconfig", "pack-" + "0" * 40 + ".pack", "tokens"):
+        assert server.request("GET", f"/v1/replication/packs/{wrong}", token="read").status == 404
+    assert server.request("GET", "/v1/replication/packs", token=None).status == 401
+    copy = tmp_path / "copy"
+    cloned = run_cli_process(["clone", server.url, str(copy), "--json"], env={"IMSTORE_TOKEN": server.read_token})
+    assert cloned.code == 0, cloned.stderr
+    assert json.loads(cloned.out)["objects"] == 82
+    assert (copy / "objects" / "pack" / on_disk.name).read_bytes() == on_disk.read_bytes()
+    assert (copy / SEGMENT).read_bytes() == (server.store / SEGMENT).read_bytes()
+    assert run_cli_process(["--store", str(copy), "verify"]).code == 0
