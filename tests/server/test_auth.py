@@ -26,6 +26,8 @@ SAMPLE_PATHS = {
     "replication": "/v1/replication",
     "replication_log": "/v1/replication/log?from=0",
     "replication_objects": "/v1/replication/objects?from=0&to=0",
+    "replication_packs": "/v1/replication/packs",
+    "replication_pack": "/v1/replication/packs/pack-" + "0" * 40 + ".idx",
     "healthz": "/healthz",
     "healthz_writable": "/healthz/writable",
     "healthz_readable": "/healthz/readable",
