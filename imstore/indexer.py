@@ -317,7 +317,6 @@ class Indexer:
                 self.warnings.append(note)
         crash_point("index-updated")
 
-
     def stage_shipped(self, frames: list[Frame], data: bytes) -> bool:
         """Apply frames about to be appended as received (a pull, under the lock) in a transaction left open.
 

@@ -166,7 +166,7 @@ def take_packs(pack_dir: Path, source) -> list[str]:
         if os.path.exists(pack_dir / f"{name}.idx"):
             continue  # a name is the digest of the entries: this store holds the same pack
         try:
-            copy = check_index(name, size, b"".join(source.pack_file(f"{name}.idx")))
+            copy = check_index(name, size, b"".join(bytes(piece) for piece in source.pack_file(f"{name}.idx")))  # pieces may share a buffer
             receive_pack(pack_dir, copy, source.pack_file(f"{name}.pack"))
         except (BadUpstream, NotFound):
             continue

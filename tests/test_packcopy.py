@@ -116,3 +116,22 @@ def test_a_pack_that_fails_its_check_is_dropped_and_its_objects_come_one_by_one(
     assert result.objects == 91
     assert all(path.read_bytes() != lie for path in (copy / "objects/pack").glob("*.pack"))
     assert not [path for path in (copy / "objects").rglob("*") if path.name.startswith(".tmp-")]
+
+
+class SmallReusedPieces(PathSource):
+    """Hands out every file in 4 KiB pieces through one reused buffer, as HttpSource does (in 1 MiB pieces)."""
+
+    def pack_file(self, file_name: str):
+        data = b"".join(super().pack_file(file_name))
+        buffer = bytearray(4096)
+        for start in range(0, len(data), len(buffer)):
+            piece = data[start : start + len(buffer)]
+            buffer[: len(piece)] = piece
+            yield memoryview(buffer)[: len(piece)]
+
+
+def test_pieces_in_a_reused_buffer_are_taken_whole(packed: Path, tmp_path: Path):
+    copy = tmp_path / "copy"
+    clone(SmallReusedPieces(packed), copy)
+    assert pack_files(copy) == pack_files(packed)  # the index (bigger than one piece) and the pack came through intact
+    assert verify_ok(copy)
