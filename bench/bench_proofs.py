@@ -38,14 +38,17 @@ CHUNK = 10_000
 
 def build_tree(path: Path, size: int):
     from imstore import merkle
-    from imstore.treestore import TreeTable
+    from imstore.treestore import Stored, TreeTable
 
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
-    tree = TreeTable(db, log=None)  # no log: the leaves are given, never read back
+    tree = TreeTable(db, log=None)  # no log: the leaves are given, never read back (log offsets are left 0)
     db.execute("BEGIN")
+    tree.clear()
     for start in range(0, size, CHUNK):
-        tree.append([merkle.leaf_hash(b"record %d" % number) for number in range(start, min(size, start + CHUNK))])
+        end = min(size, start + CHUNK)
+        leaves = [merkle.leaf_hash(b"record %d" % number) for number in range(start, end)]
+        tree.append(leaves, Stored(end, 0, b""), Stored(start, 0, b""))
     db.execute("COMMIT")
     return tree
 
@@ -56,14 +59,14 @@ def time_proofs(tree, rounds: int) -> dict[str, float]:
     from imstore.checkpoint import Signer, checkpoint_body, open_checkpoint, sign_note
 
     signer = Signer("bench/proofs", bytes(32))
-    size = tree.size()
+    size = tree.stored().size
     picks = random.Random(size)
     figures: dict[str, list[float]] = {"prove inclusion": [], "check inclusion": [], "prove consistency": [], "check consistency": []}
     for _ in range(rounds):
         index, old = picks.randrange(size), picks.randrange(1, size + 1)
         start = time.perf_counter()
         tree.db.execute("BEGIN")
-        current = tree.size()
+        current = tree.stored().size
         path = merkle.inclusion_proof(tree, index, current)
         root = merkle.root(tree, current)
         tree.db.execute("COMMIT")
@@ -163,7 +166,7 @@ def put_cost(puts: int, rounds: int, temp: Path) -> float:
 
     def case(name: str):
         def run() -> float:
-            TreeTable.add_frame = kept if name == "with the tree" else (lambda self, frame: None)
+            TreeTable.add_frame = kept if name == "with the tree" else (lambda self, frame, payload=None: None)
             try:
                 with Store.open(stores[name]) as store:
                     store.put("warm", b"x")

@@ -281,11 +281,12 @@ class Indexer:
         self._damaged = (self._seen_log_stamp, found) if self._seen_log_stamp == stamp else None
         return found
 
-    def applied(self, frame: Frame) -> None:
+    def applied(self, frame: Frame, payload: bytes | None = None) -> None:
         """Apply a frame this process just appended (under the lock), and check a few older frames.
 
         A reader may have applied it already (it is durable and visible). A failing
         index is left behind: the log is the truth and the index catches up later.
+        payload: the frame's bytes, still in memory (the tree hashes its records from them).
         """
         index = self.index
         damaged_at = None
@@ -296,7 +297,7 @@ class Indexer:
                 scrubbed = index.scrub_offset()
             if index.begin().log_end == frame.offset:
                 index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
-                self.tree(index).add_frame(frame)
+                self.tree(index).add_frame(frame, payload)
             if damaged_at is not None:
                 try:
                     scrubbed = self._note_damage_at(index, damaged_at, frame.offset)
