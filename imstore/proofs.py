@@ -5,8 +5,8 @@ An inclusion proof (`imstore prove KEY`):
 A consistency proof (`imstore prove --since OLD`):
     {"checkpoint": "<new note>", "old": "<old note>", "consistency": ["<base64 hash>", ...]}
 
-Documents are written in one canonical JSON form (compact, ASCII) and a checker
-accepts only that form, so that no byte of a document can change unnoticed.
+Documents are written in one canonical JSON form (compact, ASCII); a checker
+reads any JSON spelling of one, since the formatting carries nothing (P5).
 `check_document` trusts nothing it has not checked: the signature first, then
 the proof against the signed root, and only then what the leaf says.
 """
