@@ -42,8 +42,9 @@ from .treestore import STRIDE
 from .validate import parse_version
 
 if TYPE_CHECKING:
+    from .index import Index
     from .store import Store
-    from .treestore import TreeView
+    from .treestore import TreeTable, TreeView
 
 T = TypeVar("T")
 
@@ -73,45 +74,47 @@ def signer(store: Store) -> Signer:
 def _tree(store: Store, rebuild: bool = False) -> Iterator[TreeView]:
     """The store's tree as the index has it now, read in one snapshot (one read transaction).
 
-    The table is caught up first (a write) when it is far behind the index: an index
-    made before trees were kept, or frames the hook could not add; rebuild: made again.
+    The table is caught up first (a write) when it is far behind the index or ahead of it:
+    an index made before trees were kept, or frames the hook could not add; rebuild: made again.
     """
     index = store._current_index()
     table = store.indexer.tree(index)
+    while True:
+        index_query(lambda: index.db.execute("BEGIN"))
+        try:
+            state, stored = index_query(index.state), index_query(table.stored)
+            if not rebuild and stored.log_end <= state.log_end and state.seq - stored.size < 2 * STRIDE:
+                yield index_query(lambda end=state.log_end, stored=stored: table.view(end, stored))
+                return
+        finally:
+            index.rollback()
+        index_query(lambda rebuild=rebuild: _catch_up(index, table, rebuild))
+        rebuild = False
 
-    def far_behind() -> bool:
-        state, stored = index.state(), table.stored()
-        return stored.log_end > state.log_end or state.seq - stored.size >= 2 * STRIDE
 
-    if rebuild or index_query(far_behind):
-
-        def catch_up() -> None:
-            state = index.begin()
-            try:
-                if rebuild:
-                    table.clear()
-                table.catch_up(state.log_end)
-                index.commit()
-            except BaseException:
-                index.rollback()
-                raise
-
-        index_query(catch_up)
-    index_query(lambda: index.db.execute("BEGIN"))
+def _catch_up(index: Index, table: TreeTable, rebuild: bool) -> None:
+    state = index.begin()
     try:
-        yield index_query(lambda: table.view(index.state().log_end))
-    finally:
+        if rebuild:
+            table.clear()
+        table.catch_up(state.log_end)
+        index.commit()
+    except BaseException:
         index.rollback()
+        raise
 
 
 def _on_tree(store: Store, compute: Callable[[TreeView], T]) -> T:
-    """compute(tree) on the store's tree; a table that lacks nodes or does not fit the log is rebuilt once from the log."""
+    """compute(tree) on the store's tree; a table that lacks nodes or does not fit the log is rebuilt once from the log.
+
+    The nodes compute reads are fetched first in one query (TreeView.prefetch).
+    """
     try:
         with _tree(store) as tree:
-            return index_query(lambda: compute(tree))
+            return index_query(lambda: compute(tree.prefetch(compute)))
     except CorruptIndex:
         with _tree(store, rebuild=True) as tree:
-            return index_query(lambda: compute(tree))
+            return index_query(lambda: compute(tree.prefetch(compute)))
 
 
 def _signed(store: Store, size: int, root: bytes) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import namedtuple
+from collections.abc import Callable
 
 from . import merkle
 from .errors import CorruptIndex, CorruptLog, ImstoreError, from_os_error
@@ -57,41 +58,49 @@ class TreeTable:
     def __init__(self, db: sqlite3.Connection, log: Log):
         self.db = db
         self.log = log
-        self._ready = False
         # The records of the frames this process applied since the table was written, each as
         # (seq, prev, record hash, leaf hash, the frame's end if it is the frame's last record else 0).
         self._pending: list[tuple[int, bytes, bytes, bytes, int]] = []
 
     def _ensure_tables(self) -> None:
-        if not self._ready:
-            for statement in _TABLES:
-                self.db.execute(statement)
-            self._ready = True
+        """Create the tables if need be: only in a write transaction (one rolled back takes them away again)."""
+        for statement in _TABLES:
+            self.db.execute(statement)
 
     # ------------------------------------------------------------ reading
     def stored(self) -> Stored:
         """The prefix the table holds; EMPTY when it holds none, or not what its marker says (rebuilt on the next catch-up)."""
-        self._ensure_tables()
-        row = self.db.execute("SELECT size, log_end, last_hash FROM merkle_end WHERE id = 1").fetchone()
-        if row is None:
-            return EMPTY
-        leaves = self.db.execute("SELECT max(id) FROM merkle WHERE id < ?", (_LEAVES_END,)).fetchone()[0]
+        try:
+            row = self.db.execute("SELECT size, log_end, last_hash FROM merkle_end WHERE id = 1").fetchone()
+            if row is None:
+                return EMPTY
+            leaves = self.db.execute("SELECT max(id) FROM merkle WHERE id < ?", (_LEAVES_END,)).fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return EMPTY  # an index made before trees were kept (or tables dropped): made at the next write
+            raise
         if (-1 if leaves is None else leaves) + 1 != row[0]:
             return EMPTY  # a table cut short or made by an older imstore: not trusted
         return Stored(*row)
 
     def node(self, level: int, index: int) -> bytes:
-        row = self.db.execute("SELECT hash FROM merkle WHERE id = ?", ((level << _LEVEL_SHIFT) | index,)).fetchone()
+        try:
+            row = self.db.execute("SELECT hash FROM merkle WHERE id = ?", ((level << _LEVEL_SHIFT) | index,)).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            row = None
         if row is None or len(row[0]) != merkle.HASH_SIZE:
             raise CorruptIndex(f"the index's Merkle tree lacks node {level}/{index}: run imstore reindex to rebuild it")
         return row[0]
 
-    def view(self, log_end: int) -> TreeView:
+    def view(self, log_end: int, stored: Stored | None = None) -> TreeView:
         """The tree of the log up to log_end (a frame end the index applied): the table, then the records after it from the log.
 
-        CorruptIndex when the table is ahead of log_end or does not continue into the log (catch_up rebuilds it).
+        stored: what stored() just said (in this transaction). CorruptIndex when the table is ahead
+        of log_end or does not continue into the log (catch_up rebuilds it).
         """
-        stored = self.stored()
+        stored = stored or self.stored()
         if stored.log_end > log_end:
             raise CorruptIndex("the index's Merkle tree is ahead of the index: run imstore reindex")
         leaves, _end = self._leaves_from_log(stored, log_end)
@@ -100,6 +109,8 @@ class TreeTable:
     # ------------------------------------------------------------ writing (inside the index's transaction)
     def append(self, leaf_hashes: list[bytes], end: Stored, stored: Stored) -> None:
         """Add leaves after the prefix `stored`; the table's prefix then ends at `end`."""
+        if not stored.size:
+            self._ensure_tables()
         rows = merkle.new_nodes(self, stored.size, leaf_hashes)
         self.db.executemany("INSERT INTO merkle VALUES (?, ?)", [((level << _LEVEL_SHIFT) | index, hash_) for level, index, hash_ in rows])
         self.db.execute("INSERT OR REPLACE INTO merkle_end VALUES (1, ?, ?, ?)", end)
@@ -127,8 +138,7 @@ class TreeTable:
                     self.clear()
                     self.catch_up(frame.end)
         except (ImstoreError, OSError, sqlite3.Error):
-            self._ready = False  # look for the tables again next time (a statement failed alone: the index's rows stand)
-            self._pending.clear()
+            self._pending.clear()  # a statement failed alone: the index's rows stand, the tree catches up later
 
     def _remember(self, frame: Frame, payload: bytes) -> None:
         start = frame.offset + HEADER_SIZE
@@ -242,9 +252,25 @@ class TreeView:
         self._tail = tail
         self._made: dict[tuple[int, int], bytes] = {}
 
+    def prefetch(self, compute: Callable[[TreeView], object]) -> TreeView:
+        """Read in one query the stored nodes compute(self) will ask for; returns self.
+
+        The proof algorithms choose their nodes from the tree's size and the leaf's index
+        alone, never from hash values: a first run against placeholder hashes names them.
+        """
+        asked: list[tuple[int, int]] = []
+        compute(_Asking(self, asked))  # type: ignore[arg-type]
+        ids = {(level << _LEVEL_SHIFT) | index: (level, index) for level, index in asked if (index + 1) << level <= self.stored}
+        if ids:
+            marks = ",".join("?" * len(ids))
+            for node_id, hash_ in self.table.db.execute(f"SELECT id, hash FROM merkle WHERE id IN ({marks})", list(ids)):
+                if len(hash_) == merkle.HASH_SIZE:
+                    self._made[ids[node_id]] = hash_
+        return self
+
     def node(self, level: int, index: int) -> bytes:
         if (index + 1) << level <= self.stored:
-            return self.table.node(level, index)
+            return self._made.get((level, index)) or self.table.node(level, index)
         if level == 0:
             return self._tail[index - self.stored]
         made = self._made.get((level, index))
@@ -252,3 +278,15 @@ class TreeView:
             made = merkle.node_hash(self.node(level - 1, 2 * index), self.node(level - 1, 2 * index + 1))
             self._made[(level, index)] = made
         return made
+
+
+class _Asking:
+    """A tree of the same size whose nodes are placeholders: it notes which stored nodes are asked for."""
+
+    def __init__(self, view: TreeView, asked: list[tuple[int, int]]):
+        self.size = view.size
+        self.asked = asked
+
+    def node(self, level: int, index: int) -> bytes:
+        self.asked.append((level, index))
+        return bytes(merkle.HASH_SIZE)

@@ -51,22 +51,31 @@ def test_the_tree_is_rebuilt_when_missing_or_the_index_is(store):
     for number in range(20):
         store.put(f"k{number}", b"x" * number)
     add_batch(store, "batch", 5)
-    expected = (25, ref_mth(log_payloads(store)))
+    table = lambda: store.indexer.tree(store.indexer.current())  # noqa: E731
+    assert table().stored().size == STRIDE
     store.indexer.current().db.execute("DROP TABLE merkle")
-    store.indexer.tree(store.indexer.current())._ready = False
-    proofs.checkpoint(store)  # catches the tree up from the log
-    assert store_root(store) == expected
-    store.indexer.current().db.execute("DELETE FROM merkle WHERE id % 7 = 3")  # holes: rebuilt when a proof needs them
-    store.put("one more", b"y")
-    assert store_root(store) == (26, ref_mth(log_payloads(store)))
+    assert table().stored().size == 0
+    assert store_root(store) == (25, ref_mth(log_payloads(store)))  # fewer than 2 * STRIDE behind: read from the log
+    for number in range(STRIDE):
+        store.put(f"more{number}", b"z")  # the next write of the table makes it again, from the log
+    assert table().stored().size == 2 * STRIDE
+    assert store_root(store) == (25 + STRIDE, ref_mth(log_payloads(store)))
+    store.indexer.current().db.execute("DELETE FROM merkle WHERE id % 7 = 3")  # holes: a proof that needs them rebuilds
+    assert store_root(store) == (25 + STRIDE, ref_mth(log_payloads(store)))
+    assert table().db.execute("SELECT count(*) FROM merkle WHERE id % 7 = 3").fetchone()[0]
     store.indexer.current().db.execute("DELETE FROM merkle WHERE id % 5 = 1")  # holes: rebuilt by the next write of the table
     for number in range(STRIDE):
-        store.put(f"more{number}", b"z")
-    table = store.indexer.tree(store.indexer.current())
-    assert table.stored().size > 26 and table.db.execute("SELECT count(*) FROM merkle WHERE id % 5 = 1").fetchone()[0]
-    assert store_root(store) == (26 + STRIDE, ref_mth(log_payloads(store)))
-    assert store.reindex() == 26 + STRIDE
-    assert store_root(store) == (26 + STRIDE, ref_mth(log_payloads(store)))
+        store.put(f"again{number}", b"z")
+    assert table().db.execute("SELECT count(*) FROM merkle WHERE id % 5 = 1").fetchone()[0]
+    assert store_root(store) == (25 + 2 * STRIDE, ref_mth(log_payloads(store)))
+    table().add_frame = lambda frame, payload=None: None  # writes the hook never hears of
+    for number in range(2 * STRIDE):
+        store.put(f"unheard{number}", b"z")
+    assert table().stored().size == 3 * STRIDE
+    assert store_root(store) == (25 + 4 * STRIDE, ref_mth(log_payloads(store)))  # the proof catches the table up first
+    assert table().stored().size == 25 + 4 * STRIDE
+    assert store.reindex() == 25 + 4 * STRIDE
+    assert store_root(store) == (25 + 4 * STRIDE, ref_mth(log_payloads(store)))
 
 
 # ---------------------------------------------------------------- inclusion
