@@ -14,9 +14,11 @@ the proof against the signed root, and only then what the leaf says.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections import namedtuple
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from . import layout, merkle
@@ -33,18 +35,20 @@ from .checkpoint import (
     store_origin,
     unb64,
 )
-from .errors import CorruptIndex, CorruptLog, InvalidInput, ProofFailed, from_os_error
+from .errors import CorruptIndex, CorruptLog, ImstoreError, InvalidInput, ProofFailed, from_os_error
 from .fsio import atomic_write
 from .hashing import blake3
+from .index import Index
 from .indexer import index_query
 from .records import Record, decode_record
-from .treestore import STRIDE
+from .treestore import STRIDE, TreeTable
 from .validate import parse_version
 
 if TYPE_CHECKING:
-    from .index import Index
+    from pathlib import Path
+
     from .store import Store
-    from .treestore import TreeTable, TreeView
+    from .treestore import TreeView
 
 T = TypeVar("T")
 
@@ -70,25 +74,67 @@ def signer(store: Store) -> Signer:
     return Signer.load_or_create(store.root / layout.SIGNING_KEY, store_origin(store.store_id))
 
 
+class _ReadOnlyIndex(Index):
+    """The index opened read-only (SQLite mode=ro) for one proof (P10): it makes no -wal/-shm files where
+    they are (a read-write connection makes them, and deletes them at its close) and never checkpoints."""
+
+    def __init__(self, path: Path):
+        import urllib.parse  # loaded by the CLI already
+
+        self.path = path
+        uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
+        self.db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            self._check_schema(self.db)
+        except BaseException:
+            self.db.close()
+            raise
+
+
 @contextmanager
-def _tree(store: Store, rebuild: bool = False) -> Iterator[TreeView]:
+def _proving_index(store: Store) -> Iterator[Index]:
+    """The index to prove from: the Store's own once it is open (a server's worker); in a process that has
+    not opened it (the CLI), the index opened read-only when it is current with the log, else the Store's own."""
+    reader = None
+    if store._index is None and store.offline_reason is None:
+        try:
+            reader = _ReadOnlyIndex(store.index_path)
+            if not store.indexer._matches_log(reader.state()) or reader.state().log_end != store.log.size():
+                reader.close()
+                reader = None
+        except (sqlite3.Error, ImstoreError, OSError):  # the Store's own way of opening says what is wrong, if anything
+            if reader is not None:
+                reader.close()
+            reader = None
+    try:
+        yield reader if reader is not None else store._current_index()
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+@contextmanager
+def _tree(store: Store, index: Index, rebuild: bool = False) -> Iterator[TreeView]:
     """The store's tree as the index has it now, read in one snapshot (one read transaction).
 
-    The table is caught up first (a write) when it is far behind the index or ahead of it:
-    an index made before trees were kept, or frames the hook could not add; rebuild: made again.
+    The table is caught up first (a write, in the Store's own index) when it is far behind
+    the index or ahead of it: an index made before trees were kept, or frames the hook could
+    not add; rebuild: made again.
     """
-    index = store._current_index()
-    table = store.indexer.tree(index)
+    table = TreeTable(index.db, store.log) if isinstance(index, _ReadOnlyIndex) else store.indexer.tree(index)
     while True:
-        index_query(lambda: index.db.execute("BEGIN"))
+        index_query(partial(index.db.execute, "BEGIN"))
         try:
             state, stored = index_query(index.state), index_query(table.stored)
             if not rebuild and stored.log_end <= state.log_end and state.seq - stored.size < 2 * STRIDE:
-                yield index_query(lambda end=state.log_end, stored=stored: table.view(end, stored))
+                yield index_query(partial(table.view, state.log_end, stored))
                 return
         finally:
             index.rollback()
-        index_query(lambda rebuild=rebuild: _catch_up(index, table, rebuild))
+        if isinstance(index, _ReadOnlyIndex):  # writing takes the Store's own index
+            index = store._current_index()
+            table = store.indexer.tree(index)
+        index_query(partial(_catch_up, index, table, rebuild))
         rebuild = False
 
 
@@ -104,16 +150,16 @@ def _catch_up(index: Index, table: TreeTable, rebuild: bool) -> None:
         raise
 
 
-def _on_tree(store: Store, compute: Callable[[TreeView], T]) -> T:
+def _on_tree(store: Store, index: Index, compute: Callable[[TreeView], T]) -> T:
     """compute(tree) on the store's tree; a table that lacks nodes or does not fit the log is rebuilt once from the log.
 
     The nodes compute reads are fetched first in one query (TreeView.prefetch).
     """
     try:
-        with _tree(store) as tree:
+        with _tree(store, index) as tree:
             return index_query(lambda: compute(tree.prefetch(compute)))
     except CorruptIndex:
-        with _tree(store, rebuild=True) as tree:
+        with _tree(store, index, rebuild=True) as tree:
             return index_query(lambda: compute(tree.prefetch(compute)))
 
 
@@ -147,7 +193,8 @@ def _cached_note(store: Store, body: str) -> str | None:
 
 def tree_head(store: Store) -> tuple[int, bytes]:
     """(size, root hash) of the store's tree now: what a checkpoint signs."""
-    return _on_tree(store, lambda tree: (tree.size, merkle.root(tree, tree.size)))
+    with _proving_index(store) as index:
+        return _on_tree(store, index, lambda tree: (tree.size, merkle.root(tree, tree.size)))
 
 
 def checkpoint(store: Store) -> str:
@@ -157,8 +204,6 @@ def checkpoint(store: Store) -> str:
 
 def prove(store: Store, key: str, version: int | str | None = None, at: int | None = None) -> dict:
     """The inclusion proof document of key's version (the latest, a number, or the one current at `at`)."""
-    payload, seq, number = _located(store, key, version, at)
-
     def proof(tree: TreeView) -> tuple[int, list[bytes], bytes]:
         if seq > tree.size:
             raise CorruptLog(
@@ -166,7 +211,9 @@ def prove(store: Store, key: str, version: int | str | None = None, at: int | No
             )
         return tree.size, merkle.inclusion_proof(tree, seq - 1, tree.size), merkle.root(tree, tree.size)
 
-    size, path, root = _on_tree(store, proof)
+    with _proving_index(store) as index:
+        payload, seq, number = _located(store, index, key, version, at)
+        size, path, root = _on_tree(store, index, proof)
     try:
         merkle.verify_inclusion(merkle.leaf_hash(payload), seq - 1, size, path, root)
     except ProofFailed:
@@ -174,16 +221,15 @@ def prove(store: Store, key: str, version: int | str | None = None, at: int | No
     return {"checkpoint": _signed(store, size, root), "seq": seq, "leaf": b64(payload), "inclusion": [b64(h) for h in path]}
 
 
-def _located(store: Store, key: str, version: int | str | None, at: int | None) -> tuple[bytes, int, int]:
+def _located(store: Store, index: Index, key: str, version: int | str | None, at: int | None) -> tuple[bytes, int, int]:
     """(payload, seq, version number) of the version asked for, its bytes read from the log where the index places them.
 
     A numbered or latest version is looked up in the index alone (a proof is made from the
     index and the log: the read cache is never opened); anything unusual (no such version,
     a deletion, --at, damage in the log) is left to Store.resolve, which says what it is.
     """
-    index = store._current_index()
     span = None
-    if at is None and (version is not None or not store.indexer.damaged()):
+    if at is None and (version is not None or not index_query(index.damaged)):
         try:
             number = parse_version(version) if version is not None else None
         except InvalidInput:
@@ -237,7 +283,8 @@ def consistency_from(store: Store, old_size: int) -> dict:
                               " history was cut or rolled back")  # fmt: skip
         return tree.size, merkle.consistency_proof(tree, old_size, tree.size), merkle.root(tree, tree.size)
 
-    size, path, root = _on_tree(store, proof)
+    with _proving_index(store) as index:
+        size, path, root = _on_tree(store, index, proof)
     return {"checkpoint": _signed(store, size, root), "from": old_size, "consistency": [b64(h) for h in path]}
 
 

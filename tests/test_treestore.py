@@ -50,3 +50,21 @@ def test_a_table_that_does_not_continue_into_the_log_is_rebuilt(store):
     db.execute("UPDATE merkle_end SET last_hash = ?", (b"\x07" * 32,))  # as if the table were of another log
     assert proofs.tree_head(store) == (STRIDE + 2, ref_mth(log_payloads(store)))
     assert stored(store).last_hash != b"\x07" * 32
+
+
+def test_a_process_that_only_proves_opens_the_index_read_only(store_path):
+    with Store.open(store_path) as writer:
+        for number in range(3 * STRIDE):
+            writer.put(f"k{number % 5}", f"value {number}".encode())
+    with Store.open(store_path) as prover:
+        document = proofs.prove(prover, "k3", version=2)
+        assert proofs.tree_head(prover)[0] == 3 * STRIDE and prover._index is None  # P10: no read-write connection
+    with Store.open(store_path) as writer:
+        writer.put("later", b"x")
+        writer.indexer.applied = lambda frame, payload=None: None  # the index is behind the log from here
+        writer.put("unindexed", b"y")
+    with Store.open(store_path) as prover:
+        again = proofs.prove(prover, "unindexed")
+        assert prover._index is not None  # behind: the Store's own index caught up first
+    for proven in (document, again):
+        proofs.check_document(proofs.render(proven), proofs.signer(prover).verifier)
