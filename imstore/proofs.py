@@ -99,7 +99,8 @@ def _proving_index(store: Store) -> Iterator[Index]:
     if store._index is None and store.offline_reason is None:
         try:
             reader = _ReadOnlyIndex(store.index_path)
-            if not store.indexer._matches_log(reader.state()) or reader.state().log_end != store.log.size():
+            state = reader.state()
+            if state.log_end != store.log.size() or not store.indexer._matches_log(state):
                 reader.close()
                 reader = None
         except (sqlite3.Error, ImstoreError, OSError):  # the Store's own way of opening says what is wrong, if anything
