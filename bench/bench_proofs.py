@@ -38,14 +38,17 @@ CHUNK = 10_000
 
 def build_tree(path: Path, size: int):
     from imstore import merkle
-    from imstore.treestore import TreeTable
+    from imstore.treestore import Stored, TreeTable
 
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
-    tree = TreeTable(db, log=None)  # no log: the leaves are given, never read back
+    tree = TreeTable(db, log=None)  # no log: the leaves are given, never read back (log offsets are left 0)
     db.execute("BEGIN")
+    tree.clear()
     for start in range(0, size, CHUNK):
-        tree.append([merkle.leaf_hash(b"record %d" % number) for number in range(start, min(size, start + CHUNK))])
+        end = min(size, start + CHUNK)
+        leaves = [merkle.leaf_hash(b"record %d" % number) for number in range(start, end)]
+        tree.append(leaves, Stored(end, 0, b""), Stored(start, 0, b""))
     db.execute("COMMIT")
     return tree
 
@@ -56,14 +59,14 @@ def time_proofs(tree, rounds: int) -> dict[str, float]:
     from imstore.checkpoint import Signer, checkpoint_body, open_checkpoint, sign_note
 
     signer = Signer("bench/proofs", bytes(32))
-    size = tree.size()
+    size = tree.stored().size
     picks = random.Random(size)
     figures: dict[str, list[float]] = {"prove inclusion": [], "check inclusion": [], "prove consistency": [], "check consistency": []}
     for _ in range(rounds):
         index, old = picks.randrange(size), picks.randrange(1, size + 1)
         start = time.perf_counter()
         tree.db.execute("BEGIN")
-        current = tree.size()
+        current = tree.stored().size
         path = merkle.inclusion_proof(tree, index, current)
         root = merkle.root(tree, current)
         tree.db.execute("COMMIT")
@@ -161,15 +164,18 @@ def put_cost(puts: int, rounds: int, temp: Path) -> float:
     for path in stores.values():
         Store.init(path)[0].close()
 
+    cpu: dict[str, list[float]] = {name: [] for name in stores}
+
     def case(name: str):
         def run() -> float:
-            TreeTable.add_frame = kept if name == "with the tree" else (lambda self, frame: None)
+            TreeTable.add_frame = kept if name == "with the tree" else (lambda self, frame, payload=None: None)
             try:
                 with Store.open(stores[name]) as store:
                     store.put("warm", b"x")
-                    start = time.perf_counter()
+                    start, start_cpu = time.perf_counter(), time.process_time()
                     for _ in range(puts):
                         store.put(f"k/{os.urandom(6).hex()}", os.urandom(4096))
+                    cpu[name].append(time.process_time() - start_cpu)
                     return time.perf_counter() - start
             finally:
                 TreeTable.add_frame = kept
@@ -177,11 +183,13 @@ def put_cost(puts: int, rounds: int, temp: Path) -> float:
         return run
 
     times = interleaved({name: case(name) for name in stores}, rounds)
-    print(f"== durable 4 KiB puts in-process, {puts} per round, {rounds} rounds (puts/s, medians)")
+    print(f"== durable 4 KiB puts in-process, {puts} per round, {rounds} rounds (puts/s and CPU per put, medians)")
     for name, values in times.items():
-        print(f"  {name:<40} {puts / median(values):10.0f} puts/s")
+        print(f"  {name:<40} {puts / median(values):10.0f} puts/s  {median(cpu[name]) / puts * 1e6:6.0f} us CPU per put")
     ratio = median(times["with the tree"]) / median(times["without the tree"])
-    print_ratio("time per put: with / without the tree", ratio, f"<= {PUT_COST_GOAL}x", ratio <= PUT_COST_GOAL)
+    cpu_ratio = median(cpu["with the tree"]) / median(cpu["without the tree"])
+    # Other processes' fsyncs disturb the wall-clock ratio far more than the CPU one: both are shown.
+    print_ratio(f"time per put: with / without the tree (CPU {cpu_ratio:.2f}x)", ratio, f"<= {PUT_COST_GOAL}x", ratio <= PUT_COST_GOAL)
     return ratio
 
 

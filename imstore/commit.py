@@ -88,7 +88,7 @@ class Committer:
         payload = chain.payload()
         offset, end = self.log.append(payload, expected)
         frame = make_frame(offset, payload, tuple(chain.records))
-        self.indexer.applied(frame)
+        self.indexer.applied(frame, payload=payload)
         return frame
 
     def append_shipped(self, data: bytes, head: tuple[int, int, bytes], frames: list[Frame] | None = None,

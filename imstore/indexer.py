@@ -21,7 +21,7 @@ from .fsio import crash_point
 from .index import Index, IndexState, is_corruption
 from .layout import CONFIG
 from .log import Log
-from .records import Frame, check_chain
+from .records import HEADER_SIZE, Frame, check_chain
 
 if TYPE_CHECKING:
     from .treestore import TreeTable
@@ -281,11 +281,12 @@ class Indexer:
         self._damaged = (self._seen_log_stamp, found) if self._seen_log_stamp == stamp else None
         return found
 
-    def applied(self, frame: Frame) -> None:
+    def applied(self, frame: Frame, payload: bytes | None = None) -> None:
         """Apply a frame this process just appended (under the lock), and check a few older frames.
 
         A reader may have applied it already (it is durable and visible). A failing
         index is left behind: the log is the truth and the index catches up later.
+        payload: the frame's bytes, still in memory (the tree hashes its records from them).
         """
         index = self.index
         damaged_at = None
@@ -296,7 +297,7 @@ class Indexer:
                 scrubbed = index.scrub_offset()
             if index.begin().log_end == frame.offset:
                 index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
-                self.tree(index).add_frame(frame)
+                self.tree(index).add_frame(frame, payload)
             if damaged_at is not None:
                 try:
                     scrubbed = self._note_damage_at(index, damaged_at, frame.offset)
@@ -332,7 +333,8 @@ class Indexer:
                 return False
             for frame in frames:
                 index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
-                self.tree(index).add_frame(frame, (data, frames[0].offset))
+                start = frame.offset + HEADER_SIZE - frames[0].offset  # the frame's payload within data (not in the log yet)
+                self.tree(index).add_frame(frame, memoryview(data)[start : frame.end - frames[0].offset])
             return True
         except sqlite3.Error:
             index.rollback()  # the log is the truth: applied_shipped catches up from it

@@ -19,13 +19,13 @@ proof: a client checks with them and trusts nothing else.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from .errors import ProofFailed
 from .hashing import blake3
 
 __all__ = [
-    "HASH_SIZE", "EMPTY_ROOT", "leaf_hash", "node_hash", "NodeSource", "MemoryTree", "new_nodes",
+    "HASH_SIZE", "EMPTY_ROOT", "leaf_hash", "node_hash", "MemoryTree", "new_nodes",
     "root", "subtree_hash", "inclusion_proof", "consistency_proof", "verify_inclusion", "verify_consistency",
 ]  # fmt: skip
 
@@ -46,10 +46,13 @@ def _split(size: int) -> int:
     return 1 << ((size - 1).bit_length() - 1)
 
 
-class NodeSource(Protocol):
-    def node(self, level: int, index: int) -> bytes:
-        """The hash of the perfect subtree of 2**level leaves starting at leaf index * 2**level."""
-        ...
+if TYPE_CHECKING:  # a Protocol class costs start-up time, and only type checkers read it
+    from typing import Protocol
+
+    class NodeSource(Protocol):
+        def node(self, level: int, index: int) -> bytes:
+            """The hash of the perfect subtree of 2**level leaves starting at leaf index * 2**level."""
+            ...
 
 
 def new_nodes(source: NodeSource, size: int, leaf_hashes: Iterable[bytes]) -> list[tuple[int, int, bytes]]:

@@ -5,19 +5,21 @@ An inclusion proof (`imstore prove KEY`):
 A consistency proof (`imstore prove --since OLD`):
     {"checkpoint": "<new note>", "old": "<old note>", "consistency": ["<base64 hash>", ...]}
 
-Documents are written in one canonical JSON form (compact, ASCII) and a checker
-accepts only that form, so that no byte of a document can change unnoticed.
+Documents are written in one canonical JSON form (compact, ASCII); a checker
+reads any JSON spelling of one, since the formatting carries nothing (P5).
 `check_document` trusts nothing it has not checked: the signature first, then
 the proof against the signed root, and only then what the leaf says.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator
+import sqlite3
+from collections import namedtuple
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, NamedTuple
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
 
 from . import layout, merkle
 from .checkpoint import (
@@ -33,30 +35,37 @@ from .checkpoint import (
     store_origin,
     unb64,
 )
-from .errors import CorruptIndex, CorruptLog, ProofFailed
+from .errors import CorruptIndex, CorruptLog, ImstoreError, InvalidInput, ProofFailed, from_os_error
 from .fsio import atomic_write
 from .hashing import blake3
+from .index import Index
 from .indexer import index_query
 from .records import Record, decode_record
+from .treestore import STRIDE, TreeTable
+from .validate import parse_version
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .store import Store
-    from .treestore import TreeTable
+    from .treestore import TreeView
+
+T = TypeVar("T")
 
 __all__ = [
-    "Proven", "signer", "checkpoint", "prove", "consistency_from", "prove_since", "verify_since", "check_document", "render", "parse",
+    "Proven", "signer", "tree_head", "checkpoint", "prove", "consistency_from", "prove_since", "verify_since", "check_document",
+    "render", "parse",
 ]  # fmt: skip
 
 INCLUSION_FIELDS = ("checkpoint", "seq", "leaf", "inclusion")
 CONSISTENCY_FIELDS = ("checkpoint", "old", "consistency")
 
 
-class Proven(NamedTuple):
-    """What a checked document proves: a record in a checkpoint's log, or that the log grew from `old`."""
+class Proven(namedtuple("Proven", "checkpoint record old", defaults=(None, None))):
+    """What a checked document proves: a record (a Record) in a checkpoint's log, or that the log grew from `old`
+    (a Checkpoint). A collections.namedtuple, like checkpoint.Checkpoint, for start-up time."""
 
-    checkpoint: Checkpoint
-    record: Record | None = None
-    old: Checkpoint | None = None
+    __slots__ = ()
 
 
 # ================================================================ making proofs from a store
@@ -65,32 +74,94 @@ def signer(store: Store) -> Signer:
     return Signer.load_or_create(store.root / layout.SIGNING_KEY, store_origin(store.store_id))
 
 
+class _ReadOnlyIndex(Index):
+    """The index opened read-only (SQLite mode=ro) for one proof (P10): it makes no -wal/-shm files where
+    they are (a read-write connection makes them, and deletes them at its close) and never checkpoints."""
+
+    def __init__(self, path: Path):
+        import urllib.parse  # loaded by the CLI already
+
+        self.path = path
+        uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
+        self.db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            self._check_schema(self.db)
+        except BaseException:
+            self.db.close()
+            raise
+
+
 @contextmanager
-def _tree(store: Store) -> Iterator[TreeTable]:
-    """The store's tree, caught up with the index, read in one snapshot (one read transaction)."""
-    index = store._current_index()
-    tree = store.indexer.tree(index)
-
-    def behind() -> bool:
-        return tree.size() < index.state().seq
-
-    if index_query(behind):  # an index made before trees were kept, or a frame the hook could not read back
-
-        def catch_up() -> None:
-            index.begin()
-            try:
-                tree.catch_up(index.state().seq)
-                index.commit()
-            except BaseException:
-                index.rollback()
-                raise
-
-        index_query(catch_up)
-    index_query(lambda: index.db.execute("BEGIN"))
+def _proving_index(store: Store) -> Iterator[Index]:
+    """The index to prove from: the Store's own once it is open (a server's worker); in a process that has
+    not opened it (the CLI), the index opened read-only when it is current with the log, else the Store's own."""
+    reader = None
+    if store._index is None and store.offline_reason is None:
+        try:
+            reader = _ReadOnlyIndex(store.index_path)
+            state = reader.state()
+            if state.log_end != store.log.size() or not store.indexer._matches_log(state):
+                reader.close()
+                reader = None
+        except (sqlite3.Error, ImstoreError, OSError):  # the Store's own way of opening says what is wrong, if anything
+            if reader is not None:
+                reader.close()
+            reader = None
     try:
-        yield tree
+        yield reader if reader is not None else store._current_index()
     finally:
+        if reader is not None:
+            reader.close()
+
+
+@contextmanager
+def _tree(store: Store, index: Index, rebuild: bool = False) -> Iterator[TreeView]:
+    """The store's tree as the index has it now, read in one snapshot (one read transaction).
+
+    The table is caught up first (a write, in the Store's own index) when it is far behind
+    the index or ahead of it: an index made before trees were kept, or frames the hook could
+    not add; rebuild: made again.
+    """
+    table = TreeTable(index.db, store.log) if isinstance(index, _ReadOnlyIndex) else store.indexer.tree(index)
+    while True:
+        index_query(partial(index.db.execute, "BEGIN"))
+        try:
+            state, stored = index_query(index.state), index_query(table.stored)
+            if not rebuild and stored.log_end <= state.log_end and state.seq - stored.size < 2 * STRIDE:
+                yield index_query(partial(table.view, state.log_end, stored))
+                return
+        finally:
+            index.rollback()
+        if isinstance(index, _ReadOnlyIndex):  # writing takes the Store's own index
+            index = store._current_index()
+            table = store.indexer.tree(index)
+        index_query(partial(_catch_up, index, table, rebuild))
+        rebuild = False
+
+
+def _catch_up(index: Index, table: TreeTable, rebuild: bool) -> None:
+    state = index.begin()
+    try:
+        if rebuild:
+            table.clear()
+        table.catch_up(state.log_end)
+        index.commit()
+    except BaseException:
         index.rollback()
+        raise
+
+
+def _on_tree(store: Store, index: Index, compute: Callable[[TreeView], T]) -> T:
+    """compute(tree) on the store's tree; a table that lacks nodes or does not fit the log is rebuilt once from the log.
+
+    The nodes compute reads are fetched first in one query (TreeView.prefetch).
+    """
+    try:
+        with _tree(store, index) as tree:
+            return index_query(lambda: compute(tree.prefetch(compute)))
+    except CorruptIndex:
+        with _tree(store, index, rebuild=True) as tree:
+            return index_query(lambda: compute(tree.prefetch(compute)))
 
 
 def _signed(store: Store, size: int, root: bytes) -> str:
@@ -112,7 +183,7 @@ def _cached_note(store: Store, body: str) -> str | None:
     signing again would give the same bytes). Saves loading the key and `cryptography` in every `prove`."""
     try:
         checksum, _, note = (store.root / layout.CHECKPOINT_CACHE).read_text("utf-8").partition("\n")
-        key_text = (store.root / layout.SIGNING_KEY).read_text("ascii")
+        key_text = (store.root / layout.SIGNING_KEY).read_bytes().decode("ascii")  # not read_text: its codec lookup costs an import
     except (OSError, UnicodeDecodeError):
         return None
     if not note.startswith(body + "\n") or blake3(note.encode()).hexdigest() != checksum:
@@ -121,51 +192,84 @@ def _cached_note(store: Store, body: str) -> str | None:
     return note if key_id is not None and signature_key_id(note) == key_id else None
 
 
+def tree_head(store: Store) -> tuple[int, bytes]:
+    """(size, root hash) of the store's tree now: what a checkpoint signs."""
+    with _proving_index(store) as index:
+        return _on_tree(store, index, lambda tree: (tree.size, merkle.root(tree, tree.size)))
+
+
 def checkpoint(store: Store) -> str:
     """A signed checkpoint of the log as it is now."""
-    with _tree(store) as tree:
-        size = index_query(tree.size)
-        root = index_query(lambda: merkle.root(tree, size))
-    return _signed(store, size, root)
+    return _signed(store, *tree_head(store))
 
 
 def prove(store: Store, key: str, version: int | str | None = None, at: int | None = None) -> dict:
     """The inclusion proof document of key's version (the latest, a number, or the one current at `at`)."""
-    found = store.resolve(key, version, at)
-    payload = _record_payload(store, found.key, found.version, found.seq)
-    with _tree(store) as tree:
-        size = index_query(tree.size)
-        if found.seq > size:
+    def proof(tree: TreeView) -> tuple[int, list[bytes], bytes]:
+        if seq > tree.size:
             raise CorruptLog(
-                f"{key!r} version {found.version} follows damage in the log (the tree stops at record {size}): it cannot be proven"
+                f"{key!r} version {number} follows damage in the log (the tree stops at record {tree.size}): it cannot be proven"
             )
-        path = index_query(lambda: merkle.inclusion_proof(tree, found.seq - 1, size))
-        root = index_query(lambda: merkle.root(tree, size))
+        return tree.size, merkle.inclusion_proof(tree, seq - 1, tree.size), merkle.root(tree, tree.size)
+
+    with _proving_index(store) as index:
+        payload, seq, number = _located(store, index, key, version, at)
+        size, path, root = _on_tree(store, index, proof)
     try:
-        merkle.verify_inclusion(merkle.leaf_hash(payload), found.seq - 1, size, path, root)
+        merkle.verify_inclusion(merkle.leaf_hash(payload), seq - 1, size, path, root)
     except ProofFailed:
         raise CorruptIndex("the index's Merkle tree does not match the log: run imstore reindex to rebuild it") from None
-    return {"checkpoint": _signed(store, size, root), "seq": found.seq, "leaf": b64(payload), "inclusion": [b64(h) for h in path]}
+    return {"checkpoint": _signed(store, size, root), "seq": seq, "leaf": b64(payload), "inclusion": [b64(h) for h in path]}
 
 
-def _record_payload(store: Store, key: str, version: int, seq: int) -> bytes:
-    """The record's payload bytes, read from the log where the index places it, and checked to be that record."""
-    span = index_query(lambda: store.index.record_span(key, version))
+def _located(store: Store, index: Index, key: str, version: int | str | None, at: int | None) -> tuple[bytes, int, int]:
+    """(payload, seq, version number) of the version asked for, its bytes read from the log where the index places them.
+
+    A numbered or latest version is looked up in the index alone (a proof is made from the
+    index and the log: the read cache is never opened); anything unusual (no such version,
+    a deletion, --at, damage in the log) is left to Store.resolve, which says what it is.
+    """
+    span = None
+    if at is None and (version is not None or not index_query(index.damaged)):
+        try:
+            number = parse_version(version) if version is not None else None
+        except InvalidInput:
+            number = 0  # Store.resolve says why
+        if number is None:
+            found_row = index_query(lambda: index.latest_row(key))
+            if found_row is not None and found_row[0][3] == "put":
+                number, span = found_row[0][1], found_row[1]
+        elif number:
+            span = index_query(lambda: index.record_span(key, number))
+    if span is not None:
+        record, payload = _record_at(store, span)
+        if (record.key, record.version, record.op) == (key, number, "put"):
+            return payload, record.seq, number
+    found = store.resolve(key, version, at)  # raises KeyNotFound, KeyDeleted, ... as a read would
+    span = index_query(lambda: index.record_span(found.key, found.version))
     if span is None:
-        raise CorruptIndex(f"the index has no place in the log for {key!r} version {version}: run imstore reindex")
+        raise CorruptIndex(f"the index has no place in the log for {key!r} version {found.version}: run imstore reindex")
+    record, payload = _record_at(store, span)
+    if (record.key, record.version, record.seq) != (found.key, found.version, found.seq):
+        raise CorruptIndex(f"the index does not match the log for {key!r} version {found.version}: run imstore reindex")
+    return payload, record.seq, found.version
+
+
+def _record_at(store: Store, span: tuple[int, int, int]) -> tuple[Record, bytes]:
+    """The record whose payload the index places at span, and its bytes, read from the log."""
     _frame_offset, offset, length = span
-    fd = os.open(store.log.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        payload = os.pread(fd, length, offset)
-    finally:
-        os.close(fd)
+        fd = os.open(store.log.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            payload = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise from_os_error(exc, "reading the log") from None
     try:
-        record = decode_record(payload)
+        return decode_record(payload), payload
     except CorruptLog:
-        raise CorruptLog(f"the log record of {key!r} version {version} (offset {offset}) is damaged") from None
-    if (record.key, record.version, record.seq) != (key, version, seq):
-        raise CorruptIndex(f"the index does not match the log for {key!r} version {version}: run imstore reindex")
-    return payload
+        raise CorruptLog(f"the log record at offset {offset} is damaged") from None
 
 
 def consistency_from(store: Store, old_size: int) -> dict:
@@ -173,13 +277,15 @@ def consistency_from(store: Store, old_size: int) -> dict:
 
     ProofFailed when the log now holds fewer records than old_size (cut or rolled back).
     """
-    with _tree(store) as tree:
-        size = index_query(tree.size)
-        if old_size > size:
-            raise ProofFailed(f"the store's log holds {size} records, fewer than the {old_size} of the old checkpoint:"
+
+    def proof(tree: TreeView) -> tuple[int, list[bytes], bytes]:
+        if old_size > tree.size:
+            raise ProofFailed(f"the store's log holds {tree.size} records, fewer than the {old_size} of the old checkpoint:"
                               " history was cut or rolled back")  # fmt: skip
-        path = index_query(lambda: merkle.consistency_proof(tree, old_size, size))
-        root = index_query(lambda: merkle.root(tree, size))
+        return tree.size, merkle.consistency_proof(tree, old_size, tree.size), merkle.root(tree, tree.size)
+
+    with _proving_index(store) as index:
+        size, path, root = _on_tree(store, index, proof)
     return {"checkpoint": _signed(store, size, root), "from": old_size, "consistency": [b64(h) for h in path]}
 
 
@@ -207,21 +313,78 @@ def verify_since(store: Store, old_note: str, verifier: Verifier | None = None) 
 
 
 # ================================================================ documents
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
+def _quote(text: str) -> str:
+    """text as a JSON string, ASCII only, exactly as json.dumps writes it (written here: importing json costs ~1 ms)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    out = []
+    for char in text:
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif " " <= char <= "~":
+            out.append(char)
+        elif ord(char) > 0xFFFF:  # a UTF-16 surrogate pair, as JSON spells characters beyond the BMP
+            code = ord(char) - 0x10000
+            out.append(f"\\u{0xD800 | code >> 10:04x}\\u{0xDC00 | code & 0x3FF:04x}")
+        else:
+            out.append(f"\\u{ord(char):04x}")
+    return '"' + "".join(out) + '"'
+
+
 def render(document: dict) -> str:
-    """A proof document in its one canonical form (what `check_document` accepts), with a final newline."""
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=True) + "\n"
+    """A proof document in its canonical form, with a final newline: compact JSON, ASCII only.
+
+    Exactly json.dumps(document, separators=(",", ":"), ensure_ascii=True); the proof
+    documents' values (strings, numbers, lists of strings) are written here directly.
+    """
+    parts = []
+    for name, value in document.items():
+        text = _json_value(value) if type(name) is str else None
+        if text is None:  # not a proof document's kind of field: json writes it
+            import json
+
+            return json.dumps(document, separators=(",", ":"), ensure_ascii=True) + "\n"
+        parts.append(_quote(name) + ":" + text)
+    return "{" + ",".join(parts) + "}\n"
+
+
+def _json_value(value: object) -> str | None:
+    if type(value) is str:
+        return _quote(value)
+    if type(value) is int:
+        return int.__repr__(value)
+    if type(value) is list and all(type(item) is str for item in value):
+        return "[" + ",".join(map(_quote, value)) + "]"
+    return None
 
 
 def parse(text: str) -> dict:
-    """A proof document's fields, if text is one in canonical form; ProofFailed saying what is wrong."""
+    """A proof document's fields, from any JSON spelling of one (P5); ProofFailed saying what is wrong.
+
+    The formatting carries nothing: what counts is signed (the checkpoint) or checked
+    against it (the proof, the leaf). A key given twice or a non-finite number is refused,
+    so that no two readers can see different documents in one text.
+    """
+    import json
+
+    def no_repeats(pairs: list[tuple[str, object]]) -> dict:
+        document = dict(pairs)
+        if len(document) != len(pairs):
+            raise ProofFailed("the proof document gives a field twice")
+        return document
+
+    def no_constant(name: str) -> None:
+        raise ProofFailed(f"the proof document holds {name}, which is not a JSON number")
+
     try:
-        document = json.loads(text)
+        document = json.loads(text, object_pairs_hook=no_repeats, parse_constant=no_constant)
     except ValueError:
         raise ProofFailed("the proof document is not JSON") from None
     if not isinstance(document, dict):
         raise ProofFailed("the proof document is not a JSON object")
-    if text not in (render(document), render(document)[:-1]):
-        raise ProofFailed("the proof document is not in its canonical form (compact JSON, as imstore prove writes it)")
     if set(document) not in (set(INCLUSION_FIELDS), set(CONSISTENCY_FIELDS)):
         expected = f"{list(INCLUSION_FIELDS)} or {list(CONSISTENCY_FIELDS)}"
         raise ProofFailed(f"the proof document has fields {sorted(document)}; expected {expected}")

@@ -40,6 +40,20 @@ def test_a_tampered_proof_is_exit_5_saying_what_failed(cli, tmp_path):
     assert "inclusion proof does not lead to the checkpoint's root" in result.stderr
 
 
+def test_a_pretty_printed_proof_still_checks_but_not_one_with_a_field_twice(cli, tmp_path):
+    fill(cli)
+    verifier = cli("key").out.strip()
+    document = json.loads(cli("prove", "doc1", "--version", "2").out)
+    (tmp_path / "pretty.proof").write_text(json.dumps(document, indent=4, ensure_ascii=False) + "\n", "utf-8")
+    result = run_cli_in_process(["check-proof", str(tmp_path / "pretty.proof"), "--key", verifier, "--json"])
+    assert result.code == 0, result.stderr
+    assert json.loads(result.out)["record"]["version"] == 2
+    compact = json.dumps(document, separators=(",", ":"))
+    (tmp_path / "twice.proof").write_text(compact.replace('"seq":', '"seq":1,"seq":', 1))
+    result = run_cli_in_process(["check-proof", str(tmp_path / "twice.proof"), "--key", verifier])
+    assert result.code == 5 and "twice" in result.stderr
+
+
 def test_a_proof_checked_with_another_stores_key_is_exit_5(cli, tmp_path):
     fill(cli)
     with Store.init(tmp_path / "other")[0] as other:
