@@ -13,8 +13,17 @@ from .multipart import MAX_PART_NUMBER, Uploads
 from .sigv4 import Caller
 from .xml import S3Error, document, iso_time, parse
 
-__all__ = ["MultipartOperations"]
+__all__ = ["MultipartOperations", "declared_length"]
 
+
+def declared_length(caller: Caller, headers) -> int | None:
+    """A part's length as the request declares it before its body, if it does (aws-chunked: the decoded length)."""
+    decoded = headers.get("x-amz-decoded-content-length")
+    if decoded is not None:
+        return int(decoded) if decoded.isdigit() else None
+    chunked = caller.payload.startswith("STREAMING") or "aws-chunked" in headers.get("Content-Encoding", "")
+    length = headers.get("Content-Length")
+    return int(length) if length is not None and length.isdigit() and not chunked else None
 
 
 class MultipartOperations:
@@ -68,7 +77,7 @@ class MultipartOperations:
                 body, md5 = self.s3.extras.copy_part_source(store, request.headers)
                 return self.uploads.write_part(upload, int(number_text), body, md5), {}
             digests, body = upload_body(caller, request.headers, pieces)
-            part = self.uploads.write_part(upload, int(number_text), body, digests.md5)
+            part = self.uploads.write_part(upload, int(number_text), body, digests.md5, declared_length(caller, request.headers))
             return part, digests.checksum_headers()
 
         part, checksums = await self.app.call(write)
@@ -94,15 +103,20 @@ class MultipartOperations:
             if done is not None:  # a retried Complete: the same answer
                 return done[1], done[0]
             store = self.app.store()
-            try:
-                conditions = write_conditions(store, store_key, request.headers)
-                chunks, etag, sizes = self.uploads.assemble(upload, wanted)
-                layout = parts_layout(sizes)  # for GetObject ?partNumber
-                meta = {**upload.meta, "s3-etag": etag, **({"s3-parts": layout} if layout else {})}
-                result = store.put_stream(store_key, chunks, content_type=upload.content_type, meta=meta, **conditions)
-            finally:
-                self.app._flush_warnings(store)
-            self.uploads.finish(upload, etag, result.version.version)  # committed: the parts are no longer needed
+            with self.uploads.exclusive(upload):  # no part is written into the object being stored
+                done = self.uploads.completed(upload)
+                if done is not None:  # another Complete of the same upload went first
+                    return done[1], done[0]
+                try:
+                    conditions = write_conditions(store, store_key, request.headers)
+                    spans, adopt, etag, sizes = self.uploads.assemble(upload, wanted)
+                    layout = parts_layout(sizes)  # for GetObject ?partNumber
+                    meta = {**upload.meta, "s3-etag": etag, **({"s3-parts": layout} if layout else {})}
+                    object_id, _size = store.write_spans(spans, adopt=adopt)  # no copy when the parts are in place (S3-10)
+                    result = store.put_object(store_key, object_id, content_type=upload.content_type, meta=meta, **conditions)
+                finally:
+                    self.app._flush_warnings(store)
+                self.uploads.finish(upload, etag, result.version.version)  # committed: the parts are no longer needed
             return result.version.version, etag
 
         version, etag = await self.app.call(complete)
