@@ -151,3 +151,55 @@ def test_a_part_written_while_complete_runs_never_reaches_the_stored_object(stor
     assert store.cat(object_id) == first + b"tail"
     with pytest.raises(S3Error, match="does not exist"):
         send(uploads, upload, 4, os.urandom(STRIDE))
+
+
+def age(directory, seconds: float) -> None:
+    """Make an upload look untouched for `seconds`: every file's and the directory's mtime set back."""
+    then = time.time() - seconds
+    for path in [*directory.iterdir(), directory]:
+        os.utime(path, (then, then))
+
+
+def test_uploads_nothing_touched_for_longer_than_the_expiry_are_removed_and_the_others_kept(store):
+    uploads = Uploads(store.root)
+    old, recent, touched = start(uploads), start(uploads), start(uploads)
+    send(uploads, old, 1, b"abandoned")
+    send(uploads, touched, 1, b"first part")
+    for upload in (old, touched):
+        age(uploads.root / upload.upload_id, 8 * 86400)
+    send(uploads, touched, 2, b"a part today")  # one new file is enough to keep it
+    assert uploads.expire(7 * 86400) == 1
+    assert sorted(path.name for path in uploads.root.iterdir()) == sorted(u.upload_id for u in (recent, touched))
+    assert uploads.expire(7 * 86400, now=time.time() + 8 * 86400) == 2  # the clock moved on: the rest go too
+    assert not list(uploads.root.iterdir())
+
+
+def test_the_expiry_comes_from_serve_days_and_zero_keeps_uploads(monkeypatch):
+    monkeypatch.setenv(multipart.EXPIRY_ENV, "1.5")
+    assert multipart.expiry_from_env() == 1.5 * 86400
+    for kept in ("0", "", "nonsense"):
+        monkeypatch.setenv(multipart.EXPIRY_ENV, kept)
+        assert multipart.expiry_from_env() is None
+    monkeypatch.delenv(multipart.EXPIRY_ENV)
+    assert multipart.expiry_from_env() is None
+
+
+def test_serve_removes_expired_uploads_when_it_starts(tmp_path):
+    from .conftest import free_port, start_server
+
+    store_root = tmp_path / "store"
+    Store.init(store_root)[0].close()
+    uploads = Uploads(store_root)
+    old, recent = start(uploads), start(uploads)
+    age(uploads.root / old.upload_id, 3 * 86400)
+    server = start_server(store_root, tmp_path / "serve.log", "--workers", "1", "--s3-port", str(free_port()),
+                          "--s3-upload-expiry", "2")  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while (uploads.root / old.upload_id).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not (uploads.root / old.upload_id).exists()
+        assert (uploads.root / recent.upload_id / "upload.json").exists()
+    finally:
+        server.stop()
+    assert "removed 1 S3 upload(s) untouched for 2 days" in (tmp_path / "serve.log").read_text()

@@ -48,12 +48,14 @@ from ...fsio import CHUNK_SIZE, atomic_write, fsync_dir, fsync_fd, write_all
 from ...objects import copy_span
 from .xml import S3Error
 
-__all__ = ["Uploads", "Upload", "Part", "MAX_PART_NUMBER", "MIN_PART_SIZE"]
+__all__ = ["Uploads", "Upload", "Part", "MAX_PART_NUMBER", "MIN_PART_SIZE", "EXPIRY_ENV", "expiry_from_env"]
 
 MAX_PART_NUMBER = 10_000
 MIN_PART_SIZE = 5 << 20  # every part but the last (S3's rule)
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 OBJECT, STORED = "object", "object.stored"
+# Days an upload nothing touched is kept (serve --s3-upload-expiry, S3-11); set by serve for its workers with --s3-port.
+EXPIRY_ENV = "IMSTORE_S3_UPLOAD_EXPIRY_DAYS"
 _IN_PLACE_END = 1 << 40  # a part whose place would end past 1 TiB is written on its own (file size limits)
 
 
@@ -90,6 +92,16 @@ def _boot_id() -> str | None:
 
 
 BOOT_ID = _boot_id()
+
+
+def expiry_from_env() -> float | None:
+    """Seconds an untouched upload is kept in this serve's workers, or None: never removed (or S3 is off)."""
+    text = os.environ.get(EXPIRY_ENV)
+    try:
+        days = float(text) if text else 0.0
+    except ValueError:
+        return None
+    return days * 86400 if days > 0 else None
 
 
 def _still_named(fd: int, path: Path) -> bool:
@@ -325,6 +337,25 @@ class Uploads:
         if not directory.exists():
             raise _no_upload()
         shutil.rmtree(directory, ignore_errors=True)
+
+    def expire(self, max_age: float, now: float | None = None) -> int:
+        """Remove every upload nothing touched for max_age seconds (S3's AbortIncompleteMultipartUpload, for all
+        buckets): the newest change to its directory or any file in it is older. How many were removed."""
+        now = time.time() if now is None else now
+        removed = 0
+        try:
+            entries = [entry for entry in os.scandir(self.root) if _UPLOAD_ID.match(entry.name)]
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                newest = max([entry.stat().st_mtime] + [inner.stat().st_mtime for inner in os.scandir(entry.path)])
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            if now - newest > max_age:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += 1
+        return removed
 
     def list(self, bucket: str) -> list[Upload]:
         found = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from aiohttp import web
 
@@ -13,7 +14,23 @@ from .multipart import MAX_PART_NUMBER, Uploads
 from .sigv4 import Caller
 from .xml import S3Error, document, iso_time, parse
 
-__all__ = ["MultipartOperations", "declared_length"]
+__all__ = ["MultipartOperations", "declared_length", "expire_uploads_periodically"]
+
+SWEEP_INTERVAL = 3600.0  # seconds between two looks for expired uploads, in each worker
+
+
+async def expire_uploads_periodically(app, max_age: float, interval: float = SWEEP_INTERVAL) -> None:
+    """Remove the uploads nothing touched for max_age seconds now (at the worker's start), then every interval (S3-11)."""
+    uploads = Uploads(app.store_root)
+    while True:
+        try:
+            removed = await app.call(lambda: uploads.expire(max_age))
+        except OSError as exc:
+            removed = 0
+            print(f"imstore serve: cannot remove expired S3 uploads: {exc}", file=sys.stderr, flush=True)
+        if removed:
+            print(f"imstore serve: removed {removed} S3 upload(s) untouched for {max_age / 86400:g} days", file=sys.stderr, flush=True)
+        await asyncio.sleep(interval)  # a timer: nothing to wait for but the time
 
 
 def declared_length(caller: Caller, headers) -> int | None:
