@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 
@@ -122,3 +123,33 @@ def test_get_object_by_part_number(s3):
     with pytest.raises(ClientError) as no_part:
         client.get_object(Bucket="parts", Key="single", PartNumber=2)
     assert no_part.value.response["Error"]["Code"] == "InvalidPart"
+
+
+def test_get_object_attributes_answers_from_the_version_record(s3):
+    client = s3.client()
+    data = os.urandom(11 * MiB)
+    upload = client.create_multipart_upload(Bucket="parts", Key="attrs/multi.bin")
+    parts = []
+    for number, start in enumerate(range(0, len(data), 5 * MiB), 1):
+        reply = client.upload_part(Bucket="parts", Key="attrs/multi.bin", UploadId=upload["UploadId"], PartNumber=number,
+                                   Body=data[start : start + 5 * MiB])  # fmt: skip
+        parts.append({"PartNumber": number, "ETag": reply["ETag"]})
+    done = client.complete_multipart_upload(Bucket="parts", Key="attrs/multi.bin", UploadId=upload["UploadId"],
+                                            MultipartUpload={"Parts": parts})  # fmt: skip
+    everything = ["ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"]
+    answer = client.get_object_attributes(Bucket="parts", Key="attrs/multi.bin", ObjectAttributes=everything)
+    assert answer["ETag"] == done["ETag"].strip('"') and answer["ObjectSize"] == len(data) and answer["StorageClass"] == "STANDARD"
+    assert answer["ObjectParts"]["TotalPartsCount"] == 3 and not answer["ObjectParts"]["IsTruncated"]
+    assert [(part["PartNumber"], part["Size"]) for part in answer["ObjectParts"]["Parts"]] == [(1, 5 * MiB), (2, 5 * MiB), (3, MiB)]
+    page = client.get_object_attributes(Bucket="parts", Key="attrs/multi.bin", ObjectAttributes=["ObjectParts"], MaxParts=1,
+                                        PartNumberMarker=1)["ObjectParts"]  # fmt: skip
+    assert [part["PartNumber"] for part in page["Parts"]] == [2] and page["IsTruncated"] and page["NextPartNumberMarker"] == 2
+
+    client.put_object(Bucket="parts", Key="attrs/one.txt", Body=b"foo", ChecksumAlgorithm="SHA256")
+    single = client.get_object_attributes(Bucket="parts", Key="attrs/one.txt", ObjectAttributes=everything)
+    assert single["ObjectSize"] == 3 and "ObjectParts" not in single
+    assert single["Checksum"]["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(b"foo").digest()).decode()
+    assert single["VersionId"] == "1"
+    with pytest.raises(ClientError) as missing:
+        client.get_object_attributes(Bucket="parts", Key="attrs/none", ObjectAttributes=["ETag"])
+    assert missing.value.response["Error"]["Code"] == "NoSuchKey"

@@ -13,5 +13,5 @@ OPERATIONS = (
     "GetObjectLockConfiguration", "ListObjects", "ListObjectsV2", "ListObjectVersions", "PutObject", "GetObject",
     "HeadObject", "DeleteObject", "DeleteObjects", "CopyObject", "CreateMultipartUpload", "UploadPart", "UploadPartCopy",
     "CompleteMultipartUpload", "AbortMultipartUpload", "ListParts", "ListMultipartUploads", "GetObjectRetention",
-    "PutObjectRetention", "GetObjectLegalHold", "PutObjectLegalHold",
+    "PutObjectRetention", "GetObjectLegalHold", "PutObjectLegalHold", "GetObjectAttributes",
 )  # fmt: skip

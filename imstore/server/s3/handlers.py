@@ -111,6 +111,8 @@ class S3Worker:
             raise not_implemented("server-side encryption")
         if not key:
             return await self._bucket_operation(request, method, bucket, query)
+        if "attributes" in query and method == "GET":
+            return await self.extras.object_attributes(request, bucket, key, query)
         unsupported = _UNSUPPORTED & query.keys()
         if unsupported:
             raise not_implemented(f"{method} ?{sorted(unsupported)[0]}")
