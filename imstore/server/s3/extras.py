@@ -13,7 +13,17 @@ from ...errors import KeyDeleted, KeyNotFound, VersionNotFound
 from ...model import Version
 from ..bodies import file_slice
 from .buckets import bucket_exists, check_bucket, marker_key
-from .common import KEPT_HEADERS, delete_condition, etag_in, http_date, part_span, upload_meta, write_conditions, xml_response
+from .common import (
+    KEPT_HEADERS,
+    delete_condition,
+    etag_in,
+    http_date,
+    part_checksums,
+    part_span,
+    upload_meta,
+    write_conditions,
+    xml_response,  # fmt: skip
+)
 from .digests import Digests
 from .listing import etag_of
 from .xml import S3Error, document, http_time, iso_time, parse
@@ -198,10 +208,11 @@ class ObjectExtras:
             raise S3Error(400, "InvalidArgument", "x-amz-object-attributes names ETag, Checksum, ObjectParts, StorageClass, ObjectSize")
         found = await self.app.call(lambda: self._existing_version(bucket, key, query.get("versionId")))
         checksums = [(f"Checksum{name[len('s3-checksum-'):].upper()}", value) for name, value in sorted(found.meta.items())
-                     if name.startswith("s3-checksum-")]  # fmt: skip
+                     if name.startswith("s3-checksum-") and name != "s3-checksum-type"]  # fmt: skip
+        kind = found.meta.get("s3-checksum-type", "FULL_OBJECT")
         children = (
             ("ETag", etag_of(found).strip('"') if "ETag" in wanted else None),
-            ("Checksum", (*checksums, ("ChecksumType", "FULL_OBJECT")) if "Checksum" in wanted and checksums else None),
+            ("Checksum", (*checksums, ("ChecksumType", kind)) if "Checksum" in wanted and checksums else None),
             ("ObjectParts", _object_parts(found, request.headers) if "ObjectParts" in wanted else None),
             ("StorageClass", "STANDARD" if "StorageClass" in wanted else None),
             ("ObjectSize", found.size if "ObjectSize" in wanted else None),
@@ -220,7 +231,10 @@ def _object_parts(found: Version, headers):
         raise S3Error(400, "InvalidArgument", "part-number-marker and max-parts are numbers")
     count = part_span(layout, "1", found.size)[2]
     shown = list(range(int(marker) + 1, min(count, int(marker) + int(limit)) + 1))
-    rows = [("Part", (("PartNumber", number), ("Size", _span_size(layout, number, found.size)))) for number in shown]
+    kept = part_checksums(found.meta)
+    rows = [("Part", (("PartNumber", number), ("Size", _span_size(layout, number, found.size)),
+                      (f"Checksum{kept[0].upper()}", kept[1][number - 1]) if kept else ("Checksum", None)))
+            for number in shown]  # fmt: skip
     return (("PartsCount", count), ("PartNumberMarker", int(marker)), ("NextPartNumberMarker", shown[-1] if shown else None),
             ("MaxParts", int(limit)), ("IsTruncated", bool(shown) and shown[-1] < count), ("", rows))  # fmt: skip
 

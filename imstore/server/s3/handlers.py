@@ -29,6 +29,7 @@ from .common import (
     check_conditions,
     delete_condition,
     not_implemented,
+    part_checksums,
     part_span,
     upload_body,
     upload_meta,
@@ -282,6 +283,8 @@ class S3Worker:
         if part is not None:
             start, end, count = part_span(found.meta.get("s3-parts"), part, size)
             headers["x-amz-mp-parts-count"] = str(count)
+            if (kept := part_checksums(found.meta)) and f"x-amz-checksum-{kept[0]}" in headers:  # the part's, not the whole's
+                headers[f"x-amz-checksum-{kept[0]}"] = kept[1][int(part) - 1]
             if count > 1:
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"

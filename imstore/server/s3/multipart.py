@@ -38,7 +38,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +67,7 @@ class Part:
     modified_ns: int
     boot: str = ""  # the kernel's boot id when it was written
     at: int | None = None  # its offset in `object`; None: in its own file
+    checksums: tuple[tuple[str, str], ...] = ()  # (algorithm, base64) of each x-amz-checksum-* it was sent with
 
     @property
     def file_name(self) -> str:
@@ -81,6 +82,7 @@ class Upload:
     content_type: str | None
     meta: dict
     initiated_ns: int
+    checksum: tuple[str, str] | None = None  # (algorithm, COMPOSITE or FULL_OBJECT) the object's checksum is made of
 
 
 def _boot_id() -> str | None:
@@ -126,11 +128,12 @@ class Uploads:
             raise _no_upload()
         return self.root / upload_id
 
-    def create(self, bucket: str, key: str, content_type: str | None, meta: dict) -> str:
+    def create(self, bucket: str, key: str, content_type: str | None, meta: dict, checksum: tuple[str, str] | None = None) -> str:
         upload_id = secrets.token_hex(16)
         directory = self.root / upload_id
         directory.mkdir(parents=True, mode=0o700)
-        record = {"bucket": bucket, "key": key, "content_type": content_type, "meta": meta, "initiated": time.time_ns()}
+        record = {"bucket": bucket, "key": key, "content_type": content_type, "meta": meta, "initiated": time.time_ns(),
+                  **({"checksum": list(checksum)} if checksum else {})}  # fmt: skip
         os.close(os.open(directory / OBJECT, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         atomic_write(directory / "upload.json", json.dumps(record).encode(), 0o600)
         fsync_dir(self.root)
@@ -141,14 +144,17 @@ class Uploads:
             record = json.loads((self._dir(upload_id) / "upload.json").read_bytes())
         except (FileNotFoundError, NotADirectoryError):
             raise _no_upload() from None
-        upload = Upload(upload_id, record["bucket"], record["key"], record["content_type"], record["meta"], record["initiated"])
+        checksum = tuple(record["checksum"]) if record.get("checksum") else None
+        upload = Upload(upload_id, record["bucket"], record["key"], record["content_type"], record["meta"], record["initiated"], checksum)
         if upload.bucket != bucket or (key is not None and upload.key != key):
             raise _no_upload()
         return upload
 
-    def write_part(self, upload: Upload, number: int, chunks: Iterable[bytes], md5, declared: int | None = None) -> Part:
+    def write_part(self, upload: Upload, number: int, chunks: Iterable[bytes], md5, declared: int | None = None,
+                   checksums: Callable[[], dict] = dict) -> Part:  # fmt: skip
         """Store part `number` from chunks (already checked by the caller's digests, whose md5 is given); declared:
-        its length, when the request says it before the body (Content-Length, x-amz-decoded-content-length)."""
+        its length, when the request says it before the body (Content-Length, x-amz-decoded-content-length);
+        checksums: once the body is read, {algorithm: base64} of the x-amz-checksum-* it was checked against."""
         if not 1 <= number <= MAX_PART_NUMBER:
             raise S3Error(400, "InvalidArgument", f"Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive")
         directory = self._dir(upload.upload_id)
@@ -158,7 +164,8 @@ class Uploads:
             part = Part(number, md5.hexdigest(), size, time.time_ns(), BOOT_ID or "", at)
         else:
             part = self._write_alone(directory, number, chunks, md5)
-        record = {"etag": part.etag, "size": part.size, "boot": part.boot, **({"at": at} if at is not None else {})}
+        record = {"etag": part.etag, "size": part.size, "boot": part.boot, **({"at": at} if at is not None else {}),
+                  "checksums": checksums()}  # fmt: skip
         atomic_write(directory / f"{number}.json", json.dumps(record).encode(), 0o600, durable=BOOT_ID is None)
         return part
 
@@ -237,7 +244,7 @@ class Uploads:
                 except (FileNotFoundError, ValueError):
                     continue  # being replaced right now
                 found.append(Part(int(name), record["etag"], record["size"], entry.stat().st_mtime_ns, record.get("boot", ""),
-                                  record.get("at")))
+                                  record.get("at"), tuple(sorted(record.get("checksums", {}).items()))))
         return sorted(found, key=lambda part: part.number)
 
     @contextmanager
@@ -316,18 +323,19 @@ class Uploads:
         if md5.hexdigest() != part.etag:
             raise lost
 
-    def completed(self, upload: Upload) -> tuple[str, int] | None:
-        """(ETag, version) of an upload that was completed, or None."""
+    def completed(self, upload: Upload) -> tuple[str, int, list | None] | None:
+        """(ETag, version, [checksum algorithm, value, type] or None) of an upload that was completed, or None."""
         try:
             record = json.loads((self._dir(upload.upload_id) / "completed.json").read_bytes())
         except FileNotFoundError:
             return None
-        return record["etag"], record["version"]
+        return record["etag"], record["version"], record.get("checksum")
 
-    def finish(self, upload: Upload, etag: str, version: int) -> None:
+    def finish(self, upload: Upload, etag: str, version: int, checksum: list | None = None) -> None:
         """Record the committed result, then drop the rest (a crash in between only leaves files to remove)."""
         directory = self._dir(upload.upload_id)
-        atomic_write(directory / "completed.json", json.dumps({"etag": etag, "version": version}).encode(), 0o600)
+        record = {"etag": etag, "version": version, **({"checksum": checksum} if checksum else {})}
+        atomic_write(directory / "completed.json", json.dumps(record).encode(), 0o600)
         for entry in os.scandir(directory):
             if entry.name not in ("upload.json", "completed.json"):
                 Path(entry.path).unlink(missing_ok=True)
