@@ -51,7 +51,7 @@ def _upload_checksum(headers) -> tuple[str, str] | None:
 
 def _object_checksum(upload, stored: list, wanted: list, given: dict, headers) -> tuple[list | None, str]:
     """The checksum of a completed upload that asked for one: ([algorithm, value, type], the parts' own, comma-joined),
-    after each part's checksum in the request is matched against the one it was uploaded with (else BadDigest)."""
+    after each part's checksum listed in the request is matched against the one it was uploaded with (else BadDigest)."""
     if upload.checksum is None:
         return None, ""
     algorithm, kind = upload.checksum
@@ -62,8 +62,8 @@ def _object_checksum(upload, stored: list, wanted: list, given: dict, headers) -
         kept = dict(part.checksums).get(algorithm) if part is not None else None
         if kept is None:
             raise S3Error(400, "InvalidPart", f"part {number} was not uploaded with an x-amz-checksum-{algorithm}")
-        if given.get(number, {}).get(algorithm) != kept:
-            raise S3Error(400, "BadDigest", f"part {number}'s checksum is missing or not the one it was uploaded with")
+        if given.get(number, {}).get(algorithm, kept) != kept:  # (a part listed without one: the one it was uploaded with)
+            raise S3Error(400, "BadDigest", f"part {number}'s checksum is not the one it was uploaded with")
         values.append(kept)
         sizes.append(part.size)
     value = multipart_checksum(algorithm, kind, [base64.b64decode(kept) for kept in values], sizes)
