@@ -45,7 +45,7 @@ from pathlib import Path
 
 from ... import layout
 from ...fsio import CHUNK_SIZE, atomic_write, fsync_dir, fsync_fd, write_all
-from ...objects import copy_span
+from ...objects import copy_span, start_writeback
 from .xml import S3Error
 
 __all__ = ["Uploads", "Upload", "Part", "MAX_PART_NUMBER", "MIN_PART_SIZE", "EXPIRY_ENV", "expiry_from_env"]
@@ -204,6 +204,8 @@ class Uploads:
                     view, size = view[written:], size + written
             if BOOT_ID is None:
                 fsync_fd(fd)
+            else:
+                start_writeback(fd, at, size)  # the disk starts on it now, so Complete's fsync finds little left
             return size
         finally:
             os.close(fd)
