@@ -173,8 +173,8 @@ class Uploads:
         """The offset part `number` is written at in `object`, or None when it goes to a file of its own."""
         if declared is None or declared < MIN_PART_SIZE or number * declared > _IN_PLACE_END:
             return None
-        atomic_write(directory / "stride", str(declared).encode(), 0o600, create_only=True, durable=False)
         try:
+            atomic_write(directory / "stride", str(declared).encode(), 0o600, create_only=True, durable=False)
             stride = int((directory / "stride").read_bytes())
             if stride != declared:
                 return None
