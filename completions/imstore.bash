@@ -5,7 +5,7 @@ _imstore() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${COMP_WORDS[i]}"
         case "$word" in
-            --after|--at|--cacert|--cache-dir|--cache-size|--client-timeout|--content|--content-type|--follow|--from|--host|--if-version|--jobs|--key|--limit|--max-body|--max-size|--message|--meta|--name|--output|--peer|--port|--prefix|--remote|--s3-port|--scope|--since|--store|--sync-standbys|--sync-timeout|--tls-cert|--tls-key|--token-file|--version|--worker-timeout|--workers|-V|-j|-m|-n|-o|-p|-t) ((i++)) ;;
+            --after|--at|--cacert|--cache-dir|--cache-size|--client-timeout|--content|--content-type|--follow|--from|--host|--if-version|--jobs|--key|--limit|--max-body|--max-size|--message|--meta|--name|--output|--peer|--port|--prefix|--remote|--s3-port|--s3-upload-expiry|--scope|--since|--store|--sync-standbys|--sync-timeout|--tls-cert|--tls-key|--token-file|--version|--worker-timeout|--workers|-V|-j|-m|-n|-o|-p|-t) ((i++)) ;;
             -*) ;;
             *) case "$path" in
                    "") [[ " cache cat check-proof checkpoint clone export get history import init key log ls promote prove pull put reindex rejoin repack repair rm serve token verify " == *" $word "* ]] && path="${path:+$path }$word" ;;
@@ -16,7 +16,7 @@ _imstore() {
     done
     case "$prev" in
         --cache-dir|--output|--store|--tls-cert|--tls-key|--token-file|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-        --after|--at|--cacert|--cache-size|--client-timeout|--content|--content-type|--follow|--from|--host|--if-version|--jobs|--key|--limit|--max-body|--max-size|--message|--meta|--name|--peer|--port|--prefix|--remote|--s3-port|--scope|--since|--sync-standbys|--sync-timeout|--version|--worker-timeout|--workers|-V|-j|-m|-n|-p|-t) return ;;
+        --after|--at|--cacert|--cache-size|--client-timeout|--content|--content-type|--follow|--from|--host|--if-version|--jobs|--key|--limit|--max-body|--max-size|--message|--meta|--name|--peer|--port|--prefix|--remote|--s3-port|--s3-upload-expiry|--scope|--since|--sync-standbys|--sync-timeout|--version|--worker-timeout|--workers|-V|-j|-m|-n|-p|-t) return ;;
     esac
     case "$path" in
         "") COMPREPLY=($(compgen -W "--store --json -q --quiet --no-color --debug --cache-dir --cache-size --no-cache --remote --token-file --cacert --version -h --help cache cat check-proof checkpoint clone export get history import init key log ls promote prove pull put reindex rejoin repack repair rm serve token verify" -- "$cur")) ;;
@@ -44,7 +44,7 @@ _imstore() {
         "repack") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
         "repair") COMPREPLY=($(compgen -W "--from -h --help" -- "$cur")) ;;
         "rm") COMPREPLY=($(compgen -W "-m --message --if-version -h --help" -- "$cur")) ;;
-        "serve") COMPREPLY=($(compgen -W "--host --port --workers --tls-cert --tls-key --max-body --client-timeout --worker-timeout --follow --peer --sync-standbys --sync-timeout --s3-port -h --help" -- "$cur")) ;;
+        "serve") COMPREPLY=($(compgen -W "--host --port --workers --tls-cert --tls-key --max-body --client-timeout --worker-timeout --follow --peer --sync-standbys --sync-timeout --s3-port --s3-upload-expiry -h --help" -- "$cur")) ;;
         "token") COMPREPLY=($(compgen -W "-h --help create list revoke" -- "$cur")) ;;
         "token create") COMPREPLY=($(compgen -W "--name --scope --output -o --s3 -h --help" -- "$cur")) ;;
         "token list") COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;

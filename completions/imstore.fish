@@ -123,6 +123,7 @@ complete -c imstore -n '__fish_seen_subcommand_from serve' -l peer -r -d 'Anothe
 complete -c imstore -n '__fish_seen_subcommand_from serve' -l sync-standbys -r -d 'Sync mode: answer a write only once N standbys (serve --follow with a replicate token) hold it durably.'
 complete -c imstore -n '__fish_seen_subcommand_from serve' -l sync-timeout -r -d 'Sync mode: past this, a write is answered 503 (committed here, not confirmed replicated) rather than waited for.'
 complete -c imstore -n '__fish_seen_subcommand_from serve' -l s3-port -r -d 'Also speak S3 (path-style) on this port: keys are BUCKET/KEY; sign with token create --s3 keys.'
+complete -c imstore -n '__fish_seen_subcommand_from serve' -l s3-upload-expiry -r -d 'With --s3-port: remove multipart uploads nothing touched for this long, at start and hourly (S3\'s AbortIncompleteMultipartUpload; 0: keep them).'
 complete -c imstore -n '__fish_seen_subcommand_from serve' -s h -l help -d 'Show this help and exit.'
 complete -c imstore -n '__fish_seen_subcommand_from token; and not __fish_seen_subcommand_from create list revoke' -a create -d 'Create an API token and print it once; only its hash is kept (STORE/tokens, mode 0600).'
 complete -c imstore -n '__fish_seen_subcommand_from token; and not __fish_seen_subcommand_from create list revoke' -a list -d 'List API tokens and S3 keys: name, scope, created, an S3 key\'s access key id (never a token or secret).'

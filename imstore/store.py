@@ -19,7 +19,6 @@ from typing import BinaryIO
 
 from . import layout
 from .cache import CachedObjectReader, CacheSettings, StoreCache
-from .commit import PUT_OPTIONS as _PUT_OPTIONS  # noqa: F401 -- re-exported for older callers
 from .commit import Committer
 from .errors import (
     CorruptIndex,
@@ -48,9 +47,6 @@ from .verify import verify
 __all__ = ["Store", "Version", "PutResult", "VerifyReport", "BatchItem", "BatchResult", "FORMAT"]
 
 FORMAT = layout.FORMAT
-CONFIG_NAME = layout.CONFIG
-INDEX_NAME = layout.INDEX
-_unpack_meta = unpack_meta  # older name
 # repack clears what interrupted writes left at once, except a temp file touched in the last minute:
 # objects are written before the writers' lock is taken, so that one may be a put under way.
 REPACK_TEMP_AGE = 60
@@ -212,6 +208,12 @@ class Store:
         """Store bytes as an object (durable on return) without a version: (object_id, size). See put_object."""
         self._check_writable()
         return self.objects.write_stream(chunks, max_size=max_size)
+
+    def write_spans(self, spans: list, *, adopt: bool = False) -> tuple[str, int]:
+        """Store spans (path, offset, length) of files, in order, as one object, durable: (object_id, size). With adopt,
+        the one span's whole file becomes the object itself, linked (ObjectStore.adopt): it must never change again."""
+        self._check_writable()
+        return self.objects.adopt(spans[0][0]) if adopt else self.objects.add_spans(spans)
 
     def put_object(self, key: str, object_id: str, **options) -> PutResult:
         """A new version of key naming an object already stored (write_object); options as put_stream's, but max_size."""

@@ -120,6 +120,12 @@ def serve(
         typer.Option("--s3-port", min=0, max=65535, metavar="PORT",
                      help="Also speak S3 (path-style) on this port: keys are BUCKET/KEY; sign with token create --s3 keys."),  # fmt: skip
     ] = None,
+    s3_upload_expiry: Annotated[
+        float,
+        typer.Option("--s3-upload-expiry", min=0, metavar="DAYS",
+                     help="With --s3-port: remove multipart uploads nothing touched for this long, at start and hourly"
+                          " (S3's AbortIncompleteMultipartUpload; 0: keep them)."),  # fmt: skip
+    ] = 7.0,
 ) -> None:
     """Serve the store over HTTP: an authenticated gateway round-robining over worker processes.
 
@@ -144,6 +150,7 @@ def serve(
     from ..server import run_event_loop
     from ..server.gateway import GatewayConfig
     from ..server.gateway import serve as run_gateway
+    from ..server.s3.multipart import EXPIRY_ENV as S3_EXPIRY_ENV
     from ..validate import parse_size
 
     if (tls_cert is None) != (tls_key is None):
@@ -163,7 +170,7 @@ def serve(
         tls_key=str(tls_key) if tls_key else None,
         max_body=parse_size(max_body) if max_body is not None else None,
         client_timeout=client_timeout,
-        worker_env=_cache_env(),
+        worker_env={**_cache_env(), **({S3_EXPIRY_ENV: str(s3_upload_expiry)} if s3_port is not None else {})},
         token_file=str(settings.token_file) if settings.token_file else None,
         follow=follow,
         sync_standbys=sync_standbys,

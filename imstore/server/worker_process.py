@@ -18,6 +18,8 @@ from aiohttp import web
 from ..cache import CacheSettings
 from ..errors import ImstoreError
 from . import run_event_loop
+from .s3.multipart import expiry_from_env
+from .s3.multipart_ops import expire_uploads_periodically
 from .worker import LISTEN_BACKLOG, THREAD_MEMO_BYTES, WorkerApp
 
 
@@ -53,8 +55,12 @@ async def serve_worker(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     orphan_watch = asyncio.create_task(_stop_when_orphaned(stop, parent))
+    expiry = expiry_from_env()  # serve --s3-port: abandoned multipart uploads are removed (S3-11)
+    sweeper = asyncio.create_task(expire_uploads_periodically(app, expiry)) if expiry is not None else None
     await stop.wait()
     orphan_watch.cancel()
+    if sweeper is not None:
+        sweeper.cancel()
     await runner.cleanup()
     for leftover in (owner_lock, socket_path if tcp_port is None else None):
         try:

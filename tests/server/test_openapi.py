@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 import imstore.server
 from imstore.server.protocol import ROUTES, match_route
 
@@ -54,3 +56,15 @@ def test_every_v1_operation_documents_500_and_503():
                for method, operation in operations.items() if isinstance(operation, dict) and "responses" in operation
                for status in ("500", "503") if status not in operation["responses"]]  # fmt: skip
     assert not missing, missing
+
+
+def test_the_s3_port_and_its_operations_are_described():
+    """A reader of openapi.json learns that serve --s3-port exists and what it answers (issue 13)."""
+    from imstore.server.s3 import OPERATIONS
+
+    s3 = DOCUMENT["x-imstore-s3"]
+    assert "--s3-port" in DOCUMENT["info"]["description"] and s3["port"] == "serve --s3-port"
+    assert s3["operations"] == list(OPERATIONS)
+    botocore = pytest.importorskip("botocore.session", reason="botocore comes with the test extras")
+    known = set(botocore.get_session().get_service_model("s3").operation_names)
+    assert not set(OPERATIONS) - known  # each is S3's own name for it

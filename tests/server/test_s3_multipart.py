@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 
 import pytest
 
 from imstore import Store
+from imstore.errors import KeyNotFound
 
 pytest.importorskip("boto3", reason="boto3 comes with the test extras")
 from boto3.s3.transfer import TransferConfig  # noqa: E402
@@ -122,3 +124,83 @@ def test_get_object_by_part_number(s3):
     with pytest.raises(ClientError) as no_part:
         client.get_object(Bucket="parts", Key="single", PartNumber=2)
     assert no_part.value.response["Error"]["Code"] == "InvalidPart"
+
+
+def test_get_object_attributes_answers_from_the_version_record(s3):
+    client = s3.client()
+    data = os.urandom(11 * MiB)
+    upload = client.create_multipart_upload(Bucket="parts", Key="attrs/multi.bin")
+    parts = []
+    for number, start in enumerate(range(0, len(data), 5 * MiB), 1):
+        reply = client.upload_part(Bucket="parts", Key="attrs/multi.bin", UploadId=upload["UploadId"], PartNumber=number,
+                                   Body=data[start : start + 5 * MiB])  # fmt: skip
+        parts.append({"PartNumber": number, "ETag": reply["ETag"]})
+    done = client.complete_multipart_upload(Bucket="parts", Key="attrs/multi.bin", UploadId=upload["UploadId"],
+                                            MultipartUpload={"Parts": parts})  # fmt: skip
+    everything = ["ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"]
+    answer = client.get_object_attributes(Bucket="parts", Key="attrs/multi.bin", ObjectAttributes=everything)
+    assert answer["ETag"] == done["ETag"].strip('"') and answer["ObjectSize"] == len(data) and answer["StorageClass"] == "STANDARD"
+    assert answer["ObjectParts"]["TotalPartsCount"] == 3 and not answer["ObjectParts"]["IsTruncated"]
+    assert [(part["PartNumber"], part["Size"]) for part in answer["ObjectParts"]["Parts"]] == [(1, 5 * MiB), (2, 5 * MiB), (3, MiB)]
+    page = client.get_object_attributes(Bucket="parts", Key="attrs/multi.bin", ObjectAttributes=["ObjectParts"], MaxParts=1,
+                                        PartNumberMarker=1)["ObjectParts"]  # fmt: skip
+    assert [part["PartNumber"] for part in page["Parts"]] == [2] and page["IsTruncated"] and page["NextPartNumberMarker"] == 2
+
+    client.put_object(Bucket="parts", Key="attrs/one.txt", Body=b"foo", ChecksumAlgorithm="SHA256")
+    single = client.get_object_attributes(Bucket="parts", Key="attrs/one.txt", ObjectAttributes=everything)
+    assert single["ObjectSize"] == 3 and "ObjectParts" not in single
+    assert single["Checksum"]["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(b"foo").digest()).decode()
+    assert single["VersionId"] == "1"
+    with pytest.raises(ClientError) as missing:
+        client.get_object_attributes(Bucket="parts", Key="attrs/none", ObjectAttributes=["ETag"])
+    assert missing.value.response["Error"]["Code"] == "NoSuchKey"
+
+
+@pytest.mark.parametrize(("algorithm", "kind"), [("SHA256", "COMPOSITE"), ("CRC32", "FULL_OBJECT"), ("CRC64NVME", "FULL_OBJECT")])
+def test_a_multipart_checksum_is_made_of_the_parts_checksums_and_checked(s3, algorithm, kind):
+    from imstore.server.s3.digests import _hasher
+
+    client, key = s3.client(), f"sums/{algorithm}"
+
+    def checksum(data: bytes) -> str:
+        hasher = _hasher(algorithm.lower())
+        hasher.update(data)
+        return base64.b64encode(hasher.digest()).decode()
+
+    contents = [os.urandom(5 * MiB), os.urandom(5 * MiB), b"the end"]
+    upload = client.create_multipart_upload(Bucket="parts", Key=key, ChecksumAlgorithm=algorithm, ChecksumType=kind)
+    assert upload["ChecksumAlgorithm"] == algorithm
+    parts = []
+    for number, data in enumerate(contents, 1):
+        reply = client.upload_part(Bucket="parts", Key=key, UploadId=upload["UploadId"], PartNumber=number, Body=data,
+                                   ChecksumAlgorithm=algorithm)  # fmt: skip
+        parts.append({"PartNumber": number, "ETag": reply["ETag"], f"Checksum{algorithm}": reply[f"Checksum{algorithm}"]})
+    assert [part[f"Checksum{algorithm}"] for part in parts] == [checksum(data) for data in contents]
+    wrong = "AAAAAAAAAAA=" if algorithm == "CRC64NVME" else "AAAAAA==" if algorithm == "CRC32" else checksum(b"wrong")
+    with pytest.raises(ClientError) as refused:  # a part listed with another checksum than it was uploaded with
+        client.complete_multipart_upload(Bucket="parts", Key=key, UploadId=upload["UploadId"],
+                                         MultipartUpload={"Parts": [{**parts[0], f"Checksum{algorithm}": wrong}, *parts[1:]]})  # fmt: skip
+    assert refused.value.response["Error"]["Code"] == "BadDigest"
+    with pytest.raises(ClientError) as refused:  # a claimed whole checksum that does not match: nothing written
+        client.complete_multipart_upload(Bucket="parts", Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": parts},
+                                         **{f"Checksum{algorithm}": wrong})  # fmt: skip
+    assert refused.value.response["Error"]["Code"] == "BadDigest"
+    with Store.open(s3.server.store) as store, pytest.raises(KeyNotFound):
+        store.resolve(f"parts/{key}")
+    listed = [{name: value for name, value in part.items() if not name.startswith("Checksum")} for part in parts]
+    done = client.complete_multipart_upload(Bucket="parts", Key=key, UploadId=upload["UploadId"],
+                                            MultipartUpload={"Parts": listed})  # parts listed without theirs: the ones kept  # fmt: skip
+    if kind == "FULL_OBJECT":  # the CRC of the whole object, combined from the parts' without reading them
+        expected = checksum(b"".join(contents))
+    else:
+        hasher = _hasher(algorithm.lower())
+        hasher.update(b"".join(base64.b64decode(checksum(data)) for data in contents))
+        expected = f"{base64.b64encode(hasher.digest()).decode()}-3"
+    assert done[f"Checksum{algorithm}"] == expected and done["ChecksumType"] == kind
+    head = client.head_object(Bucket="parts", Key=key, ChecksumMode="ENABLED")
+    assert head[f"Checksum{algorithm}"] == expected and head["ChecksumType"] == kind
+    second = client.get_object(Bucket="parts", Key=key, PartNumber=2, ChecksumMode="ENABLED")
+    assert second[f"Checksum{algorithm}"] == checksum(contents[1]) and second["Body"].read() == contents[1]
+    attributes = client.get_object_attributes(Bucket="parts", Key=key, ObjectAttributes=["Checksum", "ObjectParts"])
+    assert attributes["Checksum"][f"Checksum{algorithm}"] == expected
+    assert [part[f"Checksum{algorithm}"] for part in attributes["ObjectParts"]["Parts"]] == [checksum(data) for data in contents]

@@ -4,3 +4,14 @@ The gateway side (front.py) checks the signature and the scope and forwards the 
 worker with the caller's verified context in an internal header; the worker side (handlers.py)
 answers it through the Store API. sigv4.py, chunked.py, digests.py and xml.py are pure helpers.
 """
+
+__all__ = ["OPERATIONS"]
+
+# The S3 operations the port answers (shared S3.md); anything else is 501 NotImplemented. openapi.json lists them too.
+OPERATIONS = (
+    "ListBuckets", "CreateBucket", "HeadBucket", "GetBucketLocation", "GetBucketVersioning", "PutBucketVersioning",
+    "GetObjectLockConfiguration", "ListObjects", "ListObjectsV2", "ListObjectVersions", "PutObject", "GetObject",
+    "HeadObject", "DeleteObject", "DeleteObjects", "CopyObject", "CreateMultipartUpload", "UploadPart", "UploadPartCopy",
+    "CompleteMultipartUpload", "AbortMultipartUpload", "ListParts", "ListMultipartUploads", "GetObjectRetention",
+    "PutObjectRetention", "GetObjectLegalHold", "PutObjectLegalHold", "GetObjectAttributes",
+)  # fmt: skip

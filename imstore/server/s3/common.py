@@ -17,6 +17,7 @@ from .xml import XML_TYPE, S3Error
 __all__ = [
     "KEPT_HEADERS", "RESPONSE_OVERRIDES", "LOCK_HEADERS", "OWNER", "upload_meta", "xml_response", "not_implemented", "upload_body",
     "write_conditions", "etag_in", "http_date", "check_conditions", "delete_condition", "parts_layout", "part_span",
+    "part_checksums",
 ]  # fmt: skip
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -172,3 +173,10 @@ def part_span(layout: str | None, number_text: str, size: int) -> tuple[int, int
         raise S3Error(400, "InvalidPart", "One or more of the specified parts could not be found.")
     start = sum(sizes[: number - 1])
     return start, start + sizes[number - 1], len(sizes)
+
+
+def part_checksums(meta: dict) -> tuple[str, list[str]] | None:
+    """(algorithm, each part's base64 checksum) of a multipart version completed with checksums, or None."""
+    kept = meta.get("s3-part-checksums")
+    algorithm = next((name[len("s3-checksum-") :] for name in meta if name.startswith("s3-checksum-") and name != "s3-checksum-type"), None)
+    return (algorithm, kept.split(",")) if kept and algorithm else None

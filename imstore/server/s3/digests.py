@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from .xml import S3Error
 
-__all__ = ["Digests", "CHECKSUMS"]
+__all__ = ["Digests", "CHECKSUMS", "multipart_checksum"]
 
 CHECKSUMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 
@@ -83,6 +83,45 @@ def _hasher(algorithm: str):
     if algorithm == "crc64nvme":
         return _ReflectedCrc(64, 0x9A6C9329AC4BC9B5, _accelerated("crc64nvme"))
     return hashlib.new(algorithm)
+
+
+_REFLECTED = {"crc32": (32, 0xEDB88320), "crc32c": (32, 0x82F63B78), "crc64nvme": (64, 0x9A6C9329AC4BC9B5)}
+
+
+def _combine_crc(algorithm: str, first: int, second: int, second_length: int) -> int:
+    """The CRC of A+B from crc(A), crc(B) and len(B): zlib's crc32_combine, for any reflected CRC (GF(2) arithmetic)."""
+    width, polynomial = _REFLECTED[algorithm]
+    top = 1 << (width - 1)  # x^0 in the reflected order
+
+    def multiply(a: int, b: int) -> int:  # a*b modulo the polynomial
+        product, bit = 0, top
+        while bit and a & ((bit << 1) - 1):  # (stops once no lower bit of a is left)
+            if a & bit:
+                product ^= b
+            bit >>= 1
+            b = (b >> 1) ^ polynomial if b & 1 else b >> 1
+        return product
+
+    power, square, bits = top, top >> 1, second_length * 8  # x^0, x^1: power becomes x^(8 len(B))
+    while bits:
+        if bits & 1:
+            power = multiply(square, power)
+        square, bits = multiply(square, square), bits >> 1
+    return multiply(power, first) ^ second
+
+
+def multipart_checksum(algorithm: str, kind: str, checksums: list[bytes], sizes: list[int]) -> str:
+    """A multipart object's checksum from its parts': COMPOSITE, the checksum of the part checksums with "-N";
+    FULL_OBJECT (CRCs only), the CRC of the whole object, combined from the parts' without reading them."""
+    if kind == "FULL_OBJECT":
+        width = _REFLECTED[algorithm][0]
+        crc = int.from_bytes(checksums[0], "big")
+        for checksum, size in zip(checksums[1:], sizes[1:], strict=True):
+            crc = _combine_crc(algorithm, crc, int.from_bytes(checksum, "big"), size)
+        return base64.b64encode(crc.to_bytes(width // 8, "big")).decode()
+    hasher = _hasher(algorithm)
+    hasher.update(b"".join(checksums))
+    return f"{base64.b64encode(hasher.digest()).decode()}-{len(checksums)}"
 
 
 def _bad_digest(what: str) -> S3Error:

@@ -13,7 +13,17 @@ from ...errors import KeyDeleted, KeyNotFound, VersionNotFound
 from ...model import Version
 from ..bodies import file_slice
 from .buckets import bucket_exists, check_bucket, marker_key
-from .common import KEPT_HEADERS, delete_condition, etag_in, http_date, upload_meta, write_conditions, xml_response
+from .common import (
+    KEPT_HEADERS,
+    delete_condition,
+    etag_in,
+    http_date,
+    part_checksums,
+    part_span,
+    upload_meta,
+    write_conditions,
+    xml_response,  # fmt: skip
+)
 from .digests import Digests
 from .listing import etag_of
 from .xml import S3Error, document, http_time, iso_time, parse
@@ -179,14 +189,59 @@ class ObjectExtras:
             raise S3Error(403, "AccessDenied", "every version is held forever; a legal hold cannot be lifted")
         return web.Response(status=200)
 
-    def _existing_version(self, bucket: str, key: str, version_id: str | None) -> None:
+    def _existing_version(self, bucket: str, key: str, version_id: str | None) -> Version:
         store = self.app.store()
+        if version_id is not None and not version_id.isdigit():
+            raise S3Error(400, "InvalidArgument", "Invalid version id specified")
         try:
-            store.resolve(marker_key(bucket) + key, version_id)
+            return store.resolve(marker_key(bucket) + key, version_id)
         except (KeyNotFound, KeyDeleted):
             raise S3Error(404, "NoSuchKey", "The specified key does not exist.") from None
         except VersionNotFound:
             raise S3Error(404, "NoSuchVersion", "The specified version does not exist.") from None
+
+    # ------------------------------------------------------------ GetObjectAttributes
+    async def object_attributes(self, request, bucket: str, key: str, query: dict) -> web.Response:
+        """GET ?attributes: what x-amz-object-attributes asks for, from the version's record (no byte is read)."""
+        wanted = {name.strip() for name in request.headers.get("x-amz-object-attributes", "").split(",") if name.strip()}
+        if not wanted or wanted - {"ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"}:
+            raise S3Error(400, "InvalidArgument", "x-amz-object-attributes names ETag, Checksum, ObjectParts, StorageClass, ObjectSize")
+        found = await self.app.call(lambda: self._existing_version(bucket, key, query.get("versionId")))
+        checksums = [(f"Checksum{name[len('s3-checksum-'):].upper()}", value) for name, value in sorted(found.meta.items())
+                     if name.startswith("s3-checksum-") and name != "s3-checksum-type"]  # fmt: skip
+        kind = found.meta.get("s3-checksum-type", "FULL_OBJECT")
+        children = (
+            ("ETag", etag_of(found).strip('"') if "ETag" in wanted else None),
+            ("Checksum", (*checksums, ("ChecksumType", kind)) if "Checksum" in wanted and checksums else None),
+            ("ObjectParts", _object_parts(found, request.headers) if "ObjectParts" in wanted else None),
+            ("StorageClass", "STANDARD" if "StorageClass" in wanted else None),
+            ("ObjectSize", found.size if "ObjectSize" in wanted else None),
+        )
+        headers = {"Last-Modified": http_time(found.time_ns), "x-amz-version-id": str(found.version)}
+        return xml_response(document("GetObjectAttributesResponse", children), headers=headers)
+
+
+def _object_parts(found: Version, headers):
+    """ObjectParts of a multipart version (its part sizes as kept in `s3-parts`), paged; None for a single-part one."""
+    layout = found.meta.get("s3-parts")
+    if layout is None:
+        return None
+    marker, limit = headers.get("x-amz-part-number-marker", "0"), headers.get("x-amz-max-parts", "1000")
+    if not marker.isdigit() or not limit.isdigit():
+        raise S3Error(400, "InvalidArgument", "part-number-marker and max-parts are numbers")
+    count = part_span(layout, "1", found.size)[2]
+    shown = list(range(int(marker) + 1, min(count, int(marker) + int(limit)) + 1))
+    kept = part_checksums(found.meta)
+    rows = [("Part", (("PartNumber", number), ("Size", _span_size(layout, number, found.size)),
+                      (f"Checksum{kept[0].upper()}", kept[1][number - 1]) if kept else ("Checksum", None)))
+            for number in shown]  # fmt: skip
+    return (("PartsCount", count), ("PartNumberMarker", int(marker)), ("NextPartNumberMarker", shown[-1] if shown else None),
+            ("MaxParts", int(limit)), ("IsTruncated", bool(shown) and shown[-1] < count), ("", rows))  # fmt: skip
+
+
+def _span_size(layout: str, number: int, size: int) -> int:
+    start, end, _count = part_span(layout, str(number), size)
+    return end - start
 
 
 def _entry_condition(store, store_key: str, conditions: tuple) -> int | None:

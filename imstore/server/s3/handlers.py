@@ -29,6 +29,7 @@ from .common import (
     check_conditions,
     delete_condition,
     not_implemented,
+    part_checksums,
     part_span,
     upload_body,
     upload_meta,
@@ -111,6 +112,8 @@ class S3Worker:
             raise not_implemented("server-side encryption")
         if not key:
             return await self._bucket_operation(request, method, bucket, query)
+        if "attributes" in query and method == "GET":
+            return await self.extras.object_attributes(request, bucket, key, query)
         unsupported = _UNSUPPORTED & query.keys()
         if unsupported:
             raise not_implemented(f"{method} ?{sorted(unsupported)[0]}")
@@ -280,6 +283,8 @@ class S3Worker:
         if part is not None:
             start, end, count = part_span(found.meta.get("s3-parts"), part, size)
             headers["x-amz-mp-parts-count"] = str(count)
+            if (kept := part_checksums(found.meta)) and f"x-amz-checksum-{kept[0]}" in headers:  # the part's, not the whole's
+                headers[f"x-amz-checksum-{kept[0]}"] = kept[1][int(part) - 1]
             if count > 1:
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"

@@ -3,18 +3,84 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import sys
 
 from aiohttp import web
 
 from ..bodies import body_chunks
 from .buckets import bucket_exists, marker_key
 from .common import OWNER, not_implemented, parts_layout, upload_body, upload_meta, write_conditions, xml_response
+from .digests import CHECKSUMS, multipart_checksum
 from .multipart import MAX_PART_NUMBER, Uploads
 from .sigv4 import Caller
 from .xml import S3Error, document, iso_time, parse
 
-__all__ = ["MultipartOperations"]
+__all__ = ["MultipartOperations", "declared_length", "expire_uploads_periodically"]
 
+SWEEP_INTERVAL = 3600.0  # seconds between two looks for expired uploads, in each worker
+
+
+async def expire_uploads_periodically(app, max_age: float, interval: float = SWEEP_INTERVAL) -> None:
+    """Remove the uploads nothing touched for max_age seconds now (at the worker's start), then every interval (S3-11)."""
+    uploads = Uploads(app.store_root)
+    while True:
+        try:
+            removed = await app.call(lambda: uploads.expire(max_age))
+        except OSError as exc:
+            removed = 0
+            print(f"imstore serve: cannot remove expired S3 uploads: {exc}", file=sys.stderr, flush=True)
+        if removed:
+            print(f"imstore serve: removed {removed} S3 upload(s) untouched for {max_age / 86400:g} days", file=sys.stderr, flush=True)
+        await asyncio.sleep(interval)  # a timer: nothing to wait for but the time
+
+
+def _upload_checksum(headers) -> tuple[str, str] | None:
+    """CreateMultipartUpload's x-amz-checksum-algorithm and -type: (algorithm, COMPOSITE or FULL_OBJECT), or None."""
+    algorithm = headers.get("x-amz-checksum-algorithm", "").lower()
+    if not algorithm:
+        return None
+    if algorithm not in CHECKSUMS:
+        raise S3Error(400, "InvalidRequest", f"x-amz-checksum-algorithm must be one of {', '.join(CHECKSUMS).upper()}")
+    kind = headers.get("x-amz-checksum-type", "FULL_OBJECT" if algorithm == "crc64nvme" else "COMPOSITE").upper()
+    full = kind == "FULL_OBJECT"  # a CRC of the whole object: SHA digests cannot be combined, CRC64NVME is only that
+    if kind not in ("COMPOSITE", "FULL_OBJECT") or (full and algorithm.startswith("sha")) or (not full and algorithm == "crc64nvme"):
+        raise S3Error(400, "InvalidRequest", f"a {algorithm.upper()} checksum of type {kind} is not offered")
+    return algorithm, kind
+
+
+def _object_checksum(upload, stored: list, wanted: list, given: dict, headers) -> tuple[list | None, str]:
+    """The checksum of a completed upload that asked for one: ([algorithm, value, type], the parts' own, comma-joined),
+    after each part's checksum listed in the request is matched against the one it was uploaded with (else BadDigest)."""
+    if upload.checksum is None:
+        return None, ""
+    algorithm, kind = upload.checksum
+    parts = {part.number: part for part in stored}
+    values, sizes = [], []
+    for number, _etag in wanted:
+        part = parts.get(number)
+        kept = dict(part.checksums).get(algorithm) if part is not None else None
+        if kept is None:
+            raise S3Error(400, "InvalidPart", f"part {number} was not uploaded with an x-amz-checksum-{algorithm}")
+        if given.get(number, {}).get(algorithm, kept) != kept:  # (a part listed without one: the one it was uploaded with)
+            raise S3Error(400, "BadDigest", f"part {number}'s checksum is not the one it was uploaded with")
+        values.append(kept)
+        sizes.append(part.size)
+    value = multipart_checksum(algorithm, kind, [base64.b64decode(kept) for kept in values], sizes)
+    claimed = headers.get(f"x-amz-checksum-{algorithm}")
+    if claimed is not None and claimed.strip() != value:
+        raise S3Error(400, "BadDigest", f"The x-amz-checksum-{algorithm} you specified did not match the calculated checksum.")
+    return [algorithm, value, kind], ",".join(values)
+
+
+def declared_length(caller: Caller, headers) -> int | None:
+    """A part's length as the request declares it before its body, if it does (aws-chunked: the decoded length)."""
+    decoded = headers.get("x-amz-decoded-content-length")
+    if decoded is not None:
+        return int(decoded) if decoded.isdigit() else None
+    chunked = caller.payload.startswith("STREAMING") or "aws-chunked" in headers.get("Content-Encoding", "")
+    length = headers.get("Content-Length")
+    return int(length) if length is not None and length.isdigit() and not chunked else None
 
 
 class MultipartOperations:
@@ -45,13 +111,17 @@ class MultipartOperations:
         headers = request.headers
         meta = upload_meta(headers)
 
+        checksum = _upload_checksum(headers)
+
         def create():
             if not bucket_exists(self.app.store(), bucket):
                 raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist")
-            return self.uploads.create(bucket, key, headers.get("Content-Type") or None, meta)
+            return self.uploads.create(bucket, key, headers.get("Content-Type") or None, meta, checksum)
 
         upload_id = await self.app.call(create)
-        return xml_response(document("InitiateMultipartUploadResult", (("Bucket", bucket), ("Key", key), ("UploadId", upload_id))))
+        answer = {"x-amz-checksum-algorithm": checksum[0].upper(), "x-amz-checksum-type": checksum[1]} if checksum else {}
+        return xml_response(document("InitiateMultipartUploadResult", (("Bucket", bucket), ("Key", key), ("UploadId", upload_id))),
+                            headers=answer)  # fmt: skip
 
     async def upload_part(self, request, caller: Caller, bucket: str, key: str, upload_id: str, number_text: str) -> web.Response:
 
@@ -68,7 +138,8 @@ class MultipartOperations:
                 body, md5 = self.s3.extras.copy_part_source(store, request.headers)
                 return self.uploads.write_part(upload, int(number_text), body, md5), {}
             digests, body = upload_body(caller, request.headers, pieces)
-            part = self.uploads.write_part(upload, int(number_text), body, digests.md5)
+            sent = lambda: {name[len("x-amz-checksum-") :]: value for name, value in digests.checksum_headers().items()}  # noqa: E731
+            part = self.uploads.write_part(upload, int(number_text), body, digests.md5, declared_length(caller, request.headers), sent)
             return part, digests.checksum_headers()
 
         part, checksums = await self.app.call(write)
@@ -80,34 +151,46 @@ class MultipartOperations:
     async def complete(self, request, bucket: str, key: str, upload_id: str) -> web.Response:
 
         root = parse(await request.read(), "CompleteMultipartUpload")
-        wanted = []
+        wanted, given = [], {}
         for element in root.findall("Part"):
             number, etag = element.findtext("PartNumber", ""), element.findtext("ETag", "")
             if not number.isdigit():
                 raise S3Error(400, "MalformedXML", "a Part without a PartNumber")
             wanted.append((int(number), etag))
+            given[int(number)] = {child.tag[len("Checksum") :].lower(): (child.text or "").strip() for child in element
+                                  if child.tag.startswith("Checksum") and child.tag != "ChecksumType"}  # fmt: skip
         store_key = marker_key(bucket) + key
 
         def complete():
             upload = self.uploads.get(upload_id, bucket, key)
             done = self.uploads.completed(upload)
             if done is not None:  # a retried Complete: the same answer
-                return done[1], done[0]
+                return done
             store = self.app.store()
-            try:
-                conditions = write_conditions(store, store_key, request.headers)
-                chunks, etag, sizes = self.uploads.assemble(upload, wanted)
-                layout = parts_layout(sizes)  # for GetObject ?partNumber
-                meta = {**upload.meta, "s3-etag": etag, **({"s3-parts": layout} if layout else {})}
-                result = store.put_stream(store_key, chunks, content_type=upload.content_type, meta=meta, **conditions)
-            finally:
-                self.app._flush_warnings(store)
-            self.uploads.finish(upload, etag, result.version.version)  # committed: the parts are no longer needed
-            return result.version.version, etag
+            with self.uploads.exclusive(upload):  # no part is written into the object being stored
+                done = self.uploads.completed(upload)
+                if done is not None:  # another Complete of the same upload went first
+                    return done
+                try:
+                    conditions = write_conditions(store, store_key, request.headers)
+                    checksum, part_checksums = _object_checksum(upload, self.uploads.parts(upload), wanted, given, request.headers)
+                    spans, adopt, etag, sizes = self.uploads.assemble(upload, wanted)
+                    layout = parts_layout(sizes)  # for GetObject ?partNumber
+                    meta = {**upload.meta, "s3-etag": etag, **({"s3-parts": layout} if layout else {})}
+                    if checksum is not None:
+                        meta.update({f"s3-checksum-{checksum[0]}": checksum[1], "s3-checksum-type": checksum[2]})
+                        meta.update({"s3-part-checksums": part_checksums} if len(part_checksums) <= 16 * 1024 else {})
+                    object_id, _size = store.write_spans(spans, adopt=adopt)  # no copy when the parts are in place (S3-10)
+                    result = store.put_object(store_key, object_id, content_type=upload.content_type, meta=meta, **conditions)
+                finally:
+                    self.app._flush_warnings(store)
+                self.uploads.finish(upload, etag, result.version.version, checksum)  # committed: the parts are no longer needed
+            return etag, result.version.version, checksum
 
-        version, etag = await self.app.call(complete)
+        etag, version, checksum = await self.app.call(complete)
+        answer = ((f"Checksum{checksum[0].upper()}", checksum[1]), ("ChecksumType", checksum[2])) if checksum else ()
         body = document("CompleteMultipartUploadResult", (("Location", f"/{bucket}/{key}"), ("Bucket", bucket), ("Key", key),
-                                                          ("ETag", f'"{etag}"')))  # fmt: skip
+                                                          ("ETag", f'"{etag}"'), *answer))  # fmt: skip
         return xml_response(body, headers={"x-amz-version-id": str(version)})
 
     async def list_parts(self, bucket: str, key: str, upload_id: str, query: dict) -> web.Response:
