@@ -9,13 +9,13 @@ and an existing object can be trusted to be complete.
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from .diskio import MANY_AT_ONCE, copy_span, in_parallel, start_writeback, sync_one
 from .errors import AmbiguousPrefix, CorruptObject, ImstoreError, InvalidInput, ObjectNotFound, from_os_error
 from .fsio import CHUNK_SIZE, crash_point, fsync_dir, fsync_fd, require_directory, write_all
 from .hashing import OBJECT_ID_LEN, blake3, validate_object_id, validate_prefix
@@ -360,8 +360,8 @@ class ObjectStore:
         directory is fsynced once, after every link into it. When this returns,
         each object it answered for is as durable as store_stream leaves it.
         """
-        if len(blobs) > _MANY_AT_ONCE:  # each temp file stays open until its fsync: so many at a time, not a whole long list
-            step = _MANY_AT_ONCE
+        if len(blobs) > MANY_AT_ONCE:  # each temp file stays open until its fsync: so many at a time, not a whole long list
+            step = MANY_AT_ONCE
             return [answer for start in range(0, len(blobs), step) for answer in self.write_many(blobs[start : start + step])]
         self._check_root()
         answers: list = [None] * len(blobs)
@@ -380,7 +380,7 @@ class ObjectStore:
                     answers[position] = from_os_error(exc, "writing an object")
             crash_point("object-temp-written")
             to_sync = [(position, fd) for position, fd, _temp in written if answers[position] is None]
-            for (position, _fd), failure in zip(to_sync, _in_parallel(fsync_fd, [fd for _position, fd in to_sync]), strict=True):
+            for (position, _fd), failure in zip(to_sync, in_parallel(fsync_fd, [fd for _position, fd in to_sync]), strict=True):
                 if failure is not None:  # never retried into "durable"
                     answers[position] = from_os_error(failure, "writing an object")
             crash_point("object-fsynced")
@@ -395,9 +395,9 @@ class ObjectStore:
                     except ImstoreError as exc:
                         answers[position] = exc
             shards = [directory for directory in directories if directory != self.root]
-            failure = next((failure for failure in _in_parallel(fsync_dir, shards) if failure is not None), None)
+            failure = next((failure for failure in in_parallel(fsync_dir, shards) if failure is not None), None)
             if failure is None and self.root in directories:  # a new shard: its entry in objects/ after the shard's own
-                failure = _sync_one(fsync_dir, self.root)
+                failure = sync_one(fsync_dir, self.root)
             if failure is not None:  # then no object of this call is known durable
                 failed = from_os_error(failure, "storing objects")
                 return [failed if isinstance(answer, tuple) else answer for answer in answers]
@@ -517,89 +517,6 @@ class ObjectStore:
             except OSError:
                 pass
         return removed
-
-
-_FSYNC_THREADS = 8
-_MANY_AT_ONCE = 128  # objects write_many holds open at once (file descriptors: a soft limit of 1024 is common)
-_fsync_pool = None  # made on first use: only batched writers (the server's PUTs) need it
-
-
-def _forget_fsync_pool() -> None:
-    global _fsync_pool
-    _fsync_pool = None  # a forked child has the pool's object but none of its threads: it makes its own
-
-
-os.register_at_fork(after_in_child=_forget_fsync_pool)
-
-
-def _in_parallel(sync, targets: list) -> list[OSError | None]:
-    """sync(target) for every target, several at once; the error of each (None: done).
-
-    Concurrent fsyncs share the file system's journal commits: measured here, 16 new
-    4 KiB files fsynced from 8 threads took 0.6x the time of one after the other.
-    """
-    global _fsync_pool
-    if len(targets) < 2:
-        return [_sync_one(sync, target) for target in targets]
-    if _fsync_pool is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _fsync_pool = ThreadPoolExecutor(_FSYNC_THREADS, thread_name_prefix="imstore-fsync")
-    return list(_fsync_pool.map(lambda target: _sync_one(sync, target), targets))
-
-
-def _sync_one(sync, target) -> OSError | None:
-    try:
-        sync(target)
-    except OSError as exc:
-        return exc
-    return None
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-_sync_file_range = None  # resolved on first use: False where the C library lacks it
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing a range of fd to disk without waiting (Linux sync_file_range).
-
-    Only a head start for the fsync that follows, never a replacement for it: this
-    call guarantees nothing, and errors are left for fsync to report. Measured on
-    512 MiB: the put took 1.1-1.5 s with it and 1.6-2.9 s without.
-    """
-    global _sync_file_range
-    if _sync_file_range is None:
-        _sync_file_range = _load_sync_file_range()
-    if _sync_file_range:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
-def _load_sync_file_range():
-    import ctypes  # only for objects big enough to need it: ctypes costs ~10 ms to import
-
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (AttributeError, OSError):
-        return False
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-def copy_span(source: int, offset: int, length: int, target: int) -> None:
-    """Copy length bytes of source from offset to target at its position, in the kernel (sendfile) where it can."""
-    done = 0
-    try:
-        while done < length and (count := os.sendfile(target, source, offset + done, length - done)):
-            done += count
-    except OSError as exc:
-        if done or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-    while done < length and (chunk := os.pread(source, min(CHUNK_SIZE, length - done), offset + done)):
-        write_all(target, chunk)  # where sendfile cannot write to a file: through memory
-        done += len(chunk)
-    if done != length:  # (the caller checked the sizes: someone else cut the file)
-        raise OSError(errno.EIO, f"a file ended {length - done} bytes early")
 
 
 def _unlink_quietly(path: str) -> None:

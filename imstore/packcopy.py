@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import errors
+from .diskio import start_writeback
 from .errors import BadUpstream, ImstoreError, NotFound, from_os_error
 from .fsio import crash_point, fsync_dir, fsync_fd, write_all, write_new_file
 from .hashing import blake3
-from .objects import TEMP_PREFIX, WRITEBACK_STEP, start_writeback
+from .objects import TEMP_PREFIX, WRITEBACK_STEP
 from .packs import DIGEST_SIZE, ENTRY, FORMAT_VERSION, INDEX_HEADER, INDEX_MAGIC, PACK_HEADER, PACK_MAGIC, entries_digest
 
 __all__ = ["PACK_NAME", "PackCopy", "PackTaker", "check_index", "receive_pack", "take_packs", "pack_ids"]

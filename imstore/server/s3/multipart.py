@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ... import layout
+from ...diskio import copy_span, start_writeback
 from ...fsio import CHUNK_SIZE, atomic_write, fsync_dir, fsync_fd, write_all
-from ...objects import copy_span, start_writeback
 from .xml import S3Error
 
 __all__ = ["Uploads", "Upload", "Part", "MAX_PART_NUMBER", "MIN_PART_SIZE", "EXPIRY_ENV", "expiry_from_env"]
