@@ -32,7 +32,7 @@ class Metrics:
         self.latency_count[route] += 1
 
     def render(self, worker_restarts: int, workers: list[dict], memory_hits: int = 0, in_flight: int = 0,
-               key_memory_hits: int = 0) -> str:
+               key_memory_hits: int = 0, s3_memory_hits: int = 0) -> str:
         lines = [
             "# HELP imstore_http_requests_total HTTP requests by route, method and status.",
             "# TYPE imstore_http_requests_total counter",
@@ -72,6 +72,9 @@ class Metrics:
             "# HELP imstore_gateway_key_memory_hits_total Latest-version GETs by key the gateway answered from its memory.",
             "# TYPE imstore_gateway_key_memory_hits_total counter",
             f"imstore_gateway_key_memory_hits_total {key_memory_hits}",
+            "# HELP imstore_gateway_s3_memory_hits_total S3 GETs of a latest version the gateway answered from its memory.",
+            "# TYPE imstore_gateway_s3_memory_hits_total counter",
+            f"imstore_gateway_s3_memory_hits_total {s3_memory_hits}",
             "# HELP imstore_gateway_requests_in_flight Requests the gateway is handling now (waiting for a worker included).",
             "# TYPE imstore_gateway_requests_in_flight gauge",
             f"imstore_gateway_requests_in_flight {in_flight}",
