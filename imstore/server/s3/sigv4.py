@@ -12,6 +12,7 @@ import base64
 import calendar
 import hashlib
 import hmac
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -40,6 +41,7 @@ V2_SUBRESOURCES = frozenset({
     "retention", "legal-hold",
 })  # fmt: skip
 _KEY_CACHE_SIZE = 256
+_UNRESERVED_PATH = re.compile(r"[A-Za-z0-9/_.~-]*")  # a path UriEncode leaves as it is
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ def uri_encode(text: str, *, keep_slash: bool) -> str:
 
 
 def canonical_path(raw_path: str) -> str:
+    if _UNRESERVED_PATH.fullmatch(raw_path):
+        return raw_path  # nothing to decode or encode (most paths)
     return uri_encode(unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape"), keep_slash=True)
 
 
@@ -82,6 +86,8 @@ def query_pairs(raw_query: str) -> list[tuple[str, str]]:
 
 
 def canonical_query(pairs: list[tuple[str, str]]) -> str:
+    if not pairs:
+        return ""
     encoded = sorted((uri_encode(name, keep_slash=False), uri_encode(value, keep_slash=False)) for name, value in pairs)
     return "&".join(f"{name}={value}" for name, value in encoded)
 
@@ -124,6 +130,14 @@ class Signatures:
         self.lookup = lookup
         self.clock = clock
         self._keys: OrderedDict[tuple[str, str, str, str], bytes] = OrderedDict()
+        self._last_date = ("", 0.0)  # the last X-Amz-Date parsed: requests of one second share it
+
+    def _moment(self, amz_date: str) -> float:
+        text, moment = self._last_date
+        if amz_date != text:
+            moment = _parse_amz_date(amz_date)
+            self._last_date = (amz_date, moment)
+        return moment
 
     def signing_key(self, secret: str, date: str, region: str, service: str) -> bytes:
         cache_key = (secret, date, region, service)
@@ -184,7 +198,7 @@ class Signatures:
         given = signature.encode("ascii", "replace")
         for canonical in canonicals:
             to_sign = f"{ALGORITHM}\n{amz_date}\n{scope_text}\n{sha256_hex(canonical.encode('utf-8', 'surrogateescape'))}"
-            if hmac.compare_digest(hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest().encode(), given):
+            if hmac.compare_digest(hmac.digest(key, to_sign.encode("utf-8"), "sha256").hex().encode(), given):
                 return key
         raise _no_match()
 
@@ -198,7 +212,7 @@ class Signatures:
         amz_date = headers.get("X-Amz-Date") or ""
         if not amz_date:
             raise _denied("X-Amz-Date is missing")  # a Date header alone is not accepted (clients all send X-Amz-Date)
-        moment = _parse_amz_date(amz_date)
+        moment = self._moment(amz_date)
         if abs(self.clock() - moment) > MAX_SKEW:
             raise S3Error(403, "RequestTimeTooSkewed", "The difference between the request time and the server's time is too large.")
         name, secret, scope, scope_text, region, service = self._credential(fields["Credential"], amz_date)
