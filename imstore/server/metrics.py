@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict
 
 __all__ = ["Metrics", "BUCKETS"]
@@ -16,7 +17,8 @@ class Metrics:
         self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
         self.bytes_in: dict[str, int] = defaultdict(int)
         self.bytes_out: dict[str, int] = defaultdict(int)
-        self.latency_buckets: dict[str, list[int]] = defaultdict(lambda: [0] * len(BUCKETS))
+        # Per route, how many fell in each bucket alone (the last: above every bound); made cumulative when rendered.
+        self.latency_buckets: dict[str, list[int]] = defaultdict(lambda: [0] * (len(BUCKETS) + 1))
         self.latency_sum: dict[str, float] = defaultdict(float)
         self.latency_count: dict[str, int] = defaultdict(int)
 
@@ -24,10 +26,7 @@ class Metrics:
         self.requests[(route, method, status)] += 1
         self.bytes_in[route] += bytes_in
         self.bytes_out[route] += bytes_out
-        buckets = self.latency_buckets[route]
-        for position, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                buckets[position] += 1
+        self.latency_buckets[route][bisect_left(BUCKETS, seconds)] += 1  # the first bound >= seconds (le)
         self.latency_sum[route] += seconds
         self.latency_count[route] += 1
 
@@ -50,7 +49,9 @@ class Metrics:
             "# TYPE imstore_http_request_duration_seconds histogram",
         ]
         for route in sorted(self.latency_count):
-            for bound, count in zip(BUCKETS, self.latency_buckets[route], strict=True):
+            count = 0
+            for bound, alone in zip(BUCKETS, self.latency_buckets[route], strict=False):
+                count += alone
                 lines.append(f'imstore_http_request_duration_seconds_bucket{{route="{route}",le="{bound}"}} {count}')
             lines.append(f'imstore_http_request_duration_seconds_bucket{{route="{route}",le="+Inf"}} {self.latency_count[route]}')
             lines.append(f'imstore_http_request_duration_seconds_sum{{route="{route}"}} {self.latency_sum[route]:.6f}')
