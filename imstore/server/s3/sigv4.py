@@ -154,9 +154,13 @@ class Signatures:
     def check(self, method: str, raw_target: str, headers: Mapping[str, str]) -> Caller:
         """The signer of a request, or S3Error (403) for a missing, bad, expired or skewed signature."""
         raw_path, _, raw_query = raw_target.partition("?")
+        authorization = headers.get("Authorization")
+        if authorization is not None and not raw_query and (usual := _USUAL_V4.fullmatch(authorization)) is not None:
+            caller = self._check_usual(method, raw_path, headers, usual)
+            if caller is not None:
+                return caller  # else: the general check below finds what is wrong and says so
         pairs = query_pairs(raw_query) if raw_query else []
         names = {name for name, _ in pairs}
-        authorization = headers.get("Authorization")
         if authorization is not None:
             if authorization.startswith(ALGORITHM + " "):
                 return self._check_v4_header(method, raw_path, pairs, headers, authorization)
@@ -168,6 +172,36 @@ class Signatures:
         raise _denied("anonymous access is not allowed: sign the request with an S3 key (imstore token create --s3)")
 
     # ------------------------------------------------------------ SigV4
+    def _check_usual(self, method: str, raw_path: str, headers: Mapping[str, str], usual: re.Match) -> Caller | None:
+        """The signer of the most common request (a header signature, no query, a path of unreserved characters)
+        in fewer steps than _check_v4_header; None for anything else or anything wrong, which that one then checks."""
+        credential, signed_text, signature = usual.groups()
+        amz_date = headers.get("X-Amz-Date")
+        payload = headers.get("X-Amz-Content-SHA256")
+        parts = credential.split("/")
+        if not amz_date or payload is None or len(parts) != 5 or parts[4] != "aws4_request" or parts[1] != amz_date[:8]:
+            return None
+        if _UNRESERVED_PATH.fullmatch(raw_path) is None or abs(self.clock() - self._moment(amz_date)) > MAX_SKEW:
+            return None
+        found = self.lookup(parts[0])
+        if found is None:
+            return None
+        lines = []
+        for name in signed_text.split(";"):
+            value = headers.get(name)
+            if value is None:
+                return None
+            lines.append(f"{name}:{_trim(value)}\n")
+        canonical = f"{method}\n{raw_path}\n\n{''.join(lines)}\n{signed_text}\n{payload}"
+        scope_text = credential.partition("/")[2]
+        key = self.signing_key(found[1], parts[1], parts[2], parts[3])
+        to_sign = f"{ALGORITHM}\n{amz_date}\n{scope_text}\n{sha256_hex(canonical.encode('utf-8', 'surrogateescape'))}"
+        expected = hmac.digest(key, to_sign.encode("utf-8"), "sha256").hex().encode()
+        if not hmac.compare_digest(expected, signature.encode("ascii", "replace")):
+            return None
+        chunks = ChunkContext(key, signature, amz_date, scope_text) if payload in STREAMING_SIGNED else None
+        return Caller(found[0], found[2], payload, chunks)
+
     def _credential(self, credential: str, amz_date: str) -> tuple[str, str, str, str, str, str]:
         """(name, secret, scope, credential scope, region, service) for Credential=AKID/date/region/service/aws4_request."""
         parts = credential.split("/")
@@ -205,14 +239,10 @@ class Signatures:
         raise _no_match()
 
     def _check_v4_header(self, method, raw_path, pairs, headers, authorization: str) -> Caller:
-        usual = _USUAL_V4.fullmatch(authorization)
-        if usual is not None:
-            fields = dict(zip(("Credential", "SignedHeaders", "Signature"), usual.groups(), strict=True))
-        else:
-            fields = {}
-            for part in authorization[len(ALGORITHM) + 1 :].split(","):
-                name, _, value = part.strip().partition("=")
-                fields[name] = value
+        fields = {}
+        for part in authorization[len(ALGORITHM) + 1 :].split(","):
+            name, _, value = part.strip().partition("=")
+            fields[name] = value
         if not {"Credential", "SignedHeaders", "Signature"} <= fields.keys():
             raise S3Error(400, "AuthorizationHeaderMalformed", "the Authorization header lacks Credential, SignedHeaders or Signature")
         amz_date = headers.get("X-Amz-Date") or ""
