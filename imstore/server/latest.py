@@ -34,8 +34,12 @@ ENTRY_OVERHEAD = 1024  # bytes counted per kept answer for its headers and targe
 
 def log_stamp(store_root: str) -> Stamp | None:
     """Where the log is now (inode, size, mtime ns); None when it cannot be seen (the store is away)."""
+    return _stamp_of(os.path.join(store_root, LOG_SEGMENT))
+
+
+def _stamp_of(path: str) -> Stamp | None:
     try:
-        status = os.stat(os.path.join(store_root, LOG_SEGMENT))
+        status = os.stat(path)
     except OSError:
         return None
     return (status.st_ino, status.st_size, status.st_mtime_ns)
@@ -55,13 +59,14 @@ class LatestAnswers:
     def __init__(self, store_root: str, max_bytes: int = MAX_BYTES,
                  verified: Callable[[dict, bytes], bool] = key_answer_verified) -> None:  # fmt: skip
         self.store_root = store_root
+        self._log_path = os.path.join(store_root, LOG_SEGMENT)  # joined once: it is stat'ed on every GET by key
         self.verified = verified
         self._answers: HotObjects[Prepared] = HotObjects(max_bytes, entry_overhead=ENTRY_OVERHEAD)
         self._stamp: Stamp | None = None
 
     def stamp(self) -> Stamp | None:
         """The log's stamp now; kept answers of an older one are dropped."""
-        now = log_stamp(self.store_root)
+        now = _stamp_of(self._log_path)
         if now != self._stamp:
             self._answers.clear()
             self._stamp = now
