@@ -95,6 +95,9 @@ def canonical_query(pairs: list[tuple[str, str]]) -> str:
 
 
 def _trim(value: str) -> str:
+    """Runs of whitespace as one space, none at either end (most values have nothing to trim: returned as they are)."""
+    if value.isprintable() and "  " not in value and value[:1] != " " and value[-1:] != " ":
+        return value
     return " ".join(value.split())
 
 
