@@ -53,7 +53,7 @@ class S3Memory:
         """Whether a kept answer answers this request: a GET of an object key, no query, only neutral headers."""
         if method != "GET" or "?" in raw_target or raw_target.endswith("/") or raw_target.count("/") < 2:
             return False
-        return all(name.lower() in ANSWER_NEUTRAL for name in headers) and headers.get("Content-Length", "0") == "0"
+        return ANSWER_NEUTRAL.issuperset(map(str.lower, headers)) and headers.get("Content-Length", "0") == "0"
 
     def stamp(self) -> Stamp | None:
         """The log's stamp before the request is forwarded (see latest.py)."""
