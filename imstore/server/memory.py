@@ -14,7 +14,8 @@ import re
 
 from ..hashing import OBJECT_ID_LEN, hash_bytes
 from .hot import HotObjects
-from .latest import LatestAnswers, Stamp
+from .httpserver import ClientReads
+from .latest import LatestAnswers, LogStamps, Stamp
 from .protocol import WORKER_HEADER
 from .wire import Prepared, prepare
 
@@ -45,7 +46,9 @@ class GatewayMemory:
 
     def __init__(self, store_root: str) -> None:
         self.objects: HotObjects[Prepared] = HotObjects()
-        self.latest = LatestAnswers(store_root)
+        # One stat of the log per batch of requests read together, shared with the S3 port (s3/memory.py).
+        self.stamps = LogStamps(store_root, reads=lambda: ClientReads.count)
+        self.latest = LatestAnswers(store_root, stamps=self.stamps)
         self.hits = {"object": 0, "key": 0, "s3": 0}  # answers served from memory, by route (for /metrics)
 
     def find(self, raw_target: str) -> tuple[str, Prepared] | None:

@@ -50,7 +50,7 @@ class S3Front:
     def __init__(self, gateway):
         self.gateway = gateway
         self.signatures = Signatures(gateway.auth.s3_key)
-        self.memory = S3Memory(gateway.config.store_root)
+        self.memory = S3Memory(gateway.config.store_root, gateway.memory.stamps)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method == "GET" and self.memory.may_answer(request.method, request.raw_path, request.headers):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 
 from ...hashing import OBJECT_ID_LEN, hash_bytes
-from ..latest import LatestAnswers, Stamp
+from ..latest import LatestAnswers, LogStamps, Stamp
 from ..protocol import WORKER_HEADER
 from ..wire import Prepared
 
@@ -45,8 +45,8 @@ def s3_answer_verified(headers: dict, data: bytes) -> bool:
 class S3Memory:
     """Kept answers to S3 GETs of a key's latest version, for one log stamp at a time."""
 
-    def __init__(self, store_root: str) -> None:
-        self.answers = LatestAnswers(store_root, verified=s3_answer_verified)
+    def __init__(self, store_root: str, stamps: LogStamps | None = None) -> None:
+        self.answers = LatestAnswers(store_root, verified=s3_answer_verified, stamps=stamps)
 
     @staticmethod
     def may_answer(method: str, raw_target: str, headers) -> bool:
