@@ -8,6 +8,10 @@ concurrent clients >= 2,000/s, beside the disk's fsync rate measured here.
 nginx and wrk come from Debian's packages; without them the benchmark says so and exits 0.
 
 Example: .venv/bin/python bench/bench_serve.py --seconds 10 --big-mib 1024
+
+--baseline DIR runs a second `imstore serve` from another checkout (e.g. `git worktree add /tmp/old
+COMMIT`) on its own store, made by that checkout's code, and interleaves its memory GETs (by hash and
+by key) with this checkout's: a before/after ratio on the same machine in the same minutes.
 """
 
 from __future__ import annotations
@@ -161,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-mib", type=int, default=1024, help="size of the large object")
     parser.add_argument("--dir", help="where to make the store [default: a temp dir under /tmp]")
     parser.add_argument("--parts", default="get,big,put", help="which parts to run (comma-separated: get, big, put)")
+    parser.add_argument("--baseline", help="another checkout of imstore: its gateway's memory GETs interleaved with these (get part)")
     args = parser.parse_args(argv)
     missing = [tool for tool in ("nginx", "wrk", "curl") if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
     if missing:
@@ -207,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         parts = set(args.parts.split(","))
         # ---------------------------------------------------------------- 4 KiB GETs
+        if "get" in parts and args.baseline:
+            process, baseline_urls = baseline_server(Path(args.baseline).resolve(), work)
+            processes.append(process)
+            urls.update(baseline_urls)
         if "get" in parts:
             get_benchmark(urls, args)
         if "big" in parts:
@@ -232,6 +241,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+BASELINE_SETUP = """
+import os, sys
+from imstore import Store
+from imstore.server.auth import TokenStore
+store, _ = Store.init(sys.argv[1])
+print(store.put("small", os.urandom(4096)).version.hash, TokenStore(sys.argv[1]).create("bench", "write"))
+"""
+
+
+def baseline_server(checkout: Path, work: Path) -> tuple[subprocess.Popen, dict]:
+    """`imstore serve` (2 workers) from another checkout, on a store of its own made by that code."""
+    store_path, port = work / "baseline-store", free_port()
+    # cwd=checkout: `python -m imstore` imports the package from the current directory first.
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    made = subprocess.run([sys.executable, "-c", BASELINE_SETUP, str(store_path)], cwd=checkout, env=env, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    small, token = made.stdout.split()
+    log = open(work / "baseline-serve.log", "wb")
+    process = subprocess.Popen([*IMSTORE, "--store", str(store_path), "serve", "--port", str(port), "--workers", "2"], cwd=checkout,
+                               env=env, stdout=log, stderr=log)  # fmt: skip
+    wait_port(port)
+    url = f"http://127.0.0.1:{port}"
+    return process, {"baseline by hash": (f"{url}/v1/objects/{small}", token, ()), "baseline by key": (f"{url}/v1/keys/small", token, ())}
+
+
 def get_benchmark(urls: dict, args) -> None:
     rates: dict[str, list[float]] = {name: [] for name in urls}
     for round_number in range(args.rounds):
@@ -250,6 +284,10 @@ def get_benchmark(urls: dict, args) -> None:
     by_key = medians["gateway by key"] / medians["nginx"]
     print(f"  gateway by key / nginx = {by_key:.3f}x (goal >= 0.15x: {'met' if by_key >= 0.15 else 'MISSED'})")
     print(f"  gateway by key, every request to a worker (no-cache) / nginx = {medians['gateway by key, no-cache'] / medians['nginx']:.3f}x")
+    if "baseline by key" in medians:
+        print(f"  this checkout / the baseline: by hash {medians['gateway + 2 workers'] / medians['baseline by hash']:.2f}x,"
+              f" by key {medians['gateway by key'] / medians['baseline by key']:.2f}x;"
+              f" the baseline by key / nginx = {medians['baseline by key'] / medians['nginx']:.3f}x")
 
 
 def big_benchmark(store, work, serve, nginx_port, gateway_url, token, args) -> None:

@@ -10,57 +10,55 @@ Small objects asked for by full id are immutable, so the gateway keeps the ones
 it has relayed (after hashing them itself) and answers repeat GETs from memory,
 as a caching proxy would: the hop to a worker costs more than the rest of such a
 request. Latest versions by key are kept the same way while the log is unchanged
-(latest.py). `Cache-Control: no-cache` on a request, or any conditional or Range
-header, sends it to a worker as usual.
+(memory.py, latest.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from aiohttp.web_protocol import RequestHandler
 
 from ..errors import BodyTooLarge, ClientTooSlow, ImstoreError, InvalidInput, Unavailable, UsageError
-from ..hashing import OBJECT_ID_LEN, hash_bytes
 from ..validate import parse_size  # re-exported: `serve --max-body` imports it from here
 from .auth import Authenticator, TokenStore, token_file_warning
 from .binding import check_binding, is_loopback, server_ssl_context  # check_binding, is_loopback: re-exported
 from .headers import non_negative
-from .hot import HotObjects
-from .latest import LatestAnswers
+from .httpserver import (
+    PUBLIC_HEADERS,
+    RETRY_AFTER,
+    GatewayServer,
+    bound_port,
+    host_for_url,
+    problem_response,
+    server_options,
+    write_stderr,
+)
+from .memory import GatewayMemory, is_full_id, needs_worker
 from .metrics import Metrics
 from .node import Node
 from .protocol import (
     EXPAND_LIMIT,
     INTERNAL_HEADERS,
-    PROBLEM_TYPE,
     SENDFILE_FILE,
     SENDFILE_OFFER,
     WORKER_HEADER,
     WRITE_METHODS,
     match_route,
-    problem,
     server_paths,
     without_paths,
 )
 from .supervisor import Supervisor, WorkerSlot, worker_timeout_from_env
 from .upstream import PIECE, NotConnected, UpstreamError, UpstreamResponse, WorkerBusy
+from .wire import answer
 
 __all__ = ["GatewayConfig", "Gateway", "serve", "check_binding", "is_loopback", "parse_size"]
 
-MAX_LINE = 8190  # request line: longer is 414
-MAX_FIELD = 8192  # one header: longer is 431 (the two limits differ so the error tells them apart)
-MAX_HEADERS = 100
 BUFFERED = 256 << 10  # bodies up to this size are read whole
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -70,14 +68,6 @@ HOP_BY_HOP = frozenset(
     )
 )  # fmt: skip
 OPENAPI = Path(__file__).with_name("openapi.json")
-# On every answer. No software name or version (S7); nosniff: a browser takes each answer for its
-# Content-Type, never guesses a page out of stored bytes (S8).
-PUBLIC_HEADERS = {"Server": "imstore", "X-Content-Type-Options": "nosniff"}
-_FULL_ID = re.compile(r"[0-9a-f]+")
-# Every 503 says when to come back (S3): the cause is passing (a busy or restarting worker, a store that is away).
-RETRY_AFTER = "1"
-# Request headers that make an object GET something other than "the whole object": a worker answers those.
-NOT_FROM_MEMORY = ("Range", "If-Range", "If-None-Match", "If-Match", "If-Modified-Since")
 
 
 @dataclass
@@ -104,52 +94,6 @@ class GatewayConfig:
     s3_port: int | None = None  # serve --s3-port: S3 on this port too (s3/front.py); None: off
 
 
-class _LimitedRequestHandler(RequestHandler):
-    """Requests aiohttp cannot parse: oversized headers are 431, long targets 414, the rest 400; problem+json.
-
-    Also where aiohttp would log a traceback for a connection that is gone: a client that hung up,
-    or one we cut off (a stalled reader). The gateway has written that request's access line."""
-
-    def handle_error(self, request, status=500, exc=None, message=None):
-        if isinstance(exc, ConnectionError):
-            raise ConnectionError("the client is gone") from None  # aiohttp closes the connection without a word
-        if status != 400:
-            response = super().handle_error(request, status, exc, message)
-            response.headers.update(PUBLIC_HEADERS)
-            if status == 503:
-                response.headers.setdefault("Retry-After", RETRY_AFTER)
-            return response
-        if isinstance(exc, LineTooLong):
-            status = 431 if str(exc.args[1]) == str(MAX_FIELD) else 414
-        elif isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc):
-            status = 431
-        detail = _parse_failure(status, exc)
-        print(f"imstore serve: - - {status} 0B 0.0ms worker=- ({detail})", file=sys.stderr, flush=True)
-        if request.writer.output_size > 0:
-            raise ConnectionError("the answer had started; cannot send an error")
-        response = _problem(status, None, f"malformed request: {detail}")
-        response.force_close()
-        return response
-
-
-def _parse_failure(status: int, exc: BaseException | None) -> str:
-    """What was wrong with a request aiohttp could not parse, without any of its bytes: they may hold
-    a secret (a token in a query string), and answering them back makes the server an echo."""
-    if status == 414:
-        return f"the request line is longer than {MAX_LINE} bytes"
-    if status == 431:
-        return f"a header line is longer than {MAX_FIELD} bytes, or there are more than {MAX_HEADERS} headers"
-    text = str(getattr(exc, "message", None) or exc or "").splitlines()[0:1]
-    # aiohttp puts the offending bytes after a colon or in quotes: keep only the words before them.
-    reason = re.split(r"[:'\"(\[]", text[0], maxsplit=1)[0].strip() if text else ""
-    return reason[:100] or "cannot be parsed"
-
-
-class _GatewayServer(web.Server):
-    def __call__(self) -> RequestHandler:
-        return _LimitedRequestHandler(self, loop=self._loop, **self._kwargs)
-
-
 class Gateway:
     """The request handler of the gateway process."""
 
@@ -161,16 +105,35 @@ class Gateway:
         self.metrics = Metrics()
         self.openapi = OPENAPI.read_bytes()
         self.in_flight = 0
-        self.objects: HotObjects[tuple] = HotObjects()
-        self.latest = LatestAnswers(config.store_root)
+        self.memory = GatewayMemory(config.store_root)
         self.private_paths = server_paths(config.store_root, supervisor.runtime_dir)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "GET" and (found := self.memory.find(request.raw_path)) is not None:
+            response = self._from_memory(request, *found)
+            if response is not None:
+                return response
         self.in_flight += 1
         try:
             return await self._handle(request)
         finally:
             self.in_flight -= 1
+
+    def _from_memory(self, request: web.BaseRequest, route: str, prepared) -> web.StreamResponse | None:
+        """A kept answer for a request that may have it (a token, no range or condition), with its access line
+        and metrics; None: the request takes the usual path (which also answers a missing token)."""
+        started = time.monotonic()
+        headers = request.headers
+        if needs_worker(headers):
+            return None
+        try:
+            if self.auth.scope_for(headers.get("Authorization")) is None:
+                return None
+        except ImstoreError:
+            return None
+        self.memory.hits[route] += 1
+        self._account(request, {"route": route, "worker": "memory", "bytes_in": 0, "bytes_out": len(prepared.data)}, 200, started)
+        return answer(request, prepared)
 
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) until no request is in flight."""
@@ -184,7 +147,7 @@ class Gateway:
         try:
             response = await self._dispatch(request, state)
         except ImstoreError as exc:
-            response = _problem(exc.http_status, exc, self._public_detail(request, exc))
+            response = problem_response(exc.http_status, exc, self._public_detail(request, exc))
         except (ConnectionError, asyncio.CancelledError):
             self._account(request, state, 499, started)
             raise
@@ -192,7 +155,7 @@ class Gateway:
             import traceback
 
             traceback.print_exc()
-            response = _problem(500, None, f"internal error: {type(exc).__name__}")
+            response = problem_response(500, None, f"internal error: {type(exc).__name__}")
         if isinstance(response, web.Response) and response.body is not None:
             state["bytes_out"] = len(response.body)
         self._account(request, state, response.status, started)
@@ -203,7 +166,7 @@ class Gateway:
         detail = str(error) or error.title
         public = without_paths(detail, self.private_paths)
         if public != detail:
-            _write_stderr(f"imstore serve: {request.method} {request.raw_path.partition('?')[0]}: {detail}\n")
+            write_stderr(f"imstore serve: {request.method} {request.raw_path.partition('?')[0]}: {detail}\n")
         return public
 
     def _account(self, request: web.BaseRequest, state: dict, status: int, started: float) -> None:
@@ -215,55 +178,44 @@ class Gateway:
             f"imstore serve: {request.method} {request.raw_path.partition('?')[0]} {status} {state['bytes_out']}B"
             f" {seconds * 1000:.1f}ms worker={state['worker']}\n"
         )
-        _write_stderr(line)
+        write_stderr(line)
 
     async def _dispatch(self, request: web.BaseRequest, state: dict) -> web.StreamResponse:
         if not request.raw_path.startswith("/") or not request.raw_path.isascii():
             raise UsageError("the request target must be a path in ASCII (percent-encode keys)")
         matched = match_route(request.raw_path)
         if matched is None:
-            return _problem(404, None, f"no route for {request.raw_path.partition('?')[0][:200]!r}")
+            return problem_response(404, None, f"no route for {request.raw_path.partition('?')[0][:200]!r}")
         route = matched.route
         state["route"] = route.name
         if request.method not in route.methods:
-            return _problem(405, None, f"{request.method} is not allowed on {route.template}", {"Allow": ", ".join(route.methods)})
+            return problem_response(405, None, f"{request.method} is not allowed on {route.template}", {"Allow": ", ".join(route.methods)})
         if route.public:  # the health routes: a load balancer needs no token; PIDs and counts are for token holders
             status, health = await self.node.health(route.name, matched.query(), self.supervisor.health(), self._has_token(request))
             return _json(health, status)
         scope = self.auth.scope_for(request.headers.get("Authorization"))
         if scope is None:
-            return _problem(
+            return problem_response(
                 401, None, "a valid API token is needed: Authorization: Bearer TOKEN", {"WWW-Authenticate": 'Bearer realm="imstore"'}
             )
         if request.method in WRITE_METHODS and scope != "write":
-            return _problem(403, None, f"this token has the {scope} scope; {request.method} needs a write token")
+            return problem_response(403, None, f"this token has the {scope} scope; {request.method} needs a write token")
         if request.method in WRITE_METHODS and (refusal := self.node.write_refusal()) is not None:
             raise refusal  # a standby: 503 naming the primary
         if route.name == "replication_log" and scope == "replicate":  # a standby's acknowledgement (or proof we were superseded)
             await self.node.acknowledge(request.headers, non_negative(matched.query().get("from"), "from"))
         if route.name == "metrics":
-            text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"], self.objects.hits, self.in_flight,
-                                       self.latest.hits)
+            hits = self.memory.hits
+            text = self.metrics.render(self.supervisor.restarts, self.supervisor.health()["workers"], hits["object"], self.in_flight,
+                                       hits["key"], hits["s3"])  # fmt: skip
             text += self.node.metrics()
             return web.Response(body=text.encode(), headers={**PUBLIC_HEADERS, "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
         if route.name == "openapi":
             return web.Response(body=self.openapi, headers={**PUBLIC_HEADERS, "Content-Type": "application/json"})
-        if route.name == "object" and request.method == "GET":
-            wanted = matched.param()
-            if _is_full_id(wanted) and "?" not in request.raw_path:
-                state["fill"] = wanted
-                if not _needs_worker(request):
-                    hit = self.objects.get(wanted)
-                    if hit is not None:
-                        state["worker"] = "memory"
-                        headers, data = hit
-                        return web.Response(body=data, headers=headers)
-        if route.name == "key" and request.method == "GET" and "?" not in request.raw_path and not _needs_worker(request):
-            state["latest"] = stamp = self.latest.stamp()  # before forwarding: see latest.py
-            hit = self.latest.get(request.raw_path, stamp)
-            if hit is not None:
-                state["worker"] = "memory"
-                return web.Response(body=hit[1], headers=hit[0])
+        if route.name == "object" and request.method == "GET" and is_full_id(matched.param()) and "?" not in request.raw_path:
+            state["fill"] = matched.param()  # kept when a worker's answer hashes to it (memory.py)
+        if route.name == "key" and request.method == "GET" and "?" not in request.raw_path and not needs_worker(request.headers):
+            state["latest"] = self.memory.stamp()  # before forwarding: see latest.py
         response = await self._forward(request, state)
         if self.node.sync is not None and request.method in WRITE_METHODS and 200 <= response.status < 300:
             await self.node.sync.wait()  # sync mode: answered once enough standbys hold it (or 503 NotReplicated)
@@ -402,19 +354,15 @@ class Gateway:
                 except UpstreamError as exc:
                     raise _WorkerFailed(str(exc)) from None
                 if upstream.status == 200 and "fill" in state:
-                    self._keep_object(state["fill"], out_headers, data)
+                    self.memory.keep_object(state["fill"], out_headers, data)
                 elif upstream.status == 200 and "latest" in state:
-                    kept = {name: value for name, value in out_headers.items() if name != WORKER_HEADER}
-                    self.latest.keep(request.raw_path, state["latest"], kept, data)
+                    self.memory.keep_latest(request.raw_path, state["latest"], out_headers, data)
+                elif upstream.status == 200 and "keep" in state:
+                    state["keep"](out_headers, data)  # the S3 port's memory (s3/memory.py)
                 return web.Response(status=upstream.status, body=data, headers=out_headers)
             return await self._relay(request, upstream, out_headers, state)
         finally:
             upstream.release()
-
-    def _keep_object(self, object_id: str, headers: dict, data: bytes) -> None:
-        """Remember a relayed object for repeat GETs, once its bytes hash to its id here too."""
-        if len(data) <= HotObjects.MAX_OBJECT and hash_bytes(data) == object_id:
-            self.objects.put(object_id, {name: value for name, value in headers.items() if name != WORKER_HEADER}, data)
 
     async def _sendfile(self, request: web.BaseRequest, status: int, headers: dict, where: str, state: dict) -> web.StreamResponse:
         """Send bytes a worker has just verified straight from the store's file (zero-copy, like nginx)."""
@@ -471,24 +419,6 @@ class Gateway:
         return response
 
 
-def _write_stderr(line: str) -> None:
-    data = line.encode("utf-8", "backslashreplace")
-    try:
-        while data:
-            data = data[os.write(2, data) :]
-    except OSError:
-        pass  # a closed or full stderr must not fail the request
-
-
-def _is_full_id(text: str) -> bool:
-    return len(text) == OBJECT_ID_LEN and _FULL_ID.fullmatch(text) is not None
-
-
-def _needs_worker(request: web.BaseRequest) -> bool:
-    headers = request.headers
-    return any(name in headers for name in NOT_FROM_MEMORY) or "no-cache" in headers.get("Cache-Control", "")
-
-
 class _WorkerFailed(Exception):
     """The worker did not answer (reset, or closed early) after the request had been sent to it."""
 
@@ -499,15 +429,6 @@ class _NotSent(Exception):
     def __init__(self, message: str, busy: bool):
         super().__init__(message)
         self.busy = busy
-
-
-def _problem(status: int, error: ImstoreError | None, detail: str, headers: dict | None = None) -> web.Response:
-    extra = {"Retry-After": RETRY_AFTER} if status == 503 else {}
-    return web.Response(
-        status=status,
-        body=problem(error, status, detail),
-        headers={**PUBLIC_HEADERS, **extra, **(headers or {}), "Content-Type": PROBLEM_TYPE},
-    )
 
 
 def _json(document, status: int = 200) -> web.Response:
@@ -530,22 +451,13 @@ async def serve(config: GatewayConfig, info, warn) -> None:
     ssl_context = server_ssl_context(config)
     supervisor = Supervisor(config.store_root, config.workers, shutdown_timeout=config.shutdown_timeout, env=config.worker_env,
                             worker_timeout=config.worker_timeout)  # fmt: skip
-    node = Node(config.store_root, config.follow, config.follow_token, config.cacert, log=lambda line: _write_stderr(line + "\n"),
+    node = Node(config.store_root, config.follow, config.follow_token, config.cacert, log=lambda line: write_stderr(line + "\n"),
                 sync_standbys=config.sync_standbys, sync_timeout=config.sync_timeout, peers=config.peers)  # fmt: skip
     try:
         await supervisor.start()
         node.start()
         gateway = Gateway(config, supervisor, authenticator, node)
-        server = _GatewayServer(
-            gateway.handle,
-            access_log=None,
-            max_line_size=MAX_LINE,
-            max_field_size=MAX_FIELD,
-            max_headers=MAX_HEADERS,
-            keepalive_timeout=config.client_timeout,
-            lingering_time=config.client_timeout,
-            read_bufsize=256 << 10,
-        )
+        server = GatewayServer(gateway.handle, **server_options(config.client_timeout))
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
         await runner.setup()
         site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context, backlog=1024)
@@ -554,8 +466,8 @@ async def serve(config: GatewayConfig, info, warn) -> None:
         except OSError as exc:  # a port in use or an address not ours: say which, not "unexpected OSError"
             raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
         scheme = "https" if ssl_context else "http"
-        port = _bound_port(runner, config.port)  # --port 0: the port the system chose, which clients need
-        info(f"imstore serve: listening on {scheme}://{_host_for_url(config.host)}:{port} with {config.workers} workers")
+        port = bound_port(runner, config.port)  # --port 0: the port the system chose, which clients need
+        info(f"imstore serve: listening on {scheme}://{host_for_url(config.host)}:{port} with {config.workers} workers")
         s3_runner = None
         if config.s3_port is not None:
             from .s3.front import start_s3
@@ -580,15 +492,3 @@ async def serve(config: GatewayConfig, info, warn) -> None:
     finally:
         node.stop()
         await supervisor.stop()
-
-
-def _bound_port(runner: web.BaseRunner, asked: int) -> int:
-    """The port the server listens on (the one asked for, or the one the system chose for 0)."""
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2 and isinstance(address[1], int):
-            return address[1]
-    return asked
-
-
-def _host_for_url(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

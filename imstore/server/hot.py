@@ -30,12 +30,13 @@ class HotObjects(Generic[Extra]):
         self._lock = threading.Lock()
         self.hits = 0
 
-    def get(self, object_id: str) -> tuple[Extra, bytes] | None:
+    def get(self, object_id: str, count: bool = True) -> tuple[Extra, bytes] | None:
+        """The entry, or None; count=False: the caller counts the hit once it has used it."""
         with self._lock:
             entry = self._entries.get(object_id)
             if entry is not None:
                 self._entries.move_to_end(object_id)
-                self.hits += 1
+                self.hits += count
             return entry
 
     def put(self, object_id: str, extra: Extra, data: bytes) -> None:

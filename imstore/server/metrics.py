@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict
 
 __all__ = ["Metrics", "BUCKETS"]
@@ -16,7 +17,8 @@ class Metrics:
         self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
         self.bytes_in: dict[str, int] = defaultdict(int)
         self.bytes_out: dict[str, int] = defaultdict(int)
-        self.latency_buckets: dict[str, list[int]] = defaultdict(lambda: [0] * len(BUCKETS))
+        # Per route, how many fell in each bucket alone (the last: above every bound); made cumulative when rendered.
+        self.latency_buckets: dict[str, list[int]] = defaultdict(lambda: [0] * (len(BUCKETS) + 1))
         self.latency_sum: dict[str, float] = defaultdict(float)
         self.latency_count: dict[str, int] = defaultdict(int)
 
@@ -24,15 +26,12 @@ class Metrics:
         self.requests[(route, method, status)] += 1
         self.bytes_in[route] += bytes_in
         self.bytes_out[route] += bytes_out
-        buckets = self.latency_buckets[route]
-        for position, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                buckets[position] += 1
+        self.latency_buckets[route][bisect_left(BUCKETS, seconds)] += 1  # the first bound >= seconds (le)
         self.latency_sum[route] += seconds
         self.latency_count[route] += 1
 
     def render(self, worker_restarts: int, workers: list[dict], memory_hits: int = 0, in_flight: int = 0,
-               key_memory_hits: int = 0) -> str:
+               key_memory_hits: int = 0, s3_memory_hits: int = 0) -> str:
         lines = [
             "# HELP imstore_http_requests_total HTTP requests by route, method and status.",
             "# TYPE imstore_http_requests_total counter",
@@ -50,7 +49,9 @@ class Metrics:
             "# TYPE imstore_http_request_duration_seconds histogram",
         ]
         for route in sorted(self.latency_count):
-            for bound, count in zip(BUCKETS, self.latency_buckets[route], strict=True):
+            count = 0
+            for bound, alone in zip(BUCKETS, self.latency_buckets[route], strict=False):
+                count += alone
                 lines.append(f'imstore_http_request_duration_seconds_bucket{{route="{route}",le="{bound}"}} {count}')
             lines.append(f'imstore_http_request_duration_seconds_bucket{{route="{route}",le="+Inf"}} {self.latency_count[route]}')
             lines.append(f'imstore_http_request_duration_seconds_sum{{route="{route}"}} {self.latency_sum[route]:.6f}')
@@ -72,6 +73,9 @@ class Metrics:
             "# HELP imstore_gateway_key_memory_hits_total Latest-version GETs by key the gateway answered from its memory.",
             "# TYPE imstore_gateway_key_memory_hits_total counter",
             f"imstore_gateway_key_memory_hits_total {key_memory_hits}",
+            "# HELP imstore_gateway_s3_memory_hits_total S3 GETs of a latest version the gateway answered from its memory.",
+            "# TYPE imstore_gateway_s3_memory_hits_total counter",
+            f"imstore_gateway_s3_memory_hits_total {s3_memory_hits}",
             "# HELP imstore_gateway_requests_in_flight Requests the gateway is handling now (waiting for a worker included).",
             "# TYPE imstore_gateway_requests_in_flight gauge",
             f"imstore_gateway_requests_in_flight {in_flight}",

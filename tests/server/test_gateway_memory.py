@@ -8,8 +8,8 @@ import re
 import pytest
 
 from imstore.hashing import hash_bytes
-from imstore.server.gateway import Gateway
 from imstore.server.hot import HotObjects
+from imstore.server.memory import GatewayMemory
 
 from .conftest import key_url
 
@@ -86,14 +86,16 @@ def test_prefixes_are_never_answered_from_memory(shared_server):
         assert memory_hits(shared_server) == hits
 
 
-def test_bytes_that_do_not_hash_to_the_id_are_not_kept():
-    gateway = Gateway.__new__(Gateway)  # only the memory is used here
-    gateway.objects = HotObjects()
+def test_bytes_that_do_not_hash_to_the_id_are_not_kept(tmp_path):
+    memory = GatewayMemory(str(tmp_path))
     good = os.urandom(100)
-    gateway._keep_object(hash_bytes(good), {"ETag": "x"}, good[:-1] + b"!")
-    assert gateway.objects.get(hash_bytes(good)) is None
-    gateway._keep_object(hash_bytes(good), {"ETag": "x"}, good)
-    assert gateway.objects.get(hash_bytes(good)) == ({"ETag": "x"}, good)
+    memory.keep_object(hash_bytes(good), {"ETag": "x"}, good[:-1] + b"!")
+    assert memory.find(f"/v1/objects/{hash_bytes(good)}") is None
+    memory.keep_object(hash_bytes(good), {"ETag": "x", "X-Imstore-Worker": "1"}, good)
+    route, kept = memory.find(f"/v1/objects/{hash_bytes(good)}")
+    assert route == "object" and kept.data == good and kept.headers == {"ETag": "x"}
+    assert kept.head.startswith(b"HTTP/1.1 200 OK\r\nETag: x\r\n") and kept.head.endswith(b"Content-Length: 100\r\n")
+    assert memory.find(f"/v1/objects/{hash_bytes(good)}?x=1") is None
 
 
 def test_memory_is_bounded_in_bytes():

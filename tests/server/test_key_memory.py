@@ -10,7 +10,7 @@ import pytest
 
 from imstore import Store
 from imstore.hashing import hash_bytes
-from imstore.server.latest import LatestAnswers
+from imstore.server.latest import LatestAnswers, LogStamps, log_stamp
 
 from .conftest import key_url
 
@@ -118,7 +118,8 @@ def test_an_answer_relayed_while_the_log_moved_is_not_kept(tmp_path):
     answers.keep("/v1/keys/k", answers.stamp(), headers, body[:-1] + b"!")  # bytes that do not hash to the ETag
     assert answers.get("/v1/keys/k", answers.stamp()) is None
     answers.keep("/v1/keys/k", answers.stamp(), headers, body)
-    assert answers.get("/v1/keys/k", answers.stamp()) == (headers, body)
+    kept = answers.get("/v1/keys/k", answers.stamp())
+    assert (kept.headers, kept.data) == (headers, body)
 
 
 def test_many_empty_answers_still_fill_the_memory_bound(tmp_path):
@@ -130,3 +131,16 @@ def test_many_empty_answers_still_fill_the_memory_bound(tmp_path):
         answers.keep(f"/v1/keys/empty{number}", stamp, headers, b"")
     kept = [number for number in range(100) if answers.get(f"/v1/keys/empty{number}", stamp) is not None]
     assert kept == list(range(90, 100))  # ENTRY_OVERHEAD each: the newest ten fit
+
+
+def test_the_log_is_stamped_again_once_a_client_has_been_read_from(tmp_path):
+    Store.init(tmp_path / "s")[0].close()
+    reads = [0]
+    stamps = LogStamps(str(tmp_path / "s"), reads=lambda: reads[0])
+    first = stamps.now()
+    with Store.open(tmp_path / "s") as store:
+        store.put("k", b"committed by another process")
+    assert stamps.now() == first  # no request read since the stamp: none of them can have been sent after the commit
+    reads[0] += 1  # a request's bytes arrived: it may have been sent after the commit
+    assert stamps.now() != first and stamps.now() == log_stamp(str(tmp_path / "s"))
+    assert LogStamps(str(tmp_path / "s")).now() == log_stamp(str(tmp_path / "s"))  # without a count: every time

@@ -1,4 +1,4 @@
-"""The gateway's S3 port: check the signature and the scope, then forward to a worker like any request.
+"""The gateway's S3 port: check the signature and the scope, then answer from memory or forward to a worker.
 
 The worker learns who signed, the payload mode and, for signed chunks, the derived signing key
 from one internal header (S3_CONTEXT), which the gateway drops from clients' requests.
@@ -12,7 +12,10 @@ import time
 from aiohttp import web
 
 from ...errors import ImstoreError
+from ..httpserver import PUBLIC_HEADERS, GatewayServer, bound_port, host_for_url, server_options
 from ..protocol import S3_CONTEXT, WRITE_METHODS
+from ..wire import answer
+from .memory import S3Memory
 from .sigv4 import Caller, Signatures
 from .xml import XML_TYPE, S3Error, error_document, error_from_imstore
 
@@ -47,10 +50,13 @@ class S3Front:
     def __init__(self, gateway):
         self.gateway = gateway
         self.signatures = Signatures(gateway.auth.s3_key)
+        self.memory = S3Memory(gateway.config.store_root, gateway.memory.stamps)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        from ..gateway import PUBLIC_HEADERS
-
+        if request.method == "GET" and self.memory.may_answer(request.method, request.raw_path, request.headers):
+            response = self._from_memory(request)
+            if response is not None:
+                return response
         gateway = self.gateway
         gateway.in_flight += 1
         started = time.monotonic()
@@ -79,23 +85,39 @@ class S3Front:
         gateway._account(request, state, response.status, started)
         return response
 
+    def _from_memory(self, request: web.BaseRequest):
+        """A kept answer to a signed GET (the signature checked first), or None: the usual path answers it, and
+        any error (a miss re-checks the signature there; it then goes to a worker, which costs far more)."""
+        started = time.monotonic()
+        try:
+            self.signatures.check("GET", request.raw_path, request.headers)
+        except Exception:  # noqa: BLE001 - the usual path gives the error its answer
+            return None
+        prepared = self.memory.find(request.raw_path, self.memory.stamp())
+        if prepared is None:
+            return None
+        self.gateway.memory.hits["s3"] += 1
+        state = {"route": "s3", "worker": "memory", "bytes_in": 0, "bytes_out": len(prepared.data)}
+        self.gateway._account(request, state, 200, started)
+        return answer(request, prepared)
+
     async def _dispatch(self, request: web.BaseRequest, state: dict) -> web.StreamResponse:
         if not request.raw_path.startswith("/") or not request.raw_path.isascii():
             raise S3Error(400, "InvalidURI", "the request target must be a path in ASCII")
         caller = self.signatures.check(request.method, request.raw_path, request.headers)
         if request.method in WRITE_METHODS and caller.scope != "write":
             raise S3Error(403, "AccessDenied", f"the key {caller.name!r} has the {caller.scope} scope; {request.method} needs write")
+        if self.memory.may_answer(request.method, request.raw_path, request.headers):
+            stamp = self.memory.stamp()  # before forwarding: see latest.py
+            state["keep"] = lambda headers, data: self.memory.keep(request.raw_path, stamp, headers, data)
         return await self.gateway._forward(request, state, {S3_CONTEXT: context_header(caller)})
 
 
 async def start_s3(config, gateway, ssl_context, info) -> web.BaseRunner:
     """The S3 port: its own server, with the same limits, over the same gateway (workers, tokens, TLS)."""
     from ...errors import UsageError
-    from ..gateway import MAX_FIELD, MAX_HEADERS, MAX_LINE, _bound_port, _GatewayServer, _host_for_url
 
-    server = _GatewayServer(S3Front(gateway).handle, access_log=None, max_line_size=MAX_LINE, max_field_size=MAX_FIELD,
-                            max_headers=MAX_HEADERS, keepalive_timeout=config.client_timeout,
-                            lingering_time=config.client_timeout, read_bufsize=256 << 10)  # fmt: skip
+    server = GatewayServer(S3Front(gateway).handle, **server_options(config.client_timeout))
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.s3_port, ssl_context=ssl_context, backlog=1024)
@@ -105,5 +127,5 @@ async def start_s3(config, gateway, ssl_context, info) -> web.BaseRunner:
         await runner.cleanup()
         raise UsageError(f"cannot listen on {config.host}:{config.s3_port} (S3): {exc.strerror or exc}") from None
     scheme = "https" if ssl_context else "http"
-    info(f"imstore serve: S3 on {scheme}://{_host_for_url(config.host)}:{_bound_port(runner, config.s3_port)}")
+    info(f"imstore serve: S3 on {scheme}://{host_for_url(config.host)}:{bound_port(runner, config.s3_port)}")
     return runner
