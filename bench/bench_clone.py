@@ -97,7 +97,7 @@ def main() -> None:
         root = Path(temp)
         total = make_source(root, options.objects, options.size_kib)
         source = root / "src"
-        token = subprocess.run([*IMSTORE, "--store", str(source), "token", "create", "--scope", "read", "--name", "bench"],
+        token = subprocess.run([*IMSTORE, "--store", str(source), "token", "create", "--scope", "replicate", "--name", "bench"],
                                capture_output=True, text=True, check=True).stdout.strip().split()[-1]  # fmt: skip
         port = free_port()
         serve = start_serve(source, port, root / "serve.log")

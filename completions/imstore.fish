@@ -130,7 +130,7 @@ complete -c imstore -n '__fish_seen_subcommand_from token; and not __fish_seen_s
 complete -c imstore -n '__fish_seen_subcommand_from token; and not __fish_seen_subcommand_from create list revoke' -a revoke -d 'Revoke an API token by name; a running serve stops accepting it within a second.'
 complete -c imstore -n '__fish_seen_subcommand_from token; and not __fish_seen_subcommand_from create list revoke' -s h -l help -d 'Show this help and exit.'
 complete -c imstore -n '__fish_seen_subcommand_from token; and __fish_seen_subcommand_from create' -l name -r -d 'A name to list and revoke it by.'
-complete -c imstore -n '__fish_seen_subcommand_from token; and __fish_seen_subcommand_from create' -l scope -r -d 'read (GET/HEAD), write (everything) or replicate (read, and acknowledge frames as a standby).'
+complete -c imstore -n '__fish_seen_subcommand_from token; and __fish_seen_subcommand_from create' -l scope -r -d 'read (GET/HEAD), write (everything but the replication feed) or replicate (read, the replication feed, and acknowledge frames as a standby).'
 complete -c imstore -n '__fish_seen_subcommand_from token; and __fish_seen_subcommand_from create' -l output -s o -r -F -d 'Write the token to FILE (mode 0600) instead of stdout.'
 complete -c imstore -n '__fish_seen_subcommand_from token; and __fish_seen_subcommand_from create' -l s3 -d 'An S3 key pair (access key id and secret) for serve --s3-port.'
 complete -c imstore -n '__fish_seen_subcommand_from token; and __fish_seen_subcommand_from create' -s h -l help -d 'Show this help and exit.'

@@ -216,7 +216,9 @@ token_app = typer.Typer(
 def token_create(
     name: Annotated[str, typer.Option("--name", help="A name to list and revoke it by.")],
     scope: Annotated[
-        str, typer.Option("--scope", help="read (GET/HEAD), write (everything) or replicate (read, and acknowledge frames as a standby).")
+        str,
+        typer.Option("--scope", help="read (GET/HEAD), write (everything but the replication feed) or replicate"
+                                     " (read, the replication feed, and acknowledge frames as a standby)."),  # fmt: skip
     ] = "read",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the token to FILE (mode 0600) instead of stdout.", metavar="FILE")

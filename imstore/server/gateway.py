@@ -200,6 +200,9 @@ class Gateway:
             )
         if request.method in WRITE_METHODS and scope != "write":
             return problem_response(403, None, f"this token has the {scope} scope; {request.method} needs a write token")
+        if route.name.startswith("replication") and scope != "replicate":  # the feed carries token hashes too (R6)
+            return problem_response(403, None, f"this token has the {scope} scope; the replication feed needs a replicate token"
+                                               " (imstore token create --scope replicate)")  # fmt: skip
         if request.method in WRITE_METHODS and (refusal := self.node.write_refusal()) is not None:
             raise refusal  # a standby: 503 naming the primary
         if route.name == "replication_log" and scope == "replicate":  # a standby's acknowledgement (or proof we were superseded)

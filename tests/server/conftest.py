@@ -57,14 +57,23 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text("utf-8", "replace")
 
+    @property
+    def replicate_token(self) -> str:
+        """A token of the replicate scope (the replication feed's), made on first use."""
+        if "replicate_token" not in self.extra:
+            self.extra["replicate_token"] = TokenStore(self.store).create(f"replicate{self.port}", "replicate")
+        return self.extra["replicate_token"]
+
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None, token: str | None = "write",
                 timeout: float = 30) -> Reply:
-        """One request; token is 'write', 'read', None (no header) or a literal Authorization value via headers."""
+        """One request; token is 'write', 'read', 'replicate', None (no header) or a literal Authorization value via headers."""
         all_headers = dict(headers or {})
         if token == "write":
             all_headers.setdefault("Authorization", f"Bearer {self.write_token}")
         elif token == "read":
             all_headers.setdefault("Authorization", f"Bearer {self.read_token}")
+        elif token == "replicate":
+            all_headers.setdefault("Authorization", f"Bearer {self.replicate_token}")
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             connection.request(method, path, body=body, headers=all_headers)

@@ -82,14 +82,25 @@ def test_read_token_reads_but_cannot_write(shared_server, route, method):
     if method in WRITES:
         assert reply.status == 403, reply.body
         assert b"write" in reply.body
+    elif route.startswith("replication"):  # the feed carries token hashes: standbys only (R6)
+        assert reply.status == 403 and b"replicate" in reply.body, (route, reply.status)
     else:
         assert reply.status not in (401, 403), (route, method, reply.status)
 
 
 @pytest.mark.parametrize("route, method", CASES)
-def test_write_token_passes_auth_everywhere(shared_server, route, method):
+def test_write_token_passes_auth_everywhere_but_the_feed(shared_server, route, method):
     reply = shared_server.request(method, SAMPLE_PATHS[route], body=probe_body(method), token="write")
-    assert reply.status not in (401, 403), (route, method, reply.status, reply.body)
+    if route.startswith("replication"):
+        assert reply.status == 403 and b"replicate" in reply.body, (route, reply.status)
+    else:
+        assert reply.status not in (401, 403), (route, method, reply.status, reply.body)
+
+
+@pytest.mark.parametrize("route", sorted({route for route, _method in CASES if route.startswith("replication")}))
+def test_a_replicate_token_reads_the_feed(shared_server, route):
+    reply = shared_server.request("GET", SAMPLE_PATHS[route], token="replicate")
+    assert reply.status not in (401, 403), (route, reply.status, reply.body)
 
 
 def test_healthz_needs_no_token(shared_server):

@@ -16,7 +16,7 @@ def test_repair_from_a_server_heals_the_log_and_an_object(start, tmp_path):
     for number in range(5):
         assert primary.request("PUT", key_url(f"k{number}"), f"content {number}".encode() * 300).status == 201
     copy = tmp_path / "copy"
-    env = {"IMSTORE_TOKEN": primary.read_token}
+    env = {"IMSTORE_TOKEN": primary.replicate_token}
     assert run_cli_process(["clone", primary.url, str(copy)], env=env).code == 0
     offset, end = frame_offsets(copy)[1]
     flip(copy / SEGMENT, offset + 30)

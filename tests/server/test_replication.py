@@ -1,4 +1,4 @@
-"""The replication routes of a real `imstore serve`, and clone / pull over HTTP (a read token)."""
+"""The replication routes of a real `imstore serve`, and clone / pull over HTTP (a replicate token)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_clone_and_pull_over_http_give_the_primary_s_log_byte_for_byte(start, tm
     server = start("--workers", "2")
     put_some(server, 5)
     copy = tmp_path / "copy"
-    token = {"IMSTORE_TOKEN": server.read_token}
+    token = {"IMSTORE_TOKEN": server.replicate_token}
     cloned = run_cli_process(["clone", server.url, str(copy), "--json"], env=token)
     assert cloned.code == 0, cloned.stderr
     assert json.loads(cloned.out)["records"] == 5
@@ -49,9 +49,9 @@ def test_frames_from_an_offset_where_no_frame_starts_are_416_with_the_log_end(st
     put_some(server, 2)
     end = (server.store / SEGMENT).stat().st_size
     for offset in (1, end + 100):
-        reply = server.request("GET", f"/v1/replication/log?from={offset}", token="read")
+        reply = server.request("GET", f"/v1/replication/log?from={offset}", token="replicate")
         assert reply.status == 416 and reply.headers[LOG_END_HEADER] == str(end)
-    at_end = server.request("GET", f"/v1/replication/log?from={end}", token="read")
+    at_end = server.request("GET", f"/v1/replication/log?from={end}", token="replicate")
     assert at_end.status == 200 and at_end.body == b"" and at_end.headers[LOG_END_HEADER] == str(end)
 
 
@@ -62,7 +62,7 @@ def test_a_long_poll_answers_with_the_frame_written_while_it_waited(start):
     answer: dict = {}
 
     def wait_for_frames():
-        answer["reply"] = server.request("GET", f"/v1/replication/log?from={end}&wait=20", token="read")
+        answer["reply"] = server.request("GET", f"/v1/replication/log?from={end}&wait=20", token="replicate")
 
     waiter = threading.Thread(target=wait_for_frames)
     waiter.start()
@@ -77,7 +77,7 @@ def test_a_pull_over_http_killed_mid_way_is_finished_by_the_next(start, tmp_path
     server = start("--workers", "2")
     put_some(server, 4)
     copy = tmp_path / "copy"
-    token = {"IMSTORE_TOKEN": server.read_token}
+    token = {"IMSTORE_TOKEN": server.replicate_token}
     assert run_cli_process(["clone", server.url, str(copy)], env=token).code == 0
     put_some(server, 4, prefix="more")
     killed = run_cli_process(["--store", str(copy), "pull"], env={**token, "IMSTORE_CRASH_AT": "replica-objects-durable"})
@@ -94,18 +94,18 @@ def test_a_clone_over_http_takes_the_packs_whole(start, tmp_path: Path):
     server = start("--workers", "2")
     import_tree(server.store, tmp_path, files=80)  # one pack on the primary
     put_some(server, 2)
-    listed = server.request("GET", "/v1/replication/packs", token="read")
+    listed = server.request("GET", "/v1/replication/packs", token="replicate")
     assert listed.status == 200
     [pack] = json.loads(listed.body)["packs"]
     on_disk = server.store / "objects" / "pack" / f"{pack['name']}.pack"
     assert pack["size"] == on_disk.stat().st_size
-    index = server.request("GET", f"/v1/replication/packs/{pack['name']}.idx", token="read")
+    index = server.request("GET", f"/v1/replication/packs/{pack['name']}.idx", token="replicate")
     assert index.status == 200 and index.body == on_disk.with_suffix(".idx").read_bytes()
     for wrong in ("..%2Fconfig", "pack-" + "0" * 40 + ".pack", "tokens"):
-        assert server.request("GET", f"/v1/replication/packs/{wrong}", token="read").status == 404
+        assert server.request("GET", f"/v1/replication/packs/{wrong}", token="replicate").status == 404
     assert server.request("GET", "/v1/replication/packs", token=None).status == 401
     copy = tmp_path / "copy"
-    cloned = run_cli_process(["clone", server.url, str(copy), "--json"], env={"IMSTORE_TOKEN": server.read_token})
+    cloned = run_cli_process(["clone", server.url, str(copy), "--json"], env={"IMSTORE_TOKEN": server.replicate_token})
     assert cloned.code == 0, cloned.stderr
     assert json.loads(cloned.out)["objects"] == 82
     assert (copy / "objects" / "pack" / on_disk.name).read_bytes() == on_disk.read_bytes()

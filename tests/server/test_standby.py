@@ -17,13 +17,13 @@ SEGMENT = Path("log") / "00000000000000000000.log"
 
 @pytest.fixture
 def standby_of(tmp_path: Path):
-    """standby_of(primary, name, token) -> a serve --follow of it (with token, default the read one) on a store it
+    """standby_of(primary, name, token) -> a serve --follow of it (with token, default a replicate one) on a store it
     clones at start; killed at the end."""
     started: list[Server] = []
 
     def launch(primary: Server, name: str = "standby", token: str | None = None) -> Server:
         server = start_server(tmp_path / name, tmp_path / f"{name}-{len(started)}.log", "--workers", "1", "--follow", primary.url,
-                              env={"IMSTORE_TOKEN": token or primary.read_token},
+                              env={"IMSTORE_TOKEN": token or primary.replicate_token},
                               tokens=(primary.write_token, primary.read_token))  # fmt: skip
         started.append(server)
         return server
