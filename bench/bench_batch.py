@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import imstore_command, interleaved, load_note, median, print_ratio, print_times  # noqa: E402
+from _common import compile_package, imstore_command, interleaved, load_note, median, print_ratio, print_times  # noqa: E402
 
 from imstore import Store  # noqa: E402
 
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store_path, repo, keys_file, ids_file = build(work, args.count, args.size)
         env = {**os.environ, "IMSTORE_CACHE_DIR": str(work / "cache")}
+        compile_package()  # processes load imstore from bytecode, as after an install
         imstore = [*imstore_command(), "--store", str(store_path)]
         sample = random.Random(15).sample(keys_file.read_text().split(), min(args.sample, args.count))
         cases = {

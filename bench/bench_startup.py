@@ -19,16 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, imstore_command, interleaved, load_note, median, print_ratio, print_times, timed
+from _common import ROOT, compile_package, imstore_command, interleaved, load_note, median, print_ratio, print_times, timed
 
 GOAL = 1.2  # issue 10 (was 1.3, issue 2)
-
-
-def compile_package() -> None:
-    import imstore
-
-    package = Path(imstore.__file__).resolve().parent
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True, stdout=subprocess.DEVNULL)
 
 
 def run(runs: int) -> dict:

@@ -153,6 +153,11 @@ class StoreCache:
         self._refresh_if_old("o:" + object_id, data, stored_at)
         return data
 
+    @staticmethod
+    def reader(object_id: str, data: bytes) -> CachedObjectReader:
+        """A reader over object bytes the cache gave (checked against object_id as they are read)."""
+        return CachedObjectReader(object_id, data)
+
     def version_row(self, key: str, version: int) -> tuple | None:
         """The index row of (key, version) if cached (rows of written versions never change)."""
         row = self._record(f"v:{version}:{key}")

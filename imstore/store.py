@@ -15,16 +15,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from . import layout
-from .cache import CachedObjectReader, CacheSettings, StoreCache
 from .commit import Committer
 from .errors import (
     CorruptIndex,
     CorruptLog,
     CorruptObject,
-    InvalidInput,
     KeyDeleted,
     KeyNotFound,
     NoStore,
@@ -33,7 +31,6 @@ from .errors import (
     VersionNotFound,
     from_os_error,
 )
-from .fsio import CHUNK_SIZE
 from .hashing import OBJECT_ID_LEN, validate_prefix
 from .index import Index
 from .indexer import Indexer, index_query
@@ -41,8 +38,12 @@ from .log import Log
 from .model import BatchItem, BatchResult, PutResult, VerifyReport, Version, unpack_meta
 from .objects import ObjectReader, ObjectStore
 from .packs import PackSet, PackWriter, RepackResult
+from .transfer import SmallObjectKeeper, read_chunks
 from .validate import format_time, parse_version, validate_key
 from .verify import verify
+
+if TYPE_CHECKING:
+    from .cache import CacheSettings, StoreCache  # loaded when a cache is opened: commands that read no object skip it
 
 __all__ = ["Store", "Version", "PutResult", "VerifyReport", "BatchItem", "BatchResult", "FORMAT"]
 
@@ -117,12 +118,16 @@ class Store:
 
     def _with_cache(self, settings: CacheSettings | None) -> Store:
         if settings is not None:
+            from .cache import StoreCache  # here: commands that read no object (prove, history...) never load the cache
+
             self.cache = StoreCache(settings, self.root, self.store_id)
         return self
 
     @classmethod
     def _open_offline(cls, root: Path, settings: CacheSettings | None, reason: str) -> Store | None:
         """A read-only Store answered by the cache of root, if there is one (DESIGN: exit 10 unless cached)."""
+        from .cache import StoreCache
+
         store_id = StoreCache.existing_store_id(settings, root) if settings is not None else None
         if store_id is None:
             return None
@@ -197,8 +202,8 @@ class Store:
         is fsynced before this returns. A put whose bytes, content type and
         metadata equal the latest version's adds nothing (`unchanged`).
         """
-        chunks = _read_chunks(source) if hasattr(source, "read") else source
-        kept = _SmallObjectKeeper(self.cache.max_object_size if self.cache else -1)
+        chunks = read_chunks(source) if hasattr(source, "read") else source
+        kept = SmallObjectKeeper(self.cache.max_object_size if self.cache else -1)
         result = self.committer.put_stream(key, kept.watch(chunks), content_type=content_type, meta=meta, message=message,
                                            if_version=if_version, if_absent=if_absent, max_size=max_size)  # fmt: skip
         self._fill_after_puts([(result, kept.data)])
@@ -481,13 +486,13 @@ class Store:
             return self.objects.open(object_id)
         data = self.cache.object_bytes(object_id)
         if data is not None:
-            return CachedObjectReader(object_id, data)  # type: ignore[return-value]
+            return self.cache.reader(object_id, data)  # type: ignore[return-value]
         reader = self.objects.open(object_id)
         if reader.size > self.cache.max_object_size:
             return reader
         data = reader.read()
         self.cache.put_object(object_id, data)
-        return CachedObjectReader(object_id, data)  # type: ignore[return-value]
+        return self.cache.reader(object_id, data)  # type: ignore[return-value]
 
     def cat(self, hash_or_prefix: str) -> bytes:
         return self.open_object(hash_or_prefix).read()
@@ -562,38 +567,3 @@ class Store:
     def verify(self, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
         """Check the chain, every record, every object's hash and the index against the log."""
         return verify(self.log, self.objects, self.indexer, progress)
-
-
-class _SmallObjectKeeper:
-    """Keeps the bytes of an object being written while it stays within limit (to fill the cache)."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.data: bytes | None = b"" if limit >= 0 else None
-        self._parts: list[bytes] = []
-        self._size = 0
-
-    def watch(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        for chunk in chunks:
-            if self.data is not None:
-                self._size += len(chunk)
-                if self._size > self.limit:
-                    self.data, self._parts = None, []
-                else:
-                    self._parts.append(bytes(chunk))
-            yield chunk
-        if self.data is not None:
-            self.data = b"".join(self._parts)
-            self._parts = []
-
-
-def _read_chunks(source: BinaryIO) -> Iterator[bytes]:
-    read = getattr(source, "read1", None) or source.read
-    while True:
-        try:
-            chunk = read(CHUNK_SIZE)
-        except OSError as exc:
-            raise InvalidInput(f"cannot read the input: {exc.strerror or exc}") from None
-        if not chunk:
-            return
-        yield chunk

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import from_os_error
-from .fsio import fsync_fd, write_all
+from .errors import InvalidInput, from_os_error
+from .fsio import CHUNK_SIZE, fsync_fd, write_all
 from .objects import ObjectReader
 
-__all__ = ["copy_to_stream", "copy_to_file", "SMALL_OBJECT"]
+__all__ = ["copy_to_stream", "copy_to_file", "read_chunks", "SmallObjectKeeper", "SMALL_OBJECT"]
 
 # Objects up to this size are read whole, checked, then written: one pass.
 SMALL_OBJECT = 8 << 20
@@ -81,3 +82,38 @@ def _remove(path: Path) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+class SmallObjectKeeper:
+    """Keeps the bytes of an object being written while it stays within limit (to fill the cache)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.data: bytes | None = b"" if limit >= 0 else None
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def watch(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            if self.data is not None:
+                self._size += len(chunk)
+                if self._size > self.limit:
+                    self.data, self._parts = None, []
+                else:
+                    self._parts.append(bytes(chunk))
+            yield chunk
+        if self.data is not None:
+            self.data = b"".join(self._parts)
+            self._parts = []
+
+
+def read_chunks(source: BinaryIO) -> Iterator[bytes]:
+    read = getattr(source, "read1", None) or source.read
+    while True:
+        try:
+            chunk = read(CHUNK_SIZE)
+        except OSError as exc:
+            raise InvalidInput(f"cannot read the input: {exc.strerror or exc}") from None
+        if not chunk:
+            return
+        yield chunk

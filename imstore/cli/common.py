@@ -5,7 +5,6 @@ import stat
 import sys
 from pathlib import Path
 
-from ..cache import CacheSettings
 from ..errors import ImstoreError, InvalidInput, NotAuthorised, UsageError
 from ..fsio import CHUNK_SIZE
 from ..paths import user_data_path
@@ -19,8 +18,11 @@ def default_store_path() -> Path:
     return user_data_path("imstore")
 
 
-def open_store(*, write: bool = False):
+def open_store(*, write: bool = False, reads_objects: bool = True):
     """The store named by --store / IMSTORE_DIR, or the default one (created on first write).
+
+    reads_objects=False: a command that reads no object (prove, checkpoint, key) opens no read
+    cache, so the cache's modules are never loaded (start-up time: prove costs no more than get).
 
     With --remote it is a RemoteStore: the same methods over HTTP, so commands need not care;
     the server's history is checked against the last checkpoint seen from it first.
@@ -36,10 +38,11 @@ def open_store(*, write: bool = False):
             remote.close()
             raise
         return remote
+    cache = cache_settings() if reads_objects else None
     if settings.store is not None:
-        store = Store.open(settings.store, cache=cache_settings())
+        store = Store.open(settings.store, cache=cache)
     else:
-        store = Store.open(default_store_path(), create=write, cache=cache_settings())
+        store = Store.open(default_store_path(), create=write, cache=cache)
     return store
 
 
@@ -77,8 +80,10 @@ def remote_token() -> str | None:
     return os.environ.get("IMSTORE_TOKEN") or None
 
 
-def cache_settings() -> CacheSettings:
-    """The read cache settings from --cache-dir, --cache-size and --no-cache (and their env vars)."""
+def cache_settings():
+    """The read cache settings (a CacheSettings) from --cache-dir, --cache-size and --no-cache (and their env vars)."""
+    from ..cache import CacheSettings  # here: the cache's modules load only for a command that opens one
+
     defaults = CacheSettings()
     return CacheSettings(
         enabled=not settings.no_cache,

@@ -23,7 +23,7 @@ def key() -> None:
 
     Example: imstore key > store.vkey
     """
-    with open_store() as store:
+    with open_store(reads_objects=False) as store:
         verifier = store.verifier_key()
         show_warnings(store)
     out = settings.out
@@ -40,7 +40,7 @@ def checkpoint() -> None:
 
     Example: imstore checkpoint > monday.checkpoint
     """
-    with open_store() as store:
+    with open_store(reads_objects=False) as store:
         note = store.checkpoint()
         show_warnings(store)
     out = settings.out
@@ -81,7 +81,7 @@ def prove(
         raise UsageError("--version and --at go with a KEY, not with --since")
     old = read_text(since) if since is not None else None
     moment = parse_time(at) if at is not None else None
-    with open_store() as store:
+    with open_store(reads_objects=False) as store:
         document = store.prove_since(old) if old is not None else store.prove(key, version, moment)
         if settings.remote:  # a server's proof is checked with the pinned key before it is passed on
             check_document(render(document), Verifier.parse(store.verifier_key()))
