@@ -8,7 +8,7 @@ from .errors import CorruptLog, ImstoreError
 from .indexer import Indexer, chained_frames, index_query
 from .log import Log
 from .model import VerifyReport, Version
-from .objects import ObjectStore
+from .objects import ObjectReader, ObjectStore
 from .records import GENESIS
 
 __all__ = ["verify"]
@@ -100,6 +100,19 @@ def _verify_objects(report: VerifyReport, objects: ObjectStore, referenced: dict
             continue
         if where is None:
             report.notes.append(f"object {object_id} is not referenced by any record")
+        _note_superseded_copy(report, objects, object_id, reader.local_file())
     problems, notes = objects.check()
     report.problems.extend(problems)
     report.notes.extend(notes)
+
+
+def _note_superseded_copy(report: VerifyReport, objects: ObjectStore, object_id: str, read_from) -> None:
+    """Note a damaged pack copy of an object that a good loose copy stands for (R12's repair): kept until repack."""
+    in_pack = objects.packs.locate(object_id) if objects.packs is not None else None
+    if in_pack is None or read_from is None or in_pack.path == read_from.path:
+        return  # the usual case: one copy, and it was just checked
+    try:
+        ObjectReader(object_id, in_pack).verify()
+    except ImstoreError:
+        report.notes.append(f"object {object_id}: its copy in {in_pack.path.name} is damaged; the good loose copy stands"
+                            " for it (imstore repack drops the damaged copy)")  # fmt: skip
