@@ -173,8 +173,7 @@ class Indexer:
             raise CorruptLog(message)
 
         for frame in chained_frames(scan, state.last_hash, state.seq, lambda damage: index.note_damage(*damage), goes_back):
-            index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
-            self.tree(index).add_frame(frame)
+            self._apply(index, frame)
         return scan
 
     def _describe_mismatch(self, state: IndexState) -> str:
@@ -296,8 +295,7 @@ class Indexer:
             except (ImstoreError, OSError):  # the write is committed: a check that cannot run now waits
                 scrubbed = index.scrub_offset()
             if index.begin().log_end == frame.offset:
-                index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
-                self.tree(index).add_frame(frame, payload)
+                self._apply(index, frame, payload)
             if damaged_at is not None:
                 try:
                     scrubbed = self._note_damage_at(index, damaged_at, frame.offset)
@@ -318,6 +316,11 @@ class Indexer:
                 self.warnings.append(note)
         crash_point("index-updated")
 
+    def _apply(self, index: Index, frame: Frame, payload: bytes | memoryview | None = None) -> None:
+        """A frame's index rows and its tree's leaves, in the caller's transaction (payload: its bytes, if in memory)."""
+        index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
+        self.tree(index).add_frame(frame, payload)
+
     def stage_shipped(self, frames: list[Frame], data: bytes) -> bool:
         """Apply frames about to be appended as received (a pull, under the lock) in a transaction left open.
 
@@ -332,9 +335,8 @@ class Indexer:
                 index.rollback()
                 return False
             for frame in frames:
-                index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
                 start = frame.offset + HEADER_SIZE - frames[0].offset  # the frame's payload within data (not in the log yet)
-                self.tree(index).add_frame(frame, memoryview(data)[start : frame.end - frames[0].offset])
+                self._apply(index, frame, memoryview(data)[start : frame.end - frames[0].offset])
             return True
         except sqlite3.Error:
             index.rollback()  # the log is the truth: applied_shipped catches up from it
@@ -358,8 +360,7 @@ class Indexer:
         try:
             if not staged and frames and index.begin().log_end == frames[0].offset:
                 for frame in frames:
-                    index.apply(frame.records, frame.offset, frame.end, frame.checksum, frame.spans)
-                    self.tree(index).add_frame(frame)
+                    self._apply(index, frame)
             if index.db.in_transaction:
                 index.commit()
         except sqlite3.Error:
