@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from batchprocess import read_line, running
 
 from imstore import Store
 from imstore.hashing import hash_bytes
@@ -120,46 +119,23 @@ def test_batch_takes_no_key_and_json_needs_batch_check(cli):
     assert cli("get").code == 2
 
 
-def read_answer(process: subprocess.Popen, deadline: float) -> bytes:
-    """One header line from a running batch, waiting at most until deadline (never blocks forever)."""
-    line = b""
-    fd = process.stdout.fileno()
-    while not line.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"no answer in time (so far {line!r})"
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if ready:
-            byte = os.read(fd, 1)
-            assert byte, "the batch ended early"
-            line += byte
-    return line
-
-
 def test_a_key_written_by_another_process_is_seen_by_the_next_line(store_path: Path):
-    process = subprocess.Popen([*IMSTORE, "--store", str(store_path), "get", "--batch-check"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    try:
+    with running([*IMSTORE, "--store", str(store_path), "get", "--batch-check"]) as process:
         deadline = time.monotonic() + 60
         process.stdin.write(b"later\n")
         process.stdin.flush()
-        assert read_answer(process, deadline) == b"later\tmissing\n"  # answered before stdin ends: flushed
+        assert read_line(process, deadline) == b"later\tmissing\n"  # answered before stdin ends: flushed
         with Store.open(store_path) as other:
             first = other.put("later", b"one").version
         process.stdin.write(b"later\n")
         process.stdin.flush()
-        assert read_answer(process, deadline) == f"later\t1\t{first.hash}\t3\n".encode()
+        assert read_line(process, deadline) == f"later\t1\t{first.hash}\t3\n".encode()
         with Store.open(store_path) as other:
             second = other.put("later", b"two!").version
         process.stdin.write(b"later\n")
         process.stdin.close()
-        assert read_answer(process, deadline) == f"later\t2\t{second.hash}\t4\n".encode()
+        assert read_line(process, deadline) == f"later\t2\t{second.hash}\t4\n".encode()
         assert process.wait(30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()
-        process.stderr.close()
 
 
 def test_objects_past_whole_are_verified_then_streamed(cli, store, store_path, monkeypatch):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from batchprocess import read_line, running
 
 from imstore import Store
 from imstore.hashing import hash_bytes
@@ -21,11 +21,16 @@ IMSTORE = [sys.executable, "-m", "imstore"]
 BINARY = b"a\nb\x00\x00\r\n\xff end"
 
 
-def batch(server, tmp_path: Path, *args: str, stdin: bytes, remote: bool = True) -> subprocess.CompletedProcess:
+def remote_options(server, tmp_path: Path) -> list[str]:
+    """The global options that point the CLI at server with its read token (in a 0600 file)."""
     token = tmp_path / "token"
     token.write_text(server.read_token)
     token.chmod(0o600)
-    where = ["--remote", server.url, "--token-file", str(token)] if remote else ["--store", str(server.store)]
+    return ["--remote", server.url, "--token-file", str(token)]
+
+
+def batch(server, tmp_path: Path, *args: str, stdin: bytes, remote: bool = True) -> subprocess.CompletedProcess:
+    where = remote_options(server, tmp_path) if remote else ["--store", str(server.store)]
     return subprocess.run([*IMSTORE, *where, *args], input=stdin, capture_output=True, timeout=60)
 
 
@@ -84,18 +89,6 @@ def test_a_damaged_object_stops_a_remote_batch_with_exit_5(shared_server, tmp_pa
     assert result.stdout == f"remote/fine\t1\t{hash_bytes(b'fine')}\t4\n".encode() + b"fine\n"
 
 
-def read_line(process: subprocess.Popen, deadline: float) -> bytes:
-    line, fd = b"", process.stdout.fileno()
-    while not line.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"no answer in time (so far {line!r})"
-        if select.select([fd], [], [], remaining)[0]:
-            byte = os.read(fd, 1)
-            assert byte, "the batch ended early: " + process.stderr.read().decode()
-            line += byte
-    return line
-
-
 def connected(pid: int, port: int) -> bool:
     """Does the process hold an open (ESTABLISHED) connection to the port?"""
     try:
@@ -106,12 +99,7 @@ def connected(pid: int, port: int) -> bool:
 
 
 def test_remote_batch_sees_another_process_write_and_outlives_the_servers_idle_timeout(shared_server, tmp_path):
-    token = tmp_path / "token"
-    token.write_text(shared_server.read_token)
-    token.chmod(0o600)
-    process = subprocess.Popen([*IMSTORE, "--remote", shared_server.url, "--token-file", str(token), "get", "--batch-check"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    try:
+    with running([*IMSTORE, *remote_options(shared_server, tmp_path), "get", "--batch-check"]) as process:
         deadline = time.monotonic() + 60
         for _ in range(2):  # the second answer may come from the gateway's memory
             process.stdin.write(b"remote/later\n")
@@ -132,12 +120,6 @@ def test_remote_batch_sees_another_process_write_and_outlives_the_servers_idle_t
         process.stdin.close()
         assert read_line(process, deadline) == f"remote/later\t2\t{second.hash}\t4\n".encode()
         assert process.wait(30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()
-        process.stderr.close()
 
 
 def test_large_remote_bodies_are_spooled_verified_and_streamed(shared_server, tmp_path, monkeypatch):
@@ -148,10 +130,7 @@ def test_large_remote_bodies_are_spooled_verified_and_streamed(shared_server, tm
     big = os.urandom(300_000)  # past the gateway's buffered size too: relayed or sent with sendfile
     with Store.open(shared_server.store) as store:
         store.put("remote/big", big)
-    token = tmp_path / "token"
-    token.write_text(shared_server.read_token)
-    token.chmod(0o600)
-    result = run_cli_in_process(["--remote", shared_server.url, "--token-file", str(token), "get", "--batch"],
+    result = run_cli_in_process([*remote_options(shared_server, tmp_path), "get", "--batch"],
                                 stdin=b"remote/big\nremote/big\n")  # fmt: skip
     assert result.code == 0, result.stderr
     frame = f"remote/big\t1\t{hash_bytes(big)}\t{len(big)}\n".encode() + big + b"\n"
@@ -166,19 +145,8 @@ def test_a_remote_batch_that_fails_exits_without_waiting_for_more_input(shared_s
     path = Path(shared_server.store) / "objects" / object_id[:2] / object_id[2:]
     path.chmod(0o644)
     path.write_bytes(body[:-1] + bytes([body[-1] ^ 1]))
-    token = tmp_path / "token"
-    token.write_text(shared_server.read_token)
-    token.chmod(0o600)
-    process = subprocess.Popen([*IMSTORE, "--remote", shared_server.url, "--token-file", str(token), "get", "--batch"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    try:
+    with running([*IMSTORE, *remote_options(shared_server, tmp_path), "get", "--batch"]) as process:
         process.stdin.write(b"remote/damaged-now\n")
         process.stdin.flush()  # stdin stays open: the script is waiting for this answer
         assert process.wait(30) == 5
         assert process.stdout.read() == b""
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for stream in (process.stdin, process.stdout, process.stderr):
-            stream.close()
