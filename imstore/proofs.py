@@ -19,12 +19,12 @@ from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from . import layout, merkle
-from .checkpoint import Signer, Verifier, b64, checkpoint_body, open_checkpoint, private_key_id, sign_note, signature_key_id, store_origin
 from .errors import CorruptIndex, CorruptLog, ImstoreError, InvalidInput, ProofFailed, from_os_error
 from .fsio import atomic_write
 from .hashing import blake3
 from .index import Index
 from .indexer import index_query
+from .notes import b64, checkpoint_body, private_key_id, signature_key_id, store_origin
 from .records import Record, decode_record
 from .treestore import STRIDE, TreeTable
 from .validate import parse_version
@@ -32,6 +32,7 @@ from .validate import parse_version
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from .checkpoint import Signer, Verifier
     from .proofcheck import Proven
     from .store import Store
     from .treestore import TreeView
@@ -44,6 +45,8 @@ __all__ = ["signer", "tree_head", "checkpoint", "prove", "consistency_from", "pr
 # ================================================================ making proofs from a store
 def signer(store: Store) -> Signer:
     """The store's checkpoint signing key (node-local; made on first use)."""
+    from .checkpoint import Signer  # here: a prove answered with the cached checkpoint (P9) needs no key
+
     return Signer.load_or_create(store.root / layout.SIGNING_KEY, store_origin(store.store_id))
 
 
@@ -143,6 +146,8 @@ def _signed(store: Store, size: int, root: bytes) -> str:
     cached = _cached_note(store, body)
     if cached is not None:
         return cached
+    from .checkpoint import sign_note
+
     note = sign_note(body, signer(store))
     try:
         atomic_write(store.root / layout.CHECKPOINT_CACHE, f"{blake3(note.encode()).hexdigest()}\n{note}".encode(), 0o644, durable=False)
@@ -268,6 +273,8 @@ def prove_since(store: Store, old_note: str, verifier: Verifier | None = None) -
     ProofFailed when the store's log does not extend the old checkpoint (cut, rolled back or rewritten):
     the proof is checked before it is handed out.
     """
+    from .checkpoint import open_checkpoint
+
     verifier = verifier or signer(store).verifier
     old = open_checkpoint(old_note, verifier)
     origin = store_origin(store.store_id)
