@@ -26,14 +26,20 @@ from pathlib import Path
 
 from .errors import CorruptStore, InvalidInput, ProofFailed, from_os_error
 from .fsio import atomic_write
+from .notes import (  # re-exported: the text of notes, which a cached checkpoint needs without this module
+    ALG_ED25519,
+    PRIVATE_PREFIX,
+    SIGNATURE_DASH,
+    b64,
+    checkpoint_body,
+    note_size,
+    store_origin,
+    unb64,
+)
 
 __all__ = [
     "Checkpoint", "Signer", "Verifier", "checkpoint_body", "sign_note", "open_checkpoint", "note_size", "store_origin", "b64", "unb64",
 ]  # fmt: skip
-
-ALG_ED25519 = 0x01
-SIGNATURE_DASH = "\u2014 "  # an em dash and a space start each signature line
-PRIVATE_PREFIX = "PRIVATE+KEY+"
 
 
 # (collections.namedtuple, not typing.NamedTuple: the latter evaluates its annotations, ~0.1 ms of every prove's start-up)
@@ -42,21 +48,6 @@ class Checkpoint(namedtuple("Checkpoint", "origin size root note")):
     (32 bytes); `note` is the whole signed note, byte for byte as it was checked."""
 
     __slots__ = ()
-
-
-def b64(data: bytes) -> str:
-    return binascii.b2a_base64(data, newline=False).decode("ascii")
-
-
-def unb64(text: str, what: str) -> bytes:
-    """Standard base64, canonical only (padding and unused bits as an encoder writes them): else ProofFailed."""
-    try:
-        data = binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise ProofFailed(f"{what} is not valid base64") from None
-    if b64(data) != text:
-        raise ProofFailed(f"{what} is not in canonical base64")
-    return data
 
 
 def _valid_name(name: str) -> bool:
@@ -165,28 +156,6 @@ class Signer:
         return self._private.sign(text)
 
 
-def private_key_id(text: str) -> str | None:
-    """The key id hex a private key file names (read, not checked: for matching a cached note to the key)."""
-    parts = text.strip()[len(PRIVATE_PREFIX) :].split("+", 2) if text.startswith(PRIVATE_PREFIX) else []
-    return parts[1] if len(parts) == 3 else None
-
-
-def signature_key_id(note: str) -> str | None:
-    """The key id hex of a note's last signature line (read, not checked)."""
-    line = note.rstrip("\n").rpartition("\n")[2]
-    if not line.startswith(SIGNATURE_DASH):
-        return None
-    try:
-        return binascii.a2b_base64(line.rpartition(" ")[2], strict_mode=True)[:4].hex()
-    except (binascii.Error, ValueError):
-        return None
-
-
-def checkpoint_body(origin: str, size: int, root: bytes) -> str:
-    """The checkpoint's text (C2SP tlog-checkpoint): origin, size and root hash, each line ending in a newline."""
-    return f"{origin}\n{size}\n{b64(root)}\n"
-
-
 def sign_note(text: str, signer: Signer) -> str:
     """text as a C2SP signed note with one signature line by signer."""
     signature = signer.sign(text.encode("utf-8"))
@@ -238,15 +207,3 @@ def _verified_text(note: str, verifier: Verifier) -> str:
     if not found_ours:
         raise ProofFailed(f"the checkpoint is not signed by the key {verifier.name}+{verifier.key_id.hex()}")
     return text
-
-
-def note_size(note: str) -> int:
-    """The tree size a checkpoint note claims, read without checking it (to ask for a proof that will check it)."""
-    lines = note.split("\n")
-    if len(lines) < 3 or not lines[1].isdigit() or not lines[1].isascii():
-        raise ProofFailed("the checkpoint has no tree size on its second line")
-    return int(lines[1])
-
-
-def store_origin(store_id: str) -> str:
-    return f"imstore/{store_id}"

@@ -1,4 +1,4 @@
-"""Proof documents: made from a store, checked with nothing but a verifier key (docs/DESIGN.md P5).
+"""Proof documents made from a store (docs/DESIGN.md P5); proofcheck.py checks them with nothing but a verifier key.
 
 An inclusion proof (`imstore prove KEY`):
     {"checkpoint": "<signed note>", "seq": S, "leaf": "<base64 of the record>", "inclusion": ["<base64 hash>", ...]}
@@ -7,39 +7,24 @@ A consistency proof (`imstore prove --since OLD`):
 
 Documents are written in one canonical JSON form (compact, ASCII); a checker
 reads any JSON spelling of one, since the formatting carries nothing (P5).
-`check_document` trusts nothing it has not checked: the signature first, then
-the proof against the signed root, and only then what the leaf says.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections import namedtuple
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from . import layout, merkle
-from .checkpoint import (
-    Checkpoint,
-    Signer,
-    Verifier,
-    b64,
-    checkpoint_body,
-    open_checkpoint,
-    private_key_id,
-    sign_note,
-    signature_key_id,
-    store_origin,
-    unb64,
-)
 from .errors import CorruptIndex, CorruptLog, ImstoreError, InvalidInput, ProofFailed, from_os_error
 from .fsio import atomic_write
 from .hashing import blake3
 from .index import Index
 from .indexer import index_query
+from .notes import b64, checkpoint_body, private_key_id, signature_key_id, store_origin
 from .records import Record, decode_record
 from .treestore import STRIDE, TreeTable
 from .validate import parse_version
@@ -47,30 +32,21 @@ from .validate import parse_version
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from .checkpoint import Signer, Verifier
+    from .proofcheck import Proven
     from .store import Store
     from .treestore import TreeView
 
 T = TypeVar("T")
 
-__all__ = [
-    "Proven", "signer", "tree_head", "checkpoint", "prove", "consistency_from", "prove_since", "verify_since", "check_document",
-    "render", "parse",
-]  # fmt: skip
-
-INCLUSION_FIELDS = ("checkpoint", "seq", "leaf", "inclusion")
-CONSISTENCY_FIELDS = ("checkpoint", "old", "consistency")
-
-
-class Proven(namedtuple("Proven", "checkpoint record old", defaults=(None, None))):
-    """What a checked document proves: a record (a Record) in a checkpoint's log, or that the log grew from `old`
-    (a Checkpoint). A collections.namedtuple, like checkpoint.Checkpoint, for start-up time."""
-
-    __slots__ = ()
+__all__ = ["signer", "tree_head", "checkpoint", "prove", "consistency_from", "prove_since", "verify_since", "render"]
 
 
 # ================================================================ making proofs from a store
 def signer(store: Store) -> Signer:
     """The store's checkpoint signing key (node-local; made on first use)."""
+    from .checkpoint import Signer  # here: a prove answered with the cached checkpoint (P9) needs no key
+
     return Signer.load_or_create(store.root / layout.SIGNING_KEY, store_origin(store.store_id))
 
 
@@ -170,6 +146,8 @@ def _signed(store: Store, size: int, root: bytes) -> str:
     cached = _cached_note(store, body)
     if cached is not None:
         return cached
+    from .checkpoint import sign_note
+
     note = sign_note(body, signer(store))
     try:
         atomic_write(store.root / layout.CHECKPOINT_CACHE, f"{blake3(note.encode()).hexdigest()}\n{note}".encode(), 0o644, durable=False)
@@ -295,6 +273,8 @@ def prove_since(store: Store, old_note: str, verifier: Verifier | None = None) -
     ProofFailed when the store's log does not extend the old checkpoint (cut, rolled back or rewritten):
     the proof is checked before it is handed out.
     """
+    from .checkpoint import open_checkpoint
+
     verifier = verifier or signer(store).verifier
     old = open_checkpoint(old_note, verifier)
     origin = store_origin(store.store_id)
@@ -302,12 +282,16 @@ def prove_since(store: Store, old_note: str, verifier: Verifier | None = None) -
         raise ProofFailed(f"the old checkpoint is of another log ({old.origin}, this store is {origin})")
     answer = consistency_from(store, old.size)
     document = {"checkpoint": answer["checkpoint"], "old": old_note, "consistency": answer["consistency"]}
+    from .proofcheck import check_document  # only here: a plain `prove` checks its proof with merkle alone
+
     check_document(render(document), verifier)
     return document
 
 
 def verify_since(store: Store, old_note: str, verifier: Verifier | None = None) -> Proven:
     """Does the store's log still extend the old checkpoint? ProofFailed if not."""
+    from .proofcheck import check_document
+
     verifier = verifier or signer(store).verifier
     return check_document(render(prove_since(store, old_note, verifier)), verifier)
 
@@ -359,77 +343,3 @@ def _json_value(value: object) -> str | None:
     if type(value) is list and all(type(item) is str for item in value):
         return "[" + ",".join(map(_quote, value)) + "]"
     return None
-
-
-def parse(text: str) -> dict:
-    """A proof document's fields, from any JSON spelling of one (P5); ProofFailed saying what is wrong.
-
-    The formatting carries nothing: what counts is signed (the checkpoint) or checked
-    against it (the proof, the leaf). A key given twice or a non-finite number is refused,
-    so that no two readers can see different documents in one text.
-    """
-    import json
-
-    def no_repeats(pairs: list[tuple[str, object]]) -> dict:
-        document = dict(pairs)
-        if len(document) != len(pairs):
-            raise ProofFailed("the proof document gives a field twice")
-        return document
-
-    def no_constant(name: str) -> None:
-        raise ProofFailed(f"the proof document holds {name}, which is not a JSON number")
-
-    try:
-        document = json.loads(text, object_pairs_hook=no_repeats, parse_constant=no_constant)
-    except ValueError:
-        raise ProofFailed("the proof document is not JSON") from None
-    if not isinstance(document, dict):
-        raise ProofFailed("the proof document is not a JSON object")
-    if set(document) not in (set(INCLUSION_FIELDS), set(CONSISTENCY_FIELDS)):
-        expected = f"{list(INCLUSION_FIELDS)} or {list(CONSISTENCY_FIELDS)}"
-        raise ProofFailed(f"the proof document has fields {sorted(document)}; expected {expected}")
-    return document
-
-
-def check_document(text: str, verifier: Verifier) -> Proven:
-    """Check a proof document offline: the signature, then the proof against the signed root. ProofFailed if anything fails."""
-    document = parse(text)
-    if not isinstance(document["checkpoint"], str):
-        raise ProofFailed("the document's checkpoint is not a string")
-    signed = open_checkpoint(document["checkpoint"], verifier)
-    if "seq" in document:
-        return _check_inclusion(document, signed)
-    return _check_consistency(document, signed, verifier)
-
-
-def _hashes(values: object, what: str) -> list[bytes]:
-    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
-        raise ProofFailed(f"the {what} proof is not a list of base64 hashes")
-    return [unb64(value, f"a hash of the {what} proof") for value in values]
-
-
-def _check_inclusion(document: dict, signed: Checkpoint) -> Proven:
-    seq = document["seq"]
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-        raise ProofFailed("the document's seq is not a record number")
-    if not isinstance(document["leaf"], str):
-        raise ProofFailed("the document's leaf is not base64")
-    payload = unb64(document["leaf"], "the leaf")
-    merkle.verify_inclusion(merkle.leaf_hash(payload), seq - 1, signed.size, _hashes(document["inclusion"], "inclusion"), signed.root)
-    try:
-        record = decode_record(payload)
-    except CorruptLog:
-        raise ProofFailed("the proven leaf is not an imstore record") from None
-    if record.seq != seq:
-        raise ProofFailed(f"the proven record says seq {record.seq}, the document {seq}")
-    return Proven(signed, record=record)
-
-
-def _check_consistency(document: dict, signed: Checkpoint, verifier: Verifier) -> Proven:
-    if not isinstance(document["old"], str):
-        raise ProofFailed("the document's old checkpoint is not a string")
-    old = open_checkpoint(document["old"], verifier)
-    if old.origin != signed.origin:
-        raise ProofFailed(f"the two checkpoints are of different logs ({old.origin}, {signed.origin})")
-    merkle.verify_consistency(old.size, signed.size, old.root, signed.root, _hashes(document["consistency"], "consistency"))
-    return Proven(signed, old=old)

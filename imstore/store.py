@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from . import layout
-from .commit import Committer
 from .errors import (
     CorruptIndex,
     CorruptLog,
@@ -36,14 +36,13 @@ from .index import Index
 from .indexer import Indexer, index_query
 from .log import Log
 from .model import BatchItem, BatchResult, PutResult, VerifyReport, Version, unpack_meta
-from .objects import ObjectReader, ObjectStore
-from .packs import PackSet, PackWriter, RepackResult
-from .transfer import SmallObjectKeeper, read_chunks
 from .validate import format_time, parse_version, validate_key
-from .verify import verify
 
 if TYPE_CHECKING:
     from .cache import CacheSettings, StoreCache  # loaded when a cache is opened: commands that read no object skip it
+    from .commit import Committer
+    from .objects import ObjectReader, ObjectStore
+    from .packs import PackSet, PackWriter, RepackResult
 
 __all__ = ["Store", "Version", "PutResult", "VerifyReport", "BatchItem", "BatchResult", "FORMAT"]
 
@@ -60,8 +59,6 @@ class Store:
         self.root = root
         self.config = config
         self.store_id: str = config["store_id"]
-        self.packs = PackSet(root / layout.PACKS)
-        self.objects = ObjectStore(root / layout.OBJECTS, packs=self.packs)
         self.log = Log(root / layout.LOG)
         self.index_path = root / layout.INDEX
         self.warnings: list[str] = []
@@ -71,7 +68,26 @@ class Store:
         # Set when the store itself could not be opened and only its cache answers (reads only).
         self.offline_reason = offline_reason
         self.indexer = Indexer(self.log, self.index_path, self.warnings)
-        self.committer = Committer(self.log, self.objects, self.indexer, self._check_writable)
+
+    # The object side and the write path are made on first use: a command that neither reads
+    # an object nor writes (prove, checkpoint, history...) never loads objects, packs or commit.
+    @cached_property
+    def packs(self) -> PackSet:
+        from .packs import PackSet
+
+        return PackSet(self.root / layout.PACKS)
+
+    @cached_property
+    def objects(self) -> ObjectStore:
+        from .objects import ObjectStore
+
+        return ObjectStore(self.root / layout.OBJECTS, packs=self.packs)
+
+    @cached_property
+    def committer(self) -> Committer:
+        from .commit import Committer
+
+        return Committer(self.log, self.objects, self.indexer, self._check_writable)
 
     # ================================================================ lifecycle
     @classmethod
@@ -140,7 +156,8 @@ class Store:
         layout.check_writable(self.root)
 
     def close(self) -> None:
-        self.packs.close()
+        if "packs" in self.__dict__:  # made (cached_property) only if used
+            self.packs.close()
         self.indexer.close()
         if self.cache is not None:
             self.cache.close()
@@ -202,6 +219,8 @@ class Store:
         is fsynced before this returns. A put whose bytes, content type and
         metadata equal the latest version's adds nothing (`unchanged`).
         """
+        from .transfer import SmallObjectKeeper, read_chunks
+
         chunks = read_chunks(source) if hasattr(source, "read") else source
         kept = SmallObjectKeeper(self.cache.max_object_size if self.cache else -1)
         result = self.committer.put_stream(key, kept.watch(chunks), content_type=content_type, meta=meta, message=message,
@@ -566,4 +585,6 @@ class Store:
 
     def verify(self, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
         """Check the chain, every record, every object's hash and the index against the log."""
+        from .verify import verify
+
         return verify(self.log, self.objects, self.indexer, progress)

@@ -10,7 +10,7 @@ import signal
 import msgpack
 import pytest
 
-from imstore import Store, proofs
+from imstore import Store, proofcheck, proofs
 from imstore.errors import BadUpstream, CorruptLog, Unavailable
 from imstore.failover import STANDBY, promote, read_role, write_role
 from imstore.feed import PathSource
@@ -57,7 +57,7 @@ def test_promote_appends_one_epoch_record_that_no_listing_shows(primary, tmp_pat
         leaves = log_payloads(store)
         assert len(leaves) == 5 and decode_payload(leaves[3])[0].op == EPOCH_OP
         assert proofs.tree_head(store) == (5, ref_mth(leaves))
-        proven = proofs.check_document(proofs.render(proofs.prove(store, "after")), proofs.signer(store).verifier)
+        proven = proofcheck.check_document(proofs.render(proofs.prove(store, "after")), proofs.signer(store).verifier)
         assert proven.record.key == "after" and proven.checkpoint.size == 5
 
 

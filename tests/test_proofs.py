@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imstore import Store, proofs
+from imstore import Store, proofcheck, proofs
 from imstore.errors import CorruptLog, ProofFailed
 from imstore.model import BatchItem
 from imstore.treestore import STRIDE
@@ -90,11 +90,11 @@ def filled(store) -> Store:
 def test_an_inclusion_proof_checks_offline_and_names_the_version(filled):
     verifier = proofs.signer(filled).verifier
     document = proofs.render(proofs.prove(filled, "key3", version=2))
-    proven = proofs.check_document(document, verifier)
+    proven = proofcheck.check_document(document, verifier)
     assert (proven.record.key, proven.record.version) == ("key3", 2)
     assert proven.record.hash == filled.resolve("key3", 2).hash
     assert proven.checkpoint.size == 34
-    latest = proofs.check_document(proofs.render(proofs.prove(filled, "batch/1")), verifier)
+    latest = proofcheck.check_document(proofs.render(proofs.prove(filled, "batch/1")), verifier)
     assert (latest.record.key, latest.record.version) == ("batch/1", 1)
 
 
@@ -109,17 +109,17 @@ def same_document(changed: str, original: bytes) -> bool:
 def test_every_single_byte_change_to_an_inclusion_proof_document_is_rejected(filled):
     verifier = proofs.signer(filled).verifier
     document = proofs.render(proofs.prove(filled, "key1", version=3)).encode()
-    original = proofs.check_document(document.decode(), verifier)
+    original = proofcheck.check_document(document.decode(), verifier)
     rejected = reformatted = 0
     for position in range(len(document)):
         for replacement in {document[position] ^ 0x01, ord(" "), ord("0")} - {document[position]}:
             changed = (document[:position] + bytes([replacement]) + document[position + 1 :]).decode("ascii")
             if same_document(changed, document):  # whitespace JSON ignores: the same document, so the same proof
-                assert proofs.check_document(changed, verifier) == original
+                assert proofcheck.check_document(changed, verifier) == original
                 reformatted += 1
                 continue
             with pytest.raises(ProofFailed):
-                proofs.check_document(changed, verifier)
+                proofcheck.check_document(changed, verifier)
             rejected += 1
     assert rejected > 2 * len(document) and reformatted <= 2  # only the final newline can become a space
 
@@ -128,16 +128,16 @@ def test_a_reformatted_document_is_accepted_but_not_a_field_given_twice(filled):
     verifier = proofs.signer(filled).verifier
     document = proofs.render(proofs.prove(filled, "key1", version=3))
     pretty = json.dumps(json.loads(document), indent=2, ensure_ascii=False)  # as an editor or jq would write it
-    assert "\u2014" in pretty and proofs.check_document(pretty, verifier) == proofs.check_document(document, verifier)
+    assert "\u2014" in pretty and proofcheck.check_document(pretty, verifier) == proofcheck.check_document(document, verifier)
     twice = document.replace('"seq":', '"seq":1,"seq":', 1)
     assert json.loads(twice)["seq"] == json.loads(document)["seq"]  # a lenient reader would take the last one
     with pytest.raises(ProofFailed, match="twice"):
-        proofs.check_document(twice, verifier)
+        proofcheck.check_document(twice, verifier)
     with pytest.raises(ProofFailed, match="NaN"):
-        proofs.check_document(document.replace('"seq":', '"seq":NaN,"x":', 1), verifier)
+        proofcheck.check_document(document.replace('"seq":', '"seq":NaN,"x":', 1), verifier)
     seq = json.loads(document)["seq"]
     with pytest.raises(ProofFailed, match="not a record number"):  # the same number, but not an integer
-        proofs.check_document(document.replace(f'"seq":{seq},', f'"seq":{seq}.0,', 1), verifier)
+        proofcheck.check_document(document.replace(f'"seq":{seq},', f'"seq":{seq}.0,', 1), verifier)
 
 
 def test_a_proof_for_a_record_after_damage_is_refused_not_made(filled, tmp_path):
@@ -150,7 +150,7 @@ def test_a_proof_for_a_record_after_damage_is_refused_not_made(filled, tmp_path)
     (copy / "log" / filled.log.path.name).write_bytes(bytes(raw))
     with Store.open(copy) as damaged:
         damaged.reindex()
-        proofs.check_document(proofs.render(proofs.prove(damaged, "key0", version=1)), proofs.signer(damaged).verifier)
+        proofcheck.check_document(proofs.render(proofs.prove(damaged, "key0", version=1)), proofs.signer(damaged).verifier)
         with pytest.raises(CorruptLog, match="cannot be proven"):
             proofs.prove(damaged, "key4", version=6)
 
@@ -161,7 +161,7 @@ def test_a_grown_log_is_consistent_with_its_old_checkpoint(filled):
     for number in range(7):
         filled.put(f"new{number}", b"more")
     document = proofs.prove_since(filled, old)
-    proven = proofs.check_document(proofs.render(document), proofs.signer(filled).verifier)
+    proven = proofcheck.check_document(proofs.render(document), proofs.signer(filled).verifier)
     assert (proven.old.size, proven.checkpoint.size) == (34, 41)
     assert proofs.verify_since(filled, old).checkpoint.size == 41
 
@@ -176,7 +176,7 @@ def test_every_single_byte_change_to_a_consistency_proof_document_is_rejected(fi
         changed = (document[:position] + bytes([replacement]) + document[position + 1 :]).decode("ascii")
         assert not same_document(changed, document)
         with pytest.raises(ProofFailed):
-            proofs.check_document(changed, verifier)
+            proofcheck.check_document(changed, verifier)
 
 
 def test_an_old_checkpoint_replayed_as_new_is_rejected(filled):
@@ -186,7 +186,7 @@ def test_an_old_checkpoint_replayed_as_new_is_rejected(filled):
     verifier = proofs.signer(filled).verifier
     replayed = proofs.render({"checkpoint": old, "old": new, "consistency": []})
     with pytest.raises(ProofFailed, match="smaller"):
-        proofs.check_document(replayed, verifier)
+        proofcheck.check_document(replayed, verifier)
 
 
 def test_a_truncated_log_is_caught_by_verify_since(filled):
@@ -242,7 +242,7 @@ def test_frames_another_process_appended_reach_the_tree_on_the_next_open(store_p
         add_batch(writer, "batch", 3)
     with Store.open(store_path) as reader:
         assert store_root(reader) == (5, ref_mth(log_payloads(reader)))
-        proofs.check_document(proofs.render(proofs.prove(reader, "batch/2")), proofs.signer(reader).verifier)
+        proofcheck.check_document(proofs.render(proofs.prove(reader, "batch/2")), proofs.signer(reader).verifier)
 
 
 def test_the_last_checkpoint_is_reused_only_for_the_same_tree_and_key(filled):
@@ -255,7 +255,7 @@ def test_the_last_checkpoint_is_reused_only_for_the_same_tree_and_key(filled):
     (filled.root / "checkpoint.key").unlink()  # a new key: the cached note is not its
     renewed = proofs.checkpoint(filled)
     assert renewed != first
-    proofs.check_document(proofs.render(proofs.prove(filled, "key0")), proofs.signer(filled).verifier)
+    proofcheck.check_document(proofs.render(proofs.prove(filled, "key0")), proofs.signer(filled).verifier)
     filled.put("grown", b"x")
     grown = proofs.checkpoint(filled)
     assert grown.split("\n")[1] == "35" and cache.read_text().endswith(grown)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imstore import Store, merkle, proofs
+from imstore import Store, merkle, proofcheck, proofs
 from imstore.treestore import STRIDE
 from tests.test_merkle import ref_mth
 from tests.test_proofs import add_batch, log_payloads
@@ -67,4 +67,4 @@ def test_a_process_that_only_proves_opens_the_index_read_only(store_path):
         again = proofs.prove(prover, "unindexed")
         assert prover._index is not None  # behind: the Store's own index caught up first
     for proven in (document, again):
-        proofs.check_document(proofs.render(proven), proofs.signer(prover).verifier)
+        proofcheck.check_document(proofs.render(proven), proofs.signer(prover).verifier)

@@ -9,7 +9,6 @@ from ..errors import ImstoreError, InvalidInput, NotAuthorised, UsageError
 from ..fsio import CHUNK_SIZE
 from ..paths import user_data_path
 from ..store import Store
-from ..transfer import copy_to_file, copy_to_stream
 from ..validate import parse_size as validate_parse_size
 from . import settings
 
@@ -199,6 +198,8 @@ def run_batch(kind: str, check_only: bool) -> None:
 
 
 def emit_object(reader, output: Path | None) -> None:
+    from ..transfer import copy_to_file, copy_to_stream  # here: commands that write no object (prove...) skip it
+
     if output is None or str(output) == "-":
         try:
             copy_to_stream(reader, sys.stdout.buffer)

@@ -70,8 +70,7 @@ def prove(
 
     Example: imstore prove --since monday.checkpoint -o week.proof
     """
-    from ..checkpoint import Verifier
-    from ..proofs import check_document, render
+    from ..proofs import render
 
     if (key is None) == (since is None):
         raise UsageError("give a KEY to prove, or --since FILE, not both")
@@ -84,6 +83,9 @@ def prove(
     with open_store(reads_objects=False) as store:
         document = store.prove_since(old) if old is not None else store.prove(key, version, moment)
         if settings.remote:  # a server's proof is checked with the pinned key before it is passed on
+            from ..checkpoint import Verifier
+            from ..proofcheck import check_document
+
             check_document(render(document), Verifier.parse(store.verifier_key()))
         show_warnings(store)
     text = render(document)
@@ -113,7 +115,7 @@ def check_proof(
     Example: imstore check-proof ./handover --key "$(cat store.vkey)"
     """
     from ..checkpoint import Verifier
-    from ..proofs import check_document
+    from ..proofcheck import check_document
 
     verifier = Verifier.parse(key)
     if file != "-" and Path(file).is_dir():
@@ -151,7 +153,7 @@ def check_content(record, path: Path) -> None:
 def check_bundle(directory: Path, verifier) -> None:
     """Every `<key>.proof` under directory/PROOFS_DIR checked, its file against the proven hash, and no file without one."""
     from ..errors import ProofFailed
-    from ..proofs import check_document
+    from ..proofcheck import check_document
 
     proofs_root = directory / PROOFS_DIR
     documents = sorted(proofs_root.rglob("*.proof")) if proofs_root.is_dir() else []
@@ -203,7 +205,8 @@ def write_export_proofs(store, directory: Path, versions) -> list[str]:
 def verify_since(since: Path, key: str | None) -> None:
     """`imstore verify --since FILE`: the store's log still extends the checkpoint in FILE, or exit 5."""
     from ..checkpoint import Verifier
-    from ..proofs import check_document, render
+    from ..proofcheck import check_document
+    from ..proofs import render
 
     old = read_text(since)
     with open_store() as store:

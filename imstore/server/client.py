@@ -337,7 +337,7 @@ class RemoteStore:
         raise UsageError("reindex rebuilds a local index: run it on the server's machine, not with --remote")
 
     # ------------------------------------------------------------ proofs: nothing here is trusted until checked
-    # (proofs.check_document with the pinned key; server/witness.py checks history before each command)
+    # (proofcheck.check_document with the pinned key; server/witness.py checks history before each command)
     def verifier_key(self) -> str:
         """The verifier key pinned for this server on first use (the one it sends now if none is pinned yet)."""
         from .witness import pinned_key

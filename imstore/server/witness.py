@@ -19,7 +19,8 @@ from ..checkpoint import Verifier, open_checkpoint
 from ..errors import Forbidden, ImstoreError, InvalidInput, NotAuthorised, ProofFailed, from_os_error
 from ..fsio import atomic_write
 from ..paths import user_state_path
-from ..proofs import check_document, render
+from ..proofcheck import check_document
+from ..proofs import render
 
 if TYPE_CHECKING:
     from .client import RemoteStore

@@ -10,7 +10,7 @@ from urllib.parse import quote
 import pytest
 from conftest import run_cli_in_process
 
-from imstore import Store, proofs
+from imstore import Store, proofcheck, proofs
 from imstore.checkpoint import Verifier, open_checkpoint
 
 pytestmark = pytest.mark.timeout(180)
@@ -41,12 +41,12 @@ def test_the_proof_routes_answer_documents_that_check(server):
     with Store.open(server.store) as store:
         assert served["key"] == store.verifier_key()  # the same key the store signs with locally
     document = server.request("GET", "/v1/proofs/inclusion?key=doc1&version=2", token="read").json()
-    proven = proofs.check_document(proofs.render(document), verifier)
+    proven = proofcheck.check_document(proofs.render(document), verifier)
     assert (proven.record.key, proven.record.version, proven.record.seq) == ("doc1", 2, 5)
     fill(server, 2, "more")
     answer = server.request("GET", "/v1/proofs/consistency?from=7", token="read").json()
     consistency = {"checkpoint": answer["checkpoint"], "old": served["checkpoint"], "consistency": answer["consistency"]}
-    assert proofs.check_document(proofs.render(consistency), verifier).checkpoint.size == 9
+    assert proofcheck.check_document(proofs.render(consistency), verifier).checkpoint.size == 9
 
 
 def test_the_proof_routes_refuse_bad_requests(server):
