@@ -13,8 +13,8 @@ rebuilt index) is collected in `Store.warnings` for the CLI or server to show.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -68,26 +68,36 @@ class Store:
         # Set when the store itself could not be opened and only its cache answers (reads only).
         self.offline_reason = offline_reason
         self.indexer = Indexer(self.log, self.index_path, self.warnings)
+        self._making = threading.RLock()  # see _part
 
-    # The object side and the write path are made on first use: a command that neither reads
-    # an object nor writes (prove, checkpoint, history...) never loads objects, packs or commit.
-    @cached_property
+    # Made on first use, so that prove, checkpoint or history never load objects, packs or commit;
+    # under a lock, as server threads share one Store and two committers would be two writers.
+    def _part(self, name: str, make: Callable[[], object]):
+        part = self.__dict__.get(name)
+        if part is None:
+            with self._making:
+                part = self.__dict__.get(name)
+                if part is None:
+                    part = self.__dict__[name] = make()
+        return part
+
+    @property
     def packs(self) -> PackSet:
         from .packs import PackSet
 
-        return PackSet(self.root / layout.PACKS)
+        return self._part("_packs", lambda: PackSet(self.root / layout.PACKS))
 
-    @cached_property
+    @property
     def objects(self) -> ObjectStore:
         from .objects import ObjectStore
 
-        return ObjectStore(self.root / layout.OBJECTS, packs=self.packs)
+        return self._part("_objects", lambda: ObjectStore(self.root / layout.OBJECTS, packs=self.packs))
 
-    @cached_property
+    @property
     def committer(self) -> Committer:
         from .commit import Committer
 
-        return Committer(self.log, self.objects, self.indexer, self._check_writable)
+        return self._part("_committer", lambda: Committer(self.log, self.objects, self.indexer, self._check_writable))
 
     # ================================================================ lifecycle
     @classmethod
@@ -156,7 +166,7 @@ class Store:
         layout.check_writable(self.root)
 
     def close(self) -> None:
-        if "packs" in self.__dict__:  # made (cached_property) only if used
+        if "_packs" in self.__dict__:  # made only if used
             self.packs.close()
         self.indexer.close()
         if self.cache is not None:

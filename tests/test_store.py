@@ -504,3 +504,35 @@ def test_open_create_when_another_process_finished_the_store_after_our_config_re
     monkeypatch.setattr(Path, "read_bytes", read_bytes_missing_once)
     with Store.open(root, create=True) as store:
         assert missed and store.get("k") == b"v"
+
+
+def test_the_lazily_made_committer_is_made_once_when_threads_ask_at_once(tmp_path, monkeypatch):
+    import threading
+
+    import imstore.commit
+
+    store = Store.init(tmp_path / "s")[0]
+    made = []
+
+    class SlowToMake(imstore.commit.Committer):
+        def __init__(self, *args, **kwargs):
+            made.append(self)
+            time.sleep(0.05)  # widens the window in which an unguarded first use would make a second one
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(imstore.commit, "Committer", SlowToMake)
+    start = threading.Barrier(4)
+    seen = []
+
+    def first_use():
+        start.wait(10)
+        seen.append(store.committer)
+
+    threads = [threading.Thread(target=first_use) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(made) == 1 and len(seen) == 4 and all(committer is made[0] for committer in seen)
+    store.put("k", b"one writer")
+    store.close()
