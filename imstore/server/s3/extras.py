@@ -66,11 +66,7 @@ class ObjectExtras:
                     store_key = marker_key(bucket) + key
                     try:
                         marker = store.delete(store_key, if_version=_entry_condition(store, store_key, conditions)) if key else None
-                    except (KeyNotFound, KeyDeleted):
-                        if any(value is not None for value in conditions):
-                            rows.append(("Error", (("Key", key), ("Code", "PreconditionFailed"),
-                                                   ("Message", "the key has no current version to match"))))  # fmt: skip
-                            continue
+                    except (KeyNotFound, KeyDeleted):  # never written, or already deleted with only `*` asked
                         marker = None
                     except S3Error as refused:
                         rows.append(("Error", (("Key", key), ("Code", refused.code), ("Message", refused.message))))
@@ -247,11 +243,11 @@ def _span_size(layout: str, number: int, size: int) -> int:
 def _entry_condition(store, store_key: str, conditions: tuple) -> int | None:
     """A DeleteObjects entry's ETag, LastModifiedTime and Size, as a conditional DELETE's headers say them."""
     etag, modified, size = conditions
-    if modified is not None:  # ISO 8601 in the XML, an HTTP date in the header: compare whole seconds either way
+    if modified is not None and http_date(modified) is None:  # boto3 sends an HTTP date here; ISO 8601 is accepted too
         try:
             modified = http_time(int(datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp() * 1_000_000_000))
         except ValueError:
-            raise S3Error(400, "InvalidArgument", "LastModifiedTime is not an ISO 8601 time") from None
+            raise S3Error(400, "InvalidArgument", "LastModifiedTime is neither an HTTP date nor an ISO 8601 time") from None
     return delete_condition(store, store_key, etag, modified, size)
 
 
