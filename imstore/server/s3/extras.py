@@ -146,8 +146,8 @@ class ObjectExtras:
         body = document("CopyObjectResult", (("LastModified", iso_time(version.time_ns)), ("ETag", etag_of(version))))
         return xml_response(body, headers={"x-amz-version-id": str(version.version), "x-amz-copy-source-version-id": str(source.version)})
 
-    def copy_part_source(self, store, headers) -> tuple[object, object]:
-        """(the bytes of an UploadPartCopy's source as pieces, their md5 filled as they pass), with
+    def copy_part_source(self, store, headers) -> tuple[object, object, Version]:
+        """(the bytes of an UploadPartCopy's source as pieces, their md5 filled as they pass, the source version), with
         x-amz-copy-source-range applied; the source is verified whole first, then sliced from its file."""
 
         source = self.copy_source(store, headers["x-amz-copy-source"])
@@ -166,7 +166,7 @@ class ObjectExtras:
                 md5.update(piece)
                 yield piece
 
-        return pieces(), md5
+        return pieces(), md5, source
 
     # ------------------------------------------------------------ Object Lock per version
     async def lock_answer(self, request, bucket: str, key: str, query: dict) -> web.Response:
