@@ -1,5 +1,6 @@
 """A worker's S3 operations beyond put/get/delete: DeleteObjects, CopyObject, UploadPartCopy's source,
-and Object Lock's per-version answers (retention and legal hold: every version is held forever)."""
+Object Lock's per-version answers (retention and legal hold: every version is held forever) and the one ACL
+(`private`: the store's one owner, whose keys every request is signed with, has FULL_CONTROL)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from ..bodies import file_slice
 from .buckets import bucket_exists, check_bucket, marker_key
 from .common import (
     KEPT_HEADERS,
+    OWNER,
     delete_condition,
     etag_in,
     http_date,
+    not_implemented,
     part_checksums,
     part_span,
     upload_meta,
@@ -26,7 +29,7 @@ from .common import (
 )
 from .digests import Digests
 from .listing import etag_of
-from .xml import S3Error, document, http_time, iso_time, parse
+from .xml import S3Error, acl_document, document, http_time, iso_time, parse
 
 __all__ = ["ObjectExtras", "RETAIN_UNTIL"]
 
@@ -195,6 +198,31 @@ class ObjectExtras:
             raise S3Error(404, "NoSuchKey", "The specified key does not exist.") from None
         except VersionNotFound:
             raise S3Error(404, "NoSuchVersion", "The specified version does not exist.") from None
+
+    # ------------------------------------------------------------ the one ACL
+    async def acl(self, request, bucket: str, key: str, query: dict) -> web.Response:
+        """Get/PutBucketAcl and Get/PutObjectAcl: every bucket and version is `private` (S3-23); a PUT restating that
+        is 200 and changes nothing, any other grant is 501, as ACLs are not offered."""
+        if key:
+            await self.app.call(lambda: self._existing_version(bucket, key, query.get("versionId")))
+        else:
+            await self.s3._existing(bucket)
+        if request.method == "GET":
+            return xml_response(acl_document(OWNER))
+        if request.method != "PUT":
+            raise not_implemented(f"{request.method} ?acl")
+        canned, body = request.headers.get("x-amz-acl"), await request.read()
+        grants = [name for name in request.headers if name.lower().startswith("x-amz-grant-")]
+        if grants or (canned is not None and canned != "private"):
+            raise not_implemented(f"an ACL other than private ({grants[0] if grants else canned})")
+        if canned is None and not body:
+            raise S3Error(400, "MalformedACLError", "an ACL is given by x-amz-acl or an AccessControlPolicy body")
+        if body:
+            root = parse(body, "AccessControlPolicy")
+            given = [(grant.findtext("Grantee/ID"), grant.findtext("Permission")) for grant in root.iter("Grant")]
+            if canned is not None or given != [(dict(OWNER)["ID"], "FULL_CONTROL")]:
+                raise not_implemented("an ACL other than private (the owner's FULL_CONTROL alone)")
+        return web.Response(status=200)
 
     # ------------------------------------------------------------ GetObjectAttributes
     async def object_attributes(self, request, bucket: str, key: str, query: dict) -> web.Response:

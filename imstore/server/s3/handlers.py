@@ -46,7 +46,7 @@ from .xml import XML_TYPE, S3Error, document, error_document, error_from_imstore
 __all__ = ["S3Worker", "s3_worker"]
 
 # Sub-resources of a bucket or an object that are not offered: 501, so a client knows at once.
-_UNSUPPORTED = frozenset({"acl", "policy", "cors", "lifecycle", "tagging", "website", "logging", "notification", "replication",
+_UNSUPPORTED = frozenset({"policy", "cors", "lifecycle", "tagging", "website", "logging", "notification", "replication",
                           "encryption", "accelerate", "requestPayment", "inventory", "analytics", "metrics", "ownershipControls",
                           "publicAccessBlock", "intelligent-tiering", "torrent", "restore", "select", "attributes"})  # fmt: skip
 
@@ -114,6 +114,8 @@ class S3Worker:
             return await self._bucket_operation(request, method, bucket, query)
         if "attributes" in query and method == "GET":
             return await self.extras.object_attributes(request, bucket, key, query)
+        if "acl" in query:
+            return await self.extras.acl(request, bucket, key, query)
         unsupported = _UNSUPPORTED & query.keys()
         if unsupported:
             raise not_implemented(f"{method} ?{sorted(unsupported)[0]}")
@@ -134,6 +136,8 @@ class S3Worker:
     async def _bucket_operation(self, request, method: str, bucket: str, query: dict) -> web.StreamResponse:
         if method == "PUT" and not query:
             return await self.create_bucket(request, bucket)
+        if "acl" in query:
+            return await self.extras.acl(request, bucket, "", query)
         if method == "PUT" and "versioning" in query:
             return await self.put_bucket_versioning(request, bucket)
         if method == "PUT" and "object-lock" in query:

@@ -1,0 +1,61 @@
+"""The one ACL on `serve --s3-port`: every bucket and version is `private` (the store's one owner has FULL_CONTROL);
+restating that is accepted and changes nothing, any other grant is 501 NotImplemented."""
+
+from __future__ import annotations
+
+import pytest
+
+from imstore import Store
+
+pytest.importorskip("boto3", reason="boto3 comes with the test extras")
+from botocore.exceptions import ClientError  # noqa: E402
+
+from .s3helpers import start_s3, stop_s3  # noqa: E402
+
+PRIVATE = [{"Grantee": {"ID": "imstore", "DisplayName": "imstore", "Type": "CanonicalUser"}, "Permission": "FULL_CONTROL"}]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = start_s3(tmp_path_factory.mktemp("s3acl"))
+    server.client().create_bucket(Bucket="acls")
+    yield server
+    stop_s3(server)
+
+
+def code(call, **kwargs) -> str:
+    with pytest.raises(ClientError) as refused:
+        call(**kwargs)
+    return refused.value.response["Error"]["Code"]
+
+
+def test_object_and_bucket_acls_are_the_owners_full_control_as_listings_say(s3):
+    client = s3.client()
+    client.put_object(Bucket="acls", Key="k", Body=b"one")
+    for answer in (client.get_object_acl(Bucket="acls", Key="k"), client.get_object_acl(Bucket="acls", Key="k", VersionId="1"),
+                   client.get_bucket_acl(Bucket="acls"), s3.client("read").get_object_acl(Bucket="acls", Key="k")):  # fmt: skip
+        assert answer["Grants"] == PRIVATE
+        assert answer["Owner"] == client.list_objects(Bucket="acls")["Contents"][0]["Owner"] == {"ID": "imstore", "DisplayName": "imstore"}
+    assert code(client.get_object_acl, Bucket="acls", Key="missing") == "NoSuchKey"
+    assert code(client.get_object_acl, Bucket="acls", Key="k", VersionId="7") == "NoSuchVersion"
+    assert code(client.get_bucket_acl, Bucket="no-such-bucket") == "NoSuchBucket"
+
+
+def test_only_private_is_accepted_and_nothing_is_written(s3):
+    client = s3.client()
+    client.put_object(Bucket="acls", Key="p", Body=b"x")
+    client.put_object_acl(Bucket="acls", Key="p", ACL="private")
+    client.put_bucket_acl(Bucket="acls", ACL="private")
+    owner = client.get_object_acl(Bucket="acls", Key="p")["Owner"]
+    client.put_object_acl(Bucket="acls", Key="p", AccessControlPolicy={"Owner": owner, "Grants": PRIVATE})
+    assert code(client.put_object_acl, Bucket="acls", Key="p", ACL="public-read") == "NotImplemented"
+    assert code(client.put_bucket_acl, Bucket="acls", ACL="public-read-write") == "NotImplemented"
+    assert code(client.put_object_acl, Bucket="acls", Key="p", GrantRead='uri="http://acs.amazonaws.com/groups/global/AllUsers"') == (
+        "NotImplemented")  # fmt: skip
+    wider = PRIVATE + [{"Grantee": {"Type": "Group", "URI": "http://acs.amazonaws.com/groups/global/AllUsers"}, "Permission": "READ"}]
+    assert code(client.put_object_acl, Bucket="acls", Key="p", AccessControlPolicy={"Owner": owner, "Grants": wider}) == "NotImplemented"
+    assert code(client.put_object_acl, Bucket="acls", Key="missing", ACL="private") == "NoSuchKey"
+    assert code(s3.client("read").put_object_acl, Bucket="acls", Key="p", ACL="private") == "AccessDenied"
+    assert client.get_object_acl(Bucket="acls", Key="p")["Grants"] == PRIVATE
+    with Store.open(s3.server.store) as store:
+        assert [version.op for version in store.history("acls/p")] == ["put"]
