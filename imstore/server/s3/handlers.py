@@ -20,7 +20,7 @@ from ...transfer import SMALL_OBJECT
 from ..bodies import body_chunks
 from ..headers import parse_range
 from ..protocol import S3_CONTEXT, without_paths
-from .buckets import MARKER_META, bucket_exists, buckets, check_bucket, marker_key
+from .buckets import MARKER_META, bucket_exists, bucket_stats, buckets, check_bucket, marker_key
 from .common import (
     KEPT_HEADERS,
     LOCK_HEADERS,
@@ -144,7 +144,11 @@ class S3Worker:
             return await self.put_object_lock(request, bucket)
         if method == "HEAD":
             await self._existing(bucket)
-            return web.Response(status=200, headers={"x-amz-bucket-region": "us-east-1"})
+            headers = {"x-amz-bucket-region": "us-east-1"}
+            if query.get("read-stats") == "true":  # RGW's extension, asked for: it reads every key of the bucket
+                count, size = await self.app.call(lambda: bucket_stats(self.app.store(), bucket))
+                headers.update({"x-rgw-object-count": str(count), "x-rgw-bytes-used": str(size)})
+            return web.Response(status=200, headers=headers)
         if method == "DELETE" and not query:
             raise S3Error(403, "AccessDenied", "buckets are never deleted: Object Lock keeps every version")
         if method == "POST" and "delete" in query:

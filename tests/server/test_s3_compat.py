@@ -1,5 +1,6 @@
-"""The one ACL on `serve --s3-port`: every bucket and version is `private` (the store's one owner has FULL_CONTROL);
-restating that is accepted and changes nothing, any other grant is 501 NotImplemented."""
+"""What s3-tests checks beyond the core on `serve --s3-port`: the one ACL (every bucket and version is `private`, the
+store's one owner has FULL_CONTROL; restating it changes nothing, any other grant is 501) and RGW's read-stats and
+allow-unordered extensions."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ PRIVATE = [{"Grantee": {"ID": "imstore", "DisplayName": "imstore", "Type": "Cano
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    server = start_s3(tmp_path_factory.mktemp("s3acl"))
+    server = start_s3(tmp_path_factory.mktemp("s3compat"))
     server.client().create_bucket(Bucket="acls")
     yield server
     stop_s3(server)
@@ -59,3 +60,36 @@ def test_only_private_is_accepted_and_nothing_is_written(s3):
     assert client.get_object_acl(Bucket="acls", Key="p")["Grants"] == PRIVATE
     with Store.open(s3.server.store) as store:
         assert [version.op for version in store.history("acls/p")] == ["put"]
+
+
+def test_head_bucket_read_stats_counts_the_current_objects_and_their_bytes(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="stats")
+
+    def stats(**kwargs) -> tuple[str | None, str | None]:
+        headers = client.head_bucket(Bucket="stats", **kwargs)["ResponseMetadata"]["HTTPHeaders"]
+        return headers.get("x-rgw-object-count"), headers.get("x-rgw-bytes-used")
+
+    client.meta.events.register("request-created.s3.HeadBucket", lambda request, **_: request.params.update({"read-stats": "true"}))
+    assert stats() == ("0", "0")
+    for key, body in (("a", b"123"), ("b", b"45"), ("a", b"6789"), ("gone", b"x" * 10), ("dir/c", b"")):
+        client.put_object(Bucket="stats", Key=key, Body=body)
+    client.delete_object(Bucket="stats", Key="gone")
+    assert stats() == ("3", "6")  # a (its latest, 4 bytes), b and dir/c; the deleted key is not an object any more
+    plain = s3.client().head_bucket(Bucket="stats")["ResponseMetadata"]["HTTPHeaders"]
+    assert "x-rgw-object-count" not in plain  # only when asked: it reads every key
+
+
+def test_allow_unordered_listings_are_ordered_and_refuse_a_delimiter(s3):
+    client = s3.client()
+    client.create_bucket(Bucket="unordered")
+    for key in ("b", "a", "d/x", "c"):
+        client.put_object(Bucket="unordered", Key=key, Body=b"")
+    unordered = lambda params, **_: params.update(url=params["url"] + "&allow-unordered=true")  # noqa: E731
+    client.meta.events.register("before-call.s3.ListObjects", unordered)
+    first = client.list_objects(Bucket="unordered", MaxKeys=2)
+    rest = client.list_objects(Bucket="unordered", Marker=first["Contents"][-1]["Key"])
+    assert [o["Key"] for o in first["Contents"] + rest["Contents"]] == ["a", "b", "c", "d/x"]
+    with pytest.raises(ClientError) as refused:
+        client.list_objects(Bucket="unordered", Delimiter="/")
+    assert refused.value.response["Error"]["Code"] == "InvalidArgument"
