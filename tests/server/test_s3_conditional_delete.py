@@ -113,3 +113,57 @@ def test_a_conditional_delete_racing_puts_only_ever_deletes_the_version_it_named
         before = by_number[int(marker_id) - 1]
         assert by_number[int(marker_id)].op == "delete" and before.op == "put"
         assert f'"{before.meta["s3-etag"]}"' == etag
+
+
+class _RacingStore:
+    """A Store whose key gets a new version right after a conditional DELETE read its current one."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def resolve(self, key, *args, **kwargs):
+        found = self.store.resolve(key, *args, **kwargs)
+        self.store.put(key, b"written in between")
+        return found
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_a_version_written_between_the_check_and_the_marker_fails_that_entry_alone(tmp_path):
+    """DeleteObjects: the store's if_version refuses the marker (412) for the raced entry; the others are deleted."""
+    import asyncio
+
+    from imstore.server.s3.extras import ObjectExtras
+
+    Store.init(tmp_path / "store")[0].close()
+    with Store.open(tmp_path / "store") as store:
+        store.put("race/", b"", meta={"s3-bucket": "created"})
+        store.put("race/a", b"one")
+        store.put("race/b", b"two")
+        racing = _RacingStore(store)
+
+        class App:
+            def store(self):
+                return racing
+
+            def _flush_warnings(self, _store):
+                pass
+
+            async def call(self, function):
+                return function()
+
+        class Request:
+            headers: dict = {}
+
+            async def read(self):
+                etag = store.resolve("race/a").meta.get("s3-etag") or store.resolve("race/a").hash
+                return (f'<Delete><Object><Key>a</Key><ETag>"{etag}"</ETag></Object>'
+                        "<Object><Key>b</Key></Object></Delete>").encode()  # fmt: skip
+
+        extras = ObjectExtras(type("S3", (), {"app": App()})())
+        answer = asyncio.run(extras.delete_objects(Request(), "race")).body.decode()
+        assert "<Key>a</Key><Code>PreconditionFailed</Code><Message>the current version changed" in answer  # matched, then raced
+        assert "<Key>b</Key><DeleteMarker>true" in answer
+        assert [version.op for version in store.history("race/a")] == ["put", "put"]
+        assert [version.op for version in store.history("race/b")] == ["put", "delete"]

@@ -10,7 +10,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from ...errors import KeyDeleted, KeyNotFound, VersionNotFound
+from ...errors import KeyDeleted, KeyNotFound, PreconditionFailed, VersionNotFound
 from ...model import Version
 from ..bodies import file_slice
 from .buckets import bucket_exists, check_bucket, marker_key
@@ -73,6 +73,10 @@ class ObjectExtras:
                         marker = None
                     except S3Error as refused:
                         rows.append(("Error", (("Key", key), ("Code", refused.code), ("Message", refused.message))))
+                        continue
+                    except PreconditionFailed:  # a version came in between the check and the marker: this entry only
+                        rows.append(("Error", (("Key", key), ("Code", "PreconditionFailed"),
+                                               ("Message", "the current version changed while it was being deleted"))))  # fmt: skip
                         continue
                     if not quiet and marker is None:
                         rows.append(("Deleted", (("Key", key),)))
