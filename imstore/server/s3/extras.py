@@ -31,7 +31,7 @@ from .digests import Digests
 from .listing import etag_of
 from .xml import S3Error, acl_document, document, http_time, iso_time, parse
 
-__all__ = ["ObjectExtras", "RETAIN_UNTIL"]
+__all__ = ["ObjectExtras", "RETAIN_UNTIL", "check_acl_headers"]
 
 MAX_DELETE_OBJECTS = 1000
 RETAIN_UNTIL = "9999-12-31T23:59:59.000Z"  # COMPLIANCE with no end: the furthest date S3's format can say
@@ -205,8 +205,8 @@ class ObjectExtras:
 
     # ------------------------------------------------------------ the one ACL
     async def acl(self, request, bucket: str, key: str, query: dict) -> web.Response:
-        """Get/PutBucketAcl and Get/PutObjectAcl: every bucket and version is `private` (S3-23); a PUT restating that
-        is 200 and changes nothing, any other grant is 501, as ACLs are not offered."""
+        """Get/PutBucketAcl and Get/PutObjectAcl, as S3 answers with ACLs disabled (BucketOwnerEnforced, S3-23): the
+        owner has FULL_CONTROL of every bucket and version; a PUT restating that is 200 and changes nothing."""
         if key:
             await self.app.call(lambda: self._existing_version(bucket, key, query.get("versionId")))
         else:
@@ -215,17 +215,15 @@ class ObjectExtras:
             return xml_response(acl_document(OWNER))
         if request.method != "PUT":
             raise not_implemented(f"{request.method} ?acl")
-        canned, body = request.headers.get("x-amz-acl"), await request.read()
-        grants = [name for name in request.headers if name.lower().startswith("x-amz-grant-")]
-        if grants or (canned is not None and canned != "private"):
-            raise not_implemented(f"an ACL other than private ({grants[0] if grants else canned})")
-        if canned is None and not body:
+        body = await request.read()
+        check_acl_headers(request.headers)
+        if "x-amz-acl" not in request.headers and not body:
             raise S3Error(400, "MalformedACLError", "an ACL is given by x-amz-acl or an AccessControlPolicy body")
         if body:
             root = parse(body, "AccessControlPolicy")
             given = [(grant.findtext("Grantee/ID"), grant.findtext("Permission")) for grant in root.iter("Grant")]
-            if canned is not None or given != [(dict(OWNER)["ID"], "FULL_CONTROL")]:
-                raise not_implemented("an ACL other than private (the owner's FULL_CONTROL alone)")
+            if given != [(OWNER_ID, "FULL_CONTROL")]:
+                raise _acls_disabled()
         return web.Response(status=200)
 
     # ------------------------------------------------------------ GetObjectAttributes
@@ -247,6 +245,28 @@ class ObjectExtras:
         )
         headers = {"Last-Modified": http_time(found.time_ns), "x-amz-version-id": str(found.version)}
         return xml_response(document("GetObjectAttributesResponse", children), headers=headers)
+
+
+OWNER_ID = dict(OWNER)["ID"]
+# The ACLs that say what is true of every bucket and version: its owner (the bucket's) has FULL_CONTROL, no one else.
+OWNER_ONLY = frozenset({"private", "bucket-owner-full-control"})
+
+
+def _acls_disabled() -> S3Error:
+    return S3Error(400, "AccessControlListNotSupported", "The bucket does not allow ACLs")
+
+
+def check_acl_headers(headers, creating_bucket: bool = False) -> None:
+    """A write may name an ACL only if it is the owner's FULL_CONTROL alone (as S3 with ACLs disabled): any other
+    canned ACL or grant would be ignored here, so it is refused (400), never taken and then not kept."""
+    canned = headers.get("x-amz-acl")
+    grants = {name.lower(): value for name, value in headers.items() if name.lower().startswith("x-amz-grant-")}
+    owner_grant = grants.get("x-amz-grant-full-control", "").replace('"', "").replace(" ", "") == f"id={OWNER_ID}"
+    if (canned is not None and canned not in OWNER_ONLY) or (grants and (len(grants) > 1 or not owner_grant)):
+        if creating_bucket:
+            raise S3Error(400, "InvalidBucketAclWithObjectOwnership", "Bucket cannot have ACLs set with ObjectOwnership's"
+                          " BucketOwnerEnforced setting")  # fmt: skip
+        raise _acls_disabled()
 
 
 def _object_parts(found: Version, headers):

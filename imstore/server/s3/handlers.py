@@ -36,7 +36,7 @@ from .common import (
     write_conditions,
     xml_response,
 )
-from .extras import ObjectExtras
+from .extras import ObjectExtras, check_acl_headers
 from .front import caller_from_header
 from .listing import etag_of, list_object_versions, list_objects
 from .multipart_ops import MultipartOperations
@@ -110,6 +110,8 @@ class S3Worker:
         if any(name.lower().startswith("x-amz-server-side-encryption") for name in request.headers):
             # Never store plaintext a client believes encrypted (SSE-C, SSE-S3, KMS): encrypt on the client (restic does).
             raise not_implemented("server-side encryption")
+        if method in ("PUT", "POST") and "acl" not in query:  # an ACL given with a write: only the one that holds (S3-23)
+            check_acl_headers(request.headers, creating_bucket=not key and not query)
         if not key:
             return await self._bucket_operation(request, method, bucket, query)
         if "attributes" in query and method == "GET":
