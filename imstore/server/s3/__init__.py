@@ -13,5 +13,6 @@ OPERATIONS = (
     "GetObjectLockConfiguration", "ListObjects", "ListObjectsV2", "ListObjectVersions", "PutObject", "GetObject",
     "HeadObject", "DeleteObject", "DeleteObjects", "CopyObject", "CreateMultipartUpload", "UploadPart", "UploadPartCopy",
     "CompleteMultipartUpload", "AbortMultipartUpload", "ListParts", "ListMultipartUploads", "GetObjectRetention",
-    "PutObjectRetention", "GetObjectLegalHold", "PutObjectLegalHold", "GetObjectAttributes",
+    "PutObjectRetention", "GetObjectLegalHold", "PutObjectLegalHold", "GetObjectAttributes", "GetBucketAcl", "PutBucketAcl",
+    "GetObjectAcl", "PutObjectAcl",
 )  # fmt: skip

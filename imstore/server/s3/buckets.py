@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from ...model import Version
 from .xml import S3Error
 
-__all__ = ["valid_bucket", "check_bucket", "marker_key", "bucket_exists", "buckets", "MARKER_META", "LAST_CHAR"]
+__all__ = ["valid_bucket", "check_bucket", "marker_key", "bucket_exists", "buckets", "bucket_stats", "MARKER_META", "LAST_CHAR"]
 
 # S3's rules for new bucket names (no upper case, no underscores): 3-63 of a-z 0-9 . -
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -57,3 +57,18 @@ def buckets(store, after_bucket: str = "") -> Iterator[tuple[str, Version]]:
             yield segment, first
         # The next key past every key that starts with this first segment (and its slash).
         after = segment + ("/" if slash else "") + LAST_CHAR
+
+
+def bucket_stats(store, bucket: str, page: int = 10_000) -> tuple[int, int]:
+    """(objects, bytes) of the bucket's current versions, delete markers left out: what ListObjects shows, summed
+    (HeadBucket ?read-stats=true, RGW's x-rgw-object-count and x-rgw-bytes-used; S3-24). Read page by page."""
+    count = size = 0
+    after = None
+    while True:
+        versions = store.ls_page(marker_key(bucket), False, after, None, page)
+        for version in versions:
+            if version.key != marker_key(bucket):
+                count, size = count + 1, size + version.size
+        if len(versions) < page:
+            return count, size
+        after = versions[-1].key

@@ -99,10 +99,18 @@ def write_conditions(store, store_key: str, headers) -> dict:
 
 def delete_condition(store, store_key: str, etag: str | None, modified: str | None, size: str | None) -> int | None:
     """The if_version a conditional DELETE (If-Match, x-amz-if-match-last-modified-time, -size) deletes at, or None
-    without conditions; 412 when the latest version does not match. A missing or deleted key is KeyNotFound/KeyDeleted."""
+    without conditions; 412 when the current version does not match. A key never written is KeyNotFound and one whose
+    current version is a delete marker is KeyDeleted (nothing to add: 204) when the only condition is `If-Match: *`;
+    any other condition is decided against the marker, which has no ETag, time to match or size: 412 (S3-21)."""
     if etag is None and modified is None and size is None:
         return None
-    latest = store.resolve(store_key)
+    try:
+        latest = store.resolve(store_key)
+    except KeyDeleted:
+        if etag is not None and etag.strip() == "*" and modified is None and size is None:
+            raise
+        raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold:"
+                      " the current version is a delete marker") from None  # fmt: skip
     seconds = http_date(modified) if modified is not None else None
     if ((etag is not None and not etag_in(etag, etag_of(latest)))
             or (modified is not None and seconds != latest.time_ns // 1_000_000_000)

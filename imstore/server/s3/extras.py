@@ -1,5 +1,6 @@
 """A worker's S3 operations beyond put/get/delete: DeleteObjects, CopyObject, UploadPartCopy's source,
-and Object Lock's per-version answers (retention and legal hold: every version is held forever)."""
+Object Lock's per-version answers (retention and legal hold: every version is held forever) and the one ACL
+(`private`: the store's one owner, whose keys every request is signed with, has FULL_CONTROL)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from ...errors import KeyDeleted, KeyNotFound, VersionNotFound
+from ...errors import KeyDeleted, KeyNotFound, PreconditionFailed, VersionNotFound
 from ...model import Version
 from ..bodies import file_slice
 from .buckets import bucket_exists, check_bucket, marker_key
 from .common import (
     KEPT_HEADERS,
+    OWNER,
     delete_condition,
     etag_in,
     http_date,
+    not_implemented,
     part_checksums,
     part_span,
     upload_meta,
@@ -26,9 +29,9 @@ from .common import (
 )
 from .digests import Digests
 from .listing import etag_of
-from .xml import S3Error, document, http_time, iso_time, parse
+from .xml import S3Error, acl_document, document, http_time, iso_time, parse
 
-__all__ = ["ObjectExtras", "RETAIN_UNTIL"]
+__all__ = ["ObjectExtras", "RETAIN_UNTIL", "check_acl_headers"]
 
 MAX_DELETE_OBJECTS = 1000
 RETAIN_UNTIL = "9999-12-31T23:59:59.000Z"  # COMPLIANCE with no end: the furthest date S3's format can say
@@ -66,14 +69,14 @@ class ObjectExtras:
                     store_key = marker_key(bucket) + key
                     try:
                         marker = store.delete(store_key, if_version=_entry_condition(store, store_key, conditions)) if key else None
-                    except (KeyNotFound, KeyDeleted):
-                        if any(value is not None for value in conditions):
-                            rows.append(("Error", (("Key", key), ("Code", "PreconditionFailed"),
-                                                   ("Message", "the key has no current version to match"))))  # fmt: skip
-                            continue
+                    except (KeyNotFound, KeyDeleted):  # never written, or already deleted with only `*` asked
                         marker = None
                     except S3Error as refused:
                         rows.append(("Error", (("Key", key), ("Code", refused.code), ("Message", refused.message))))
+                        continue
+                    except PreconditionFailed:  # a version came in between the check and the marker: this entry only
+                        rows.append(("Error", (("Key", key), ("Code", "PreconditionFailed"),
+                                               ("Message", "the current version changed while it was being deleted"))))  # fmt: skip
                         continue
                     if not quiet and marker is None:
                         rows.append(("Deleted", (("Key", key),)))
@@ -150,8 +153,8 @@ class ObjectExtras:
         body = document("CopyObjectResult", (("LastModified", iso_time(version.time_ns)), ("ETag", etag_of(version))))
         return xml_response(body, headers={"x-amz-version-id": str(version.version), "x-amz-copy-source-version-id": str(source.version)})
 
-    def copy_part_source(self, store, headers) -> tuple[object, object]:
-        """(the bytes of an UploadPartCopy's source as pieces, their md5 filled as they pass), with
+    def copy_part_source(self, store, headers) -> tuple[object, object, Version]:
+        """(the bytes of an UploadPartCopy's source as pieces, their md5 filled as they pass, the source version), with
         x-amz-copy-source-range applied; the source is verified whole first, then sliced from its file."""
 
         source = self.copy_source(store, headers["x-amz-copy-source"])
@@ -170,7 +173,7 @@ class ObjectExtras:
                 md5.update(piece)
                 yield piece
 
-        return pieces(), md5
+        return pieces(), md5, source
 
     # ------------------------------------------------------------ Object Lock per version
     async def lock_answer(self, request, bucket: str, key: str, query: dict) -> web.Response:
@@ -200,6 +203,29 @@ class ObjectExtras:
         except VersionNotFound:
             raise S3Error(404, "NoSuchVersion", "The specified version does not exist.") from None
 
+    # ------------------------------------------------------------ the one ACL
+    async def acl(self, request, bucket: str, key: str, query: dict) -> web.Response:
+        """Get/PutBucketAcl and Get/PutObjectAcl, as S3 answers with ACLs disabled (BucketOwnerEnforced, S3-23): the
+        owner has FULL_CONTROL of every bucket and version; a PUT restating that is 200 and changes nothing."""
+        if key:
+            await self.app.call(lambda: self._existing_version(bucket, key, query.get("versionId")))
+        else:
+            await self.s3._existing(bucket)
+        if request.method == "GET":
+            return xml_response(acl_document(OWNER))
+        if request.method != "PUT":
+            raise not_implemented(f"{request.method} ?acl")
+        body = await request.read()
+        check_acl_headers(request.headers)
+        if "x-amz-acl" not in request.headers and not body:
+            raise S3Error(400, "MalformedACLError", "an ACL is given by x-amz-acl or an AccessControlPolicy body")
+        if body:
+            root = parse(body, "AccessControlPolicy")
+            given = [(grant.findtext("Grantee/ID"), grant.findtext("Permission")) for grant in root.iter("Grant")]
+            if given != [(OWNER_ID, "FULL_CONTROL")]:
+                raise _acls_disabled()
+        return web.Response(status=200)
+
     # ------------------------------------------------------------ GetObjectAttributes
     async def object_attributes(self, request, bucket: str, key: str, query: dict) -> web.Response:
         """GET ?attributes: what x-amz-object-attributes asks for, from the version's record (no byte is read)."""
@@ -219,6 +245,28 @@ class ObjectExtras:
         )
         headers = {"Last-Modified": http_time(found.time_ns), "x-amz-version-id": str(found.version)}
         return xml_response(document("GetObjectAttributesResponse", children), headers=headers)
+
+
+OWNER_ID = dict(OWNER)["ID"]
+# The ACLs that say what is true of every bucket and version: its owner (the bucket's) has FULL_CONTROL, no one else.
+OWNER_ONLY = frozenset({"private", "bucket-owner-full-control"})
+
+
+def _acls_disabled() -> S3Error:
+    return S3Error(400, "AccessControlListNotSupported", "The bucket does not allow ACLs")
+
+
+def check_acl_headers(headers, creating_bucket: bool = False) -> None:
+    """A write may name an ACL only if it is the owner's FULL_CONTROL alone (as S3 with ACLs disabled): any other
+    canned ACL or grant would be ignored here, so it is refused (400), never taken and then not kept."""
+    canned = headers.get("x-amz-acl")
+    grants = {name.lower(): value for name, value in headers.items() if name.lower().startswith("x-amz-grant-")}
+    owner_grant = grants.get("x-amz-grant-full-control", "").replace('"', "").replace(" ", "") == f"id={OWNER_ID}"
+    if (canned is not None and canned not in OWNER_ONLY) or (grants and (len(grants) > 1 or not owner_grant)):
+        if creating_bucket:
+            raise S3Error(400, "InvalidBucketAclWithObjectOwnership", "Bucket cannot have ACLs set with ObjectOwnership's"
+                          " BucketOwnerEnforced setting")  # fmt: skip
+        raise _acls_disabled()
 
 
 def _object_parts(found: Version, headers):
@@ -247,11 +295,11 @@ def _span_size(layout: str, number: int, size: int) -> int:
 def _entry_condition(store, store_key: str, conditions: tuple) -> int | None:
     """A DeleteObjects entry's ETag, LastModifiedTime and Size, as a conditional DELETE's headers say them."""
     etag, modified, size = conditions
-    if modified is not None:  # ISO 8601 in the XML, an HTTP date in the header: compare whole seconds either way
+    if modified is not None and http_date(modified) is None:  # boto3 sends an HTTP date here; ISO 8601 is accepted too
         try:
             modified = http_time(int(datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp() * 1_000_000_000))
         except ValueError:
-            raise S3Error(400, "InvalidArgument", "LastModifiedTime is not an ISO 8601 time") from None
+            raise S3Error(400, "InvalidArgument", "LastModifiedTime is neither an HTTP date nor an ISO 8601 time") from None
     return delete_condition(store, store_key, etag, modified, size)
 
 

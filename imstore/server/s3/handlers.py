@@ -20,7 +20,7 @@ from ...transfer import SMALL_OBJECT
 from ..bodies import body_chunks
 from ..headers import parse_range
 from ..protocol import S3_CONTEXT, without_paths
-from .buckets import MARKER_META, bucket_exists, buckets, check_bucket, marker_key
+from .buckets import MARKER_META, bucket_exists, bucket_stats, buckets, check_bucket, marker_key
 from .common import (
     KEPT_HEADERS,
     LOCK_HEADERS,
@@ -36,7 +36,7 @@ from .common import (
     write_conditions,
     xml_response,
 )
-from .extras import ObjectExtras
+from .extras import ObjectExtras, check_acl_headers
 from .front import caller_from_header
 from .listing import etag_of, list_object_versions, list_objects
 from .multipart_ops import MultipartOperations
@@ -46,7 +46,7 @@ from .xml import XML_TYPE, S3Error, document, error_document, error_from_imstore
 __all__ = ["S3Worker", "s3_worker"]
 
 # Sub-resources of a bucket or an object that are not offered: 501, so a client knows at once.
-_UNSUPPORTED = frozenset({"acl", "policy", "cors", "lifecycle", "tagging", "website", "logging", "notification", "replication",
+_UNSUPPORTED = frozenset({"policy", "cors", "lifecycle", "tagging", "website", "logging", "notification", "replication",
                           "encryption", "accelerate", "requestPayment", "inventory", "analytics", "metrics", "ownershipControls",
                           "publicAccessBlock", "intelligent-tiering", "torrent", "restore", "select", "attributes"})  # fmt: skip
 
@@ -110,10 +110,14 @@ class S3Worker:
         if any(name.lower().startswith("x-amz-server-side-encryption") for name in request.headers):
             # Never store plaintext a client believes encrypted (SSE-C, SSE-S3, KMS): encrypt on the client (restic does).
             raise not_implemented("server-side encryption")
+        if method in ("PUT", "POST") and "acl" not in query:  # an ACL given with a write: only the one that holds (S3-23)
+            check_acl_headers(request.headers, creating_bucket=not key and not query)
         if not key:
             return await self._bucket_operation(request, method, bucket, query)
         if "attributes" in query and method == "GET":
             return await self.extras.object_attributes(request, bucket, key, query)
+        if "acl" in query:
+            return await self.extras.acl(request, bucket, key, query)
         unsupported = _UNSUPPORTED & query.keys()
         if unsupported:
             raise not_implemented(f"{method} ?{sorted(unsupported)[0]}")
@@ -134,13 +138,19 @@ class S3Worker:
     async def _bucket_operation(self, request, method: str, bucket: str, query: dict) -> web.StreamResponse:
         if method == "PUT" and not query:
             return await self.create_bucket(request, bucket)
+        if "acl" in query:
+            return await self.extras.acl(request, bucket, "", query)
         if method == "PUT" and "versioning" in query:
             return await self.put_bucket_versioning(request, bucket)
         if method == "PUT" and "object-lock" in query:
             return await self.put_object_lock(request, bucket)
         if method == "HEAD":
             await self._existing(bucket)
-            return web.Response(status=200, headers={"x-amz-bucket-region": "us-east-1"})
+            headers = {"x-amz-bucket-region": "us-east-1"}
+            if query.get("read-stats") == "true":  # RGW's extension, asked for: it reads every key of the bucket
+                count, size = await self.app.call(lambda: bucket_stats(self.app.store(), bucket))
+                headers.update({"x-rgw-object-count": str(count), "x-rgw-bytes-used": str(size)})
+            return web.Response(status=200, headers=headers)
         if method == "DELETE" and not query:
             raise S3Error(403, "AccessDenied", "buckets are never deleted: Object Lock keeps every version")
         if method == "POST" and "delete" in query:

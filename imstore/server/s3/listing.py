@@ -82,6 +82,8 @@ def _contents(version: Version, name: str, url: bool, owner: bool) -> tuple:
 
 def list_objects(store, bucket: str, query: Mapping[str, str], v2: bool) -> bytes:
     prefix, delimiter = query.get("prefix", ""), query.get("delimiter", "")
+    if delimiter and query.get("allow-unordered") == "true":  # RGW's extension: ordered is one unordered answer (S3-24)
+        raise S3Error(400, "InvalidArgument", "allow-unordered cannot be used with a delimiter")
     url = query.get("encoding-type") == "url"
     limit = _max_keys(query)
     if v2:

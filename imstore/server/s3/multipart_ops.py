@@ -73,6 +73,18 @@ def _object_checksum(upload, stored: list, wanted: list, given: dict, headers) -
     return [algorithm, value, kind], ",".join(values)
 
 
+def last_listing_of_each_part(wanted: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """A part number listed again right after itself (both uploads of a part sent twice) counts once, as its last
+    listing, as S3 takes the upload that finished last; a number listed again later is still InvalidPartOrder."""
+    kept: list[tuple[int, str]] = []
+    for number, etag in wanted:
+        if kept and kept[-1][0] == number:
+            kept[-1] = (number, etag)
+        else:
+            kept.append((number, etag))
+    return kept
+
+
 def declared_length(caller: Caller, headers) -> int | None:
     """A part's length as the request declares it before its body, if it does (aws-chunked: the decoded length)."""
     decoded = headers.get("x-amz-decoded-content-length")
@@ -135,8 +147,8 @@ class MultipartOperations:
             upload = self.uploads.get(upload_id, bucket, key)
             if copying:  # UploadPartCopy: the part's bytes come from a stored version
                 store = self.app.store()
-                body, md5 = self.s3.extras.copy_part_source(store, request.headers)
-                return self.uploads.write_part(upload, int(number_text), body, md5), {}
+                body, md5, source = self.s3.extras.copy_part_source(store, request.headers)
+                return self.uploads.write_part(upload, int(number_text), body, md5), {"x-amz-copy-source-version-id": str(source.version)}
             digests, body = upload_body(caller, request.headers, pieces)
             sent = lambda: {name[len("x-amz-checksum-") :]: value for name, value in digests.checksum_headers().items()}  # noqa: E731
             part = self.uploads.write_part(upload, int(number_text), body, digests.md5, declared_length(caller, request.headers), sent)
@@ -145,7 +157,7 @@ class MultipartOperations:
         part, checksums = await self.app.call(write)
         if copying:
             result = document("CopyPartResult", (("LastModified", iso_time(part.modified_ns)), ("ETag", f'"{part.etag}"')))
-            return xml_response(result)
+            return xml_response(result, headers=checksums)  # here: the source's version id
         return web.Response(status=200, headers={"ETag": f'"{part.etag}"', **checksums})
 
     async def complete(self, request, bucket: str, key: str, upload_id: str) -> web.Response:
@@ -159,6 +171,7 @@ class MultipartOperations:
             wanted.append((int(number), etag))
             given[int(number)] = {child.tag[len("Checksum") :].lower(): (child.text or "").strip() for child in element
                                   if child.tag.startswith("Checksum") and child.tag != "ChecksumType"}  # fmt: skip
+        wanted = last_listing_of_each_part(wanted)
         store_key = marker_key(bucket) + key
 
         def complete():

@@ -8,10 +8,12 @@ from datetime import UTC, datetime
 
 from ...errors import ImstoreError
 
-__all__ = ["S3Error", "NAMESPACE", "error_document", "document", "iso_time", "http_time", "error_from_imstore", "parse"]
+__all__ = ["S3Error", "NAMESPACE", "error_document", "document", "acl_document", "iso_time", "http_time", "error_from_imstore",
+           "parse"]  # fmt: skip
 
 NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
 XML_TYPE = "application/xml"
+_XSI = "http://www.w3.org/2001/XMLSchema-instance"
 
 
 class S3Error(Exception):
@@ -54,6 +56,16 @@ def document(root_name: str, children: Iterable[tuple[str, object]]) -> bytes:
     a tuple of pairs (a nested element), a list of (name, pairs) (repeated elements), or None (left out)."""
     root = ET.Element(root_name, xmlns=NAMESPACE)
     _fill(root, children)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8")
+
+
+def acl_document(owner: tuple[tuple[str, str], ...]) -> bytes:
+    """The `private` canned ACL: the owner, and one grant of FULL_CONTROL to the owner (a CanonicalUser)."""
+    root = ET.Element("AccessControlPolicy", {"xmlns": NAMESPACE, "xmlns:xsi": _XSI})
+    _fill(root, (("Owner", owner),))
+    grant = ET.SubElement(ET.SubElement(root, "AccessControlList"), "Grant")
+    _fill(ET.SubElement(grant, "Grantee", {"xsi:type": "CanonicalUser"}), owner)
+    ET.SubElement(grant, "Permission").text = "FULL_CONTROL"
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8")
 
 
