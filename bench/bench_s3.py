@@ -8,11 +8,14 @@ wrk (Debian) drives the GETs; aws-cli comes with the test extras. Without one th
 needs it says so.
 
 Example: .venv/bin/python bench/bench_s3.py --seconds 10 --big-mib 1024 --rounds 3
+The copy alone, over http and https, with the floor (aws-cli to a server that discards the body):
+    .venv/bin/python bench/bench_s3.py --parts copy --transports http,https --floor --big-mib 1024 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import shutil
@@ -23,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 from bench_serve import free_port, wait_port, wrk
 
 from imstore import Store
@@ -56,7 +60,30 @@ def get_benchmark(args, port: int, s3_port: int, token: str, key: tuple[str, str
     print(f"4 KiB GET  v1 {statistics.median(v1):8.0f}/s   S3 {statistics.median(s3):8.0f}/s   ratio {ratio:.2f}x (goal >= 0.80x)")
 
 
-def copy_benchmark(args, work: Path, port: int, s3_port: int, token: str, key: tuple[str, str]) -> None:
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def _timed(command: list[str], env: dict, serve: psutil.Process | None) -> tuple[float, list[float]]:
+    """(seconds, [client CPU, gateway CPU, workers' CPU]) of one command; the server's CPU from its processes (the null
+    server's is in the gateway's column)."""
+    processes = [serve, *serve.children()] if serve is not None else []
+    before = [_cpu(process) for process in processes]
+    start = time.perf_counter()
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+    if status:
+        raise RuntimeError(f"{command[0]} failed: {child.stderr.read().decode()[-2000:]}")
+    child.stderr.close()
+    spent = [_cpu(process) - earlier for process, earlier in zip(processes, before, strict=True)]
+    return seconds, [usage.ru_utime + usage.ru_stime, spent[0] if spent else 0.0, sum(spent[1:])]
+
+
+def copy_benchmark(args, work: Path, servers: dict, token: str, key: tuple[str, str]) -> None:
+    """Interleaved rounds of `imstore --remote put` and `aws s3 cp` of one file (and, with --floor, `aws s3 cp` to
+    a server that discards the body), for each transport; medians of the time and of each process's CPU."""
     aws = shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which("aws")
     if aws is None:
         print("large copy: skipped (aws-cli is not installed: pip install awscli)")
@@ -69,21 +96,58 @@ def copy_benchmark(args, work: Path, port: int, s3_port: int, token: str, key: t
     token_file.write_text(token)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "AWS_ACCESS_KEY_ID": key[0],
            "AWS_SECRET_ACCESS_KEY": key[1], "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(work / "none")}  # fmt: skip
-    put_times, cp_times = [], []
-    for round_number in range(args.rounds):
-        # A new name each round (an identical put would be 'unchanged' and skip the commit).
-        with open(source, "r+b") as handle:
-            handle.write(round_number.to_bytes(8, "big"))
-        start = time.perf_counter()
-        subprocess.run([*IMSTORE, "--remote", f"http://127.0.0.1:{port}", "--token-file", str(token_file), "put",
-                        f"bench/put-{round_number}", str(source)], check=True, capture_output=True)  # fmt: skip
-        put_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        subprocess.run([aws, "--endpoint-url", f"http://127.0.0.1:{s3_port}", "s3", "cp", "--only-show-errors", str(source),
-                        f"s3://bench/cp-{round_number}"], check=True, capture_output=True, env=env)  # fmt: skip
-        cp_times.append(time.perf_counter() - start)
-    put, cp = statistics.median(put_times), statistics.median(cp_times)
-    print(f"{args.big_mib} MiB  imstore --remote put {put:6.2f} s   aws s3 cp {cp:6.2f} s   ratio {cp / put:.2f}x (goal <= 1.30x)")
+    for transport, server in servers.items():
+        scheme, trust = ("https", ["--ca-bundle", str(work / "cert.pem")]) if transport == "https" else ("http", [])
+        runs: dict[str, list] = {"put": [], "cp": [], "null": []}
+        for round_number in range(args.rounds):  # interleaved, so load on the machine hits each alike
+            # A new name each round (an identical put would be 'unchanged' and skip the commit).
+            with open(source, "r+b") as handle:
+                handle.write(round_number.to_bytes(8, "big"))
+            cacert = ["--cacert", str(work / "cert.pem")] if transport == "https" else []
+            put = [*IMSTORE, "--remote", f"{scheme}://127.0.0.1:{server['port']}", "--token-file", str(token_file), *cacert,
+                   "put", f"bench/put-{transport}-{round_number}", str(source)]  # fmt: skip
+            runs["put"].append(_timed(put, env, server["serve"]))
+            copy = [aws, "--endpoint-url", f"{scheme}://127.0.0.1:{server['s3_port']}", *trust, "s3", "cp", "--only-show-errors",
+                    str(source), f"s3://bench/cp-{transport}-{round_number}"]  # fmt: skip
+            runs["cp"].append(_timed(copy, env, server["serve"]))
+            if "null" in server:
+                null = [aws, "--endpoint-url", f"{scheme}://127.0.0.1:{server['null']}", *trust, "s3", "cp", "--only-show-errors",
+                        str(source), "s3://bench/null"]  # fmt: skip
+                runs["null"].append(_timed(null, env, server["null_process"]))
+        put_seconds = statistics.median(seconds for seconds, _ in runs["put"])
+        for name, label in (("put", "imstore --remote put"), ("cp", "aws s3 cp"), ("null", "aws s3 cp, null server")):
+            if runs[name]:
+                seconds = statistics.median(seconds for seconds, _ in runs[name])
+                client, gateway, workers = (statistics.median(cpu[i] for _, cpu in runs[name]) for i in range(3))
+                print(f"{args.big_mib} MiB {transport:5s} {label:24s} {seconds:6.2f} s  {seconds / put_seconds:5.2f}x"
+                      f"   CPU s: client {client:5.2f}  gateway {gateway:5.2f}  workers {workers:5.2f}"
+                      + ("   (goal <= 1.30x)" if name == "cp" else ""))  # fmt: skip
+
+
+def start_serve(work: Path, store: Path, args, stack: contextlib.ExitStack, tls: bool, floor: bool) -> dict:
+    """An `imstore serve --s3-port` (https with a self-signed certificate when tls), and with floor a null S3 server."""
+    port, s3_port = free_port(), free_port()
+    transport = "https" if tls else "http"
+    certificate = ["--tls-cert", str(work / "cert.pem"), "--tls-key", str(work / "key.pem")] if tls else []
+    if tls and not (work / "cert.pem").exists():
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(work / "key.pem"), "-out", str(work / "cert.pem")],
+                       check=True, capture_output=True)  # fmt: skip
+    log = stack.enter_context(open(work / f"serve-{transport}.log", "wb"))
+    serve = subprocess.Popen([*IMSTORE, "--store", str(store), "serve", "--port", str(port), "--s3-port", str(s3_port),
+                              "--workers", args.workers, *certificate], stdout=log, stderr=log)  # fmt: skip
+    stack.callback(lambda: (serve.terminate(), serve.wait(30)))
+    server = {"port": port, "s3_port": s3_port, "serve": psutil.Process(serve.pid)}
+    wait_port(port)
+    wait_port(s3_port)
+    if floor:
+        null_port = free_port()
+        null_tls = [str(work / "cert.pem"), str(work / "key.pem")] if tls else []
+        null = subprocess.Popen([sys.executable, str(Path(__file__).with_name("s3_null.py")), str(null_port), *null_tls])
+        stack.callback(lambda: (null.terminate(), null.wait(30)))
+        wait_port(null_port)
+        server["null"], server["null_process"] = null_port, psutil.Process(null.pid)
+    return server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,8 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-mib", type=int, default=1024, help="size of the copied file")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", default="2")
+    parser.add_argument("--parts", default="get,copy", help="comma-separated: get (4 KiB GETs), copy (the large copy)")
+    parser.add_argument("--transports", default="http", help="comma-separated: http, https (self-signed) for the copy")
+    parser.add_argument("--floor", action="store_true", help="also time aws s3 cp to a server that discards the body (bench/s3_null.py)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="imstore-bench-s3-") as scratch:
+    parts, transports = args.parts.split(","), args.transports.split(",")
+    with tempfile.TemporaryDirectory(prefix="imstore-bench-s3-") as scratch, contextlib.ExitStack() as stack:
         work = Path(scratch)
         store = work / "store"
         with Store.init(store)[0] as opened:
@@ -102,20 +170,14 @@ def main(argv: list[str] | None = None) -> int:
             opened.put("bench/small", os.urandom(4096))
         tokens = TokenStore(store)
         token, key = tokens.create("bench", "write"), tokens.create_s3("bench-s3", "write")
-        port, s3_port = free_port(), free_port()
-        log = open(work / "serve.log", "wb")
-        serve = subprocess.Popen([*IMSTORE, "--store", str(store), "serve", "--port", str(port), "--s3-port", str(s3_port),
-                                  "--workers", args.workers], stdout=log, stderr=log)  # fmt: skip
-        try:
-            wait_port(port)
-            wait_port(s3_port)
-            print(f"bench_s3 {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {args.workers} workers, {os.cpu_count()} CPUs")
-            get_benchmark(args, port, s3_port, token, key)
-            copy_benchmark(args, work, port, s3_port, token, key)
-        finally:
-            serve.terminate()
-            serve.wait(30)
-            log.close()
+        servers = {transport: start_serve(work, store, args, stack, transport == "https", args.floor) for transport in transports}
+        print(f"bench_s3 {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {args.workers} workers, {os.cpu_count()} CPUs,"
+              f" load {os.getloadavg()[0]:.2f}")  # fmt: skip
+        if "get" in parts:
+            plain = servers.get("http") or start_serve(work, store, args, stack, False, False)
+            get_benchmark(args, plain["port"], plain["s3_port"], token, key)
+        if "copy" in parts:
+            copy_benchmark(args, work, servers, token, key)
     return 0
 
 

@@ -221,23 +221,28 @@ class UpstreamPool:
         """Send a streamed body while listening for the answer: a worker may answer before the body ends.
 
         It does so when it refuses the request early (a bad import line, an invalid key, a replayed
-        Idempotency-Key answer): then the rest of the body is not sent, and the connection is not reused.
+        Idempotency-Key answer), or when it has what it needs before the body's framing ends (an S3
+        aws-chunked body is decoded to its trailer before the HTTP chunked body's last chunk): then the
+        rest of the body is not sent, and the connection is not reused. A body-less answer hands the
+        connection back only once the whole body was sent: handed back as soon as the answer came, it
+        could carry another request while this body's end was still to be written after it, and the
+        worker, reading that request as the rest of this body, waited ~10 s (aiohttp's lingering time)
+        and reset it (measured: 2-3 of every 32 aws-cli parts over https were 503s after 10 s).
         """
         sending = asyncio.ensure_future(self._send_stream(connection.writer, body, chunked))
-        answer = asyncio.ensure_future(self._read_head(connection, method))
+        answer = asyncio.ensure_future(self._read_head(connection, method, hand_back=False))
         try:
             await asyncio.wait((sending, answer), return_when=asyncio.FIRST_COMPLETED)
             if sending.done():
                 sending.result()  # the body's own error (the client broke off) wins over the worker's
                 await connection.writer.drain()
-                return await answer
-            sending.cancel()
-            response = answer.result()
-            response._keep_alive = False
-            if response._remaining == 0 and not response.chunked:  # _read_head handed a body-less answer's connection back
-                if connection in self._idle:
-                    self._idle.remove(connection)
-                connection.close()
+                response = await answer
+            else:
+                sending.cancel()
+                response = answer.result()
+                response._keep_alive = False  # the body was cut: the connection is closed, not reused
+            if response._remaining == 0 and not response.chunked:
+                response._done()
             return response
         finally:
             for task in (sending, answer):
@@ -259,7 +264,8 @@ class UpstreamPool:
         if chunked:
             writer.write(b"0\r\n\r\n")
 
-    async def _read_head(self, connection: _Connection, method: str) -> UpstreamResponse:
+    async def _read_head(self, connection: _Connection, method: str, hand_back: bool = True) -> UpstreamResponse:
+        """The answer's status and headers; a body-less answer hands the connection back unless hand_back is False."""
         raw = await connection.reader.readuntil(b"\r\n\r\n")
         lines = raw.decode("utf-8", "surrogateescape").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
@@ -292,6 +298,6 @@ class UpstreamPool:
         response = UpstreamResponse(self, connection, status, headers, length, keep_alive)
         response._remaining = body_length
         response.chunked = chunked
-        if body_length == 0 and not chunked:
+        if body_length == 0 and not chunked and hand_back:
             response._done()
         return response

@@ -204,3 +204,29 @@ def test_a_multipart_checksum_is_made_of_the_parts_checksums_and_checked(s3, alg
     attributes = client.get_object_attributes(Bucket="parts", Key=key, ObjectAttributes=["Checksum", "ObjectParts"])
     assert attributes["Checksum"][f"Checksum{algorithm}"] == expected
     assert [part[f"Checksum{algorithm}"] for part in attributes["ObjectParts"]["Parts"]] == [checksum(data) for data in contents]
+
+
+@pytest.mark.parametrize("wrong", ["ContentMD5", "ChecksumCRC32", "ChecksumSHA256"])
+def test_a_part_whose_md5_or_checksum_is_wrong_is_refused_and_leaves_no_part(s3, wrong):
+    """A part of the stride's size is written in place as it arrives: a wrong digest must still leave no part
+    (ListParts, Complete), and the part sent again with the right one gives the right object."""
+    client, key = s3.client(), f"bad-part/{wrong}"
+    first, last = os.urandom(5 * MiB), b"the end"
+    claims = {"ContentMD5": base64.b64encode(hashlib.md5(b"other").digest()).decode(), "ChecksumCRC32": "AAAAAA==",
+              "ChecksumSHA256": base64.b64encode(hashlib.sha256(b"other").digest()).decode()}  # fmt: skip
+    upload = client.create_multipart_upload(Bucket="parts", Key=key)["UploadId"]
+    with pytest.raises(ClientError) as refused:
+        client.upload_part(Bucket="parts", Key=key, UploadId=upload, PartNumber=1, Body=first, **{wrong: claims[wrong]})
+    assert refused.value.response["Error"]["Code"] == "BadDigest"
+    assert client.list_parts(Bucket="parts", Key=key, UploadId=upload).get("Parts", []) == []
+    ends = client.upload_part(Bucket="parts", Key=key, UploadId=upload, PartNumber=2, Body=last)["ETag"]
+    with pytest.raises(ClientError) as missing:  # the refused part cannot be completed
+        client.complete_multipart_upload(Bucket="parts", Key=key, UploadId=upload, MultipartUpload={"Parts": [
+            {"PartNumber": 1, "ETag": f'"{hashlib.md5(first).hexdigest()}"'}, {"PartNumber": 2, "ETag": ends}]})  # fmt: skip
+    assert missing.value.response["Error"]["Code"] == "InvalidPart"
+    with Store.open(s3.server.store) as store, pytest.raises(KeyNotFound):
+        store.resolve(f"parts/{key}")
+    again = client.upload_part(Bucket="parts", Key=key, UploadId=upload, PartNumber=1, Body=first)["ETag"]
+    parts = [{"PartNumber": 1, "ETag": again}, {"PartNumber": 2, "ETag": ends}]
+    client.complete_multipart_upload(Bucket="parts", Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
+    assert client.get_object(Bucket="parts", Key=key)["Body"].read() == first + last

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import os
 import zlib
 from unittest import mock
 
@@ -234,3 +235,36 @@ def test_the_c_crcs_agree_with_the_table_fallback(algorithm: str, width: int, po
         fast.update(piece)
         slow.update(piece)
     assert fast.digest() == slow.digest()
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 4096, 70_000, 1 << 20])
+def test_chunked_bodies_decode_the_same_whatever_the_pieces_they_arrive_in(size: int):
+    """The decoder passes data on as views of the pieces it gets: a chunk header or CRLF split across pieces,
+    pieces holding several chunks, and a signed body cut anywhere give the same bytes and the same checks."""
+    context = aws_example_context()
+    decoded = list(AwsChunkedBody(pieces(aws_example_body(), size), context, trailer_expected=False))
+    assert b"".join(decoded) == b"a" * 66560
+    assert sum(len(piece) for piece in decoded) == 66560
+    data = os.urandom(300_000)
+    chunks = b"".join(f"{len(data[i : i + 65536]):x}\r\n".encode() + data[i : i + 65536] + b"\r\n" for i in range(0, len(data), 65536))
+    body = chunks + b"0\r\n" + f"x-amz-checksum-crc32:{crc32_b64(data)}\r\n\r\n".encode()
+    headers = CIMultiDict({"x-amz-trailer": "x-amz-checksum-crc32"})
+    decoder = AwsChunkedBody(pieces(body, size), None, trailer_expected=True)
+    assert b"".join(Digests(headers, None).watch(decoder, decoder.trailers)) == data
+    assert decoder.trailers == {"x-amz-checksum-crc32": crc32_b64(data)}
+    with pytest.raises(S3Error) as long_line:
+        list(AwsChunkedBody(pieces(b"1" * 5000 + b"\r\n", size), None, trailer_expected=False))
+    assert long_line.value.code == "IncompleteBody"
+
+
+def test_the_crc32_of_isal_is_zlibs():
+    from imstore.server.s3.digests import _CRC32, _Crc32
+
+    if _CRC32 is zlib.crc32:
+        pytest.skip("isal is not installed: zlib's CRC32 is used")
+    data = os.urandom(1 << 20)
+    fast, slow = _Crc32(), _Crc32(zlib.crc32)
+    for start in range(0, len(data), 100_003):
+        fast.update(memoryview(data)[start : start + 100_003])
+        slow.update(data[start : start + 100_003])
+    assert fast.digest() == slow.digest() == zlib.crc32(data).to_bytes(4, "big")

@@ -5,8 +5,8 @@
 
 Clients differ in small ways (learned from SeaweedFS, versitygw, Garage): restic sends signed
 chunks without `Content-Encoding: aws-chunked`, some end a trailer without its last CRLF. Data is
-passed on as it arrives, piece by piece; a bad chunk signature raises before the body ends, so
-the put it feeds is never committed.
+passed on as it arrives, piece by piece, as views of the received bytes (never copied); a bad chunk
+signature raises before the body ends, so the put it feeds is never committed.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class AwsChunkedBody:
         self.pieces = iter(pieces)
         self.signing = signing
         self.trailer_expected = trailer_expected
-        self.buffer = bytearray()
+        self.pending = memoryview(b"")  # the unread rest of the piece being decoded: data is passed on from it, not copied
         self.trailers: dict[str, str] = {}
         self.previous = signing.seed_signature if signing else ""
         self.decoded_size = 0
@@ -44,23 +44,25 @@ class AwsChunkedBody:
         piece = next(self.pieces, None)
         if piece is None:
             return False
-        self.buffer += piece
+        self.pending = memoryview(piece)
         return True
 
     def _line(self, required: bool = True) -> bytes | None:
+        """A chunk header or trailer line, without its end (CRLF, or LF as some clients send); it may span pieces."""
+        line = bytearray()
         while True:
-            end = self.buffer.find(b"\n")
+            end = bytes(self.pending[: MAX_LINE + 1]).find(b"\n")
             if end >= 0:
-                line = bytes(self.buffer[:end])
-                del self.buffer[: end + 1]
-                return line[:-1] if line.endswith(b"\r") else line
-            if len(self.buffer) > MAX_LINE:
+                line += self.pending[:end]
+                self.pending = self.pending[end + 1 :]
+                return bytes(line[:-1] if line.endswith(b"\r") else line)
+            line += self.pending
+            self.pending = memoryview(b"")
+            if len(line) > MAX_LINE:
                 raise _malformed("a line is too long")
             if not self._fill():
                 if not required:
-                    line = bytes(self.buffer)
-                    self.buffer.clear()
-                    return line or None
+                    return bytes(line) or None
                 raise _malformed("the body ends inside a chunk header")
 
     def __iter__(self) -> Iterator[bytes]:
@@ -80,10 +82,10 @@ class AwsChunkedBody:
             digest = hashlib.sha256() if self.signing is not None else None
             remaining = size
             while remaining:
-                if not self.buffer and not self._fill():
+                if not self.pending and not self._fill():
                     raise _malformed("the body ends inside a chunk")
-                piece = bytes(self.buffer[:remaining])
-                del self.buffer[: len(piece)]
+                piece = self.pending[:remaining]  # a view of the received bytes (immutable): no copy
+                self.pending = self.pending[len(piece) :]
                 remaining -= len(piece)
                 if digest is not None:
                     digest.update(piece)

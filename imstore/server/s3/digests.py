@@ -3,7 +3,8 @@ every x-amz-checksum-* (in a header or a trailer). The MD5 is always computed: i
 
 CRC32C and CRC64NVME have no C implementation in the standard library: awscrt (AWS's own C library,
 which botocore uses too; a dependency) computes them at ~1.5 GB/s. Without it a byte table here gives
-the same results at ~12 MB/s.
+the same results at ~12 MB/s. CRC32 (aws-cli's and boto3's default) comes from ISA-L (isal, carry-less
+multiplication, ~10 GB/s here) rather than zlib (~2 GB/s): a 1 GiB upload spends 0.1 s on it, not 0.5 s.
 """
 
 from __future__ import annotations
@@ -56,12 +57,24 @@ class _ReflectedCrc:
         return self.crc.to_bytes(self.width // 8, "big")
 
 
+def _crc32_function():
+    try:
+        from isal.isal_zlib import crc32  # type: ignore[import-not-found]
+    except ImportError:
+        return zlib.crc32
+    return crc32
+
+
+_CRC32 = _crc32_function()
+
+
 class _Crc32:
-    def __init__(self):
+    def __init__(self, function=_CRC32):
         self.crc = 0
+        self.function = function
 
     def update(self, data: bytes) -> None:
-        self.crc = zlib.crc32(data, self.crc)
+        self.crc = self.function(data, self.crc)
 
     def digest(self) -> bytes:
         return self.crc.to_bytes(4, "big")
