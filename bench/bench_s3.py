@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-mib", type=int, default=1024, help="size of the copied file")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", default="2")
+    parser.add_argument("--parts", choices=("all", "get", "copy"), default="all", help="which comparisons to run")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="imstore-bench-s3-") as scratch:
         work = Path(scratch)
@@ -110,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             wait_port(port)
             wait_port(s3_port)
             print(f"bench_s3 {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {args.workers} workers, {os.cpu_count()} CPUs")
-            get_benchmark(args, port, s3_port, token, key)
-            copy_benchmark(args, work, port, s3_port, token, key)
+            if args.parts in ("all", "get"):
+                get_benchmark(args, port, s3_port, token, key)
+            if args.parts in ("all", "copy"):
+                copy_benchmark(args, work, port, s3_port, token, key)
         finally:
             serve.terminate()
             serve.wait(30)
