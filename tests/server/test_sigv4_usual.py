@@ -40,7 +40,8 @@ def variants():
         for method in ("GET", "PUT"):
             signed_target, headers = botocore_signed(method, target)
             yield "as signed", method, signed_target, headers, 0.0
-            for name, value in (("X-Amz-Date", "20260301T120001Z"), ("Host", "127.0.0.1:9001"),
+            for name, value in (("X-Amz-Date", "20260301T120001Z"), ("Host", "127.0.0.1:9001"), ("Host", " 127.0.0.1:9000 "),
+                                ("Host", "127.0.0.1:\t9000"), ("X-Amz-Content-SHA256", " " + headers["X-Amz-Content-SHA256"]),
                                 ("X-Amz-Content-SHA256", "UNSIGNED-PAYLOAD")):  # fmt: skip
                 changed = headers.copy()
                 changed[name] = value
