@@ -136,3 +136,17 @@ def test_a_multipart_etag_cannot_be_checked_so_its_answer_is_not_kept(s3):
         status, headers, body = signed_get(s3, "/mem/parts")
         assert (status, body) == (200, b"one small last part") and headers["etag"].endswith('-1"')
     assert s3_hits(s3) == hits
+
+
+def test_may_answer_is_the_same_for_every_spelling_of_a_header_name():
+    from multidict import CIMultiDict
+
+    from imstore.server.s3.memory import ANSWER_NEUTRAL, S3Memory
+
+    names = [*ANSWER_NEUTRAL, "Range", "x-amz-checksum-mode", "If-None-Match", "X-Amz-Meta-A"]
+    for name in names:
+        spellings = {name, name.upper(), name.title(), name.lower(), name.swapcase().title()}
+        for spelling in spellings:
+            headers = CIMultiDict([("Host", "h"), ("X-Amz-Date", "d"), (spelling, "0")])
+            assert S3Memory.may_answer("GET", "/b/k", headers) == (name.lower() in ANSWER_NEUTRAL), spelling
+    assert not S3Memory.may_answer("GET", "/b/k", CIMultiDict([("content-length", "3")]))

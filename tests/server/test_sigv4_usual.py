@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
+from unittest import mock
 
 import pytest
+from multidict import CIMultiDict
 
 from imstore.server.s3 import sigv4
 from imstore.server.s3.xml import S3Error
 
-from .test_s3_sigv4 import MAX_SKEW, botocore_signed, signatures
+from .test_s3_sigv4 import HOST, KEY_ID, MAX_SKEW, NOW, SECRET, botocore_signed, signatures
 
 pytest.importorskip("botocore", reason="botocore comes with the test extras (boto3)")
+from botocore.auth import S3SigV4Auth  # noqa: E402
+from botocore.awsrequest import AWSRequest  # noqa: E402
+from botocore.credentials import Credentials  # noqa: E402
 
 
 def general_only(checker: sigv4.Signatures, method: str, target: str, headers):
@@ -33,7 +40,8 @@ def variants():
         for method in ("GET", "PUT"):
             signed_target, headers = botocore_signed(method, target)
             yield "as signed", method, signed_target, headers, 0.0
-            for name, value in (("X-Amz-Date", "20260301T120001Z"), ("Host", "127.0.0.1:9001"),
+            for name, value in (("X-Amz-Date", "20260301T120001Z"), ("Host", "127.0.0.1:9001"), ("Host", " 127.0.0.1:9000 "),
+                                ("Host", "127.0.0.1:\t9000"), ("X-Amz-Content-SHA256", " " + headers["X-Amz-Content-SHA256"]),
                                 ("X-Amz-Content-SHA256", "UNSIGNED-PAYLOAD")):  # fmt: skip
                 changed = headers.copy()
                 changed[name] = value
@@ -78,3 +86,47 @@ def test_trim_is_awss_trim():
     for _ in range(20000):
         value = "".join(chooser.choice(alphabet) for _ in range(chooser.randint(0, 8)))
         assert sigv4._trim(value) == " ".join(value.split()), repr(value)
+
+
+def test_the_kept_hmac_pads_give_hmac_sha256():
+    chooser = random.Random(11)
+    for _ in range(300):
+        key = chooser.randbytes(chooser.choice((32, 1, 0, 63, 64)))  # derived keys are 32 bytes; the rest: pads
+        message = chooser.randbytes(chooser.randint(0, 300))
+        assert sigv4.DerivedKey(key).hmac_hex(message) == hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def test_authorization_spellings_the_short_path_hands_on_get_the_general_verdict():
+    """Upper-case hex, no space after a comma, extra fields, odd characters: whatever the short path's regex
+    does not take, the general check decides, and both agree on the verdict."""
+    target, headers = botocore_signed("GET", "/bucket/key")
+    authorization = headers["Authorization"]
+    head, _, signature = authorization.rpartition("Signature=")
+    for changed in (head + "Signature=" + signature.upper(), authorization.replace(", ", ","),
+                    authorization + ", Extra=1", authorization.replace("Credential=", "Credential= "),
+                    authorization.replace("SignedHeaders=host;", "SignedHeaders=Host;"),
+                    authorization.replace("/us-east-1/", "/us_east 1/"), authorization.replace("AWS4-", "aws4-")):  # fmt: skip
+        odd = headers.copy()
+        odd["Authorization"] = changed
+        assert verdict(signatures(), "GET", target, odd) == general_only(signatures(), "GET", target, odd), changed
+
+
+def signed_with_header(name: str, value: str):
+    """A GET signed by botocore at NOW with one more (signed) header."""
+    request = AWSRequest(method="GET", url=f"http://{HOST}/bucket/key", headers={"Host": HOST, name: value})
+    request.headers["X-Amz-Content-SHA256"] = hashlib.sha256(b"").hexdigest()
+    with mock.patch("botocore.auth.get_current_datetime", return_value=NOW.replace(tzinfo=None)):
+        S3SigV4Auth(Credentials(KEY_ID, SECRET), "s3", "us-east-1").add_auth(request)
+    assert name.lower() in request.headers["Authorization"]
+    return "/bucket/key", CIMultiDict(request.prepare().headers.items())
+
+
+@pytest.mark.parametrize("value", ["  two  spaces\tand a tab ", "one space", "\xa0nbsp", "plain"])
+def test_values_with_spaces_or_controls_are_trimmed_on_the_short_path_too(value: str):
+    target, headers = signed_with_header("X-Amz-Meta-A", value)
+    checker = signatures()
+    taken = []
+    short = checker._check_usual
+    checker._check_usual = lambda *args: taken.append(short(*args)) or taken[-1]
+    caller = checker.check("GET", target, headers)
+    assert taken == [caller] and caller.name == "laptop"

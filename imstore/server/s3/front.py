@@ -53,7 +53,7 @@ class S3Front:
         self.memory = S3Memory(gateway.config.store_root, gateway.memory.stamps)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.method == "GET" and self.memory.may_answer(request.method, request.raw_path, request.headers):
+        if request.method == "GET":
             response = self._from_memory(request)
             if response is not None:
                 return response
@@ -89,16 +89,19 @@ class S3Front:
         """A kept answer to a signed GET (the signature checked first), or None: the usual path answers it, and
         any error (a miss re-checks the signature there; it then goes to a worker, which costs far more)."""
         started = time.monotonic()
+        raw_path, headers = request.raw_path, request.headers
+        if not self.memory.may_answer("GET", raw_path, headers):
+            return None
         try:
-            self.signatures.check("GET", request.raw_path, request.headers)
+            self.signatures.check("GET", raw_path, headers)
         except Exception:  # noqa: BLE001 - the usual path gives the error its answer
             return None
-        prepared = self.memory.find(request.raw_path, self.memory.stamp())
+        answers = self.memory.answers
+        prepared = answers.get(raw_path, answers.stamp())
         if prepared is None:
             return None
         self.gateway.memory.hits["s3"] += 1
-        state = {"route": "s3", "worker": "memory", "bytes_in": 0, "bytes_out": len(prepared.data)}
-        self.gateway._account(request, state, 200, started)
+        self.gateway._account(request, {"route": "s3", "worker": "memory", "bytes_in": 0, "bytes_out": len(prepared.data)}, 200, started)
         return answer(request, prepared)
 
     async def _dispatch(self, request: web.BaseRequest, state: dict) -> web.StreamResponse:

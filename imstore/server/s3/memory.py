@@ -27,6 +27,13 @@ ANSWER_NEUTRAL = frozenset({
     "host", "authorization", "x-amz-date", "x-amz-content-sha256", "user-agent", "accept", "accept-encoding",
     "connection", "keep-alive", "amz-sdk-invocation-id", "amz-sdk-request", "x-amz-user-agent", "content-length",
 })  # fmt: skip
+# The same names as clients spell them (botocore, aws-cli, minio-go, rclone, curl): most requests are
+# told apart by one set look-up per header, without lower-casing each name.
+_NEUTRAL_AS_SENT = ANSWER_NEUTRAL | {
+    "Host", "Authorization", "X-Amz-Date", "X-Amz-Content-SHA256", "X-Amz-Content-Sha256", "User-Agent", "Accept",
+    "Accept-Encoding", "Connection", "Keep-Alive", "Amz-Sdk-Invocation-Id", "Amz-Sdk-Request", "X-Amz-User-Agent",
+    "Content-Length",
+}  # fmt: skip
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -53,7 +60,9 @@ class S3Memory:
         """Whether a kept answer answers this request: a GET of an object key, no query, only neutral headers."""
         if method != "GET" or "?" in raw_target or raw_target.endswith("/") or raw_target.count("/") < 2:
             return False
-        return ANSWER_NEUTRAL.issuperset(map(str.lower, headers)) and headers.get("Content-Length", "0") == "0"
+        if not _NEUTRAL_AS_SENT.issuperset(headers) and not ANSWER_NEUTRAL.issuperset(map(str.lower, headers)):
+            return False
+        return headers.get("Content-Length", "0") == "0"
 
     def stamp(self) -> Stamp | None:
         """The log's stamp before the request is forwarded (see latest.py)."""
