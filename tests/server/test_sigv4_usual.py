@@ -70,14 +70,17 @@ def test_the_short_and_the_general_check_agree(case):
     assert verdict(signatures(offset), method, target, headers) == expected
 
 
-def test_the_short_path_is_taken_for_the_common_request():
-    target, headers = botocore_signed("GET", "/bucket/key")
+def assert_checked_on_the_short_path(target: str, headers) -> None:
     checker = signatures()
     taken = []
     short = checker._check_usual
     checker._check_usual = lambda *args: taken.append(short(*args)) or taken[-1]
     caller = checker.check("GET", target, headers)
     assert taken == [caller] and caller.name == "laptop"
+
+
+def test_the_short_path_is_taken_for_the_common_request():
+    assert_checked_on_the_short_path(*botocore_signed("GET", "/bucket/key"))
 
 
 def test_trim_is_awss_trim():
@@ -123,10 +126,4 @@ def signed_with_header(name: str, value: str):
 
 @pytest.mark.parametrize("value", ["  two  spaces\tand a tab ", "one space", "\xa0nbsp", "plain"])
 def test_values_with_spaces_or_controls_are_trimmed_on_the_short_path_too(value: str):
-    target, headers = signed_with_header("X-Amz-Meta-A", value)
-    checker = signatures()
-    taken = []
-    short = checker._check_usual
-    checker._check_usual = lambda *args: taken.append(short(*args)) or taken[-1]
-    caller = checker.check("GET", target, headers)
-    assert taken == [caller] and caller.name == "laptop"
+    assert_checked_on_the_short_path(*signed_with_header("X-Amz-Meta-A", value))
