@@ -122,7 +122,7 @@ def test_a_damaged_cached_version_record_is_dropped_and_read_from_the_index(stor
         written = store.put("k", b"x", message="m").version
     db = cache_db(cache_settings, store_path)
     (blob,) = db.execute("SELECT value FROM Cache WHERE key = 'v:1:k'").fetchone()
-    db.execute("UPDATE Cache SET value = ? WHERE key = 'v:1:k'", (blob[:-1] + b"\x00",))
+    db.execute("UPDATE Cache SET value = ? WHERE key = 'v:1:k'", (blob[:-1] + bytes([blob[-1] ^ 1]),))
     with cached_store(store_path, cache_settings) as store:
         assert store.resolve("k", 1) == written
         assert any("checksum" in note for note in store.cache.notes)
