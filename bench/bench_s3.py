@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import psutil
+from _common import release_cached
 from bench_serve import free_port, wait_port, wrk
 
 from imstore import Store
@@ -65,9 +66,10 @@ def _cpu(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-def _timed(command: list[str], env: dict, serve: psutil.Process | None) -> tuple[float, list[float]]:
+def _timed(command: list[str], env: dict, serve: psutil.Process | None, store: Path) -> tuple[float, list[float]]:
     """(seconds, [client CPU, gateway CPU, workers' CPU]) of one command; the server's CPU from its processes (the null
-    server's is in the gateway's column)."""
+    server's is in the gateway's column). Earlier rounds' bytes leave the page cache first (release_cached)."""
+    release_cached(store)
     processes = [serve, *serve.children()] if serve is not None else []
     before = [_cpu(process) for process in processes]
     start = time.perf_counter()
@@ -79,6 +81,13 @@ def _timed(command: list[str], env: dict, serve: psutil.Process | None) -> tuple
     child.stderr.close()
     spent = [_cpu(process) - earlier for process, earlier in zip(processes, before, strict=True)]
     return seconds, [usage.ru_utime + usage.ru_stime, spent[0] if spent else 0.0, sum(spent[1:])]
+
+
+def fresh_content(source: Path) -> None:
+    """Make the file's bytes new to the store: a copy of bytes already stored would be a dedup hit, which reads
+    the stored object back to check it, where a put of new bytes hashes what it writes (not what is timed)."""
+    with open(source, "r+b") as handle:
+        handle.write(os.urandom(16))
 
 
 def copy_benchmark(args, work: Path, servers: dict, token: str, key: tuple[str, str]) -> None:
@@ -100,20 +109,19 @@ def copy_benchmark(args, work: Path, servers: dict, token: str, key: tuple[str, 
         scheme, trust = ("https", ["--ca-bundle", str(work / "cert.pem")]) if transport == "https" else ("http", [])
         runs: dict[str, list] = {"put": [], "cp": [], "null": []}
         for round_number in range(args.rounds):  # interleaved, so load on the machine hits each alike
-            # A new name each round (an identical put would be 'unchanged' and skip the commit).
-            with open(source, "r+b") as handle:
-                handle.write(round_number.to_bytes(8, "big"))
             cacert = ["--cacert", str(work / "cert.pem")] if transport == "https" else []
             put = [*IMSTORE, "--remote", f"{scheme}://127.0.0.1:{server['port']}", "--token-file", str(token_file), *cacert,
                    "put", f"bench/put-{transport}-{round_number}", str(source)]  # fmt: skip
-            runs["put"].append(_timed(put, env, server["serve"]))
+            fresh_content(source)
+            runs["put"].append(_timed(put, env, server["serve"], work / "store"))
             copy = [aws, "--endpoint-url", f"{scheme}://127.0.0.1:{server['s3_port']}", *trust, "s3", "cp", "--only-show-errors",
                     str(source), f"s3://bench/cp-{transport}-{round_number}"]  # fmt: skip
-            runs["cp"].append(_timed(copy, env, server["serve"]))
+            fresh_content(source)
+            runs["cp"].append(_timed(copy, env, server["serve"], work / "store"))
             if "null" in server:
                 null = [aws, "--endpoint-url", f"{scheme}://127.0.0.1:{server['null']}", *trust, "s3", "cp", "--only-show-errors",
                         str(source), "s3://bench/null"]  # fmt: skip
-                runs["null"].append(_timed(null, env, server["null_process"]))
+                runs["null"].append(_timed(null, env, server["null_process"], work / "store"))
         put_seconds = statistics.median(seconds for seconds, _ in runs["put"])
         for name, label in (("put", "imstore --remote put"), ("cp", "aws s3 cp"), ("null", "aws s3 cp, null server")):
             if runs[name]:
