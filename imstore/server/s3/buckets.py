@@ -3,7 +3,8 @@
 CreateBucket writes an empty version of the key `BUCKET/` (its marker), so an empty bucket is
 durable and in the log like every change; a bucket also exists while any key starts with `BUCKET/`
 (keys put through the CLI). The marker's S3 name would be the empty key, which S3 cannot name, so
-no S3 listing shows it. Pure functions over the Store API: no aiohttp.
+no S3 listing shows it. A bucket's CORS configuration is metadata on later marker versions (cors.py).
+Pure functions over the Store API: no aiohttp.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def buckets(store, after_bucket: str = "") -> Iterator[tuple[str, Version]]:
         first = page[0]
         segment, slash, _ = first.key.partition("/")
         if slash and valid_bucket(segment):
+            if first.key == marker_key(segment) and first.version > 1:  # a marker changed since (CORS, S3-25): created at v1
+                first = store.history(first.key)[0]
             yield segment, first
         # The next key past every key that starts with this first segment (and its slash).
         after = segment + ("/" if slash else "") + LAST_CHAR

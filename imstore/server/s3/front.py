@@ -1,5 +1,7 @@
 """The gateway's S3 port: check the signature and the scope, then answer from memory or forward to a worker.
 
+A CORS preflight (OPTIONS) is the one request forwarded unsigned: browsers never sign it (S3-25).
+
 The worker learns who signed, the payload mode and, for signed chunks, the derived signing key
 from one internal header (S3_CONTEXT), which the gateway drops from clients' requests.
 """
@@ -19,7 +21,9 @@ from .memory import S3Memory
 from .sigv4 import Caller, Signatures
 from .xml import XML_TYPE, S3Error, error_document, error_from_imstore
 
-__all__ = ["S3Front", "context_header", "caller_from_header", "start_s3"]
+__all__ = ["S3Front", "context_header", "caller_from_header", "start_s3", "PREFLIGHT"]
+
+PREFLIGHT = Caller("", "preflight", "UNSIGNED-PAYLOAD")  # no key: a worker answers it with OPTIONS only (cors.py)
 
 
 def context_header(caller: Caller) -> str:
@@ -107,6 +111,8 @@ class S3Front:
     async def _dispatch(self, request: web.BaseRequest, state: dict) -> web.StreamResponse:
         if not request.raw_path.startswith("/") or not request.raw_path.isascii():
             raise S3Error(400, "InvalidURI", "the request target must be a path in ASCII")
+        if request.method == "OPTIONS":  # a CORS preflight: browsers never sign one; the worker answers only that
+            return await self.gateway._forward(request, state, {S3_CONTEXT: context_header(PREFLIGHT)})
         caller = self.signatures.check(request.method, request.raw_path, request.headers)
         if request.method in WRITE_METHODS and caller.scope != "write":
             raise S3Error(403, "AccessDenied", f"the key {caller.name!r} has the {caller.scope} scope; {request.method} needs write")

@@ -20,7 +20,7 @@ from ...transfer import SMALL_OBJECT
 from ..bodies import body_chunks
 from ..headers import parse_range
 from ..protocol import S3_CONTEXT, without_paths
-from .buckets import MARKER_META, bucket_exists, bucket_stats, buckets, check_bucket, marker_key
+from .buckets import MARKER_META, bucket_exists, bucket_stats, buckets, check_bucket, marker_key, valid_bucket
 from .common import (
     KEPT_HEADERS,
     LOCK_HEADERS,
@@ -36,6 +36,7 @@ from .common import (
     write_conditions,
     xml_response,
 )
+from .cors import BucketCors, actual_headers
 from .extras import ObjectExtras, check_acl_headers
 from .front import caller_from_header
 from .listing import etag_of, list_object_versions, list_objects
@@ -44,6 +45,8 @@ from .sigv4 import Caller, query_pairs
 from .xml import XML_TYPE, S3Error, document, error_document, error_from_imstore, http_time, iso_time, parse
 
 __all__ = ["S3Worker", "s3_worker"]
+
+CORS_ANSWER = "s3_cors"  # the request's CORS headers, for an answer streamed before _route returns
 
 # Sub-resources of a bucket or an object that are not offered: 501, so a client knows at once.
 _UNSUPPORTED = frozenset({"policy", "cors", "lifecycle", "tagging", "website", "logging", "notification", "replication",
@@ -76,29 +79,42 @@ class S3Worker:
         self.app = app
         self.multipart = MultipartOperations(self)
         self.extras = ObjectExtras(self)
+        self.cors = BucketCors(self)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         raw_path, _, raw_query = request.raw_path.partition("?")
+        cors: dict = {}
         try:
             caller = caller_from_header(request.headers[S3_CONTEXT])
             query = dict(query_pairs(raw_query))
             bucket, key = split_target(raw_path)
-            return await self._route(request, caller, bucket, key, query)
+            if request.method == "OPTIONS":  # a CORS preflight: the only request the front lets through unsigned
+                return await self.cors.preflight(request, check_bucket(bucket))
+            if caller.scope not in ("read", "write"):
+                raise S3Error(403, "AccessDenied", "only a CORS preflight (OPTIONS) may be unsigned")
+            origin = request.headers.get("Origin")
+            if origin and valid_bucket(bucket):  # a browser's actual request: the headers of the rule that allows it
+                cors = await self.app.call(lambda: actual_headers(self.app.store(), bucket, origin, request.method))
+                request[CORS_ANSWER] = cors
+            response = await self._route(request, caller, bucket, key, query)
+            if cors and not response.prepared:
+                response.headers.update(cors)
+            return response
         except S3Error as exc:
-            return _error(exc, raw_path)
+            return _error(exc, raw_path, cors)
         except ImstoreError as exc:
             detail = str(exc) or exc.title
             public = without_paths(detail, self.app.private_paths)
             if public != detail:
                 print(f"imstore worker {os.getpid()}: S3 {request.method} {raw_path}: {detail}", file=sys.stderr, flush=True)
-            return _error(error_from_imstore(exc, public), raw_path)
+            return _error(error_from_imstore(exc, public), raw_path, cors)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as exc:
             import traceback
 
             traceback.print_exc()
-            return _error(S3Error(500, "InternalError", f"internal error: {type(exc).__name__}"), raw_path)
+            return _error(S3Error(500, "InternalError", f"internal error: {type(exc).__name__}"), raw_path, cors)
 
     async def _route(self, request, caller: Caller, bucket: str, key: str, query: dict) -> web.StreamResponse:
         method = request.method
@@ -138,6 +154,8 @@ class S3Worker:
     async def _bucket_operation(self, request, method: str, bucket: str, query: dict) -> web.StreamResponse:
         if method == "PUT" and not query:
             return await self.create_bucket(request, bucket)
+        if "cors" in query:
+            return await self.cors.handle(request, bucket)
         if "acl" in query:
             return await self.extras.acl(request, bucket, "", query)
         if method == "PUT" and "versioning" in query:
@@ -283,6 +301,7 @@ class S3Worker:
         query = dict(query_pairs(request.raw_path.partition("?")[2]))
         headers.update({header: query[name] for name, header in RESPONSE_OVERRIDES.items() if name in query})
         headers.update(LOCK_HEADERS)
+        headers.update(request.get(CORS_ANSWER, ()))  # before a streamed answer's headers are sent
         if request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED" and "Range" not in request.headers:
             headers.update({f"x-amz-{name[3:]}": value for name, value in found.meta.items() if name.startswith("s3-checksum-")})
         check_conditions(request.headers, etag, found.time_ns, headers)
@@ -359,8 +378,6 @@ class S3Worker:
         return web.Response(status=204, headers=headers)
 
 
-def _error(error: S3Error, resource: str) -> web.Response:
+def _error(error: S3Error, resource: str, cors: dict | None = None) -> web.Response:
     body = error_document(error.code, error.message, resource) if error.status not in (304,) else None
-    return web.Response(status=error.status, body=body, headers={**error.headers, "Content-Type": XML_TYPE})
-
-
+    return web.Response(status=error.status, body=body, headers={**error.headers, **(cors or {}), "Content-Type": XML_TYPE})
