@@ -14,5 +14,5 @@ OPERATIONS = (
     "HeadObject", "DeleteObject", "DeleteObjects", "CopyObject", "CreateMultipartUpload", "UploadPart", "UploadPartCopy",
     "CompleteMultipartUpload", "AbortMultipartUpload", "ListParts", "ListMultipartUploads", "GetObjectRetention",
     "PutObjectRetention", "GetObjectLegalHold", "PutObjectLegalHold", "GetObjectAttributes", "GetBucketAcl", "PutBucketAcl",
-    "GetObjectAcl", "PutObjectAcl",
+    "GetObjectAcl", "PutObjectAcl", "GetBucketCors", "PutBucketCors", "DeleteBucketCors",
 )  # fmt: skip
