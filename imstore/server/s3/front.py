@@ -112,6 +112,8 @@ class S3Front:
         if not request.raw_path.startswith("/") or not request.raw_path.isascii():
             raise S3Error(400, "InvalidURI", "the request target must be a path in ASCII")
         if request.method == "OPTIONS":  # a CORS preflight: browsers never sign one; the worker answers only that
+            if request.content_length or "Transfer-Encoding" in request.headers:  # nothing unsigned carries bytes to a worker
+                raise S3Error(400, "InvalidRequest", "a CORS preflight (OPTIONS) has no body")
             return await self.gateway._forward(request, state, {S3_CONTEXT: context_header(PREFLIGHT)})
         caller = self.signatures.check(request.method, request.raw_path, request.headers)
         if request.method in WRITE_METHODS and caller.scope != "write":
