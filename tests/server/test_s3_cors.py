@@ -3,6 +3,8 @@ of a browser's actual requests, against a real `imstore serve --s3-port`."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import json
 import re
@@ -221,3 +223,22 @@ def test_a_bad_configuration_is_400_and_writes_nothing(s3, body, code):
     status, _, answer = send(s3, "PUT", f"/{bucket}?cors", {"Content-Type": "application/xml"}, body, sign=True)
     assert (status, error_code(answer)) == (400, code)
     assert len(marker_history(s3, bucket)) == 1
+
+
+def test_a_whole_body_with_a_wrong_content_md5_is_bad_digest_and_writes_nothing(s3):
+    """PutBucketCors and DeleteObjects read their bodies whole and check a sent Content-MD5 (digests.check_whole_body)."""
+    s3.client().create_bucket(Bucket="digest")
+    s3.client().put_object(Bucket="digest", Key="kept", Body=b"x")
+    config = (b"<CORSConfiguration><CORSRule><AllowedOrigin>*</AllowedOrigin><AllowedMethod>GET</AllowedMethod>"
+              b"</CORSRule></CORSConfiguration>")  # fmt: skip
+    listing = b"<Delete><Object><Key>kept</Key></Object></Delete>"
+    for target, body in (("/digest?cors", config), ("/digest?delete", listing)):
+        method = "PUT" if target.endswith("cors") else "POST"
+        wrong = base64.b64encode(hashlib.md5(body + b"!").digest()).decode()
+        status, _, answer = send(s3, method, target, {"Content-MD5": wrong}, body, sign=True)
+        assert (status, error_code(answer)) == (400, "BadDigest")
+    assert len(marker_history(s3, "digest")) == 1
+    assert s3.client().get_object(Bucket="digest", Key="kept")["Body"].read() == b"x"
+    right = base64.b64encode(hashlib.md5(config).digest()).decode()
+    assert send(s3, "PUT", "/digest?cors", {"Content-MD5": right}, config, sign=True)[0] == 200
+    assert len(marker_history(s3, "digest")) == 2

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from .xml import S3Error
 
-__all__ = ["Digests", "CHECKSUMS", "multipart_checksum"]
+__all__ = ["Digests", "CHECKSUMS", "check_whole_body", "multipart_checksum"]
 
 CHECKSUMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 
@@ -212,3 +212,10 @@ class Digests:
     def checksum_headers(self) -> dict[str, str]:
         """The x-amz-checksum-* of the upload the client asked for, to answer with."""
         return {f"x-amz-checksum-{a}": base64.b64encode(self.hashers[a].digest()).decode() for a in CHECKSUMS if a in self.hashers}
+
+
+def check_whole_body(headers: Mapping[str, str], body: bytes) -> None:
+    """A body read whole (a CORS configuration, a DeleteObjects list): its Content-MD5 and x-amz-checksum-*, if sent,
+    checked (400 BadDigest)."""
+    for _piece in Digests(headers, None).watch([body]):
+        pass
