@@ -56,7 +56,7 @@ def buckets(store, after_bucket: str = "") -> Iterator[tuple[str, Version]]:
         segment, slash, _ = first.key.partition("/")
         if slash and valid_bucket(segment):
             if first.key == marker_key(segment) and first.version > 1:  # a marker changed since (CORS, S3-25): created at v1
-                first = store.history(first.key)[0]
+                first = store.resolve(first.key, 1)
             yield segment, first
         # The next key past every key that starts with this first segment (and its slash).
         after = segment + ("/" if slash else "") + LAST_CHAR
