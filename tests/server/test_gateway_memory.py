@@ -89,7 +89,7 @@ def test_prefixes_are_never_answered_from_memory(shared_server):
 def test_bytes_that_do_not_hash_to_the_id_are_not_kept(tmp_path):
     memory = GatewayMemory(str(tmp_path))
     good = os.urandom(100)
-    # Flip a bit of the last byte: appending a fixed byte would leave the data whole one time in 256.
+    # Flip a bit of the last byte: setting it to a fixed byte would leave the data whole one time in 256.
     memory.keep_object(hash_bytes(good), {"ETag": "x"}, good[:-1] + bytes([good[-1] ^ 1]))
     assert memory.find(f"/v1/objects/{hash_bytes(good)}") is None
     memory.keep_object(hash_bytes(good), {"ETag": "x", "X-Imstore-Worker": "1"}, good)
