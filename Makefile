@@ -15,12 +15,12 @@ $(VENV)/bin/python:
 # mode installs an import-hook finder that every Python start in the venv imports (~30 ms here).
 EDITABLE := --config-settings editable_mode=compat
 
-$(VENV)/.installed: $(VENV)/bin/python pyproject.toml
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py imstore/_md5lanes.c
 	$(PY) -m pip install -q -e . $(EDITABLE)
 	$(PY) -m compileall -q imstore > /dev/null
 	touch $@
 
-$(STAMP): $(VENV)/bin/python pyproject.toml
+$(STAMP): $(VENV)/bin/python pyproject.toml setup.py imstore/_md5lanes.c
 	$(PY) -m pip install -q -e '.[test]' $(EDITABLE)
 	$(PY) -m compileall -q imstore > /dev/null
 	touch $@

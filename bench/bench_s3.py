@@ -105,37 +105,40 @@ def copy_benchmark(args, work: Path, servers: dict, token: str, key: tuple[str, 
     token_file.write_text(token)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "AWS_ACCESS_KEY_ID": key[0],
            "AWS_SECRET_ACCESS_KEY": key[1], "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(work / "none")}  # fmt: skip
-    for transport, server in servers.items():
-        scheme, trust = ("https", ["--ca-bundle", str(work / "cert.pem")]) if transport == "https" else ("http", [])
-        runs: dict[str, list] = {"put": [], "cp": [], "null": []}
-        for round_number in range(args.rounds):  # interleaved, so load on the machine hits each alike
-            cacert = ["--cacert", str(work / "cert.pem")] if transport == "https" else []
+    runs = {transport: {"put": [], "cp": [], "null": []} for transport in servers}
+    for round_number in range(args.rounds):  # interleaved, rounds and transports, so load on the machine hits each alike
+        for transport, server in servers.items():
+            tls = transport.startswith("https")
+            scheme, trust = ("https", ["--ca-bundle", str(work / "cert.pem")]) if tls else ("http", [])
+            cacert = ["--cacert", str(work / "cert.pem")] if tls else []
             put = [*IMSTORE, "--remote", f"{scheme}://127.0.0.1:{server['port']}", "--token-file", str(token_file), *cacert,
                    "put", f"bench/put-{transport}-{round_number}", str(source)]  # fmt: skip
             fresh_content(source)
-            runs["put"].append(_timed(put, env, server["serve"], work / "store"))
+            runs[transport]["put"].append(_timed(put, env, server["serve"], work / "store"))
             copy = [aws, "--endpoint-url", f"{scheme}://127.0.0.1:{server['s3_port']}", *trust, "s3", "cp", "--only-show-errors",
                     str(source), f"s3://bench/cp-{transport}-{round_number}"]  # fmt: skip
             fresh_content(source)
-            runs["cp"].append(_timed(copy, env, server["serve"], work / "store"))
+            runs[transport]["cp"].append(_timed(copy, env, server["serve"], work / "store"))
             if "null" in server:
                 null = [aws, "--endpoint-url", f"{scheme}://127.0.0.1:{server['null']}", *trust, "s3", "cp", "--only-show-errors",
                         str(source), "s3://bench/null"]  # fmt: skip
-                runs["null"].append(_timed(null, env, server["null_process"], work / "store"))
-        put_seconds = statistics.median(seconds for seconds, _ in runs["put"])
+                runs[transport]["null"].append(_timed(null, env, server["null_process"], work / "store"))
+    for transport in servers:
+        put_seconds = statistics.median(seconds for seconds, _ in runs[transport]["put"])
         for name, label in (("put", "imstore --remote put"), ("cp", "aws s3 cp"), ("null", "aws s3 cp, null server")):
-            if runs[name]:
-                seconds = statistics.median(seconds for seconds, _ in runs[name])
-                client, gateway, workers = (statistics.median(cpu[i] for _, cpu in runs[name]) for i in range(3))
-                print(f"{args.big_mib} MiB {transport:5s} {label:24s} {seconds:6.2f} s  {seconds / put_seconds:5.2f}x"
+            if runs[transport][name]:
+                seconds = statistics.median(seconds for seconds, _ in runs[transport][name])
+                client, gateway, workers = (statistics.median(cpu[i] for _, cpu in runs[transport][name]) for i in range(3))
+                print(f"{args.big_mib} MiB {transport:13s} {label:24s} {seconds:6.2f} s  {seconds / put_seconds:5.2f}x"
                       f"   CPU s: client {client:5.2f}  gateway {gateway:5.2f}  workers {workers:5.2f}"
                       + ("   (goal <= 1.30x)" if name == "cp" else ""))  # fmt: skip
 
 
-def start_serve(work: Path, store: Path, args, stack: contextlib.ExitStack, tls: bool, floor: bool) -> dict:
+def start_serve(work: Path, store: Path, args, stack: contextlib.ExitStack, tls: bool, floor: bool, name: str | None = None,
+                env: dict | None = None) -> dict:  # fmt: skip
     """An `imstore serve --s3-port` (https with a self-signed certificate when tls), and with floor a null S3 server."""
     port, s3_port = free_port(), free_port()
-    transport = "https" if tls else "http"
+    transport = name or ("https" if tls else "http")
     certificate = ["--tls-cert", str(work / "cert.pem"), "--tls-key", str(work / "key.pem")] if tls else []
     if tls and not (work / "cert.pem").exists():
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
@@ -143,7 +146,8 @@ def start_serve(work: Path, store: Path, args, stack: contextlib.ExitStack, tls:
                        check=True, capture_output=True)  # fmt: skip
     log = stack.enter_context(open(work / f"serve-{transport}.log", "wb"))
     serve = subprocess.Popen([*IMSTORE, "--store", str(store), "serve", "--port", str(port), "--s3-port", str(s3_port),
-                              "--workers", args.workers, *certificate], stdout=log, stderr=log)  # fmt: skip
+                              "--workers", args.workers, *certificate], stdout=log, stderr=log,
+                             env={**os.environ, **(env or {})})  # fmt: skip
     stack.callback(lambda: (serve.terminate(), serve.wait(30)))
     server = {"port": port, "s3_port": s3_port, "serve": psutil.Process(serve.pid)}
     wait_port(port)
@@ -166,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", default="2")
     parser.add_argument("--parts", default="get,copy", help="comma-separated: get (4 KiB GETs), copy (the large copy)")
-    parser.add_argument("--transports", default="http", help="comma-separated: http, https (self-signed) for the copy")
+    parser.add_argument("--transports", default="http", help="comma-separated: http, https (self-signed) for the copy;"
+                        " https-hashlib: https with every MD5 by hashlib (IMSTORE_MD5LANES=0), to compare with the lanes")  # fmt: skip
     parser.add_argument("--floor", action="store_true", help="also time aws s3 cp to a server that discards the body (bench/s3_null.py)")
     args = parser.parse_args(argv)
     parts, transports = args.parts.split(","), args.transports.split(",")
@@ -178,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             opened.put("bench/small", os.urandom(4096))
         tokens = TokenStore(store)
         token, key = tokens.create("bench", "write"), tokens.create_s3("bench-s3", "write")
-        servers = {transport: start_serve(work, store, args, stack, transport == "https", args.floor) for transport in transports}
+        servers = {transport: start_serve(work, store, args, stack, transport.startswith("https"), args.floor, transport,
+                                          {"IMSTORE_MD5LANES": "0"} if transport == "https-hashlib" else None)
+                   for transport in transports}  # fmt: skip
         print(f"bench_s3 {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {args.workers} workers, {os.cpu_count()} CPUs,"
               f" load {os.getloadavg()[0]:.2f}")  # fmt: skip
         if "get" in parts:

@@ -16,6 +16,7 @@ import hmac
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 
+from ... import md5lanes
 from .xml import S3Error
 
 __all__ = ["Digests", "CHECKSUMS", "check_whole_body", "multipart_checksum"]
@@ -154,7 +155,7 @@ class Digests:
     """Digests of one upload's bytes, checked against what the client declared."""
 
     def __init__(self, headers: Mapping[str, str], payload_sha256: str | None):
-        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.md5 = md5lanes.new()  # hashed with the other uploads' MD5s in SIMD lanes
         self.expected: dict[str, bytes] = {}
         content_md5 = headers.get("Content-MD5")
         if content_md5 is not None:
