@@ -332,7 +332,7 @@ PyMODINIT_FUNC PyInit__md5lanes(void) {
     if (__builtin_cpu_supports("avx2"))
         vector_level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") ? 2 : 1;
     if (getenv("IMSTORE_MD5LANES_LEVEL")) /* tests reach each path on one machine; never above what the CPU has */
-        vector_level = Py_MIN(vector_level, atoi(getenv("IMSTORE_MD5LANES_LEVEL")));
+        vector_level = Py_MAX(0, Py_MIN(vector_level, atoi(getenv("IMSTORE_MD5LANES_LEVEL"))));
 #endif
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL)
