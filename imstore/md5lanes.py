@@ -34,8 +34,8 @@ __all__ = ["new", "compiled"]
 _ENABLED = os.environ.get("IMSTORE_MD5LANES", "1") != "0"
 
 _INITIAL = struct.pack("<4I", 0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476)
-GATHER_SECONDS = 0.03  # the longest a queued byte waits for other streams to fill lanes
-QUEUE_LIMIT = 4 << 20  # bytes a stream may have queued before its update() waits for the hasher
+GATHER_SECONDS = 0.1  # the longest a queued byte waits for other streams to fill lanes (30 ms filled fewer)
+QUEUE_LIMIT = 8 << 20  # bytes a stream may have queued before its update() waits for the hasher
 LANES = 8
 MIN_SLICE = 64 << 10  # see _batch
 INLINE_LIMIT = 64 << 10  # an update this small, with nothing queued before it, is hashed in the caller's thread
