@@ -129,8 +129,11 @@ def copy_benchmark(args, work: Path, servers: dict, token: str, key: tuple[str, 
             if runs[transport][name]:
                 seconds = statistics.median(seconds for seconds, _ in runs[transport][name])
                 client, gateway, workers = (statistics.median(cpu[i] for _, cpu in runs[transport][name]) for i in range(3))
+                # each round's own ratio too: its put and cp ran back to back, so a machine that speeds up or
+                # slows down between rounds (this VM's neighbours do) moves both
+                paired = statistics.median(s / p for (s, _), (p, _) in zip(runs[transport][name], runs[transport]["put"], strict=True))
                 print(f"{args.big_mib} MiB {transport:13s} {label:24s} {seconds:6.2f} s  {seconds / put_seconds:5.2f}x"
-                      f"   CPU s: client {client:5.2f}  gateway {gateway:5.2f}  workers {workers:5.2f}"
+                      f"  (paired {paired:4.2f}x)   CPU s: client {client:5.2f}  gateway {gateway:5.2f}  workers {workers:5.2f}"
                       + ("   (goal <= 1.30x)" if name == "cp" else ""))  # fmt: skip
 
 
