@@ -135,6 +135,9 @@ def copy_benchmark(args, work: Path, servers: dict, token: str, key: tuple[str, 
                 print(f"{args.big_mib} MiB {transport:13s} {label:24s} {seconds:6.2f} s  {seconds / put_seconds:5.2f}x"
                       f"  (paired {paired:4.2f}x)   CPU s: client {client:5.2f}  gateway {gateway:5.2f}  workers {workers:5.2f}"
                       + ("   (goal <= 1.30x)" if name == "cp" else ""))  # fmt: skip
+    if "https" in runs and "https-hashlib" in runs:  # the MD5 lanes against hashlib, round by round
+        paired = statistics.median(a / b for (a, _), (b, _) in zip(runs["https"]["cp"], runs["https-hashlib"]["cp"], strict=True))
+        print(f"aws s3 cp with MD5 lanes / with hashlib's MD5, each round's pair: median {paired:.3f}")
 
 
 def start_serve(work: Path, store: Path, args, stack: contextlib.ExitStack, tls: bool, floor: bool, name: str | None = None,
