@@ -191,9 +191,9 @@ typedef struct {
     md5_state *state;
     const uint8_t *data;
     size_t length;
-    int tail_block;    /* 1: the state's tail was filled to a whole block, which comes first */
+    int tail_block;    /* 1: the state's tail was filled to a whole block, hashed before the buffer's blocks */
     size_t data_start; /* where the buffer's whole blocks start */
-    size_t count;      /* blocks in all: tail_block + whole blocks of the buffer */
+    size_t blocks;     /* the buffer's whole blocks from data_start */
 } lane_work;
 
 static void plan_lane(lane_work *work) {
@@ -210,14 +210,14 @@ static void plan_lane(lane_work *work) {
         work->tail_block = state->tail_len == 64;
     }
     work->data_start = used;
-    work->count = work->tail_block + (work->length - used) / 64;
+    work->blocks = (work->length - used) / 64;
 }
 
 static void finish_lane(lane_work *work) {
     md5_state *state = work->state;
     if (work->tail_block)
         state->tail_len = 0;
-    size_t consumed = work->data_start + 64 * (work->count - work->tail_block);
+    size_t consumed = work->data_start + 64 * work->blocks;
     if (consumed < work->length) { /* the rest, less than a block, waits in the tail */
         memcpy(state->tail + state->tail_len, work->data + consumed, work->length - consumed);
         state->tail_len += (uint32_t)(work->length - consumed);
@@ -244,7 +244,7 @@ static void hash_lanes(lane_work *work, Py_ssize_t count) {
         for (int l = 0; l < used; l++) {
             lane_work *one = &work[start + l];
             memcpy(h[l], one->state->h, sizeof h[l]);
-            counts[l] = one->count - one->tail_block;
+            counts[l] = one->blocks;
             data[l] = one->data + one->data_start;
         }
         if (vector_level == 2)
@@ -258,7 +258,7 @@ static void hash_lanes(lane_work *work, Py_ssize_t count) {
 #endif
     for (; start < count; start++) {
         lane_work *one = &work[start];
-        md5_blocks_scalar(one->state->h, one->data + one->data_start, one->count - one->tail_block);
+        md5_blocks_scalar(one->state->h, one->data + one->data_start, one->blocks);
     }
     for (Py_ssize_t l = 0; l < count; l++)
         finish_lane(&work[l]);

@@ -188,7 +188,7 @@ class LaneMD5:
         state = bytearray(self.state)
         (length,) = struct.unpack_from("<Q", state, 16)
         padding = b"\x80" + b"\0" * ((55 - length) % 64) + struct.pack("<Q", (length * 8) & (2**64 - 1))
-        _md5lanes.update([state], [padding])  # a copy's last block: no other thread can see it, no combining
+        _md5lanes.update([state], [padding])  # into a copy of the state: digest() can be asked again, update() go on
         return bytes(state[:16])
 
     def hexdigest(self) -> str:
@@ -197,6 +197,6 @@ class LaneMD5:
 
 def new(data=b""):
     """An MD5 with hashlib's interface, hashed in lanes with the other streams open at the same time."""
-    if _md5lanes is None or not _ENABLED:
+    if not compiled():
         return hashlib.md5(data, usedforsecurity=False)
     return LaneMD5(data)
