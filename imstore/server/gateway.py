@@ -234,8 +234,10 @@ class Gateway:
             return False
 
     # ------------------------------------------------------------ forwarding
-    async def _forward(self, request: web.BaseRequest, state: dict, extra: dict | None = None) -> web.StreamResponse:
-        """Send a request on to a worker; extra: internal headers to add (the S3 port's context)."""
+    async def _forward(self, request: web.BaseRequest, state: dict, extra: dict | None = None,
+                       affinity: str | None = None) -> web.StreamResponse:  # fmt: skip
+        """Send a request on to a worker; extra: internal headers to add (the S3 port's context); affinity: requests
+        with the same one go to the same live worker (Supervisor.pick)."""
         length = request.content_length
         limit = self.config.max_body
         if limit is not None and length is not None and length > limit:
@@ -263,7 +265,7 @@ class Gateway:
         failed: WorkerSlot | None = None
         failures = not_sent = 0
         while True:  # at most 2 failed exchanges and one unreached try per worker: bounded
-            slot = self.supervisor.pick(exclude=failed) or await self.supervisor.wait_for_any(2.0)
+            slot = self.supervisor.pick(exclude=failed, affinity=affinity) or await self.supervisor.wait_for_any(2.0)
             if slot is None:
                 raise Unavailable("no worker is alive")
             state["worker"] = slot.id

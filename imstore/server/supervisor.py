@@ -23,6 +23,7 @@ import signal
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 
 from ..errors import Unavailable, UsageError
@@ -230,13 +231,17 @@ class Supervisor:
                 slot.process.kill()
 
     # ------------------------------------------------------------ routing
-    def pick(self, exclude: WorkerSlot | None = None) -> WorkerSlot | None:
-        """The next live worker in round-robin order (not `exclude` if another is alive)."""
+    def pick(self, exclude: WorkerSlot | None = None, affinity: str | None = None) -> WorkerSlot | None:
+        """The next live worker in round-robin order (not `exclude` if another is alive). With an affinity (an S3
+        upload id), the same live worker each time: one upload's parts meet in one process, where their MD5s
+        share the SIMD lanes (S3-27); the next live one when that worker is down."""
         count = len(self.slots)
         fallback = None
-        for _ in range(count):
-            slot = self.slots[self._next % count]
-            self._next += 1
+        start = zlib.crc32(affinity.encode()) if affinity is not None else self._next
+        for step in range(count):
+            slot = self.slots[(start + step) % count]
+            if affinity is None:
+                self._next += 1
             if slot.alive:
                 if slot is exclude:
                     fallback = slot

@@ -121,7 +121,8 @@ class S3Front:
         if self.memory.may_answer(request.method, request.raw_path, request.headers):
             stamp = self.memory.stamp()  # before forwarding: see latest.py
             state["keep"] = lambda headers, data: self.memory.keep(request.raw_path, stamp, headers, data)
-        return await self.gateway._forward(request, state, {S3_CONTEXT: context_header(caller)})
+        upload_id = request.rel_url.query.get("uploadId") if "uploadId=" in request.raw_path else None
+        return await self.gateway._forward(request, state, {S3_CONTEXT: context_header(caller)}, affinity=upload_id)
 
 
 async def start_s3(config, gateway, ssl_context, info) -> web.BaseRunner:
