@@ -27,7 +27,7 @@ typedef struct {
 } md5_state;
 
 #define STATE_SIZE ((Py_ssize_t)sizeof(md5_state))
-#define MAX_LANES 8
+#define MAX_LANES 16
 
 /* The 64 steps of RFC 1321, each STEP(function, a, b, c, d, message word, constant, rotation). */
 #define MD5_STEPS(S1, S2, S3, S4)                                                                                      \
@@ -85,10 +85,13 @@ static void md5_blocks_scalar(uint32_t h[4], const uint8_t *block, size_t count)
 #ifdef HAVE_AVX2_PATH
 #define V_ADD _mm256_add_epi32
 /* a + word + constant does not wait for b, c, d: only f, one add, the rotation and the last add are on the chain
- * from one step to the next, which is what bounds a pass (latency, not width) */
+ * from one step to the next, which bounds a pass (latency, not width). So a step is run for every group of eight
+ * lanes before the next step: two groups' chains interleave and sixteen lanes cost little more than eight. */
 #define VECTOR_STEP(f, a, b, c, d, i, k, s)                                                                            \
-    a = V_ADD(V_ADD(a, V_ADD(w[i], _mm256_set1_epi32((int)(k)))), f);                                                 \
-    a = V_ADD(V_ROTL(a, s), b);
+    for (int g = 0; g < GROUPS; g++) {                                                                                 \
+        a[g] = V_ADD(V_ADD(a[g], V_ADD(w[g][i], _mm256_set1_epi32((int)(k)))), f);                                    \
+        a[g] = V_ADD(V_ROTL(a[g], s), b[g]);                                                                           \
+    }
 
 /* Eight rows of eight 32-bit words in, eight columns out: out[j] holds word j of every row. */
 __attribute__((target("avx2"))) static inline void transpose8(const __m256i r[8], __m256i out[8]) {
@@ -109,14 +112,16 @@ __attribute__((target("avx2"))) static inline void transpose8(const __m256i r[8]
     }
 }
 
-/* Lane l hashes counts[l] blocks from data[l]; a lane out of blocks reads a zero block and keeps its state.
- * The body is written once and compiled twice, with the step functions of each instruction set. */
-#define MD5_LANES_BODY                                                                                                 \
+/* Lane l hashes counts[l] blocks from data[l]; a lane out of blocks reads a zero block and keeps its state. GROUPS
+ * (1 or 2) vectors of eight lanes each. The body is written once and compiled four times: one group and two, with
+ * the step functions of each instruction set. */
+#define MD5_LANES_BODY(groups)                                                                                         \
+    enum { GROUPS = groups, LANES = 8 * groups };                                                                      \
     static const uint8_t zero_block[64];                                                                               \
-    uint32_t column[4][MAX_LANES];                                                                                     \
-    int32_t count32[MAX_LANES];                                                                                        \
+    uint32_t column[4][LANES];                                                                                         \
+    int32_t count32[LANES];                                                                                            \
     size_t most = 0;                                                                                                   \
-    for (int l = 0; l < MAX_LANES; l++) {                                                                              \
+    for (int l = 0; l < LANES; l++) {                                                                                  \
         for (int j = 0; j < 4; j++)                                                                                    \
             column[j][l] = l < used ? h[l][j] : 0;                                                                     \
         size_t count = l < used ? counts[l] : 0;                                                                       \
@@ -124,34 +129,47 @@ __attribute__((target("avx2"))) static inline void transpose8(const __m256i r[8]
         if (count > most)                                                                                              \
             most = count;                                                                                              \
     }                                                                                                                  \
-    __m256i a0 = _mm256_loadu_si256((const __m256i *)column[0]), b0 = _mm256_loadu_si256((const __m256i *)column[1]); \
-    __m256i c0 = _mm256_loadu_si256((const __m256i *)column[2]), d0 = _mm256_loadu_si256((const __m256i *)column[3]); \
-    const __m256i counts_v = _mm256_loadu_si256((const __m256i *)count32);                                             \
+    __m256i a0[GROUPS], b0[GROUPS], c0[GROUPS], d0[GROUPS], counts_v[GROUPS];                                          \
+    for (int g = 0; g < GROUPS; g++) {                                                                                 \
+        a0[g] = _mm256_loadu_si256((const __m256i *)&column[0][8 * g]);                                                \
+        b0[g] = _mm256_loadu_si256((const __m256i *)&column[1][8 * g]);                                                \
+        c0[g] = _mm256_loadu_si256((const __m256i *)&column[2][8 * g]);                                                \
+        d0[g] = _mm256_loadu_si256((const __m256i *)&column[3][8 * g]);                                                \
+        counts_v[g] = _mm256_loadu_si256((const __m256i *)&count32[8 * g]);                                            \
+    }                                                                                                                  \
     const __m256i ones = _mm256_set1_epi32(-1);                                                                        \
     (void)ones;                                                                                                        \
     for (size_t n = 0; n < most; n++) {                                                                                \
-        __m256i rows[8], w[16];                                                                                        \
-        const uint8_t *block[MAX_LANES];                                                                               \
-        for (int l = 0; l < MAX_LANES; l++)                                                                            \
-            block[l] = (l < used && n < counts[l]) ? data[l] + 64 * n : zero_block;                                    \
-        for (int half = 0; half < 2; half++) {                                                                         \
-            for (int l = 0; l < MAX_LANES; l++)                                                                        \
-                rows[l] = _mm256_loadu_si256((const __m256i *)(block[l] + 32 * half));                                 \
-            transpose8(rows, w + 8 * half);                                                                            \
+        __m256i rows[8], w[GROUPS][16], a[GROUPS], b[GROUPS], c[GROUPS], d[GROUPS];                                    \
+        for (int g = 0; g < GROUPS; g++) {                                                                             \
+            const uint8_t *block[8];                                                                                   \
+            for (int l = 0; l < 8; l++) {                                                                              \
+                int lane = 8 * g + l;                                                                                  \
+                block[l] = (lane < used && n < counts[lane]) ? data[lane] + 64 * n : zero_block;                       \
+            }                                                                                                          \
+            for (int half = 0; half < 2; half++) {                                                                     \
+                for (int l = 0; l < 8; l++)                                                                            \
+                    rows[l] = _mm256_loadu_si256((const __m256i *)(block[l] + 32 * half));                             \
+                transpose8(rows, w[g] + 8 * half);                                                                     \
+            }                                                                                                          \
+            a[g] = a0[g], b[g] = b0[g], c[g] = c0[g], d[g] = d0[g];                                                    \
         }                                                                                                              \
-        __m256i a = a0, b = b0, c = c0, d = d0;                                                                        \
         MD5_STEPS(VF, VG, VH, VI)                                                                                      \
         /* lanes still in their blocks take the new state; the others keep theirs */                                   \
-        const __m256i active = _mm256_cmpgt_epi32(counts_v, _mm256_set1_epi32((int)n));                                \
-        a0 = _mm256_blendv_epi8(a0, V_ADD(a0, a), active);                                                             \
-        b0 = _mm256_blendv_epi8(b0, V_ADD(b0, b), active);                                                             \
-        c0 = _mm256_blendv_epi8(c0, V_ADD(c0, c), active);                                                             \
-        d0 = _mm256_blendv_epi8(d0, V_ADD(d0, d), active);                                                             \
+        for (int g = 0; g < GROUPS; g++) {                                                                             \
+            const __m256i active = _mm256_cmpgt_epi32(counts_v[g], _mm256_set1_epi32((int)n));                        \
+            a0[g] = _mm256_blendv_epi8(a0[g], V_ADD(a0[g], a[g]), active);                                             \
+            b0[g] = _mm256_blendv_epi8(b0[g], V_ADD(b0[g], b[g]), active);                                             \
+            c0[g] = _mm256_blendv_epi8(c0[g], V_ADD(c0[g], c[g]), active);                                             \
+            d0[g] = _mm256_blendv_epi8(d0[g], V_ADD(d0[g], d[g]), active);                                             \
+        }                                                                                                              \
     }                                                                                                                  \
-    _mm256_storeu_si256((__m256i *)column[0], a0);                                                                     \
-    _mm256_storeu_si256((__m256i *)column[1], b0);                                                                     \
-    _mm256_storeu_si256((__m256i *)column[2], c0);                                                                     \
-    _mm256_storeu_si256((__m256i *)column[3], d0);                                                                     \
+    for (int g = 0; g < GROUPS; g++) {                                                                                 \
+        _mm256_storeu_si256((__m256i *)&column[0][8 * g], a0[g]);                                                      \
+        _mm256_storeu_si256((__m256i *)&column[1][8 * g], b0[g]);                                                      \
+        _mm256_storeu_si256((__m256i *)&column[2][8 * g], c0[g]);                                                      \
+        _mm256_storeu_si256((__m256i *)&column[3][8 * g], d0[g]);                                                      \
+    }                                                                                                                  \
     for (int l = 0; l < used; l++)                                                                                     \
         for (int j = 0; j < 4; j++)                                                                                    \
             h[l][j] = column[j][l];
@@ -159,13 +177,17 @@ __attribute__((target("avx2"))) static inline void transpose8(const __m256i r[8]
 /* AVX2: F, G, H, I from and/or/xor; a rotation is two shifts and an or. */
 #define V_ROTL(x, s) _mm256_or_si256(_mm256_slli_epi32(x, s), _mm256_srli_epi32(x, 32 - (s)))
 #define V_XOR _mm256_xor_si256
-#define VF(a, b, c, d, i, k, s) VECTOR_STEP(V_XOR(d, _mm256_and_si256(b, V_XOR(c, d))), a, b, c, d, i, k, s)
-#define VG(a, b, c, d, i, k, s) VECTOR_STEP(V_XOR(c, _mm256_and_si256(d, V_XOR(b, c))), a, b, c, d, i, k, s)
-#define VH(a, b, c, d, i, k, s) VECTOR_STEP(V_XOR(V_XOR(b, c), d), a, b, c, d, i, k, s)
-#define VI(a, b, c, d, i, k, s) VECTOR_STEP(V_XOR(c, _mm256_or_si256(b, V_XOR(d, ones))), a, b, c, d, i, k, s)
+#define VF(a, b, c, d, i, k, s) VECTOR_STEP(V_XOR(d[g], _mm256_and_si256(b[g], V_XOR(c[g], d[g]))), a, b, c, d, i, k, s)
+#define VG(a, b, c, d, i, k, s) VECTOR_STEP(V_XOR(c[g], _mm256_and_si256(d[g], V_XOR(b[g], c[g]))), a, b, c, d, i, k, s)
+#define VH(a, b, c, d, i, k, s) VECTOR_STEP(V_XOR(V_XOR(b[g], c[g]), d[g]), a, b, c, d, i, k, s)
+#define VI(a, b, c, d, i, k, s) VECTOR_STEP(V_XOR(c[g], _mm256_or_si256(b[g], V_XOR(d[g], ones))), a, b, c, d, i, k, s)
 __attribute__((target("avx2"))) static void md5_blocks_avx2(uint32_t h[][4], const size_t counts[], int used,
                                                            const uint8_t *const data[]) {
-    MD5_LANES_BODY
+    MD5_LANES_BODY(1)
+}
+__attribute__((target("avx2"))) static void md5_blocks_avx2_x2(uint32_t h[][4], const size_t counts[], int used,
+                                                              const uint8_t *const data[]) {
+    MD5_LANES_BODY(2)
 }
 #undef V_ROTL
 #undef VF
@@ -175,14 +197,18 @@ __attribute__((target("avx2"))) static void md5_blocks_avx2(uint32_t h[][4], con
 
 /* AVX-512VL: each of F, G, H, I is one ternary-logic instruction, a rotation one instruction. */
 #define V_ROTL(x, s) _mm256_rol_epi32(x, s)
-#define VF(a, b, c, d, i, k, s) VECTOR_STEP(_mm256_ternarylogic_epi32(b, c, d, 0xca), a, b, c, d, i, k, s)
-#define VG(a, b, c, d, i, k, s) VECTOR_STEP(_mm256_ternarylogic_epi32(b, c, d, 0xe4), a, b, c, d, i, k, s)
-#define VH(a, b, c, d, i, k, s) VECTOR_STEP(_mm256_ternarylogic_epi32(b, c, d, 0x96), a, b, c, d, i, k, s)
-#define VI(a, b, c, d, i, k, s) VECTOR_STEP(_mm256_ternarylogic_epi32(b, c, d, 0x39), a, b, c, d, i, k, s)
-__attribute__((target("avx2,avx512f,avx512vl"))) static void md5_blocks_avx512(uint32_t h[][4], const size_t counts[], int used,
-                                                                              const uint8_t *const data[]) {
-    MD5_LANES_BODY
+#define VF(a, b, c, d, i, k, s) VECTOR_STEP(_mm256_ternarylogic_epi32(b[g], c[g], d[g], 0xca), a, b, c, d, i, k, s)
+#define VG(a, b, c, d, i, k, s) VECTOR_STEP(_mm256_ternarylogic_epi32(b[g], c[g], d[g], 0xe4), a, b, c, d, i, k, s)
+#define VH(a, b, c, d, i, k, s) VECTOR_STEP(_mm256_ternarylogic_epi32(b[g], c[g], d[g], 0x96), a, b, c, d, i, k, s)
+#define VI(a, b, c, d, i, k, s) VECTOR_STEP(_mm256_ternarylogic_epi32(b[g], c[g], d[g], 0x39), a, b, c, d, i, k, s)
+#define AVX512 __attribute__((target("avx2,avx512f,avx512vl")))
+AVX512 static void md5_blocks_avx512(uint32_t h[][4], const size_t counts[], int used, const uint8_t *const data[]) {
+    MD5_LANES_BODY(1)
 }
+AVX512 static void md5_blocks_avx512_x2(uint32_t h[][4], const size_t counts[], int used, const uint8_t *const data[]) {
+    MD5_LANES_BODY(2)
+}
+
 #endif
 
 /* ---- one lane's work: the state's pending tail first, then the buffer's whole blocks ---- */
@@ -235,9 +261,13 @@ static void hash_lanes(lane_work *work, Py_ssize_t count) {
     }
     Py_ssize_t start = 0;
 #ifdef HAVE_AVX2_PATH
-    /* groups of up to eight lanes; a lone lane is faster in plain C than in one lane of eight */
+    /* up to sixteen lanes at a time (two vectors of eight when more than eight); a lone lane is faster in plain C */
     while (vector_level && count - start >= 2) {
         int used = (int)(count - start < MAX_LANES ? count - start : MAX_LANES);
+        /* A pass of two groups costs AVX-512VL 1.25x one group's (its 32 registers hold both), AVX2 1.7x (16
+         * registers: it spills), so with AVX2 nine lanes are faster as eight and one in plain C. */
+        if (vector_level == 1 && used == 9)
+            used = 8;
         uint32_t h[MAX_LANES][4];
         size_t counts[MAX_LANES];
         const uint8_t *data[MAX_LANES];
@@ -248,9 +278,9 @@ static void hash_lanes(lane_work *work, Py_ssize_t count) {
             data[l] = one->data + one->data_start;
         }
         if (vector_level == 2)
-            md5_blocks_avx512(h, counts, used, data);
+            (used > 8 ? md5_blocks_avx512_x2 : md5_blocks_avx512)(h, counts, used, data);
         else
-            md5_blocks_avx2(h, counts, used, data);
+            (used > 8 ? md5_blocks_avx2_x2 : md5_blocks_avx2)(h, counts, used, data);
         for (int l = 0; l < used; l++)
             memcpy(work[start + l].state->h, h[l], sizeof h[l]);
         start += used;
