@@ -36,14 +36,14 @@ class S3Server:
                             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, **config))  # fmt: skip
 
 
-def start_s3(root: Path, *args: str, tls: tuple[Path, Path] | None = None) -> S3Server:
+def start_s3(root: Path, *args: str, tls: tuple[Path, Path] | None = None, env: dict | None = None) -> S3Server:
     store = root / "store"
     Store.init(store)[0].close()
     tokens = TokenStore(store)
     write_key, read_key = tokens.create_s3("s3w", "write"), tokens.create_s3("s3r", "read")
     port = free_port()
     tls_args = ("--tls-cert", str(tls[0]), "--tls-key", str(tls[1])) if tls else ()
-    server = start_server(store, root / "serve.log", "--workers", "2", "--s3-port", str(port), *tls_args, *args, tls=bool(tls))
+    server = start_server(store, root / "serve.log", "--workers", "2", "--s3-port", str(port), *tls_args, *args, tls=bool(tls), env=env)
     return S3Server(server, port, write_key, read_key, "https" if tls else "http", str(tls[0]) if tls else False)
 
 

@@ -336,6 +336,29 @@ def test_health_is_ok_degraded_or_down_by_live_workers():
         shutil.rmtree(supervisor.runtime_dir, ignore_errors=True)
 
 
+def test_requests_with_one_affinity_go_to_one_live_worker_and_others_round_robin():
+    from imstore.server.supervisor import Supervisor
+
+    supervisor = Supervisor("/nonexistent", 3)
+    try:
+        for slot in supervisor.slots:
+            slot.alive = True
+        uploads = [f"{number:032x}" for number in range(12)]
+        chosen = {upload: supervisor.pick(affinity=upload) for upload in uploads}
+        assert all(supervisor.pick(affinity=upload) is slot for upload, slot in chosen.items() for _ in range(5))
+        assert len({slot.id for slot in chosen.values()}) > 1  # different uploads spread over the workers
+        assert [supervisor.pick().id for _ in range(6)] == [1, 2, 3, 1, 2, 3]  # no affinity: round robin, undisturbed
+        upload, slot = next(iter(chosen.items()))
+        assert supervisor.pick(affinity=upload, exclude=slot) is not slot  # a retry after a failure goes elsewhere
+        slot.alive = False
+        moved = supervisor.pick(affinity=upload)
+        assert moved is not slot and moved.alive and supervisor.pick(affinity=upload) is moved  # down: the next live one
+    finally:
+        import shutil
+
+        shutil.rmtree(supervisor.runtime_dir, ignore_errors=True)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_large_upload_and_download_stream_with_flat_memory(start):

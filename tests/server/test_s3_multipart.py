@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import socket
+import time
 
 import pytest
 
@@ -47,6 +49,60 @@ def test_a_multipart_upload_from_parallel_parts_is_one_version_with_the_md5_of_m
         assert [v.version for v in store.history("parts/backups/big.bin")] == [1]
         assert store.get("parts/backups/big.bin") == data
     assert not list((s3.server.store / "s3-uploads").glob("*/*.part"))  # the parts are gone once committed
+
+
+def test_every_request_of_one_upload_goes_to_one_worker(s3):
+    """The gateway routes by uploadId (S3-27): the parts' MD5s meet in one worker's lanes. The access log names the
+    worker of each request; round robin would alternate the two workers part by part."""
+    client = s3.client()
+    workers = {}
+    for key in ("affinity/a", "affinity/b", "affinity/c"):
+        upload = client.create_multipart_upload(Bucket="parts", Key=key)["UploadId"]
+        parts = [client.upload_part(Bucket="parts", Key=key, UploadId=upload, PartNumber=number, Body=b"x" * 100)
+                 for number in (1, 2, 3, 4)]  # fmt: skip
+        assert [part["PartNumber"] for part in client.list_parts(Bucket="parts", Key=key, UploadId=upload)["Parts"]] == [1, 2, 3, 4]
+        client.abort_multipart_upload(Bucket="parts", Key=key, UploadId=upload)
+        assert len(parts) == 4
+        lines = [line for line in s3.server.log().splitlines() if f" /parts/{key} " in line]
+        assert len(lines) == 7  # CreateMultipartUpload (no id yet: any worker), four parts, ListParts, Abort
+        workers[key] = {line.rpartition("worker=")[2] for line in lines[1:]}
+    assert all(len(used) == 1 for used in workers.values()), workers
+
+
+def test_parts_whose_bodies_are_still_arriving_leave_the_workers_store_threads_free(tmp_path):
+    """Parts are written by threads of their own (S3-27): ten parts stalled mid-body on the one worker (more than
+    its eight store threads) all reach it, and a listing, which needs a store thread, is answered meanwhile."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    server = start_s3(tmp_path, "--workers", "1", env={"IMSTORE_BODY_TIMEOUT": "300"})  # stalled parts wait, not fail
+    connections = []
+    try:
+        client = server.client()
+        client.create_bucket(Bucket="slow")
+        client.put_object(Bucket="slow", Key="small", Body=b"read me")
+        upload = client.create_multipart_upload(Bucket="slow", Key="big")["UploadId"]
+        for number in range(1, 11):
+            target = f"/slow/big?partNumber={number}&uploadId={upload}"
+            request = AWSRequest(method="PUT", url=server.endpoint + target,
+                                 headers={"Content-Length": str(6 * MiB), "X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})  # fmt: skip
+            S3SigV4Auth(Credentials(*server.write_key), "s3", "us-east-1").add_auth(request)
+            head = f"PUT {target} HTTP/1.1\r\n" + "".join(f"{name}: {value}\r\n" for name, value in request.headers.items())
+            connection = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            connection.sendall(f"{head}Host: 127.0.0.1:{server.port}\r\n\r\n".encode() + b"x" * (MiB // 2))  # then nothing more
+            connections.append(connection)
+        claims = server.server.store / "s3-uploads" / upload
+        deadline = time.monotonic() + 20
+        while len(list(claims.glob("*.claim"))) < 10 and time.monotonic() < deadline:  # each part's thread has begun
+            time.sleep(0.05)
+        assert len(list(claims.glob("*.claim"))) == 10
+        listed = server.client(read_timeout=15).list_objects_v2(Bucket="slow")
+        assert [entry["Key"] for entry in listed["Contents"]] == ["small"]
+    finally:
+        for connection in connections:
+            connection.close()
+        stop_s3(server)
 
 
 def test_an_aborted_upload_leaves_no_version_and_no_parts(s3):

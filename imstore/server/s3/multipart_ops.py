@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
@@ -19,6 +20,7 @@ from .xml import S3Error, document, iso_time, parse
 __all__ = ["MultipartOperations", "declared_length", "expire_uploads_periodically"]
 
 SWEEP_INTERVAL = 3600.0  # seconds between two looks for expired uploads, in each worker
+PART_THREADS = 16  # parts received at once by one worker: aws-cli sends 10, rclone 4 per file and 4 files
 
 
 async def expire_uploads_periodically(app, max_age: float, interval: float = SWEEP_INTERVAL) -> None:
@@ -100,6 +102,9 @@ class MultipartOperations:
         self.s3 = s3
         self.app = s3.app
         self.uploads = Uploads(self.app.store_root)
+        # Parts are written by threads of their own (S3-27): a part holds its thread while its body arrives, and
+        # one aws-cli sends ten at once, all to this worker (Supervisor.pick): the store threads stay for the rest.
+        self.part_threads = ThreadPoolExecutor(PART_THREADS, thread_name_prefix="imstore-part")
 
     async def handle(self, request: web.BaseRequest, caller: Caller, bucket: str, key: str, query: dict) -> web.StreamResponse:
 
@@ -154,7 +159,10 @@ class MultipartOperations:
             part = self.uploads.write_part(upload, int(number_text), body, digests.md5, declared_length(caller, request.headers), sent)
             return part, digests.checksum_headers()
 
-        part, checksums = await self.app.call(write)
+        if copying:  # its bytes come from the store, not from a body
+            part, checksums = await self.app.call(write)
+        else:
+            part, checksums = await asyncio.get_running_loop().run_in_executor(self.part_threads, write)
         if copying:
             result = document("CopyPartResult", (("LastModified", iso_time(part.modified_ns)), ("ETag", f'"{part.etag}"')))
             return xml_response(result, headers=checksums)  # here: the source's version id
