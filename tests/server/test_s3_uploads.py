@@ -68,6 +68,20 @@ def test_a_part_sent_again_goes_to_its_own_file_and_is_copied_into_place(store):
     assert adopted and store.cat(object_id) == first + again + b"end"
 
 
+def test_a_part_sent_on_its_own_and_then_in_place_is_the_later_one(store):
+    """The in-place part's record is its claim file, linked to <n>.json; that name taken, the later record replaces it."""
+    uploads = Uploads(store.root)
+    upload = start(uploads)
+    small, first, second = b"sent first, too small to go in place", os.urandom(STRIDE), os.urandom(STRIDE)
+    send(uploads, upload, 1, small)
+    wanted = [send(uploads, upload, 1, first), send(uploads, upload, 2, second), send(uploads, upload, 3, b"end")]
+    directory = uploads.root / upload.upload_id
+    assert json.loads((directory / "1.json").read_bytes())["etag"] == hashlib.md5(first).hexdigest()
+    assert os.path.samefile(directory / "2.claim", directory / "2.json")  # no file made for part 2's record
+    object_id, adopted = complete(store, uploads, upload, wanted)
+    assert adopted and store.cat(object_id) == first + second + b"end"
+
+
 def test_parts_of_other_sizes_or_with_gaps_are_copied_into_a_new_object(store):
     uploads = Uploads(store.root)
     upload = start(uploads)

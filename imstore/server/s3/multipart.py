@@ -8,7 +8,8 @@ removed and leaves no version.
     object             the object being built: a part of the stride's size goes straight to its place
                        in it, (n-1)*stride, so that Complete copies nothing (S3-10)
     stride             the size of the first part of at least 5 MiB (aws-cli's, boto3's: all but the last)
-    <n>.claim          made once (O_EXCL) by the one request that may write part n in place
+    <n>.claim          made once (O_EXCL) by the one request that may write part n in place; once the
+                       part is there it holds the part's record, and <n>.json is linked to it
     <n>-<md5>.part     part n when it is not in place (another size, the last part, a part sent again)
     <n>.json           {"etag", "size", "boot", "at"} of part n, written once its bytes are in place
                        ("at": its offset in `object`, absent for a .part file)
@@ -166,16 +167,45 @@ class Uploads:
             part = self._write_alone(directory, number, chunks, md5)
         record = {"etag": part.etag, "size": part.size, "boot": part.boot, **({"at": at} if at is not None else {}),
                   "checksums": checksums()}  # fmt: skip
-        atomic_write(directory / f"{number}.json", json.dumps(record).encode(), 0o600, durable=BOOT_ID is None)
+        if at is not None:
+            self._record_in_claim(directory, number, json.dumps(record).encode())
+        else:
+            atomic_write(directory / f"{number}.json", json.dumps(record).encode(), 0o600, durable=BOOT_ID is None)
         return part
+
+    @staticmethod
+    def _record_in_claim(directory: Path, number: int, record: bytes) -> None:
+        """Write an in-place part's record into its claim, then give that file the record's name: no new file per
+        part beyond the claim (creating files costs here: ext4 searches its inode bitmaps past recent deletions)."""
+        claim, named = directory / f"{number}.claim", directory / f"{number}.json"
+        durable = BOOT_ID is None
+        try:
+            fd = os.open(claim, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                write_all(fd, record)
+                if durable:
+                    fsync_fd(fd)
+            finally:
+                os.close(fd)
+            os.link(claim, named)  # readers see the record whole, or no record: it was written before the name
+        except FileExistsError:  # part n sent on its own before: this later upload's record replaces that one
+            atomic_write(named, record, 0o600, durable=durable)
+            return
+        except FileNotFoundError:
+            raise _no_upload() from None  # aborted meanwhile
+        if durable:
+            fsync_dir(directory)
 
     def _place(self, directory: Path, number: int, declared: int | None) -> int | None:
         """The offset part `number` is written at in `object`, or None when it goes to a file of its own."""
         if declared is None or declared < MIN_PART_SIZE or number * declared > _IN_PLACE_END:
             return None
         try:
-            atomic_write(directory / "stride", str(declared).encode(), 0o600, create_only=True, durable=False)
-            stride = int((directory / "stride").read_bytes())
+            try:
+                stride = int((directory / "stride").read_bytes())
+            except FileNotFoundError:  # the first part of the upload to get here sets it
+                atomic_write(directory / "stride", str(declared).encode(), 0o600, create_only=True, durable=False)
+                stride = int((directory / "stride").read_bytes())
             if stride != declared:
                 return None
             os.close(os.open(directory / f"{number}.claim", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
