@@ -242,3 +242,28 @@ def test_a_whole_body_with_a_wrong_content_md5_is_bad_digest_and_writes_nothing(
     right = base64.b64encode(hashlib.md5(config).digest()).decode()
     assert send(s3, "PUT", "/digest?cors", {"Content-MD5": right}, config, sign=True)[0] == 200
     assert len(marker_history(s3, "digest")) == 2
+
+
+def test_errors_the_front_gives_carry_the_headers_too(s3):
+    """A bad signature or a read key's write is refused before any worker: a page must still be able to read why."""
+    client = s3.client()
+    client.create_bucket(Bucket="refused")
+    client.put_object(Bucket="refused", Key="a.txt", Body=b"hello")
+    signer = s3.client(signature_version="s3v4")
+    url = urlsplit(signer.generate_presigned_url("get_object", Params={"Bucket": "refused", "Key": "a.txt"}))
+    signature = re.search(r"X-Amz-Signature=([0-9a-f]+)", url.query).group(1)
+    tampered = url.path + "?" + url.query.replace(signature, signature[::-1])
+    origin = {"Origin": "http://gallery.lan"}
+    status, headers, body = send(s3, "GET", tampered, origin)
+    assert (status, error_code(body)) == (403, "SignatureDoesNotMatch") and not cors_headers(headers)  # no rules yet
+
+    client.put_bucket_cors(Bucket="refused", CORSConfiguration={"CORSRules": RULES})
+    status, headers, body = send(s3, "GET", tampered, origin)
+    assert (status, error_code(body)) == (403, "SignatureDoesNotMatch")
+    assert headers["access-control-allow-origin"] == "http://gallery.lan" and "Origin" in headers["vary"]
+    assert not cors_headers(send(s3, "GET", tampered, {"Origin": "http://evil.example"})[1])  # no rule allows it
+    assert not cors_headers(send(s3, "GET", tampered)[1])  # not a browser's
+    reader = urlsplit(s3.client("read").generate_presigned_url("put_object", Params={"Bucket": "refused", "Key": "b.txt"}))
+    status, headers, body = send(s3, "PUT", reader.path + "?" + reader.query, origin, b"from a page")
+    assert (status, error_code(body)) == (403, "AccessDenied") and headers["access-control-allow-origin"] == "http://gallery.lan"
+    assert s3.client().list_objects_v2(Bucket="refused")["KeyCount"] == 1  # and nothing was written

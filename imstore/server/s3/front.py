@@ -8,6 +8,7 @@ from one internal header (S3_CONTEXT), which the gateway drops from clients' req
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -17,6 +18,7 @@ from ...errors import ImstoreError
 from ..httpserver import PUBLIC_HEADERS, GatewayServer, bound_port, host_for_url, server_options
 from ..protocol import S3_CONTEXT, WRITE_METHODS
 from ..wire import answer
+from .cors import METHODS as CORS_METHODS
 from .memory import S3Memory
 from .sigv4 import Caller, Signatures
 from .xml import XML_TYPE, S3Error, error_document, error_from_imstore
@@ -24,6 +26,7 @@ from .xml import XML_TYPE, S3Error, error_document, error_from_imstore
 __all__ = ["S3Front", "context_header", "caller_from_header", "start_s3", "PREFLIGHT"]
 
 PREFLIGHT = Caller("", "preflight", "UNSIGNED-PAYLOAD")  # no key: a worker answers it with OPTIONS only (cors.py)
+REFUSAL_CORS_TIMEOUT = 5.0  # seconds a refusal waits for its CORS headers from a worker
 
 
 def context_header(caller: Caller) -> str:
@@ -70,6 +73,8 @@ class S3Front:
             response = await self._dispatch(request, state)
         except S3Error as exc:
             response = error_response(exc, resource, PUBLIC_HEADERS)
+            if state["worker"] == "-" and "Origin" in request.headers:  # refused here: a worker adds its own
+                response.headers.update(await self._refusal_cors(request))
         except ImstoreError as exc:
             response = error_response(error_from_imstore(exc, gateway._public_detail(request, exc)), resource, PUBLIC_HEADERS)
         except (ConnectionError, TimeoutError) as exc:
@@ -88,6 +93,25 @@ class S3Front:
             state["bytes_out"] = len(response.body)
         gateway._account(request, state, response.status, started)
         return response
+
+    async def _refusal_cors(self, request: web.BaseRequest) -> dict:
+        """The CORS headers of the bucket's rules for an error this front gives a browser's request (a bad or
+        expired signature, a read key's write), as a worker gives them with its answers (S3-25), so that the page
+        can read the error. A worker works them out as for a preflight; when it cannot, the error goes without."""
+        bucket = request.raw_path.partition("?")[0].split("/")[1]
+        slot = self.gateway.supervisor.pick()
+        if not bucket or request.method not in CORS_METHODS or slot is None or slot.pool is None:
+            return {}
+        asked = {S3_CONTEXT: context_header(PREFLIGHT), "Origin": request.headers["Origin"],
+                 "Access-Control-Request-Method": request.method}  # fmt: skip
+        try:
+            upstream = await asyncio.wait_for(slot.pool.request("OPTIONS", f"/{bucket}", asked), REFUSAL_CORS_TIMEOUT)
+            await upstream.read()
+        except Exception:  # noqa: BLE001 - the error itself is the answer; these headers only help a page read it
+            return {}
+        if upstream.status != 200:
+            return {}
+        return {name: value for name, value in upstream.headers if name.lower().startswith("access-control-") or name == "Vary"}
 
     def _from_memory(self, request: web.BaseRequest):
         """A kept answer to a signed GET (the signature checked first), or None: the usual path answers it, and
