@@ -208,7 +208,6 @@ AVX512 static void md5_blocks_avx512(uint32_t h[][4], const size_t counts[], int
 AVX512 static void md5_blocks_avx512_x2(uint32_t h[][4], const size_t counts[], int used, const uint8_t *const data[]) {
     MD5_LANES_BODY(2)
 }
-
 #endif
 
 /* ---- one lane's work: the state's pending tail first, then the buffer's whole blocks ---- */

@@ -201,4 +201,3 @@ def new(data=b""):
     if not compiled():
         return hashlib.md5(data, usedforsecurity=False)
     return LaneMD5(data)
-

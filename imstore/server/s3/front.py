@@ -99,8 +99,10 @@ class S3Front:
         expired signature, a read key's write), as a worker gives them with its answers (S3-25), so that the page
         can read the error. A worker works them out as for a preflight; when it cannot, the error goes without."""
         bucket = request.raw_path.partition("?")[0].split("/")[1]
-        slot = self.gateway.supervisor.pick()
-        if not bucket or request.method not in CORS_METHODS or slot is None or slot.pool is None:
+        if not bucket or request.method not in CORS_METHODS:
+            return {}
+        slot = self.gateway.supervisor.pick()  # only now: a refusal that needs no headers takes no turn of the rotation
+        if slot is None or slot.pool is None:
             return {}
         asked = {S3_CONTEXT: context_header(PREFLIGHT), "Origin": request.headers["Origin"],
                  "Access-Control-Request-Method": request.method}  # fmt: skip
@@ -111,7 +113,7 @@ class S3Front:
             return {}
         if upstream.status != 200:
             return {}
-        return {name: value for name, value in upstream.headers if name.lower().startswith("access-control-") or name == "Vary"}
+        return {name: value for name, value in upstream.headers if name.lower().startswith("access-control-") or name.lower() == "vary"}
 
     def _from_memory(self, request: web.BaseRequest):
         """A kept answer to a signed GET (the signature checked first), or None: the usual path answers it, and

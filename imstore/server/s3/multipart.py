@@ -165,12 +165,12 @@ class Uploads:
             part = Part(number, md5.hexdigest(), size, time.time_ns(), BOOT_ID or "", at)
         else:
             part = self._write_alone(directory, number, chunks, md5)
-        record = {"etag": part.etag, "size": part.size, "boot": part.boot, **({"at": at} if at is not None else {}),
-                  "checksums": checksums()}  # fmt: skip
+        record = json.dumps({"etag": part.etag, "size": part.size, "boot": part.boot, **({"at": at} if at is not None else {}),
+                             "checksums": checksums()}).encode()  # fmt: skip
         if at is not None:
-            self._record_in_claim(directory, number, json.dumps(record).encode())
+            self._record_in_claim(directory, number, record)
         else:
-            atomic_write(directory / f"{number}.json", json.dumps(record).encode(), 0o600, durable=BOOT_ID is None)
+            atomic_write(directory / f"{number}.json", record, 0o600, durable=BOOT_ID is None)
         return part
 
     @staticmethod

@@ -159,13 +159,11 @@ class MultipartOperations:
             part = self.uploads.write_part(upload, int(number_text), body, digests.md5, declared_length(caller, request.headers), sent)
             return part, digests.checksum_headers()
 
-        if copying:  # its bytes come from the store, not from a body
+        if copying:  # its bytes come from the store (a store thread), not from a body
             part, checksums = await self.app.call(write)
-        else:
-            part, checksums = await asyncio.get_running_loop().run_in_executor(self.part_threads, write)
-        if copying:
             result = document("CopyPartResult", (("LastModified", iso_time(part.modified_ns)), ("ETag", f'"{part.etag}"')))
             return xml_response(result, headers=checksums)  # here: the source's version id
+        part, checksums = await asyncio.get_running_loop().run_in_executor(self.part_threads, write)
         return web.Response(status=200, headers={"ETag": f'"{part.etag}"', **checksums})
 
     async def complete(self, request, bucket: str, key: str, upload_id: str) -> web.Response:
