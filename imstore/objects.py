@@ -9,6 +9,7 @@ and an existing object can be trusted to be complete.
 
 from __future__ import annotations
 
+import mmap
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -330,15 +331,23 @@ class ObjectStore:
         finally:
             _unlink_quietly(temp_path)
 
-    def adopt(self, path: str | os.PathLike) -> tuple[str, int]:
+    def adopt(self, path: str | os.PathLike, prefix=None) -> tuple[str, int]:
         """Make the file at path an object by linking it, hashed through a memory map on every core (BLAKE3's
-        threads) and fsynced first: (object_id, size). It must never be written again; its other name may go."""
+        threads) and fsynced first: (object_id, size). It must never be written again; its other name may go.
+        prefix: a HashedPrefix (server/s3/prefixhash.py) of this very file, whose first bytes it has hashed already."""
         try:
             with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                hasher = blake3(max_threads=blake3.AUTO)
-                if size:
+                stat = os.fstat(handle.fileno())
+                size = stat.st_size
+                if prefix is not None and prefix.inode == (stat.st_dev, stat.st_ino) and 0 < prefix.length <= size:
+                    hasher, start = prefix.hasher, prefix.length
+                else:
+                    hasher, start = blake3(max_threads=blake3.AUTO), 0
+                if start == 0 and size:
                     hasher.update_mmap(path)
+                elif start < size:
+                    with mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
+                        hasher.update(view[start:])
                 crash_point("object-temp-written")
                 fsync_fd(handle.fileno())
         except OSError as exc:

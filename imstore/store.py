@@ -243,11 +243,11 @@ class Store:
         self._check_writable()
         return self.objects.write_stream(chunks, max_size=max_size)
 
-    def write_spans(self, spans: list, *, adopt: bool = False) -> tuple[str, int]:
-        """Store spans (path, offset, length) of files, in order, as one object, durable: (object_id, size). With adopt,
-        the one span's whole file becomes the object itself, linked (ObjectStore.adopt): it must never change again."""
+    def write_spans(self, spans: list, *, adopt: bool = False, prefix=None) -> tuple[str, int]:
+        """Store spans (path, offset, length) of files, in order, as one object, durable: (object_id, size). With adopt, the one
+        span's whole file becomes the object itself (ObjectStore.adopt, prefix its hashed start): it must never change again."""
         self._check_writable()
-        return self.objects.adopt(spans[0][0]) if adopt else self.objects.add_spans(spans)
+        return self.objects.adopt(spans[0][0], prefix) if adopt else self.objects.add_spans(spans)
 
     def put_object(self, key: str, object_id: str, **options) -> PutResult:
         """A new version of key naming an object already stored (write_object); options as put_stream's, but max_size."""

@@ -12,8 +12,10 @@ import pytest
 
 pytest.importorskip("aiohttp", reason="the server needs aiohttp")
 from imstore import Store  # noqa: E402
+from imstore.hashing import blake3  # noqa: E402
 from imstore.server.s3 import multipart  # noqa: E402
 from imstore.server.s3.multipart import MIN_PART_SIZE, OBJECT, Uploads  # noqa: E402
+from imstore.server.s3.prefixhash import HashedPrefix  # noqa: E402
 from imstore.server.s3.xml import S3Error  # noqa: E402
 
 STRIDE = MIN_PART_SIZE
@@ -34,12 +36,17 @@ def send(uploads: Uploads, upload, number: int, data: bytes, declared: bool = Tr
     return (number, f'"{part.etag}"')
 
 
-def complete(store: Store, uploads: Uploads, upload, wanted) -> tuple[str, bool]:
+def complete(store: Store, uploads: Uploads, upload, wanted, hashed: list | None = None) -> tuple[str, bool]:
+    """As Complete does it, once the parts that landed in place are hashed; hashed gets the prefix used, if any."""
+    assert uploads.prefixes.wait_idle(30)
     with uploads.exclusive(upload):
-        spans, adopt, etag, _sizes = uploads.assemble(upload, wanted)
-        object_id, _size = store.write_spans(spans, adopt=adopt)
-        uploads.finish(upload, etag, 1)
-    return object_id, adopt
+        assembly = uploads.assemble(upload, wanted)
+        prefix = uploads.hashed_prefix(upload, assembly)
+        if hashed is not None:
+            hashed.append(prefix)
+        object_id, _size = store.write_spans(assembly.spans, adopt=assembly.adopt, prefix=prefix)
+        uploads.finish(upload, assembly.etag, 1)
+    return object_id, assembly.adopt
 
 
 def test_parts_of_one_size_are_written_in_place_and_complete_adopts_the_file_without_copying(store):
@@ -54,6 +61,63 @@ def test_parts_of_one_size_are_written_in_place_and_complete_adopts_the_file_wit
     assert adopted
     assert store.cat(object_id) == b"".join(contents)
     assert sorted(os.listdir(uploads.root / upload.upload_id)) == ["completed.json", "upload.json"]
+
+
+def test_complete_hashes_only_what_was_not_hashed_while_the_parts_arrived(store):
+    uploads = Uploads(store.root)
+    upload = start(uploads)
+    contents = [os.urandom(STRIDE) for _ in range(3)] + [b"the last part, on its own"]
+    wanted = [send(uploads, upload, number, data) for number, data in enumerate(contents, 1)]
+    hashed: list = []
+    object_id, adopted = complete(store, uploads, upload, wanted, hashed)
+    assert adopted and hashed[0] is not None and hashed[0].length == 3 * STRIDE  # the three parts in place
+    assert object_id == blake3(b"".join(contents)).hexdigest()
+    assert store.cat(object_id) == b"".join(contents)
+    assert not uploads.prefixes.uploads  # no longer followed: its file is closed
+
+
+def test_adopt_continues_a_prefix_of_the_same_file_only(store, tmp_path):
+    data = os.urandom(3 * STRIDE)
+    path = tmp_path / "object"
+    path.write_bytes(data)
+    stat = os.stat(path)
+    wrong = blake3(max_threads=blake3.AUTO)
+    wrong.update(b"x" * STRIDE)  # a hasher fed other bytes: the answer shows whether adopt used it
+    elsewhere = HashedPrefix(wrong.copy(), STRIDE, (stat.st_dev, stat.st_ino + 1))
+    assert store.objects.adopt(path, elsewhere)[0] == blake3(data).hexdigest()  # another file's: ignored
+    (tmp_path / "second").write_bytes(data)
+    same = HashedPrefix(wrong, STRIDE, (os.stat(tmp_path / "second").st_dev, os.stat(tmp_path / "second").st_ino))
+    assert store.objects.adopt(tmp_path / "second", same)[0] == blake3(b"x" * STRIDE + data[STRIDE:]).hexdigest()
+
+
+def test_a_hashed_prefix_is_not_used_past_a_part_copied_into_place_or_past_the_end(store):
+    uploads = Uploads(store.root)
+    upload = start(uploads)
+    contents = [os.urandom(STRIDE) for _ in range(3)]
+    wanted = [send(uploads, upload, number, data) for number, data in enumerate(contents, 1)]
+    assert uploads.prefixes.wait_idle(30)
+    contents[1] = os.urandom(STRIDE)
+    wanted[1] = send(uploads, upload, 2, contents[1])  # sent again: on its own, copied over the hashed bytes
+    hashed: list = []
+    object_id, adopted = complete(store, uploads, upload, wanted, hashed)
+    assert adopted and hashed == [None]
+    assert store.cat(object_id) == b"".join(contents)
+
+    shorter = start(uploads)
+    wanted = [send(uploads, shorter, number, data) for number, data in enumerate(contents, 1)]
+    hashed = []
+    object_id, adopted = complete(store, uploads, shorter, wanted[:2], hashed)  # the third part is not the object's
+    assert adopted and hashed == [None]
+    assert store.cat(object_id) == b"".join(contents[:2])
+
+
+def test_an_aborted_upload_is_no_longer_followed(store):
+    uploads = Uploads(store.root)
+    upload = start(uploads)
+    send(uploads, upload, 1, os.urandom(STRIDE))
+    assert uploads.prefixes.wait_idle(30) and upload.upload_id in uploads.prefixes.uploads
+    uploads.remove(upload.upload_id)
+    assert not uploads.prefixes.uploads
 
 
 def test_a_part_sent_again_goes_to_its_own_file_and_is_copied_into_place(store):
@@ -157,7 +221,7 @@ def test_a_part_written_while_complete_runs_never_reaches_the_stored_object(stor
         while not _waiting_on_a_lock(object_path) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert _waiting_on_a_lock(object_path), "the part's writer should wait for Complete"
-        spans, adopt, etag, _sizes = uploads.assemble(upload, wanted)
+        spans, adopt, etag, _sizes, _untouched = uploads.assemble(upload, wanted)
         object_id, _size = store.write_spans(spans, adopt=adopt)
         uploads.finish(upload, etag, 1)
     writer.join(10)

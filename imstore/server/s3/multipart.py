@@ -20,7 +20,8 @@ Complete holds `object` exclusively (flock); a part written in place holds it sh
 that the name still is its file, so no byte is written into a file once it is an object. When the
 parts are 1..N of the stride (but the last), the parts not in place are copied to their place,
 `object` is cut to size, renamed out of the writers' way and becomes the object itself (hashed on
-every core, fsynced, linked); otherwise the parts are copied into a new object by the kernel.
+every core from where the worker's prefix hasher stopped, S3-28; fsynced, linked); otherwise the parts
+are copied into a new object by the kernel.
 
 Parts are not fsynced (S3-10): a part is temporary data, and Complete makes the object durable
 before it answers. What a crash of the machine may cost is caught at Complete: a part written
@@ -43,13 +44,15 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ... import layout
 from ...diskio import copy_span, start_writeback
 from ...fsio import CHUNK_SIZE, atomic_write, fsync_dir, fsync_fd, write_all
+from .prefixhash import HashedPrefix, PrefixHashes
 from .xml import S3Error
 
-__all__ = ["Uploads", "Upload", "Part", "MAX_PART_NUMBER", "MIN_PART_SIZE", "EXPIRY_ENV", "expiry_from_env"]
+__all__ = ["Uploads", "Upload", "Part", "Assembly", "MAX_PART_NUMBER", "MIN_PART_SIZE", "EXPIRY_ENV", "expiry_from_env"]
 
 MAX_PART_NUMBER = 10_000
 MIN_PART_SIZE = 5 << 20  # every part but the last (S3's rule)
@@ -84,6 +87,18 @@ class Upload:
     meta: dict
     initiated_ns: int
     checksum: tuple[str, str] | None = None  # (algorithm, COMPOSITE or FULL_OBJECT) the object's checksum is made of
+
+
+class Assembly(NamedTuple):
+    """What Complete stores: the spans (path, offset, length) of the object's bytes; adopt: the one span is a whole
+    file to adopt as the object; the multipart ETag md5-of-md5s-N; the part sizes; untouched: how many bytes at the
+    start of an adopted file are parts written in place (none was copied over them)."""
+
+    spans: list[tuple[Path, int, int]]
+    adopt: bool
+    etag: str
+    sizes: list[int]
+    untouched: int = 0
 
 
 def _boot_id() -> str | None:
@@ -123,6 +138,7 @@ class Uploads:
 
     def __init__(self, store_root: str | os.PathLike):
         self.root = Path(store_root) / layout.S3_UPLOADS
+        self.prefixes = PrefixHashes()  # BLAKE3 of each upload's `object`, hashed from its start as parts land
 
     def _dir(self, upload_id: str) -> Path:
         if not _UPLOAD_ID.match(upload_id):
@@ -169,6 +185,7 @@ class Uploads:
                              "checksums": checksums()}).encode()  # fmt: skip
         if at is not None:
             self._record_in_claim(directory, number, record)
+            self.prefixes.landed(upload.upload_id, directory / OBJECT, number, declared)
         else:
             atomic_write(directory / f"{number}.json", record, 0o600, durable=BOOT_ID is None)
         return part
@@ -292,9 +309,8 @@ class Uploads:
         finally:
             os.close(fd)
 
-    def assemble(self, upload: Upload, wanted: list[tuple[int, str]]) -> tuple[list[tuple[Path, int, int]], bool, str, list[int]]:
-        """After S3's checks, with `exclusive` held: (the spans (path, offset, length) of the object's bytes, whether
-        the one span is a whole file to adopt as the object, the multipart ETag md5-of-md5s-N, the part sizes)."""
+    def assemble(self, upload: Upload, wanted: list[tuple[int, str]]) -> Assembly:
+        """After S3's checks, with `exclusive` held: what Complete stores (Assembly)."""
         if not wanted:
             raise S3Error(400, "MalformedXML", "a multipart upload is completed with at least one part")
         numbers = [number for number, _ in wanted]
@@ -321,16 +337,25 @@ class Uploads:
         if stride is None or numbers != list(range(1, len(chosen) + 1)) or any(size != stride for size in sizes[:-1]):
             spans = [(directory / OBJECT, part.at, part.size) if part.at is not None else (directory / part.file_name, 0, part.size)
                      for part in chosen]  # fmt: skip
-            return spans, False, etag, sizes
+            return Assembly(spans, False, etag, sizes)
+        copied = [part for part in chosen if part.at is None]
+        untouched = min(sum(sizes), (copied[0].number - 1) * stride) if copied else sum(sizes)
         with open(directory / OBJECT, "r+b") as handle:  # every part in its place: copy those sent on their own
-            for part in chosen:
-                if part.at is None:
-                    with open(directory / part.file_name, "rb") as source:
-                        handle.seek((part.number - 1) * stride)
-                        copy_span(source.fileno(), 0, part.size, handle.fileno())
+            for part in copied:
+                with open(directory / part.file_name, "rb") as source:
+                    handle.seek((part.number - 1) * stride)
+                    copy_span(source.fileno(), 0, part.size, handle.fileno())
             handle.truncate(sum(sizes))  # parts past the last chosen one, if any, are not the object's
         os.replace(directory / OBJECT, directory / STORED)  # no writer opens it again: it becomes the object
-        return [(directory / STORED, 0, sum(sizes))], True, etag, sizes
+        return Assembly([(directory / STORED, 0, sum(sizes))], True, etag, sizes, untouched)
+
+    def hashed_prefix(self, upload: Upload, assembly: Assembly) -> HashedPrefix | None:
+        """What this worker hashed of the upload's `object` while its parts arrived (S3-28), when the assembled object
+        starts with exactly those bytes; None otherwise (adopt then hashes the whole file). It stops following the upload."""
+        prefix = self.prefixes.take(upload.upload_id)
+        if prefix is None or not assembly.adopt or prefix.length > assembly.untouched:
+            return None
+        return prefix
 
     @staticmethod
     def _check_part(directory: Path, part: Part) -> None:
@@ -368,6 +393,7 @@ class Uploads:
         directory = self._dir(upload.upload_id)
         record = {"etag": etag, "version": version, **({"checksum": checksum} if checksum else {})}
         atomic_write(directory / "completed.json", json.dumps(record).encode(), 0o600)
+        self.prefixes.forget(upload.upload_id)
         for entry in os.scandir(directory):
             if entry.name not in ("upload.json", "completed.json"):
                 Path(entry.path).unlink(missing_ok=True)
@@ -376,6 +402,7 @@ class Uploads:
         directory = self._dir(upload_id)
         if not directory.exists():
             raise _no_upload()
+        self.prefixes.forget(upload_id)
         shutil.rmtree(directory, ignore_errors=True)
 
     def expire(self, max_age: float, now: float | None = None) -> int:
@@ -393,6 +420,7 @@ class Uploads:
             except FileNotFoundError:
                 continue  # removed meanwhile
             if now - newest > max_age:
+                self.prefixes.forget(entry.name)
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed += 1
         return removed

@@ -193,13 +193,15 @@ class MultipartOperations:
                 try:
                     conditions = write_conditions(store, store_key, request.headers)
                     checksum, part_checksums = _object_checksum(upload, self.uploads.parts(upload), wanted, given, request.headers)
-                    spans, adopt, etag, sizes = self.uploads.assemble(upload, wanted)
+                    assembly = self.uploads.assemble(upload, wanted)
+                    spans, adopt, etag, sizes = assembly.spans, assembly.adopt, assembly.etag, assembly.sizes
+                    prefix = self.uploads.hashed_prefix(upload, assembly)  # hashed while the parts arrived (S3-28)
                     layout = parts_layout(sizes)  # for GetObject ?partNumber
                     meta = {**upload.meta, "s3-etag": etag, **({"s3-parts": layout} if layout else {})}
                     if checksum is not None:
                         meta.update({f"s3-checksum-{checksum[0]}": checksum[1], "s3-checksum-type": checksum[2]})
                         meta.update({"s3-part-checksums": part_checksums} if len(part_checksums) <= 16 * 1024 else {})
-                    object_id, _size = store.write_spans(spans, adopt=adopt)  # no copy when the parts are in place (S3-10)
+                    object_id, _size = store.write_spans(spans, adopt=adopt, prefix=prefix)  # no copy when parts are in place (S3-10)
                     result = store.put_object(store_key, object_id, content_type=upload.content_type, meta=meta, **conditions)
                 finally:
                     self.app._flush_warnings(store)
