@@ -67,7 +67,7 @@ class PrefixHashes:
                 stat = os.fstat(fd)
                 upload = self.uploads[upload_id] = _Upload(fd, (stat.st_dev, stat.st_ino), stride)
                 self._evict()
-            if upload.stride != stride or upload.failed:
+            if upload.stride != stride or upload.failed or upload_id not in self.uploads:
                 return
             self.uploads.move_to_end(upload_id)
             upload.landed.add(number)
@@ -91,7 +91,7 @@ class PrefixHashes:
     def take(self, upload_id: str) -> HashedPrefix | None:
         """Stop following the upload; what was hashed of it, or None. Called by Complete with `object` held exclusively."""
         with self.lock:
-            while (upload := self.uploads.get(upload_id)) is not None and upload.busy:
+            while (upload := self.uploads.get(upload_id)) is not None and upload.busy and self.thread.is_alive():
                 self.changed.wait(1.0)
             if upload is None:
                 return None
@@ -137,15 +137,16 @@ class PrefixHashes:
             upload_id, upload = work
             try:
                 _hash_span(upload, buffer, upload.length, upload.stride)
-            except OSError:
-                upload.failed = True  # Complete hashes the whole file
-            with self.lock:
-                upload.busy = False
-                upload.landed.discard(upload.length // upload.stride)
-                if upload.failed and self.uploads.get(upload_id) is upload:
-                    del self.uploads[upload_id]
-                    os.close(upload.fd)
-                self.changed.notify_all()
+            except Exception:  # noqa: BLE001 - a read that failed: Complete hashes the whole file, as without this
+                upload.failed = True
+            finally:
+                with self.lock:
+                    upload.busy = False
+                    upload.landed.discard(upload.length // upload.stride)
+                    if upload.failed and self.uploads.get(upload_id) is upload:
+                        del self.uploads[upload_id]
+                        os.close(upload.fd)
+                    self.changed.notify_all()
 
 
 def _hash_span(upload: _Upload, buffer: bytearray, start: int, length: int) -> None:
