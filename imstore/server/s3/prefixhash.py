@@ -97,7 +97,7 @@ class PrefixHashes:
                 return None
             del self.uploads[upload_id]
             os.close(upload.fd)
-            if upload.failed or not upload.length:
+            if upload.failed or upload.busy or not upload.length:  # busy: its thread died mid-part, the hasher is past `length`
                 return None
             return HashedPrefix(upload.hasher, upload.length, upload.inode)
 
