@@ -45,6 +45,11 @@ class _Upload:
     busy: bool = False  # the thread reads or hashes it now, outside the lock
     failed: bool = False
 
+    @property
+    def next_landed(self) -> bool:
+        """The part after those hashed has landed: there is work for the thread."""
+        return not self.failed and self.length // self.stride + 1 in self.landed
+
 
 class PrefixHashes:
     """Each followed upload's hashed prefix, advanced by one thread of the process."""
@@ -67,7 +72,7 @@ class PrefixHashes:
                 stat = os.fstat(fd)
                 upload = self.uploads[upload_id] = _Upload(fd, (stat.st_dev, stat.st_ino), stride)
                 self._evict()
-            if upload.stride != stride or upload.failed or upload_id not in self.uploads:
+            if upload.stride != stride or upload.failed:
                 return
             self.uploads.move_to_end(upload_id)
             upload.landed.add(number)
@@ -80,8 +85,7 @@ class PrefixHashes:
         """Wait until every part that landed is hashed (tests, and nothing else, need to know): False on timeout."""
         deadline = time.monotonic() + timeout
         with self.lock:
-            while any(upload.busy or (not upload.failed and upload.length // upload.stride + 1 in upload.landed)
-                      for upload in self.uploads.values()):  # fmt: skip
+            while any(upload.busy or upload.next_landed for upload in self.uploads.values()):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -95,8 +99,7 @@ class PrefixHashes:
                 self.changed.wait(1.0)
             if upload is None:
                 return None
-            del self.uploads[upload_id]
-            os.close(upload.fd)
+            self._drop(upload_id)
             if upload.failed or upload.busy or not upload.length:  # busy: its thread died mid-part, the hasher is past `length`
                 return None
             return HashedPrefix(upload.hasher, upload.length, upload.inode)
@@ -106,24 +109,26 @@ class PrefixHashes:
         with self.lock:
             upload = self.uploads.get(upload_id)
             if upload is not None and not upload.busy:
-                del self.uploads[upload_id]
-                os.close(upload.fd)
+                self._drop(upload_id)
             elif upload is not None:
                 upload.failed = True  # the thread drops it when it is done with it
 
+    def _drop(self, upload_id: str) -> None:
+        """Under the lock: stop following the upload and close its file."""
+        os.close(self.uploads.pop(upload_id).fd)
+
     def _evict(self) -> None:
+        """Under the lock: the oldest uploads beyond MAX_UPLOADS go (the newest never: at most one is busy)."""
         for upload_id in list(self.uploads):
             if len(self.uploads) <= MAX_UPLOADS:
                 return
-            upload = self.uploads[upload_id]
-            if not upload.busy:
-                del self.uploads[upload_id]
-                os.close(upload.fd)
+            if not self.uploads[upload_id].busy:
+                self._drop(upload_id)
 
     def _next(self) -> tuple[str, _Upload] | None:
         """Under the lock: an upload whose next part has landed, marked busy, or None."""
         for upload_id, upload in self.uploads.items():
-            if not upload.failed and upload.length // upload.stride + 1 in upload.landed:
+            if upload.next_landed:
                 upload.busy = True
                 return upload_id, upload
         return None
@@ -144,8 +149,7 @@ class PrefixHashes:
                     upload.busy = False
                     upload.landed.discard(upload.length // upload.stride)
                     if upload.failed and self.uploads.get(upload_id) is upload:
-                        del self.uploads[upload_id]
-                        os.close(upload.fd)
+                        self._drop(upload_id)
                     self.changed.notify_all()
 
 
