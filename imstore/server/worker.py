@@ -11,6 +11,7 @@ never in a complete wrong answer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import sqlite3
@@ -31,7 +32,6 @@ from ..transfer import SMALL_OBJECT
 from ..validate import parse_time, validate_key
 from .bodies import (
     ChunkReader,
-    body_chunks,
     documents,
     file_slice,
     import_kind,
@@ -40,6 +40,7 @@ from .bodies import (
     page_limit,
     put_answer,
     read_small_body,
+    streamed_body,
     wants_whole_body,
 )
 from .conditions import check_if_match, conditional_write
@@ -225,14 +226,15 @@ class WorkerApp(FeedRoutes):
             if request_id is None and len(data) <= BATCHED_BODY and "if_match" not in options:
                 result = await self.put_batcher.put(key, data, options)
                 return put_answer(200 if result.unchanged else 201, put_document(result))
-            chunks: object = [data]
+            body = contextlib.nullcontext([data])
         else:
-            chunks = body_chunks(asyncio.get_running_loop(), request.content)
+            body = streamed_body(request.content)
+        async with body as chunks:
 
-        def put():
-            return self._once(request_id, "PUT", key, options, chunks, lambda claim, body: self._put(key, body, options, claim))
+            def put():
+                return self._once(request_id, "PUT", key, options, chunks, lambda claim, body: self._put(key, body, options, claim))
 
-        return put_answer(*await self.call(put))
+            return put_answer(*await self.call(put))
 
     def _put(self, key: str, chunks, options: dict, claim: Claim | None) -> tuple[int, dict]:
         store = self.store()
@@ -316,16 +318,17 @@ class WorkerApp(FeedRoutes):
         }
         request_id = idempotency_key(request)
         if request.content_length is not None and request.content_length <= SMALL_BODY:
-            chunks: object = [await read_small_body(request)]
+            body = contextlib.nullcontext([await read_small_body(request)])
         else:
-            chunks = body_chunks(asyncio.get_running_loop(), request.content)
+            body = streamed_body(request.content)
         fields = {name: value for name, value in options.items() if name != "max_expanded"}  # the server's limit, not the request
+        async with body as chunks:
 
-        def run():
-            target = f"import?prefix={options['prefix']}"
-            return self._once(request_id, "POST", target, fields, chunks, lambda claim, body: self._import(body, options, claim))
+            def run():
+                target = f"import?prefix={options['prefix']}"
+                return self._once(request_id, "POST", target, fields, chunks, lambda claim, body: self._import(body, options, claim))
 
-        status, document = await self.call(run)
+            status, document = await self.call(run)
         return json_response(document, status)
 
     def _import(self, chunks, options: dict, claim: Claim | None = None) -> tuple[int, dict]:

@@ -17,7 +17,7 @@ from aiohttp import web
 from ...errors import ImstoreError, KeyDeleted, KeyNotFound, PreconditionFailed, VersionNotFound
 from ...model import Version
 from ...transfer import SMALL_OBJECT
-from ..bodies import body_chunks
+from ..bodies import streamed_body
 from ..headers import parse_range
 from ..protocol import S3_CONTEXT, without_paths
 from .buckets import MARKER_META, bucket_exists, bucket_stats, buckets, check_bucket, marker_key, valid_bucket
@@ -332,7 +332,6 @@ class S3Worker:
         headers = request.headers
         meta = upload_meta(headers)
         content_type = headers.get("Content-Type") or None
-        pieces = body_chunks(asyncio.get_running_loop(), request.content)
 
         def put():
             store = self.app.store()
@@ -353,7 +352,8 @@ class S3Worker:
             finally:
                 self.app._flush_warnings(store)
 
-        version, checksums = await self.app.call(put)
+        async with streamed_body(request.content) as pieces:
+            version, checksums = await self.app.call(put)
         return web.Response(status=200, headers={"ETag": etag_of(version), "x-amz-version-id": str(version.version), **checksums})
 
     async def delete_object(self, bucket: str, key: str, query: dict, headers) -> web.Response:

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from ..bodies import body_chunks
+from ..bodies import streamed_body
 from .buckets import bucket_exists, marker_key
 from .common import OWNER, not_implemented, parts_layout, upload_body, upload_meta, write_conditions, xml_response
 from .digests import CHECKSUMS, multipart_checksum
@@ -144,8 +144,6 @@ class MultipartOperations:
 
         if not number_text.isdigit() or not 1 <= int(number_text) <= MAX_PART_NUMBER:
             raise S3Error(400, "InvalidArgument", f"Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive")
-        pieces = body_chunks(asyncio.get_running_loop(), request.content)
-
         copying = "x-amz-copy-source" in request.headers
 
         def write():
@@ -163,7 +161,8 @@ class MultipartOperations:
             part, checksums = await self.app.call(write)
             result = document("CopyPartResult", (("LastModified", iso_time(part.modified_ns)), ("ETag", f'"{part.etag}"')))
             return xml_response(result, headers=checksums)  # here: the source's version id
-        part, checksums = await asyncio.get_running_loop().run_in_executor(self.part_threads, write)
+        async with streamed_body(request.content) as pieces:
+            part, checksums = await asyncio.get_running_loop().run_in_executor(self.part_threads, write)
         return web.Response(status=200, headers={"ETag": f'"{part.etag}"', **checksums})
 
     async def complete(self, request, bucket: str, key: str, upload_id: str) -> web.Response:
