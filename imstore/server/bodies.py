@@ -92,9 +92,10 @@ async def streamed_body(content) -> AsyncIterator[Iterator[bytes]]:
 
 
 class _BodyPump:
-    """Moves one request body from the event loop to the thread that iterates over it. The loop side reads
-    ahead at most PUMP_AHEAD bytes, then waits for the thread to take half of them (the body's flow control
-    reaches the client as before: aiohttp stops reading the socket while its own buffer is full)."""
+    """Moves one request body from the event loop to the thread that iterates over it. Once the thread asks,
+    the loop side reads ahead at most PUMP_AHEAD bytes, then waits for the thread to take half of them (the
+    body's flow control reaches the client as before: aiohttp stops reading the socket while its own buffer
+    is full). A worker so holds at most PUMP_AHEAD read ahead for each pool thread that reads a body."""
 
     def __init__(self, content):
         self.loop = asyncio.get_running_loop()
@@ -104,9 +105,15 @@ class _BodyPump:
         self.queued = 0  # bytes read from the body, not yet taken by the thread
         self.paused = False
         self.room = asyncio.Event()  # set when the thread has taken enough for the reading to go on
-        self.task = self.loop.create_task(self._read())
+        self.task: asyncio.Task | None = None
+        self.closed = False
 
     def __iter__(self) -> Iterator[bytes]:
+        # Reading starts when a thread first asks: a handler still waiting for a pool thread holds no bytes.
+        try:
+            self.loop.call_soon_threadsafe(self._start)
+        except RuntimeError as exc:  # the loop is closed: the server is stopping
+            raise BodyIncomplete(f"the request body broke off: {exc}") from None
         while True:
             try:
                 piece = self.pieces.get(timeout=BODY_IDLE_TIMEOUT)
@@ -124,6 +131,12 @@ class _BodyPump:
             if resume:
                 self.loop.call_soon_threadsafe(self.room.set)
             yield piece
+
+    def _start(self) -> None:  # on the loop
+        if self.closed:  # the handler ended before its thread began to read: that thread stops at once
+            self.pieces.put(asyncio.CancelledError())
+        elif self.task is None:
+            self.task = self.loop.create_task(self._read())
 
     async def _read(self) -> None:
         try:
@@ -148,8 +161,10 @@ class _BodyPump:
     async def close(self) -> None:
         """Stop reading, and return once the reading has stopped: aiohttp reads what is left of a body after
         the handler, and a read of ours still waiting would make that fail."""
-        self.task.cancel()
-        await asyncio.wait({self.task})
+        self.closed = True
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.wait({self.task})
 
 
 def import_kind(content_type: str | None) -> str | None:

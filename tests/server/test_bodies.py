@@ -151,3 +151,33 @@ def test_a_thread_still_reading_when_the_block_ends_stops_at_once(monkeypatch):
         assert time.monotonic() - started < 10  # not the idle timeout's 30 s
 
     run(main())
+
+
+def test_nothing_is_read_before_a_thread_asks():
+    """A handler waiting for a pool thread (all busy) holds no bytes of its body; the thread then gets all of them."""
+
+    async def main():
+        content = _reader()
+        pump = bodies._BodyPump(content)
+        for _ in range(8):
+            content.feed_data(b"y" * PIECE)
+        await asyncio.sleep(0.1)
+        assert pump.task is None and pump.queued == 0
+        content.feed_eof()
+        assert await asyncio.to_thread(lambda: sum(map(len, pump))) == 8 * PIECE
+        await pump.close()
+
+    run(main())
+
+
+def test_a_thread_that_begins_after_the_block_ended_stops_at_once():
+    async def main():
+        content = _reader()
+        async with bodies.streamed_body(content) as chunks:
+            pass  # the handler was cancelled while its thread was still queued
+        content.feed_data(b"never read")
+        with pytest.raises(BodyIncomplete, match="broke off"):
+            await asyncio.to_thread(lambda: list(chunks))
+        assert await content.readany() == b"never read"
+
+    run(main())
