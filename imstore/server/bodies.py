@@ -144,13 +144,15 @@ class _BodyPump:
                 piece = await self.content.readany()
                 with self.lock:
                     self.queued += len(piece)
-                    self.paused = self.queued > PUMP_AHEAD
-                    if self.paused:
-                        self.room.clear()
                 self.pieces.put(piece)
                 if not piece:
                     return
-                if self.paused:
+                while True:  # checked again after each wake: a wake the thread sent for an earlier pause reads nothing
+                    with self.lock:
+                        self.paused = self.queued > PUMP_AHEAD
+                        if not self.paused:
+                            break
+                        self.room.clear()
                     await self.room.wait()
         except asyncio.CancelledError as exc:  # the handler ended (or was cancelled) first: a thread still reading stops
             self.pieces.put(exc)
