@@ -16,6 +16,18 @@ from imstore import Store
 IMSTORE = [sys.executable, "-m", "imstore"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache_dir(tmp_path_factory):
+    """The same for servers that a module or session shares: they start before any test's own folder is set."""
+    base = tmp_path_factory.mktemp("session-env")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("IMSTORE_CACHE_DIR", str(base / "imstore-cache"))
+    patch.setenv("XDG_STATE_HOME", str(base / "state"))
+    patch.delenv("IMSTORE_NO_CACHE", raising=False)
+    yield base
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def private_cache_dir(tmp_path: Path, monkeypatch) -> Path:
     """Each test gets its own read cache folder and remote CLI state (never the user's), children included."""

@@ -57,3 +57,12 @@ def test_a_latest_version_is_private_no_cache_and_an_old_one_immutable(cache_ser
 def test_an_object_by_prefix_is_private_no_cache(cache_server):
     object_id = cache_server.request("GET", key_url("cache/k"), token="read").headers["ETag"].strip('"').partition("-")[2]
     assert cache_server.request("GET", f"/v1/objects/{object_id[:12]}", token="read").headers["Cache-Control"] == NO_CACHE
+
+
+def test_a_shared_server_keeps_its_read_cache_out_of_the_users_folder(cache_server):
+    # Module servers start before a test's own cache folder is set; they must not fill the user's.
+    from imstore.cachedisk import CacheSettings, cache_folder
+    from imstore.paths import user_cache_path
+
+    assert cache_server.request("GET", key_url("cache/k"), token="read").status == 200
+    assert not cache_folder(CacheSettings(directory=user_cache_path("imstore")), cache_server.store).exists()

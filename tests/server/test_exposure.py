@@ -32,7 +32,7 @@ def test_a_damaged_object_is_reported_without_its_path(shared_server):
         object_id = store.put("exposure/damaged", data).version.hash
     path = shared_server.store / "objects" / object_id[:2] / object_id[2:]
     os.chmod(path, 0o644)
-    path.write_bytes(b"X" + data[1:])
+    path.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])  # flipped: a fixed byte would be no damage 1 time in 256
     for url in (f"/v1/objects/{object_id}", key_url("exposure/damaged")):
         reply = shared_server.request("GET", url, token="read")
         assert reply.status == 500 and reply.json()["error"] == "CorruptObject"
