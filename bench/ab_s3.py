@@ -1,0 +1,116 @@
+"""A/B of the 1 GiB S3 copy: two or more `imstore serve` (https) side by side, or aws-cli settings, in alternating rounds.
+
+Each round times `imstore --remote put` (the anchor) and `aws s3 cp` of a fresh 1 GiB file on every variant, the
+order flipped every other round; it prints each variant's medians, its copy/put ratio (paired by round) and the
+copy of each variant paired against the first one's. A variant is a serve run with its own PYTHONPATH (a copy of
+`imstore/` with the change, including the compiled `_md5lanes*.so`) and environment, or the same serve with an
+aws-cli config file of its own (--aws-config). Time it on a quiet machine (load average under 1).
+
+    cp -r imstore /tmp/base/ && cp -r imstore /tmp/change/   # then edit /tmp/change/imstore
+    .venv/bin/python bench/ab_s3.py --variant base=/tmp/base --variant change=/tmp/change --rounds 7
+    .venv/bin/python bench/ab_s3.py --aws-config default= --aws-config big-parts='s3 =\\n    multipart_chunksize = 64MB'
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from bench_s3 import _timed, fresh_content, start_serve
+
+from imstore import Store
+from imstore.server.auth import TokenStore
+
+
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        name, equals, rest = value.partition("=")
+        if not equals or not name:
+            raise SystemExit(f"{what} is NAME=VALUE, not {value!r}")
+        pairs[name] = rest
+    return pairs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", action="append", default=[], help="NAME=PYTHONPATH of a serve to compare (repeat)")
+    parser.add_argument("--env", action="append", default=[], help="NAME:VAR=VALUE, an environment variable of one variant")
+    parser.add_argument("--aws-config", action="append", default=[], help="NAME=TEXT of an aws-cli config's [default] (\\n: newline)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--mib", type=int, default=1024)
+    parser.add_argument("--workers", default="2")
+    args = parser.parse_args()
+    variants = _pairs(args.variant, "--variant") or {"main": ""}
+    configs = {name: text.replace("\\n", "\n") for name, text in _pairs(args.aws_config, "--aws-config").items()}
+    if len(variants) > 1 and configs:
+        raise SystemExit("compare code (--variant) or aws-cli settings (--aws-config), not both at once")
+    extra: dict[str, dict[str, str]] = {name: {} for name in variants}
+    for item in args.env:
+        name, _, assignment = item.partition(":")
+        variable, _, value = assignment.partition("=")
+        extra.setdefault(name, {})[variable] = value
+    aws = shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which("aws")
+    if aws is None:
+        raise SystemExit("aws-cli is not installed (pip install awscli)")
+    with tempfile.TemporaryDirectory(prefix="ab-s3-") as scratch, contextlib.ExitStack() as stack:
+        work = Path(scratch)
+        store = work / "store"
+        with Store.init(store)[0] as opened:
+            opened.put("bench/", b"")  # the bucket
+        tokens = TokenStore(store)
+        (work / "token").write_text(tokens.create("bench", "write"))
+        key = tokens.create_s3("bench-s3", "write")
+        servers = {}
+        for name, path in variants.items():
+            env = {**({"PYTHONPATH": path} if path else {}), **extra.get(name, {})}
+            servers[name] = start_serve(work, store, argparse.Namespace(workers=args.workers), stack, True, False, name, env)
+        for name, text in (configs or {"": ""}).items():
+            (work / f"aws-{name}.cfg").write_text(f"[default]\n{text}\n")
+        source = work / "big.bin"
+        with open(source, "wb") as handle:
+            for _ in range(args.mib):
+                handle.write(os.urandom(1 << 20))
+        runs = [(name, config) for name in variants for config in (configs or {"": ""})]
+        anchor_config = next(iter(configs), "")  # the put is timed once a round for each serve, with this config's copy
+        puts: dict[str, list] = {name: [] for name in variants}
+        copies: dict[tuple, list] = {run: [] for run in runs}
+        for round_number in range(args.rounds):
+            order = runs if round_number % 2 == 0 else runs[::-1]
+            for name, config in order:
+                server = servers[name]
+                env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "AWS_ACCESS_KEY_ID": key[0],
+                       "AWS_SECRET_ACCESS_KEY": key[1], "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_CONFIG_FILE": str(work / f"aws-{config}.cfg")}  # fmt: skip
+                if config == anchor_config:
+                    fresh_content(source)
+                    put = [sys.executable, "-m", "imstore", "--remote", f"https://127.0.0.1:{server['port']}", "--token-file",
+                           str(work / "token"), "--cacert", str(work / "cert.pem"), "put", f"bench/put-{name}-{round_number}", str(source)]
+                    puts[name].append(_timed(put, {**env, **({"PYTHONPATH": variants[name]} if variants[name] else {})},
+                                             server["serve"], store))  # fmt: skip
+                fresh_content(source)
+                copy = [aws, "--endpoint-url", f"https://127.0.0.1:{server['s3_port']}", "--ca-bundle", str(work / "cert.pem"),
+                        "s3", "cp", "--only-show-errors", str(source), f"s3://bench/cp-{name}-{config}-{round_number}"]  # fmt: skip
+                copies[(name, config)].append(_timed(copy, env, server["serve"], store))
+        first = runs[0]
+        for name, config in runs:
+            label = f"{name}{'/' + config if config else ''}"
+            rows = [("put", puts[name])] if config == anchor_config else []
+            rows.append(("cp", copies[(name, config)]))
+            for what, timed in rows:
+                cpu = [statistics.median(t[1][i] for t in timed) for i in range(3)]
+                print(f"{label:16s} {what:3s} {statistics.median(t[0] for t in timed):6.3f} s   CPU s client {cpu[0]:.2f}"
+                      f" gateway {cpu[1]:.2f} workers {cpu[2]:.2f}")
+            ratio = statistics.median(c[0] / p[0] for c, p in zip(copies[(name, config)], puts[name], strict=True))
+            against = statistics.median(c[0] / b[0] for c, b in zip(copies[(name, config)], copies[first], strict=True))
+            print(f"{label:16s} cp/put {ratio:.3f} (paired)   cp against {first[0]}{'/' + first[1] if first[1] else ''}: {against:.3f}")
+
+
+if __name__ == "__main__":
+    main()
