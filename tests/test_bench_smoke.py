@@ -99,6 +99,16 @@ def test_batch_runs():
     assert "--remote get --batch / local get --batch" in out
 
 
+@pytest.mark.timeout(300)
+def test_s3_ab_runs():
+    if shutil.which("aws", path=str(Path(sys.executable).parent)) is None or shutil.which("openssl") is None:
+        pytest.skip("aws-cli (test extras) and openssl are needed for the https copy")
+    out = run_bench("ab_s3.py", "--mib", "2", "--rounds", "2", "--aws-config", "default=", "--aws-config",
+                    "big=s3 =\\n    multipart_chunksize = 64MB")
+    assert "main/default     put" in out and "main/big" in out
+    assert out.count("cp/put") == 2 and "cp against main/default: 1.000" in out
+
+
 def test_s3_bench_runs():
     pytest.importorskip("botocore", reason="bench_s3 signs its GETs with botocore (test extras)")
     out = run_bench("bench_s3.py", "--seconds", "1", "--big-mib", "2", "--rounds", "1", "--connections", "4")
