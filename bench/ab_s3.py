@@ -18,6 +18,7 @@ import contextlib
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +37,13 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
             raise SystemExit(f"{what} is NAME=VALUE, not {value!r}")
         pairs[name] = rest
     return pairs
+
+
+def package_run_by(env: dict[str, str]) -> str:
+    """The imstore/ that `python -m imstore` runs with this environment, from the working directory."""
+    found = subprocess.run([sys.executable, "-c", "import imstore, os; print(os.path.dirname(os.path.realpath(imstore.__file__)))"],
+                           env={**os.environ, **env}, capture_output=True, text=True, check=True)  # fmt: skip
+    return found.stdout.strip()
 
 
 def main() -> None:
@@ -61,6 +69,10 @@ def main() -> None:
         raise SystemExit("aws-cli is not installed (pip install awscli)")
     with tempfile.TemporaryDirectory(prefix="ab-s3-") as scratch, contextlib.ExitStack() as stack:
         work = Path(scratch)
+        # `python -m imstore` puts the working directory first on sys.path, ahead of PYTHONPATH: run the serves and
+        # clients from here, or a checkout's own imstore/ would stand in for every variant.
+        stack.callback(os.chdir, os.getcwd())
+        os.chdir(work)
         store = work / "store"
         with Store.init(store)[0] as opened:
             opened.put("bench/", b"")  # the bucket
@@ -70,6 +82,10 @@ def main() -> None:
         servers = {}
         for name, path in variants.items():
             env = {**({"PYTHONPATH": path} if path else {}), **extra.get(name, {})}
+            runs_from = package_run_by(env)
+            if path and not runs_from.startswith(os.path.realpath(path) + os.sep):
+                raise SystemExit(f"variant {name} would run {runs_from}, not the imstore/ under {path}")
+            print(f"{name}: {runs_from}")
             servers[name] = start_serve(work, store, argparse.Namespace(workers=args.workers), stack, True, False, name, env)
         for name, text in (configs or {"": ""}).items():
             (work / f"aws-{name}.cfg").write_text(f"[default]\n{text}\n")

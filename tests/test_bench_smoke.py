@@ -7,6 +7,7 @@ each script completes, measures its anchor and prints its ratio line.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -100,13 +101,17 @@ def test_batch_runs():
 
 
 @pytest.mark.timeout(300)
-def test_s3_ab_runs():
+def test_s3_ab_runs(tmp_path):
     if shutil.which("aws", path=str(Path(sys.executable).parent)) is None or shutil.which("openssl") is None:
         pytest.skip("aws-cli (test extras) and openssl are needed for the https copy")
     out = run_bench("ab_s3.py", "--mib", "2", "--rounds", "2", "--aws-config", "default=", "--aws-config",
                     "big=s3 =\\n    multipart_chunksize = 64MB")
     assert "main/default     put" in out and "main/big" in out
     assert out.count("cp/put") == 2 and "cp against main/default: 1.000" in out
+    # A variant runs its own copy of imstore/, even from a checkout (where `python -m` would find the checkout's).
+    shutil.copytree(BENCH.parent / "imstore", tmp_path / "copy" / "imstore", ignore=shutil.ignore_patterns("__pycache__"))
+    out = run_bench("ab_s3.py", "--mib", "2", "--rounds", "1", "--variant", f"copy={tmp_path / 'copy'}")
+    assert f"copy: {os.path.realpath(tmp_path / 'copy' / 'imstore')}" in out and "copy             cp/put" in out
 
 
 def test_s3_bench_runs():
