@@ -78,6 +78,7 @@ def main() -> None:
             opened.put("bench/", b"")  # the bucket
         tokens = TokenStore(store)
         (work / "token").write_text(tokens.create("bench", "write"))
+        (work / "token").chmod(0o600)
         key = tokens.create_s3("bench-s3", "write")
         servers = {}
         for name, path in variants.items():
@@ -103,7 +104,8 @@ def main() -> None:
                 server = servers[name]
                 env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "AWS_ACCESS_KEY_ID": key[0],
                        "AWS_SECRET_ACCESS_KEY": key[1], "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_CONFIG_FILE": str(work / f"aws-{config}.cfg")}  # fmt: skip
+                       "AWS_CONFIG_FILE": str(work / f"aws-{config}.cfg"),
+                       "XDG_STATE_HOME": str(work / "state")}  # fmt: skip (the CLI's checkpoints: see bench_s3.py)
                 if config == anchor_config:
                     fresh_content(source)
                     put = [sys.executable, "-m", "imstore", "--remote", f"https://127.0.0.1:{server['port']}", "--token-file",

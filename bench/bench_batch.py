@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     try:
         store_path, repo, keys_file, ids_file = build(work, args.count, args.size)
-        env = {**os.environ, "IMSTORE_CACHE_DIR": str(work / "cache")}
+        env = {**os.environ, "IMSTORE_CACHE_DIR": str(work / "cache"), "XDG_STATE_HOME": str(work / "state")}  # state: bench_s3.py
         compile_package()  # processes load imstore from bytecode, as after an install
         imstore = [*imstore_command(), "--store", str(store_path)]
         sample = random.Random(15).sample(keys_file.read_text().split(), min(args.sample, args.count))

@@ -103,8 +103,12 @@ def copy_benchmark(args, work: Path, servers: dict, token: str, key: tuple[str, 
             handle.write(os.urandom(1 << 20))
     token_file = work / "token"
     token_file.write_text(token)
+    token_file.chmod(0o600)
+    # XDG_STATE_HOME: the remote CLI's checkpoints of this run's servers, not the user's (a later run's server on a
+    # port an earlier one had would look like that server's history rolled back, and the put would refuse it).
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "AWS_ACCESS_KEY_ID": key[0],
-           "AWS_SECRET_ACCESS_KEY": key[1], "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(work / "none")}  # fmt: skip
+           "AWS_SECRET_ACCESS_KEY": key[1], "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(work / "none"),
+           "XDG_STATE_HOME": str(work / "state")}  # fmt: skip
     runs = {transport: {"put": [], "cp": [], "null": []} for transport in servers}
     for round_number in range(args.rounds):  # interleaved, rounds and transports, so load on the machine hits each alike
         for transport, server in servers.items():
