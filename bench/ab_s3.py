@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_s3 import _timed, fresh_content, start_serve
+from bench_s3 import _timed, aws_cli, client_env, copy_command, fresh_content, put_command, start_serve
 
 from imstore import Store
 from imstore.server.auth import TokenStore
@@ -63,8 +62,10 @@ def main() -> None:
     for item in args.env:
         name, _, assignment = item.partition(":")
         variable, _, value = assignment.partition("=")
-        extra.setdefault(name, {})[variable] = value
-    aws = shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which("aws")
+        if name not in extra or not variable:
+            raise SystemExit(f"--env is NAME:VAR=VALUE for a NAME given with --variant, not {item!r}")
+        extra[name][variable] = value
+    aws = aws_cli()
     if aws is None:
         raise SystemExit("aws-cli is not installed (pip install awscli)")
     with tempfile.TemporaryDirectory(prefix="ab-s3-") as scratch, contextlib.ExitStack() as stack:
@@ -102,19 +103,15 @@ def main() -> None:
             order = runs if round_number % 2 == 0 else runs[::-1]
             for name, config in order:
                 server = servers[name]
-                env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "AWS_ACCESS_KEY_ID": key[0],
-                       "AWS_SECRET_ACCESS_KEY": key[1], "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_CONFIG_FILE": str(work / f"aws-{config}.cfg"),
-                       "XDG_STATE_HOME": str(work / "state")}  # fmt: skip (the CLI's checkpoints: see bench_s3.py)
+                env = client_env(work, key, work / f"aws-{config}.cfg")
                 if config == anchor_config:
                     fresh_content(source)
-                    put = [sys.executable, "-m", "imstore", "--remote", f"https://127.0.0.1:{server['port']}", "--token-file",
-                           str(work / "token"), "--cacert", str(work / "cert.pem"), "put", f"bench/put-{name}-{round_number}", str(source)]
+                    url = f"https://127.0.0.1:{server['port']}"
+                    put = put_command(url, work / "token", work, f"bench/put-{name}-{round_number}", source)
                     puts[name].append(_timed(put, {**env, **({"PYTHONPATH": variants[name]} if variants[name] else {})},
                                              server["serve"], store))  # fmt: skip
                 fresh_content(source)
-                copy = [aws, "--endpoint-url", f"https://127.0.0.1:{server['s3_port']}", "--ca-bundle", str(work / "cert.pem"),
-                        "s3", "cp", "--only-show-errors", str(source), f"s3://bench/cp-{name}-{config}-{round_number}"]  # fmt: skip
+                copy = copy_command(aws, f"https://127.0.0.1:{server['s3_port']}", work, source, f"s3://bench/cp-{name}-{config}-{round_number}")
                 copies[(name, config)].append(_timed(copy, env, server["serve"], store))
         first = runs[0]
         for name, config in runs:

@@ -83,6 +83,32 @@ def _timed(command: list[str], env: dict, serve: psutil.Process | None, store: P
     return seconds, [usage.ru_utime + usage.ru_stime, spent[0] if spent else 0.0, sum(spent[1:])]
 
 
+def aws_cli() -> str | None:
+    """aws-cli: the one in this venv (the test extras), else one on PATH."""
+    return shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which("aws")
+
+
+def client_env(work: Path, key: tuple[str, str], aws_config: Path) -> dict[str, str]:
+    """The clients' environment: the S3 key and aws_config instead of the user's AWS_ settings, and the remote CLI's
+    checkpoints of this run's servers in work (a later run's server on a port an earlier one had would look like
+    that server's history rolled back, and the put would refuse it)."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "AWS_ACCESS_KEY_ID": key[0],
+            "AWS_SECRET_ACCESS_KEY": key[1], "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(aws_config),
+            "XDG_STATE_HOME": str(work / "state")}  # fmt: skip
+
+
+def put_command(url: str, token_file: Path, work: Path, key: str, source: Path) -> list[str]:
+    """`imstore --remote URL put` (trusting the run's certificate over https)."""
+    cacert = ["--cacert", str(work / "cert.pem")] if url.startswith("https") else []
+    return [*IMSTORE, "--remote", url, "--token-file", str(token_file), *cacert, "put", key, str(source)]
+
+
+def copy_command(aws: str, endpoint: str, work: Path, source: Path, target: str) -> list[str]:
+    """`aws s3 cp` of source to the s3:// target (trusting the run's certificate over https)."""
+    trust = ["--ca-bundle", str(work / "cert.pem")] if endpoint.startswith("https") else []
+    return [aws, "--endpoint-url", endpoint, *trust, "s3", "cp", "--only-show-errors", str(source), target]
+
+
 def fresh_content(source: Path) -> None:
     """Make the file's bytes new to the store: a copy of bytes already stored would be a dedup hit, which reads
     the stored object back to check it, where a put of new bytes hashes what it writes (not what is timed)."""
@@ -93,7 +119,7 @@ def fresh_content(source: Path) -> None:
 def copy_benchmark(args, work: Path, servers: dict, token: str, key: tuple[str, str]) -> None:
     """Interleaved rounds of `imstore --remote put` and `aws s3 cp` of one file (and, with --floor, `aws s3 cp` to
     a server that discards the body), for each transport; medians of the time and of each process's CPU."""
-    aws = shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which("aws")
+    aws = aws_cli()
     if aws is None:
         print("large copy: skipped (aws-cli is not installed: pip install awscli)")
         return
@@ -104,28 +130,19 @@ def copy_benchmark(args, work: Path, servers: dict, token: str, key: tuple[str, 
     token_file = work / "token"
     token_file.write_text(token)
     token_file.chmod(0o600)
-    # XDG_STATE_HOME: the remote CLI's checkpoints of this run's servers, not the user's (a later run's server on a
-    # port an earlier one had would look like that server's history rolled back, and the put would refuse it).
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "AWS_ACCESS_KEY_ID": key[0],
-           "AWS_SECRET_ACCESS_KEY": key[1], "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(work / "none"),
-           "XDG_STATE_HOME": str(work / "state")}  # fmt: skip
+    env = client_env(work, key, work / "none")
     runs = {transport: {"put": [], "cp": [], "null": []} for transport in servers}
     for round_number in range(args.rounds):  # interleaved, rounds and transports, so load on the machine hits each alike
         for transport, server in servers.items():
-            tls = transport.startswith("https")
-            scheme, trust = ("https", ["--ca-bundle", str(work / "cert.pem")]) if tls else ("http", [])
-            cacert = ["--cacert", str(work / "cert.pem")] if tls else []
-            put = [*IMSTORE, "--remote", f"{scheme}://127.0.0.1:{server['port']}", "--token-file", str(token_file), *cacert,
-                   "put", f"bench/put-{transport}-{round_number}", str(source)]  # fmt: skip
+            scheme = "https" if transport.startswith("https") else "http"
+            put = put_command(f"{scheme}://127.0.0.1:{server['port']}", token_file, work, f"bench/put-{transport}-{round_number}", source)
             fresh_content(source)
             runs[transport]["put"].append(_timed(put, env, server["serve"], work / "store"))
-            copy = [aws, "--endpoint-url", f"{scheme}://127.0.0.1:{server['s3_port']}", *trust, "s3", "cp", "--only-show-errors",
-                    str(source), f"s3://bench/cp-{transport}-{round_number}"]  # fmt: skip
+            copy = copy_command(aws, f"{scheme}://127.0.0.1:{server['s3_port']}", work, source, f"s3://bench/cp-{transport}-{round_number}")
             fresh_content(source)
             runs[transport]["cp"].append(_timed(copy, env, server["serve"], work / "store"))
             if "null" in server:
-                null = [aws, "--endpoint-url", f"{scheme}://127.0.0.1:{server['null']}", *trust, "s3", "cp", "--only-show-errors",
-                        str(source), "s3://bench/null"]  # fmt: skip
+                null = copy_command(aws, f"{scheme}://127.0.0.1:{server['null']}", work, source, "s3://bench/null")
                 runs[transport]["null"].append(_timed(null, env, server["null_process"], work / "store"))
     for transport in servers:
         put_seconds = statistics.median(seconds for seconds, _ in runs[transport]["put"])
