@@ -16,26 +16,26 @@ from imstore import Store
 IMSTORE = [sys.executable, "-m", "imstore"]
 
 
+def _private_environment(patch: pytest.MonkeyPatch, folder: Path) -> Path:
+    """A read cache folder and remote CLI state under folder (never the user's), children included: the cache's path."""
+    patch.setenv("IMSTORE_CACHE_DIR", str(folder / "imstore-cache"))
+    patch.setenv("XDG_STATE_HOME", str(folder / "state"))  # the remote CLI's checkpoints
+    patch.delenv("IMSTORE_NO_CACHE", raising=False)
+    return folder / "imstore-cache"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def session_cache_dir(tmp_path_factory):
-    """The same for servers that a module or session shares: they start before any test's own folder is set."""
-    base = tmp_path_factory.mktemp("session-env")
+    """For servers that a module or session shares: they start before any test's own folder is set."""
     patch = pytest.MonkeyPatch()
-    patch.setenv("IMSTORE_CACHE_DIR", str(base / "imstore-cache"))
-    patch.setenv("XDG_STATE_HOME", str(base / "state"))
-    patch.delenv("IMSTORE_NO_CACHE", raising=False)
-    yield base
+    yield _private_environment(patch, tmp_path_factory.mktemp("session-env"))
     patch.undo()
 
 
 @pytest.fixture(autouse=True)
 def private_cache_dir(tmp_path: Path, monkeypatch) -> Path:
-    """Each test gets its own read cache folder and remote CLI state (never the user's), children included."""
-    path = tmp_path / "imstore-cache"
-    monkeypatch.setenv("IMSTORE_CACHE_DIR", str(path))
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # the remote CLI's checkpoints, never the user's
-    monkeypatch.delenv("IMSTORE_NO_CACHE", raising=False)
-    return path
+    """Each test gets its own read cache folder and remote CLI state."""
+    return _private_environment(monkeypatch, tmp_path)
 
 
 @pytest.fixture
